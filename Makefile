@@ -1,0 +1,15 @@
+# The two commands: `make demo` runs the whole pipeline on simulated data; `make test` runs the test suite.
+# Both set up .venv on first use (scripts/bootstrap.sh).
+.PHONY: setup demo test lint bench
+
+setup:
+	@./scripts/bootstrap.sh
+
+demo: setup
+	.venv/bin/brainmm demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check .

@@ -1,0 +1,1 @@
+"""Shared-space alignment: projector heads, contrastive losses, retrieval, probes and baselines."""

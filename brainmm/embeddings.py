@@ -1,0 +1,87 @@
+"""Embedding tables on disk: vectors (safetensors) + a JSON sidecar with ids and provenance.
+
+`<path>.safetensors` holds `vectors` [N, D] (float32); `<path>.json` holds `ids` (row order), `dim`,
+and free-form provenance (`model`, `layer`, `pooling`, `data_hash`, `split`, ...): the cache key and the
+provenance in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainmm.errors import BrainmmError
+from brainmm.io import atomic_file, atomic_write_json
+
+
+def _stem(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+
+
+@dataclass
+class EmbeddingTable:
+    """Row-aligned ids and vectors plus provenance metadata."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ids = [str(i) for i in self.ids]
+        self.vectors = np.asarray(self.vectors, dtype=np.float32)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.ids):
+            raise BrainmmError(
+                f"embedding table: expected vectors of shape [{len(self.ids)}, D] for {len(self.ids)} ids, "
+                f"got {list(self.vectors.shape)}"
+            )
+        if len(set(self.ids)) != len(self.ids):
+            dup = sorted({i for i in self.ids if self.ids.count(i) > 1})[:5]
+            raise BrainmmError(f"embedding table: duplicate ids {dup}")
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return int(self.vectors.shape[1])
+
+    def subset(self, ids: list[str]) -> EmbeddingTable:
+        """Rows for `ids`, in that order (all must exist)."""
+        index = {k: i for i, k in enumerate(self.ids)}
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise BrainmmError(f"embedding table: {len(missing)} ids not found, e.g. {missing[:5]}")
+        rows = [index[i] for i in ids]
+        return EmbeddingTable(list(ids), self.vectors[rows], dict(self.meta))
+
+    def save(self, path: str | Path) -> Path:
+        """Write `<stem>.safetensors` and `<stem>.json` atomically; returns the stem."""
+        from safetensors.numpy import save_file
+
+        stem = _stem(path)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(stem.with_suffix(".safetensors"), suffix=".safetensors") as tmp:
+            save_file({"vectors": np.ascontiguousarray(self.vectors)}, str(tmp))
+        atomic_write_json(stem.with_suffix(".json"), {"ids": self.ids, "dim": self.dim, "meta": self.meta})
+        return stem
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmbeddingTable:
+        """Read a table written by `save` (or an .npy/.parquet table keyed by subject id, see `read_any`)."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        stem = _stem(path)
+        st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+        for f in (st, js):
+            if not f.is_file():
+                raise BrainmmError(f"embedding table {f}: not found (expected {stem}.safetensors and {stem}.json)")
+        try:
+            side = json.loads(js.read_text())
+            vectors = load_file(str(st))["vectors"]
+        except (json.JSONDecodeError, SafetensorError, KeyError) as err:
+            raise BrainmmError(f"embedding table {stem}: unreadable ({err.__class__.__name__}: {err})") from None
+        return cls(side["ids"], vectors, side.get("meta", {}))

@@ -1,0 +1,157 @@
+"""MLflow in one place: tracking URI and artifact location, metric-name sanitising, runs, config logging.
+
+Every stage logs through these helpers so names, locations and the fail-fast server check are uniform.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from brainmm.config import flatten, to_dict
+from brainmm.errors import BrainmmError
+
+_VALID_NAME = re.compile(r"^[/\w.\- :]*$")
+_SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs go: tracking URI (default sqlite:///mlflow.db in the working folder) and experiment."""
+
+    uri: str | None = None
+    experiment: str = "brainmm"
+    artifact_location: str | None = None  # default: ./mlartifacts beside a sqlite DB
+    run_name: str | None = None
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Explicit URI, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (never the refused file store)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file"):
+        raise BrainmmError(
+            f"tracking URI {uri!r}: the MLflow file store is refused by MLflow 3; "
+            "use sqlite:///path/to/mlflow.db or http://host:port"
+        )
+    if scheme.split("+")[0] not in _SUPPORTED_SCHEMES:
+        raise BrainmmError(
+            f"tracking URI {uri!r}: unsupported scheme {scheme!r}; expected one of "
+            + ", ".join(s + "://" for s in _SUPPORTED_SCHEMES[:3])
+        )
+    return uri
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """For a sqlite backend: an `mlartifacts` folder beside the DB file (as a file URI)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db_path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else Path("mlflow.db")
+    return (db_path.resolve().parent / "mlartifacts").as_uri()
+
+
+def check_tracking_server(uri: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, before any work, when an HTTP tracking server cannot be reached."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        if parsed.scheme == "sqlite":
+            db = Path(uri[len("sqlite:///") :])
+            if not db.resolve().parent.exists():
+                raise BrainmmError(f"tracking URI {uri!r}: folder {db.resolve().parent} does not exist")
+        return
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as resp:  # noqa: S310 (user-configured server)
+            if resp.status >= 400:
+                raise BrainmmError(f"tracking server {uri}: /health answered HTTP {resp.status}")
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise BrainmmError(
+            f"tracking server {uri} is unreachable ({reason}); start it (mlflow server --host 127.0.0.1 "
+            "--port PORT) or set tracking.uri to sqlite:///mlflow.db"
+        ) from None
+
+
+def sanitize_metric_name(name: str) -> str:
+    """MLflow-safe metric/param name: '@k' -> '_at_k', any other invalid character -> '_'."""
+    name = name.replace("@", "_at_")
+    if not _VALID_NAME.match(name):
+        name = re.sub(r"[^/\w.\- :]", "_", name)
+    return name[:250]
+
+
+def setup(cfg: TrackingConfig) -> str:
+    """Point MLflow at the configured backend and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = resolve_tracking_uri(cfg.uri)
+    check_tracking_server(uri)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        location = cfg.artifact_location or default_artifact_location(uri)
+        exp_id = client.create_experiment(cfg.experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+@contextlib.contextmanager
+def start_run(
+    cfg: TrackingConfig,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    """Start (or, with `run_id`, continue) a run in the configured experiment."""
+    import mlflow
+
+    if not nested or mlflow.active_run() is None:
+        setup(cfg)
+    all_tags = {"brainmm.version": _version()}
+    all_tags.update(tags or {})
+    with mlflow.start_run(
+        run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name), nested=nested, tags=all_tags
+    ) as run:
+        yield run
+
+
+def log_config(cfg: Any, artifact_file: str = "config.yaml") -> None:
+    """Log a resolved config: flattened params (values cut to MLflow's limit) and the YAML artifact."""
+    import mlflow
+    import yaml
+
+    data = to_dict(cfg)
+    params = {sanitize_metric_name(k): str(v)[:6000] for k, v in flatten(data).items()}
+    items = list(params.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+    mlflow.log_text(yaml.safe_dump(data, sort_keys=False), artifact_file)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Log metrics with sanitised names (non-finite values are logged as they are: MLflow accepts NaN)."""
+    import mlflow
+
+    clean = {sanitize_metric_name(k): float(v) for k, v in metrics.items()}
+    items = list(clean.items())
+    for i in range(0, len(items), 1000):
+        mlflow.log_metrics(dict(items[i : i + 1000]), step=step)
+
+
+def _version() -> str:
+    from brainmm import __version__
+
+    return __version__

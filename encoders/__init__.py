@@ -1,0 +1,1 @@
+"""Models: BrainLM (fMRI masked autoencoders), DNA foundation-model encoders, the genotype encoder."""

@@ -1,0 +1,57 @@
+"""Shared test fixtures: golden BrainLM fixtures, a per-test MLflow backend, the sample-data cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def brainlm_fixtures() -> Path:
+    """Folder with the golden BrainLM fixtures ($BRAINMM_BRAINLM_FIXTURES, default ../shared/fixtures/brainlm).
+
+    Missing fixtures fail the test (they are required, never skipped).
+    """
+    path = Path(os.environ.get("BRAINMM_BRAINLM_FIXTURES", REPO.parent / "shared" / "fixtures" / "brainlm"))
+    if not (path / "A_brainlm_tiny_mse" / "config.json").is_file():
+        pytest.fail(f"golden BrainLM fixtures not found at {path} (set BRAINMM_BRAINLM_FIXTURES)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir() -> Path:
+    """The sample-data cache shared by the whole test run ($BRAINMM_DATA_DIR or <repo>/.cache/brainmm-data)."""
+    path = Path(os.environ.get("BRAINMM_DATA_DIR", REPO / ".cache" / "brainmm-data"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated sqlite MLflow DB per test session (schema migration costs seconds; copies are instant)."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    client.search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh sqlite tracking URI for this test (artifacts land under tmp_path/mlartifacts)."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_migrated_mlflow_db, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
