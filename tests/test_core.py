@@ -30,12 +30,14 @@ class _Cfg:
     name: str | None = None
     model: _Model = field(default_factory=_Model)
     layers: list[int] = field(default_factory=lambda: [1, 2])
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
 
 def test_config_defaults_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("lr: 0.01\nmodel:\n  act: relu\n")
-    cfg = load_config(_Cfg, path, ["model.hidden_size=256", "layers=[3]"])
+    cfg = load_config(_Cfg, path, ["model.hidden_size=256", "layers=[3]", "fractions=[0.6, 0.2, 0.2]"])
+    assert cfg.fractions == (0.6, 0.2, 0.2)
     assert cfg.lr == 0.01 and cfg.model.act == "relu" and cfg.model.hidden_size == 256 and cfg.layers == [3]
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(_Cfg, tmp_path / "resolved.yaml") == cfg
@@ -44,7 +46,8 @@ def test_config_defaults_file_and_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("lrr: 1\n", "valid keys: layers, lr, model, name"),
+        ("lrr: 1\n", "valid keys: fractions, layers, lr, model, name"),
+        ("fractions: [1, 2]\n", "expected 3 items"),
         ("model:\n  hiden: 3\n", "section 'model'"),
         ("lr: fast\n", "'lr': expected a number"),
         ("model:\n  act: tanh\n", "one of 'gelu', 'relu'"),

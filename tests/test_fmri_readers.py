@@ -1,0 +1,168 @@
+"""Time-series readers (CSV/TSV/DAT/NPY/MAT), the orientation rule, coordinates, NIfTI + labels atlas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import scipy.io
+
+from brainmm.data.fmri.atlas import atlas_centroids, atlas_labels, image_tr, parcellate
+from brainmm.data.fmri.readers import load_array, orient, read_coords, read_timeseries
+from brainmm.errors import BrainmmError
+
+V, T = 5, 12
+
+
+@pytest.fixture
+def tv() -> np.ndarray:
+    """A [T, V] series with distinct values."""
+    return np.arange(T * V, dtype=np.float64).reshape(T, V) / 7.0
+
+
+def _write(path: Path, array: np.ndarray, header: bool = False) -> Path:
+    sep = {".csv": ",", ".tsv": "\t", ".dat": "\t", ".txt": " "}[path.suffix]
+    lines = [sep.join(f"p{j}" for j in range(array.shape[1]))] if header else []
+    lines += [sep.join(repr(float(x)) for x in row) for row in array]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".dat", ".txt"])
+@pytest.mark.parametrize("header", [False, True])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_text_formats_with_and_without_header_both_orientations(
+    tmp_path: Path, tv: np.ndarray, suffix: str, header: bool, transpose: bool
+) -> None:
+    path = _write(tmp_path / f"rec{suffix}", tv.T if transpose else tv, header)
+    out = read_timeseries(path, V)
+    assert out.dtype == np.float32 and out.shape == (V, T)
+    np.testing.assert_allclose(out, tv.T.astype(np.float32))
+
+
+def test_npy_and_mat(tmp_path: Path, tv: np.ndarray) -> None:
+    np.save(tmp_path / "a.npy", tv.T)
+    np.testing.assert_allclose(read_timeseries(tmp_path / "a.npy", V), tv.T)
+    scipy.io.savemat(tmp_path / "one.mat", {"tc": tv.T, "tr": np.array([[0.72]]), "names": np.array(["x"])})
+    np.testing.assert_allclose(read_timeseries(tmp_path / "one.mat", V), tv.T)  # the one 2-D numeric array
+    scipy.io.savemat(tmp_path / "two.mat", {"tc": tv, "other": np.ones((3, 4))})
+    with pytest.raises(BrainmmError, match=r"two.mat: expected exactly one 2-D numeric array.*tc \[12, 5\], other \[3, 4\].*--mat-key"):
+        read_timeseries(tmp_path / "two.mat", V)
+    np.testing.assert_allclose(read_timeseries(tmp_path / "two.mat", V, key="tc"), tv.T)
+    with pytest.raises(BrainmmError, match="no numeric array under key 'ts'"):
+        read_timeseries(tmp_path / "two.mat", V, key="ts")
+
+
+def test_orientation_rule_never_guesses() -> None:
+    a = np.zeros((V, V))
+    with pytest.raises(BrainmmError, match=r"rec.npy: shape \[5, 5\] is ambiguous.*--orientation"):
+        orient(a, V, "rec.npy")
+    assert orient(np.zeros((T, V)), V, "x").shape == (V, T)
+    assert orient(np.zeros((V, T)), V, "x").shape == (V, T)
+    with pytest.raises(BrainmmError, match=r"rec.csv: shape \[12, 6\] matches neither \[T, 5\] .* nor \[5, T\]"):
+        orient(np.zeros((T, 6)), V, "rec.csv")
+    square = np.arange(V * V, dtype=float).reshape(V, V)
+    np.testing.assert_array_equal(orient(square, V, "x", "time-parcel"), square.T)
+    np.testing.assert_array_equal(orient(square, V, "x", "parcel-time"), square)
+    with pytest.raises(BrainmmError, match=r"does not match \[5, T\]"):
+        orient(np.zeros((T, V)), V, "x", "parcel-time")
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(BrainmmError, match="not found"):
+        load_array(tmp_path / "none.csv")
+    (tmp_path / "x.h5").write_text("")
+    with pytest.raises(BrainmmError, match="unknown format '.h5'"):
+        load_array(tmp_path / "x.h5")
+    (tmp_path / "words.csv").write_text("a,b\n1,2\nx,4\n")
+    with pytest.raises(BrainmmError, match="words.csv: expected a numeric table"):
+        load_array(tmp_path / "words.csv")
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4)))
+    with pytest.raises(BrainmmError, match=r"cube.npy: expected a 2-D array .* got shape \[2, 3, 4\]"):
+        load_array(tmp_path / "cube.npy")
+    (tmp_path / "bad.mat").write_bytes(b"not a mat file at all" * 10)
+    with pytest.raises(BrainmmError, match="bad.mat"):
+        load_array(tmp_path / "bad.mat")
+
+
+@pytest.mark.parametrize(
+    "text, labels",
+    [
+        ("x\ty\tz\n1\t2\t3\n4\t5\t6.5\n", None),
+        ("Label\tX\tY\tZ\nA\t1\t2\t3\nB\t4\t5\t6.5\n", ["A", "B"]),
+        ("1 2 3\n4 5 6.5\n", None),
+        ("A 1 2 3\nB 4 5 6.5\n", ["A", "B"]),
+    ],
+)
+def test_read_coords(tmp_path: Path, text: str, labels: list[str] | None) -> None:
+    path = tmp_path / "coords.tsv"
+    path.write_text(text.replace(" ", "\t"))
+    coords, got = read_coords(path)
+    np.testing.assert_array_equal(coords, [[1, 2, 3], [4, 5, 6.5]])
+    assert got == labels
+
+
+def test_read_coords_errors(tmp_path: Path) -> None:
+    (tmp_path / "five.csv").write_text("1,2,3,4,5\n")
+    with pytest.raises(BrainmmError, match="5 columns without a header"):
+        read_coords(tmp_path / "five.csv")
+    (tmp_path / "nan.csv").write_text("x,y,z\n1,2,3\n1,,3\n")
+    with pytest.raises(BrainmmError, match="row 2 has a missing or non-finite coordinate"):
+        read_coords(tmp_path / "nan.csv")
+
+
+def _atlas(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    aff = np.array([[2.0, 0, 0, -10], [0, 2.0, 0, -20], [0, 0, 2.0, -30], [0, 0, 0, 1]])
+    lab = np.zeros((6, 6, 4), np.int16)
+    lab[:3, :3, :] = 7
+    lab[3:, :3, :2] = 2
+    lab[:, 3:, 2:] = 11
+    path = tmp_path / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(lab, aff), path)
+    return path, lab, aff
+
+
+def test_atlas_labels_centroids_and_labels_table(tmp_path: Path) -> None:
+    path, lab, aff = _atlas(tmp_path)
+    values, names = atlas_labels(path)
+    assert values == [2, 7, 11] and names == ["2", "7", "11"]
+    cent = atlas_centroids(path, [7, 2])
+    ijk = np.argwhere(lab == 7).mean(0)
+    np.testing.assert_allclose(cent[0], aff[:3, :3] @ ijk + aff[:3, 3])
+    np.testing.assert_allclose(cent[0], [-8.0, -18.0, -27.0])
+    (tmp_path / "labels.csv").write_text("index,name\n11,C\n2,A\n")
+    assert atlas_labels(path, tmp_path / "labels.csv") == ([11, 2], ["C", "A"])
+    (tmp_path / "bad.csv").write_text("index,name\n11,C\n5,X\n")
+    with pytest.raises(BrainmmError, match="row 2, label 5 does not occur in atlas"):
+        atlas_labels(path, tmp_path / "bad.csv")
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2)), np.eye(4)), tmp_path / "empty.nii.gz")
+    with pytest.raises(BrainmmError, match="contains no labels"):
+        atlas_labels(tmp_path / "empty.nii.gz")
+
+
+def test_parcellate_matches_voxel_means_and_checks_grids(tmp_path: Path) -> None:
+    path, lab, aff = _atlas(tmp_path)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((*lab.shape, 9)).astype(np.float32)
+    img = nib.Nifti1Image(data, aff)
+    img.header.set_xyzt_units("mm", "msec")
+    img.header.set_zooms((2.0, 2.0, 2.0, 1500.0))
+    img_path = tmp_path / "bold.nii.gz"
+    nib.save(img, img_path)
+    out = parcellate(img_path, path, [11, 2, 7])
+    assert out.shape == (3, 9) and out.dtype == np.float32
+    for row, value in enumerate([11, 2, 7]):
+        np.testing.assert_allclose(out[row], data[lab == value].mean(0), rtol=1e-5, atol=1e-6)
+    assert image_tr(img_path) == pytest.approx(1.5)
+    shifted = aff.copy()
+    shifted[:3, 3] += 2.0
+    nib.save(nib.Nifti1Image(data, shifted), tmp_path / "shifted.nii.gz")
+    with pytest.raises(BrainmmError, match=r"shifted.nii.gz .* and atlas .* differ in shape or affine.*--resample-atlas"):
+        parcellate(tmp_path / "shifted.nii.gz", path, [2, 7, 11])
+    nib.save(nib.Nifti1Image(data[:5], aff), tmp_path / "small.nii.gz")
+    with pytest.raises(BrainmmError, match=r"shape \[5, 6, 4\].*shape \[6, 6, 4\]"):
+        parcellate(tmp_path / "small.nii.gz", path, [2, 7, 11])
+    out2 = parcellate(tmp_path / "shifted.nii.gz", path, [2, 7, 11], resample=True)  # explicit resampling works
+    assert out2.shape == (3, 9) and np.isfinite(out2).all()
