@@ -1,4 +1,4 @@
-"""Benchmark: window reads and memory while iterating an fMRI dataset (`python -m brainmm.data.fmri.benchmark`).
+"""Benchmark: window reads and memory while iterating an fMRI dataset (`python benchmarks/fmri_windows.py`).
 
 Prints ratios against a reference measured in the same run: the zero-copy window reader (what
 `FmriDataset.windows` uses) vs decoding the whole recording with `datasets`' numpy formatting and slicing; and
