@@ -22,7 +22,7 @@ from brainmm.errors import BrainmmError
 SAMPLES: dict[str, str] = {
     "hcp-sample": "brainmm.data.fmri.sample:fetch_hcp_sample",
     "genetics-sample": "brainmm.data.genetics.sample:fetch_genetics_sample",
-    "hyenadna-tiny": "brainmm.data.genetics.sample:fetch_hyenadna_tiny",
+    "hyenadna-tiny": "brainmm.data.models:fetch_hyenadna_tiny",
 }
 
 
