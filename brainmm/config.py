@@ -85,6 +85,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"config field '{where}': expected true/false, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config field '{where}': expected a number, got {value!r}")
         return float(value)

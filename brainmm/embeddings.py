@@ -23,6 +23,10 @@ def _stem(path: str | Path) -> Path:
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
+def _with(stem: Path, ext: str) -> Path:
+    return stem.with_name(stem.name + ext)  # keeps dots in table names ("x.pgs" -> "x.pgs.json")
+
+
 @dataclass
 class EmbeddingTable:
     """Row-aligned ids and vectors plus provenance metadata."""
@@ -63,19 +67,19 @@ class EmbeddingTable:
 
         stem = _stem(path)
         stem.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(stem.with_suffix(".safetensors"), suffix=".safetensors") as tmp:
+        with atomic_file(_with(stem, ".safetensors"), suffix=".safetensors") as tmp:
             save_file({"vectors": np.ascontiguousarray(self.vectors)}, str(tmp))
-        atomic_write_json(stem.with_suffix(".json"), {"ids": self.ids, "dim": self.dim, "meta": self.meta})
+        atomic_write_json(_with(stem, ".json"), {"ids": self.ids, "dim": self.dim, "meta": self.meta})
         return stem
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingTable:
-        """Read a table written by `save` (or an .npy/.parquet table keyed by subject id, see `read_any`)."""
+        """Read a table written by `save` (other formats: `brainmm.data.genetics.read_precomputed`)."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         stem = _stem(path)
-        st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+        st, js = _with(stem, ".safetensors"), _with(stem, ".json")
         for f in (st, js):
             if not f.is_file():
                 raise BrainmmError(f"embedding table {f}: not found (expected {stem}.safetensors and {stem}.json)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -14,11 +15,28 @@ _QUIET = False
 LOG = logging.getLogger("brainmm")
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the moment (tests and notebooks swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _console_handlers() -> list[logging.Handler]:
+    return [h for h in logging.getLogger("brainmm").handlers if isinstance(h, _ConsoleHandler)]
+
+
 def set_quiet(quiet: bool) -> None:
-    """Silence progress bars and info messages on the console."""
+    """Silence progress bars and info messages on the console (the run's log file still gets them)."""
     global _QUIET
     _QUIET = quiet
-    logging.getLogger("brainmm").setLevel(logging.WARNING if quiet else logging.INFO)
+    for h in _console_handlers():
+        h.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def is_quiet() -> bool:
@@ -35,13 +53,14 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
 
 def setup_logging(quiet: bool = False) -> None:
     """Console logging for the CLI: one line per message, no tracebacks for user errors."""
-    set_quiet(quiet)
     root = logging.getLogger("brainmm")
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
-        handler = logging.StreamHandler()
+    if not _console_handlers():
+        handler = _ConsoleHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
+    root.setLevel(logging.INFO)
     root.propagate = False
+    set_quiet(quiet)
 
 
 def log_to_file(run_dir: str | Path) -> Path:
@@ -57,8 +76,7 @@ def log_to_file(run_dir: str | Path) -> Path:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
+    root.setLevel(logging.INFO)
     return path
 
 

@@ -35,10 +35,11 @@ class _Cfg:
 
 def test_config_defaults_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("lr: 0.01\nmodel:\n  act: relu\n")
-    cfg = load_config(_Cfg, path, ["model.hidden_size=256", "layers=[3]", "fractions=[0.6, 0.2, 0.2]"])
-    assert cfg.fractions == (0.6, 0.2, 0.2)
-    assert cfg.lr == 0.01 and cfg.model.act == "relu" and cfg.model.hidden_size == 256 and cfg.layers == [3]
+    path.write_text("lr: 1e-2\nmodel:\n  act: relu\n")
+    assert load_config(_Cfg, path).lr == 0.01
+    cfg = load_config(_Cfg, path, ["model.hidden_size=256", "layers=[3]", "fractions=[0.6, 0.2, 0.2]", "lr=1e-3"])
+    assert cfg.fractions == (0.6, 0.2, 0.2) and cfg.lr == 1e-3
+    assert cfg.model.act == "relu" and cfg.model.hidden_size == 256 and cfg.layers == [3]
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(_Cfg, tmp_path / "resolved.yaml") == cfg
 
@@ -145,3 +146,28 @@ def test_cli_help_and_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert rc == 2
     assert err == "brainmm: error: sample 'x': file y.mat is missing\n"
     assert "Traceback" not in err
+
+
+def test_table_names_with_dots_do_not_collide(tmp_path: Path) -> None:
+    EmbeddingTable(["a"], np.ones((1, 2)), {"which": "main"}).save(tmp_path / "x")
+    EmbeddingTable(["a"], np.zeros((1, 3)), {"which": "pgs"}).save(tmp_path / "x.pgs")
+    assert EmbeddingTable.load(tmp_path / "x").meta["which"] == "main"
+    assert EmbeddingTable.load(tmp_path / "x.pgs").dim == 3
+
+
+def test_quiet_console_but_full_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from brainmm.runtime import log_to_file, setup_logging
+
+    setup_logging(quiet=True)
+    path = log_to_file(tmp_path)
+    log = logging.getLogger("brainmm.test")
+    log.info("detail line")
+    log.warning("warning line")
+    for h in logging.getLogger("brainmm").handlers:
+        h.flush()
+    err = capsys.readouterr().err
+    assert "detail line" not in err and "warning line" in err
+    assert "detail line" in path.read_text()
+    setup_logging(quiet=False)

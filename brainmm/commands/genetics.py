@@ -1,0 +1,183 @@
+"""`brainmm genetics`: personal haplotypes, genotype matrices, DNA-encoder embeddings, precomputed tables.
+
+Sharded embedding at cohort scale: `torchrun --nproc_per_node N -m brainmm.cli genetics embed ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `genetics` command group."""
+    p = sub.add_parser("genetics", help="genetics inputs: haplotypes, genotype matrix, DNA embeddings")
+    group = p.add_subparsers(dest="genetics_command", metavar="ACTION")
+
+    h = group.add_parser("haplotypes", help="write personal haplotype sequences per region as FASTA")
+    _sequence_flags(h)
+    h.add_argument("--samples", default=None, help="comma-separated subject ids to write (default: all)")
+    h.add_argument("--out", required=True, help="output FASTA (records >subject|region|hap1 / hap2)")
+    h.set_defaults(func=_haplotypes)
+
+    e = group.add_parser("embed", help="haplotypes -> DNA encoder -> subject embedding table (cached)")
+    e.add_argument("--config", default=None, help="YAML config (GeneticsEmbedConfig)")
+    _sequence_flags(e)
+    e.add_argument("--encoder", dest="encoder_family", default=None, help="DNA encoder family (e.g. generator)")
+    e.add_argument("--encoder-path", default=None, help="local model folder")
+    e.add_argument("--mode", choices=("haplotypes", "variant_deltas"), default=None)
+    e.add_argument("--combine-regions", choices=("concat", "mean"), default=None)
+    e.add_argument("--keep-reference", action="store_true",
+                   help="do not subtract the reference window's embedding")
+    e.add_argument("--cache-dir", default=None, help="embedding cache (default <data dir>/dna-embeddings)")
+    e.add_argument("--out", default=None, help="output table stem")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    e.set_defaults(func=_embed)
+
+    m = group.add_parser("matrix", help="SNP dosages (VCF or PLINK .bed) -> subject x variant table")
+    m.add_argument("--config", default=None, help="YAML config (GenotypeMatrixConfig)")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--vcf", default=None, help="VCF/BCF with GT")
+    src.add_argument("--bed", default=None, help="PLINK 1 .bed (with .bim/.fam beside it)")
+    m.add_argument("--split", default=None, help="split table CSV (statistics are fitted on 'train')")
+    m.add_argument("--cohort", default=None, help="cohort table mapping genotype sample ids to subject_id")
+    m.add_argument("--sample-column", default=None, help="cohort column holding the genotype sample ids")
+    m.add_argument("--drop-unmatched-samples", action="store_true", default=None)
+    m.add_argument("--min-maf", type=float, default=None)
+    m.add_argument("--max-missing", type=float, default=None)
+    m.add_argument("--impute", choices=("mode", "mean"), default=None)
+    m.add_argument("--pgs-weights", default=None, help="weights table for polygenic scores (extra table)")
+    m.add_argument("--out", default=None, help="output table stem")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    m.set_defaults(func=_matrix)
+
+    i = group.add_parser("import", help="precomputed per-subject vectors (Parquet/CSV/NPY/NPZ) -> table")
+    i.add_argument("--table", required=True, help="input file")
+    i.add_argument("--id-column", default="subject_id")
+    i.add_argument("--ids", default=None, help="ids file for .npy input (one per line)")
+    i.add_argument("--out", required=True, help="output table stem")
+    i.set_defaults(func=_import)
+
+
+def _sequence_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vcf", default=None, help="bgzip-compressed, indexed VCF/BCF")
+    p.add_argument("--fasta", default=None, help="reference FASTA (plain or bgzip; index built if missing)")
+    p.add_argument("--regions", default=None, help="BED or gene table (name, contig, start, end[, strand])")
+    p.add_argument("--cohort", default=None, help="cohort table with subject_id (and a sample-id column)")
+    p.add_argument("--sample-column", default=None, help="cohort column holding the VCF sample ids")
+    p.add_argument("--drop-unmatched-samples", action="store_true", default=None,
+                   help="drop (and log) VCF samples missing from the cohort table instead of failing")
+    p.add_argument("--contig-alias", action="append", default=None, metavar="FASTA=VCF",
+                   help="VCF name of a FASTA contig, e.g. 20=chr20 (repeatable)")
+
+
+def _aliases(values: list[str] | None) -> dict[str, str] | None:
+    from brainmm.errors import BrainmmError
+
+    if values is None:
+        return None
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise BrainmmError(f"--contig-alias {v!r}: expected FASTA_NAME=VCF_NAME, e.g. 20=chr20")
+        k, name = v.split("=", 1)
+        out[k] = name
+    return out
+
+
+def _overrides(pairs: dict[str, Any]) -> list[str]:
+    """Flag values as dotted overrides (JSON is YAML, so strings stay strings)."""
+    return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
+
+
+def _inputs_flags(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    return {f"{prefix}vcf": args.vcf, f"{prefix}fasta": args.fasta, f"{prefix}regions": args.regions,
+            f"{prefix}cohort": args.cohort, f"{prefix}sample_column": args.sample_column,
+            f"{prefix}drop_unmatched_samples": args.drop_unmatched_samples,
+            f"{prefix}contig_aliases": _aliases(args.contig_alias)}
+
+
+def _haplotypes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from brainmm.config import from_dict
+    from brainmm.data.genetics.config import SequenceInputs
+    from brainmm.data.genetics.embed import make_plan
+    from brainmm.errors import BrainmmError
+    from brainmm.io import atomic_file
+
+    flags = {k: v for k, v in _inputs_flags(args, "").items() if v is not None}
+    inputs = from_dict(SequenceInputs, flags)
+    for name in ("vcf", "fasta", "regions"):
+        if not getattr(inputs, name):
+            raise BrainmmError(f"--{name}: required")
+    plan = make_plan(inputs, "haplotypes")
+    wanted = set(args.samples.split(",")) if args.samples else None
+    if wanted is not None and wanted - set(plan.subjects):
+        raise BrainmmError(f"--samples: unknown subject id(s) {sorted(wanted - set(plan.subjects))[:5]}")
+    with atomic_file(Path(args.out), suffix=".fa") as tmp, open(tmp, "w") as fh:
+        for s, subject in enumerate(plan.subjects):
+            if wanted is not None and subject not in wanted:
+                continue
+            for r in plan.regions:
+                for h in range(2):
+                    fh.write(f">{subject}|{r.region.name}|hap{h + 1}\n{r.sequences[r.index[s, h]]}\n")
+    print(json.dumps(plan.stats()))
+    print(args.out)
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from brainmm.config import load_config
+    from brainmm.data.genetics.config import GeneticsEmbedConfig
+    from brainmm.data.genetics.embed import run_embed, table_stem
+    from brainmm.runtime import log_to_file
+
+    flags = _inputs_flags(args, "inputs.")
+    flags.update({"encoder.family": args.encoder_family, "encoder.path": args.encoder_path, "mode": args.mode,
+                  "combine_regions": args.combine_regions, "cache_dir": args.cache_dir, "out": args.out,
+                  "subtract_reference": False if args.keep_reference else None})
+    cfg = load_config(GeneticsEmbedConfig, args.config, _overrides(flags) + list(args.set))
+    cfg.require_inputs()
+    out = table_stem(cfg.out)
+    log_to_file(out.parent if str(out.parent) else Path("."))
+    table = run_embed(cfg)
+    if table is not None:
+        s = table.meta["sequences"]
+        print(f"sequences: {s['requested']} requested, {s['unique']} unique, {s['cached']} already cached, "
+              f"{s['embedded']} embedded")
+        print(f"{out} ({len(table.ids)} subjects x {table.dim})")
+    return 0
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from brainmm.config import load_config
+    from brainmm.data.genetics.config import GenotypeMatrixConfig
+    from brainmm.data.genetics.embed import table_stem
+    from brainmm.data.genetics.matrix import run_matrix
+    from brainmm.runtime import log_to_file
+
+    flags = {"vcf": args.vcf, "bed": args.bed, "split": args.split, "cohort": args.cohort,
+             "sample_column": args.sample_column, "drop_unmatched_samples": args.drop_unmatched_samples,
+             "min_maf": args.min_maf, "max_missing": args.max_missing, "impute": args.impute,
+             "pgs_weights": args.pgs_weights, "out": args.out}
+    cfg = load_config(GenotypeMatrixConfig, args.config, _overrides(flags) + list(args.set))
+    cfg.require_inputs()
+    out = table_stem(cfg.out)
+    log_to_file(out.parent)
+    table = run_matrix(cfg)
+    print(f"{out} ({len(table.ids)} subjects x {table.dim} variants)")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from brainmm.data.genetics.embed import table_stem
+    from brainmm.data.genetics.precomputed import read_precomputed
+
+    table = read_precomputed(args.table, args.id_column, args.ids)
+    out = table.save(table_stem(args.out))
+    print(f"{out} ({len(table.ids)} subjects x {table.dim})")
+    return 0

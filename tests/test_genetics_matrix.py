@@ -1,0 +1,202 @@
+"""Genotype matrices (VCF / PLINK), train-only imputation and filters, polygenic scores, precomputed tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainmm.cli import main
+from brainmm.data.genetics.config import GenotypeMatrixConfig
+from brainmm.data.genetics.matrix import read_plink_dosages, read_variant_table, read_vcf_dosages, run_matrix
+from brainmm.data.genetics.precomputed import read_precomputed
+from brainmm.data.genetics.simulate import VcfRecord, write_vcf
+from brainmm.embeddings import EmbeddingTable
+from brainmm.errors import BrainmmError
+
+SAMPLES = [f"S{i}" for i in range(10)]
+SPLIT = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+M = None  # missing call
+# dosages per sample (S0..S9); train = S0..S5
+V1 = [0, 1, 2, 1, M, 1, 0, M, 2, 1]      # common; one missing in train -> mode 1, mean 5/5 = 1.0
+V2 = [0, 0, 0, 0, 0, 0, 1, 0, 2, 1]      # monomorphic in train (polymorphic only outside) -> dropped
+V3 = [1, M, 0, M, 2, 0, 1, 1, 1, 1]      # 2/6 missing in train -> dropped with max_missing 0.2
+V5 = [2, 2, 0, 2, 1, 0, 1, 0, M, M]      # missing only outside train -> filled with train mode 2 / mean 7/6
+V4_GT = [(0, 1), (2, 2), (0, 0), (1, 2), (0, 2), (0, 0), (1, 1), (0, 0), (0, 0), (2, 0)]  # multi-allelic
+
+
+def _gt(d):
+    return None if d is None else ((0, 0), (0, 1), (1, 1))[d]
+
+
+@pytest.fixture
+def genotypes(tmp_path: Path) -> dict[str, Path]:
+    records = [VcfRecord("1", 100, "A", ("G",), [_gt(d) for d in V1], phased=False, id="rs1"),
+               VcfRecord("1", 200, "C", ("T",), [_gt(d) for d in V2], phased=False),
+               VcfRecord("1", 300, "G", ("A",), [_gt(d) for d in V3], phased=False),
+               VcfRecord("1", 400, "T", ("C", "G"), V4_GT, phased=False),
+               VcfRecord("2", 50, "AT", ("A",), [_gt(d) for d in V5], phased=False, id="rs5")]
+    vcf = write_vcf(tmp_path / "geno.vcf.gz", {"1": 1000, "2": 1000}, SAMPLES, records)
+    split = tmp_path / "split.csv"
+    pd.DataFrame({"subject_id": SAMPLES, "group": SAMPLES, "split": SPLIT}).to_csv(split, index=False)
+    return {"vcf": vcf, "split": split, "tmp": tmp_path}
+
+
+def _cfg(g: dict, **kw) -> GenotypeMatrixConfig:
+    kw.setdefault("max_missing", 0.2)  # keeps V1 (1/6 missing in train), drops V3 (2/6)
+    return GenotypeMatrixConfig(vcf=str(g["vcf"]), split=str(g["split"]), out=str(g["tmp"] / "out" / "geno"), **kw)
+
+
+def test_vcf_dosages_split_multiallelic(genotypes: dict) -> None:
+    dos = read_vcf_dosages(genotypes["vcf"])
+    assert dos.variants["variant_id"].tolist() == ["1:100:A:G", "1:200:C:T", "1:300:G:A", "1:400:T:C", "1:400:T:G",
+                                                   "2:50:AT:A"]
+    assert dos.multiallelic_split == 1
+    np.testing.assert_array_equal(dos.values[:, 3], [1, 0, 0, 1, 0, 0, 2, 0, 0, 0])
+    np.testing.assert_array_equal(dos.values[:, 4], [0, 2, 0, 1, 1, 0, 0, 0, 0, 1])
+    assert np.isnan(dos.values[4, 0]) and np.isnan(dos.values[8, 5])
+
+
+@pytest.mark.parametrize("impute, v1_fill, v5_fill", [("mode", 1.0, 2.0), ("mean", 1.0, 7 / 6)])
+def test_matrix_fits_on_train_only(genotypes: dict, impute: str, v1_fill: float, v5_fill: float) -> None:
+    table = run_matrix(_cfg(genotypes, impute=impute))
+    variants = read_variant_table(genotypes["tmp"] / "out" / "geno")
+    # V2 (monomorphic in train) and V3 (33 % missing in train) are dropped although both look fine overall.
+    assert variants["variant_id"].tolist() == ["1:100:A:G", "1:400:T:C", "1:400:T:G", "2:50:AT:A"]
+    assert table.ids == SAMPLES and table.vectors.shape == (10, 4) and not np.isnan(table.vectors).any()
+    assert table.vectors[4, 0] == pytest.approx(v1_fill) and table.vectors[7, 0] == pytest.approx(v1_fill)
+    assert table.vectors[8, 3] == pytest.approx(v5_fill, rel=1e-6) and table.vectors[9, 3] == pytest.approx(v5_fill, rel=1e-6)
+    assert variants["train_alt_freq"].iloc[0] == pytest.approx(5 / 10)  # from train calls only
+    assert variants["rsid"].iloc[0] == "rs1" and variants["fill"].iloc[3] == pytest.approx(v5_fill, rel=1e-6)
+    meta = table.meta
+    assert meta["fitted_on"] == "train" and meta["n_train"] == 6 and meta["variants_in"] == 6
+    assert meta["variants_kept"] == 4 and meta["calls_imputed"] == 4 and meta["impute"] == impute
+    assert (genotypes["tmp"] / "out" / "geno.config.yaml").is_file()
+
+
+def test_plink_bed_gives_the_vcf_matrix(genotypes: dict) -> None:
+    from bed_reader import to_bed
+
+    dos = read_vcf_dosages(genotypes["vcf"])
+    v = dos.variants
+    to_bed(genotypes["tmp"] / "geno.bed", dos.values, properties={
+        "iid": SAMPLES, "fid": SAMPLES, "chromosome": v["contig"].tolist(), "bp_position": v["pos"].tolist(),
+        "sid": [f"snp{i}" for i in range(len(v))], "allele_1": v["alt"].tolist(), "allele_2": v["ref"].tolist()})
+    plink = read_plink_dosages(genotypes["tmp"] / "geno.bed")
+    assert plink.samples == SAMPLES and plink.variants["variant_id"].tolist() == v["variant_id"].tolist()
+    np.testing.assert_array_equal(np.isnan(plink.values), np.isnan(dos.values))
+    np.testing.assert_array_equal(np.nan_to_num(plink.values), np.nan_to_num(dos.values))
+    a = run_matrix(_cfg(genotypes))
+    b = run_matrix(GenotypeMatrixConfig(bed=str(genotypes["tmp"] / "geno.bed"), split=str(genotypes["split"]),
+                                        max_missing=0.2, out=str(genotypes["tmp"] / "out" / "plink")))
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    for ext in (".bed", ".bim"):
+        (genotypes["tmp"] / f"partial{ext}").write_bytes((genotypes["tmp"] / f"geno{ext}").read_bytes())
+    with pytest.raises(BrainmmError, match=r"partial\.bed: partial\.fam not found"):
+        read_plink_dosages(genotypes["tmp"] / "partial.bed")
+
+
+def test_polygenic_scores_table(genotypes: dict) -> None:
+    weights = genotypes["tmp"] / "pgs.csv"
+    weights.write_text("variant_id,effect_allele,score_a,score_b\nrs1,G,0.5,1\n1:400:T:G,T,2,0\n9:1:A:C,A,5,5\n")
+    run_matrix(_cfg(genotypes, pgs_weights=str(weights)))
+    pgs = EmbeddingTable.load(genotypes["tmp"] / "out" / "geno_pgs")
+    v1 = np.array([0, 1, 2, 1, 1, 1, 0, 1, 2, 1], dtype=float)  # rs1 imputed with the train mode (1)
+    v4g = np.array([0, 2, 0, 1, 1, 0, 0, 0, 0, 1], dtype=float)  # effect allele T is REF: 2 - dosage(G)
+    np.testing.assert_allclose(pgs.vectors[:, 0], 0.5 * v1 + 2 * (2 - v4g))
+    np.testing.assert_allclose(pgs.vectors[:, 1], v1)
+    assert pgs.meta["scores"] == ["score_a", "score_b"] and pgs.meta["variants_used"] == 2
+    weights.write_text("variant_id,effect_allele,s\nrs1,C,1\n")
+    with pytest.raises(BrainmmError, match=r"effect allele 'C' of rs1 is neither REF 'A' nor ALT 'G'"):
+        run_matrix(_cfg(genotypes, pgs_weights=str(weights)))
+
+
+def test_samples_missing_from_split_error_or_drop(genotypes: dict) -> None:
+    pd.DataFrame({"subject_id": SAMPLES[:8], "split": SPLIT[:8]}).to_csv(genotypes["split"], index=False)
+    with pytest.raises(BrainmmError, match=r"2 of 10 samples of .*geno\.vcf\.gz are not in the split table"):
+        run_matrix(_cfg(genotypes))
+    table = run_matrix(_cfg(genotypes, drop_unmatched_samples=True))
+    assert table.ids == SAMPLES[:8]
+    cohort = genotypes["tmp"] / "cohort.csv"
+    pd.DataFrame({"subject_id": [f"sub-{s}" for s in SAMPLES], "sample": SAMPLES}).to_csv(cohort, index=False)
+    pd.DataFrame({"subject_id": [f"sub-{s}" for s in SAMPLES], "split": SPLIT}).to_csv(genotypes["split"], index=False)
+    mapped = run_matrix(_cfg(genotypes, cohort=str(cohort), sample_column="sample"))
+    assert mapped.ids[0] == "sub-S0" and mapped.meta["genotype_samples"][0] == "S0"
+
+
+def test_no_variant_passing_filters_and_bad_config(genotypes: dict) -> None:
+    with pytest.raises(BrainmmError, match=r"no variant passes min_maf=0.45 and max_missing=0.0 on the 6 training"):
+        run_matrix(_cfg(genotypes, min_maf=0.45, max_missing=0.0))
+    with pytest.raises(BrainmmError, match=r"'min_maf': expected 0..0.5"):
+        _cfg(genotypes, min_maf=0.7).validate()
+    with pytest.raises(BrainmmError, match=r"exactly one genotype source"):
+        GenotypeMatrixConfig(split="x.csv").require_inputs()
+
+
+def test_cli_matrix(genotypes: dict, capsys: pytest.CaptureFixture) -> None:
+    out = genotypes["tmp"] / "cli" / "geno"
+    assert main(["-q", "genetics", "matrix", "--vcf", str(genotypes["vcf"]), "--split", str(genotypes["split"]),
+                 "--out", str(out), "--impute", "mean", "--set", "max_missing=0.4"]) == 0
+    table = EmbeddingTable.load(out)
+    assert table.meta["variants_kept"] == 5 and table.meta["impute"] == "mean"  # V3 kept at 33 % missingness
+    assert main(["-q", "genetics", "matrix", "--vcf", str(genotypes["tmp"] / "nope.vcf.gz"),
+                 "--split", str(genotypes["split"]), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith("nope.vcf.gz: not found")
+
+
+# ---- precomputed tables ------------------------------------------------------------------------------
+
+
+def test_precomputed_formats(tmp_path: Path) -> None:
+    ids = ["007", "b", "c"]
+    vecs = np.arange(6, dtype=np.float64).reshape(3, 2)
+    wide = pd.DataFrame({"subject_id": ids, "f0": vecs[:, 0], "f1": vecs[:, 1]})
+    wide.to_parquet(tmp_path / "wide.parquet")
+    pd.DataFrame({"subject_id": ids, "emb": list(vecs)}).to_parquet(tmp_path / "list.parquet")
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    np.savez(tmp_path / "t.npz", ids=np.array(ids), vectors=vecs)
+    np.save(tmp_path / "t.npy", vecs)
+    (tmp_path / "t.ids.txt").write_text("\n".join(ids) + "\n")
+    for name in ("wide.parquet", "list.parquet", "wide.csv", "t.npz", "t.npy"):
+        table = read_precomputed(tmp_path / name)
+        assert table.ids == ids, name
+        np.testing.assert_array_equal(table.vectors, vecs.astype(np.float32))
+    bad = wide.assign(f1=[1.0, np.nan, 2.0])
+    bad.to_csv(tmp_path / "nan.csv", index=False)
+    with pytest.raises(BrainmmError, match=r"nan\.csv: subject 'b' has NaN/inf"):
+        read_precomputed(tmp_path / "nan.csv")
+    with pytest.raises(BrainmmError, match=r"wide\.csv: no id column 'sid'"):
+        read_precomputed(tmp_path / "wide.csv", id_column="sid")
+    pd.concat([wide, wide.iloc[:1]]).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(BrainmmError, match=r"dup\.csv: subject id\(s\) \['007'\] appear more than once"):
+        read_precomputed(tmp_path / "dup.csv")
+    assert main(["-q", "genetics", "import", "--table", str(tmp_path / "wide.parquet"),
+                 "--out", str(tmp_path / "imported")]) == 0
+    assert EmbeddingTable.load(tmp_path / "imported").ids == ids
+
+
+# ---- real data: 1000 Genomes genotypes --------------------------------------------------------------
+
+
+def test_real_1kg_matrix(sample_data_dir: Path, tmp_path: Path) -> None:
+    from brainmm.data.genetics.sample import fetch_genetics_sample
+    from brainmm.data.splits import make_split, save_split
+
+    folder = fetch_genetics_sample(sample_data_dir)
+    raw = read_vcf_dosages(folder / "1kg.chr2.vcf.gz")
+    assert raw.values.shape == (629, 381) and 0.4 < np.isnan(raw.values).mean() < 0.5
+    split = make_split(raw.samples, seed=0)
+    save_split(split, tmp_path / "split.csv")
+    table = run_matrix(GenotypeMatrixConfig(vcf=str(folder / "1kg.chr2.vcf.gz"), split=str(tmp_path / "split.csv"),
+                                            out=str(tmp_path / "kg")))
+    train = raw.values[np.isin(raw.samples, split.loc[split["split"] == "train", "subject_id"])]
+    missing = np.isnan(train).mean(axis=0)
+    af = np.nansum(train, axis=0) / np.maximum(2 * (~np.isnan(train)).sum(axis=0), 1)
+    expected = (np.minimum(af, 1 - af) >= 0.01) & (missing <= 0.1)
+    assert table.vectors.shape == (629, int(expected.sum())) and 50 < expected.sum() < 150
+    assert not np.isnan(table.vectors).any() and set(np.unique(table.vectors)) <= {0.0, 1.0, 2.0}
+    kept = read_variant_table(tmp_path / "kg")
+    assert kept["variant_id"].tolist() == raw.variants["variant_id"][expected].tolist()
+    assert kept["contig"].eq("2").all() and (kept["train_missing_rate"] <= 0.1).all()
