@@ -11,16 +11,26 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from encoders.dna import create_dna_encoder, reverse_complement
-from encoders.dna.caduceus import run_by_length
-from encoders.dna.caduceus_model import (
+from encoders.dna.base import POOLINGS
+from encoders.dna.caduceus import (
     DEFAULT_COMPLEMENT_MAP,
-    Caduceus,
-    CaduceusConfig,
-    CaduceusForMaskedLM,
+    CaduceusEncoder,
+    CaduceusEncoderConfig,
+    run_by_length,
 )
+from encoders.dna.caduceus_model import Caduceus, CaduceusConfig, CaduceusForMaskedLM
 from encoders.errors import EncoderInputError
 
 ATOL = 2e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine extra threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _config(rcps: bool, fused: bool = True) -> CaduceusConfig:
@@ -181,6 +191,49 @@ def test_batch_equals_single(variant: str, ps_dir, ph_dir) -> None:
     torch.testing.assert_close(batched, single, rtol=0, atol=ATOL)
     tokens = enc.embed(seqs, per_token=True)
     assert [t.shape for t in tokens] == [(len(s), 16) for s in seqs]
+
+
+def _count_model_rows(enc) -> list[int]:
+    """Rows (sequences) passed to the model by each forward call of `enc`."""
+    rows: list[int] = []
+    enc.model.register_forward_pre_hook(lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                        with_kwargs=True)
+    return rows
+
+
+@pytest.mark.parametrize("rc, pooling", [("average", "mean"), ("concat", "max")])
+def test_ps_one_pass_equals_two_pass(rc: str, pooling: str, ps_dir) -> None:
+    """PS computes the reverse strand in its forward pass: same result as running the reverse complement."""
+    folder, _ = ps_dir
+    seqs = _seqs(3, (26, 17, 40), seed=7)
+    one = create_dna_encoder("caduceus", path=folder, rc=rc, pooling=pooling, window=30, overlap=4)
+    two = create_dna_encoder("caduceus", path=folder, rc=rc, pooling=pooling, window=30, overlap=4)
+    two.rc_in_model = False  # the two-pass reference: embed the reverse complement as its own sequence
+    assert one.rc_in_model
+    one_rows, two_rows = _count_model_rows(one), _count_model_rows(two)
+    got, ref = one.embed(seqs), two.embed(seqs)
+    assert got.shape == (3, one.dim) and one.dim == (32 if rc == "concat" else 16)
+    assert sum(one_rows) == 4 and sum(two_rows) == 8  # windows: 1 + 1 + 2; twice that with RC sequences
+    torch.testing.assert_close(got, ref, rtol=0, atol=ATOL)
+    tokens, ref_tokens = one.embed(seqs[:2], per_token=True), two.embed(seqs[:2], per_token=True)
+    for t, r, s in zip(tokens, ref_tokens, seqs):
+        assert t.shape == (len(s), one.dim)
+        torch.testing.assert_close(t, r, rtol=0, atol=ATOL)
+    # per-token strand invariance: position j of the reverse complement pairs with position j of the sequence
+    rev = one.embed([reverse_complement(seqs[0])], per_token=True)[0].flip(0)
+    expected = tokens[0] if rc == "average" else torch.cat([tokens[0][:, 16:], tokens[0][:, :16]], dim=1)
+    torch.testing.assert_close(rev, expected, rtol=0, atol=ATOL)
+
+
+def test_rc_in_model_needs_position_free_pooling(ps_dir, ph_dir) -> None:
+    """The in-model reverse strand is aligned by position, which only mean/max pooling may ignore."""
+    class AnyPooling(CaduceusEncoder):
+        poolings = POOLINGS
+
+    with pytest.raises(EncoderInputError, match="pooling: caduceus .* computes the reverse strand"):
+        AnyPooling(CaduceusEncoderConfig(path=str(ps_dir[0]), pooling="last"))
+    ph = AnyPooling(CaduceusEncoderConfig(path=str(ph_dir[0]), pooling="last"))  # Ph: two passes, any pooling
+    assert not ph.rc_in_model and ph.embed(["ACGTAC"]).shape == (1, 16)
 
 
 def test_run_by_length_matches_masked_port(ps_dir) -> None:

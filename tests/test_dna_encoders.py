@@ -26,6 +26,15 @@ rng = random.Random(0)
 SEQS = ["".join(rng.choice("ACGT") for _ in range(n)) for n in (48, 61, 90, 7)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine extra threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # tiny checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +263,31 @@ ALL = list(CASES)
 # ---------------------------------------------------------------------------------------------
 def test_registry_lists_every_family():
     assert {"generator", "nt", "dnabert2", "hyenadna", "hf"} <= set(list_dna_encoders())
+
+
+def test_family_modules_import_heavy_packages_lazily():
+    """`import encoders.dna` and `list_dna_encoders()` must not pull in transformers or the Caduceus port."""
+    import ast
+
+    import encoders.dna
+
+    def heavy(name: str) -> bool:
+        return name.split(".")[0] == "transformers" or name == "encoders.dna.caduceus_model"
+
+    package = Path(encoders.dna.__file__).parent
+    modules = sorted(p for p in package.glob("*.py") if p.name != "caduceus_model.py")  # the port itself
+    assert {"caduceus.py", "hf.py", "nucleotide_transformer.py"} <= {p.name for p in modules}
+    offenders = []
+    for path in modules:
+        for node in ast.parse(path.read_text()).body:  # module level only (TYPE_CHECKING blocks are `if`s)
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}: {n}" for n in names if heavy(n)]
+    assert not offenders, offenders
 
 
 @pytest.mark.parametrize("case", ALL)

@@ -4,7 +4,9 @@ A family subclasses `DNAEncoder`, implements `load()` (set `self.model`, read th
 `tokenize()` (sequences -> `TokenBatch`), optionally overrides `forward_hidden()` (model call ->
 hidden states of the selected layer), and registers itself with `@register_dna_encoder("name")`.
 Everything else is shared: normalisation, tiling, reverse-complement handling, batching by length,
-pooling, the output dimension and the cache key.
+pooling, the output dimension and the cache key. A model that computes both strands in one pass
+(Caduceus-PS) sets `rc_in_model`; its `forward_hidden()` then returns [B, T, 2H] states whose second
+half is the reverse strand aligned to each position, and no reverse-complement sequences are run.
 """
 
 from __future__ import annotations
@@ -175,6 +177,11 @@ class DNAEncoder(ABC):
     padding_side: ClassVar[str] = "right"
     window_multiple: ClassVar[int] = 1          # windows must be a multiple of this many bases
     single_base_tokens: ClassVar[bool] = False  # content tokens are single bases (per-token RC alignment)
+    # True when the model computes the reverse strand itself (RC-equivariant parameter sharing): with
+    # rc != "none", forward_hidden() returns [B, T, 2H] = [forward ‖ reverse strand at the same position]
+    # and embed() runs no reverse-complement sequences. Class-level default; a family whose checkpoints
+    # differ (Caduceus PS vs Ph) sets it on the instance in load(). Needs mean or max pooling.
+    rc_in_model: bool = False
 
     def __init__(self, config: DNAEncoderConfig):
         self.config = self._resolve(config)
@@ -189,6 +196,11 @@ class DNAEncoder(ABC):
         self._probed: tuple[int, int] | None = None
         self.load()
         self._check_layer()
+        if self.rc_in_model and self.config.rc != "none" and self.config.pooling not in ("mean", "max"):
+            raise EncoderInputError(
+                f"pooling: {self.family} model in {self.path} computes the reverse strand in the same pass, "
+                f"which pairs with 'mean' or 'max' pooling only (rc={self.config.rc!r}); got "
+                f"{self.config.pooling!r}")
 
     # ---- configuration -------------------------------------------------------------------------
     def _resolve(self, config: DNAEncoderConfig) -> DNAEncoderConfig:
@@ -250,7 +262,7 @@ class DNAEncoder(ABC):
                           output_hidden_states=output_hidden_states)
 
     def forward_hidden(self, batch: TokenBatch) -> torch.Tensor:
-        """Hidden states [B, T, H] of the configured layer."""
+        """Hidden states [B, T, H] of the configured layer ([B, T, 2H] with `rc_in_model` and rc != 'none')."""
         last = self.config.layer in (-1, self.num_hidden_states - 1)
         out = self.run_model(batch, output_hidden_states=not last)
         return out.last_hidden_state if last else out.hidden_states[self.config.layer]
@@ -338,6 +350,7 @@ class DNAEncoder(ABC):
         if per_token and rc != "none" and not self.single_base_tokens:
             raise EncoderInputError(f"rc: per-token output with rc={rc!r} needs single-base tokens; "
                                     f"{self.family} tokens are not, use rc='none'")
+        in_model = rc != "none" and self.rc_in_model  # the reverse strand comes with the forward pass
         unique: dict[str, int] = {}
         fwd_idx: list[int] = []
         rc_idx: list[int] = []
@@ -350,36 +363,40 @@ class DNAEncoder(ABC):
             for start, end in windows:
                 piece = seq[start:end]
                 fwd_idx.append(unique.setdefault(piece, len(unique)))
-                if rc != "none":
+                if rc != "none" and not in_model:
                     rev = reverse_complement(piece)
                     rc_idx.append(unique.setdefault(rev, len(unique)))
                 owner.append(i)
+        h = self.hidden_size
+        width = 2 * h if in_model else h
         if per_token:
-            states = self._run(list(unique), per_token=True)
-            return [self._combine_tokens(states[f], states[r] if rc != "none" else None)
-                    for f, r in zip(fwd_idx, rc_idx or fwd_idx)]
-        pooled = self._run(list(unique), per_token=False)
+            states = self._run(list(unique), per_token=True, width=width)
+            if rc == "none":
+                return [states[f] for f in fwd_idx]
+            if in_model:
+                return [self._combine_strands(states[f][:, :h], states[f][:, h:]) for f in fwd_idx]
+            # single-base tokens: position j of the RC strand pairs with position j of the forward strand
+            return [self._combine_strands(states[f], states[r].flip(0)) for f, r in zip(fwd_idx, rc_idx)]
+        pooled = self._run(list(unique), per_token=False, width=width)
         if not seqs:
             return torch.zeros(0, self.dim)
         vectors = pooled[fwd_idx]
-        if rc == "average":
-            vectors = (vectors + pooled[rc_idx]) / 2
-        elif rc == "concat":
-            vectors = torch.cat([vectors, pooled[rc_idx]], dim=1)
+        if in_model:
+            vectors = self._combine_strands(vectors[:, :h], vectors[:, h:])
+        elif rc != "none":
+            vectors = self._combine_strands(vectors, pooled[rc_idx])
         owners = torch.tensor(owner)
         counts = torch.bincount(owners, minlength=len(seqs)).unsqueeze(1).to(vectors.dtype)
         return torch.zeros(len(seqs), vectors.shape[1]).index_add_(0, owners, vectors) / counts
 
-    def _combine_tokens(self, fwd: torch.Tensor, rev: torch.Tensor | None) -> torch.Tensor:
-        if rev is None:
-            return fwd
-        rev = rev.flip(0)  # single-base tokens: position j of the RC strand pairs with position j
-        return (fwd + rev) / 2 if self.config.rc == "average" else torch.cat([fwd, rev], dim=1)
+    def _combine_strands(self, fwd: torch.Tensor, rev: torch.Tensor) -> torch.Tensor:
+        """Forward- and reverse-strand states of the same rows: their mean (rc='average') or [fwd ‖ rev]."""
+        return (fwd + rev) / 2 if self.config.rc == "average" else torch.cat([fwd, rev], dim=-1)
 
-    def _run(self, pieces: list[str], per_token: bool) -> Any:
-        """Model outputs for unique pieces, longest first in batches; returns rows in input order."""
+    def _run(self, pieces: list[str], per_token: bool, width: int) -> Any:
+        """Model outputs (`width` channels) for unique pieces, longest first in batches; rows in input order."""
         order = sorted(range(len(pieces)), key=lambda k: len(pieces[k]), reverse=True)
-        pooled = torch.zeros(len(pieces), self.hidden_size)
+        pooled = torch.zeros(len(pieces), width)
         tokens: list[torch.Tensor | None] = [None] * len(pieces)
         step = self.config.batch_size
         for b in range(0, len(order), step):

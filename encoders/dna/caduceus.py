@@ -9,10 +9,16 @@ A7 C8 G9 T10 N11, no special tokens added (the authors' embedding recipe). Batch
 the port zeroes mixer inputs at padding (`attention_mask`); the official model takes no mask, so its
 batches are run one sequence length at a time.
 
-Reverse complement: PS outputs [fwd ‖ rc] channels; the encoder keeps the forward half, and `rc="average"`
-(default) averages it with the forward half of the reverse-complement sequence, which equals the official
-recipe ½(h[..., :d] + h[..., d:].flip(length, channels)) after pooling. Ph is run on the sequence and its
-reverse complement and averaged, as in the official `vep_embeddings.py`.
+Reverse complement: PS (RC-equivariant parameter sharing) outputs [fwd ‖ rc] channels in one pass, so the
+encoder sets `rc_in_model` and runs no reverse-complement sequences: with `rc="average"` (default) or
+"concat" the hidden states are [h[..., :d] ‖ h[..., d:].flip(channels)], the reverse strand aligned to each
+position (equal, by equivariance, to the forward half of the reverse-complement sequence read backwards).
+After pooling this is the official `vep_embeddings.py` recipe ½(h[..., :d] + h[..., d:].flip(length,
+channels)). Ph is not equivariant: it is run on the sequence and its reverse complement and averaged, as in
+`vep_embeddings.py`.
+
+`caduceus_model` (and transformers' Mamba with it) is imported only when a model is loaded, so importing
+this module (e.g. `list_dna_encoders()`) stays light.
 """
 
 from __future__ import annotations
@@ -20,19 +26,26 @@ from __future__ import annotations
 import importlib.util
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithNoAttention
 
 from encoders.dna.base import DNAEncoder, DNAEncoderConfig, TokenBatch, pad_token_rows
-from encoders.dna.caduceus_model import BASE_TOKEN_IDS, DEFAULT_COMPLEMENT_MAP, PAD_TOKEN_ID, Caduceus
 from encoders.dna.kmers import base_codes
 from encoders.dna.registry import register_dna_encoder
 from encoders.errors import EncoderInputError
 
+if TYPE_CHECKING:
+    from transformers.modeling_outputs import BaseModelOutputWithNoAttention
+
 IMPLEMENTATIONS = ("port", "official")
+# Character tokenizer of the Caduceus / HyenaDNA checkpoints (tokenization_caduceus.py).
+SPECIAL_TOKEN_IDS = {"[CLS]": 0, "[SEP]": 1, "[BOS]": 2, "[MASK]": 3, "[PAD]": 4, "[RESERVED]": 5, "[UNK]": 6}
+BASE_TOKEN_IDS = {"A": 7, "C": 8, "G": 9, "T": 10, "N": 11}
+PAD_TOKEN_ID = SPECIAL_TOKEN_IDS["[PAD]"]
+# Token id -> id of its complement (specials and N map to themselves): the `complement_map` of PS configs.
+DEFAULT_COMPLEMENT_MAP = {i: i for i in range(12)} | {7: 10, 8: 9, 9: 8, 10: 7}
 _CHAR_IDS = np.array([BASE_TOKEN_IDS[c] for c in "ACGTN"], dtype=np.int64)  # base_codes order
 _CHARACTERS = ["A", "C", "G", "T", "N"]
 
@@ -50,6 +63,8 @@ def run_by_length(model_fn: Any, batch: TokenBatch, output_hidden_states: bool) 
     `model_fn(input_ids, output_hidden_states)` returns an output with `last_hidden_state` (and
     `hidden_states` when asked).
     """
+    from transformers.modeling_outputs import BaseModelOutputWithNoAttention
+
     lengths = batch.attention_mask.sum(dim=1)
     size, width = batch.input_ids.shape
     buffers: list[torch.Tensor] = []
@@ -82,8 +97,11 @@ class CaduceusEncoder(DNAEncoder):
                                     f"{raw.get('model_type')!r}; expected 'caduceus'")
         self._check_vocabulary(raw)
         self.rcps = bool(raw.get("rcps", False))
+        self.rc_in_model = self.rcps  # PS computes both strands in one pass
         implementation = self.config.implementation
         if implementation == "port":
+            from encoders.dna.caduceus_model import Caduceus
+
             self.model = self.load_weights(Caduceus)
         elif implementation == "official":
             self._load_official()
@@ -120,7 +138,7 @@ class CaduceusEncoder(DNAEncoder):
 
     @property
     def hidden_size(self) -> int:
-        """d_model: one strand's width (PS outputs twice this; the encoder keeps the forward half)."""
+        """d_model: one strand's width (PS models output [fwd ‖ rc], twice this)."""
         return int(self.model.config.d_model)
 
     @property
@@ -134,17 +152,23 @@ class CaduceusEncoder(DNAEncoder):
         return pad_token_rows(rows, [(0, len(seq)) for seq in sequences], PAD_TOKEN_ID, "right")
 
     def run_model(self, batch: TokenBatch, output_hidden_states: bool) -> BaseModelOutputWithNoAttention:
-        """Forward pass; for PS only the forward-strand half of the channels is returned."""
+        """Forward pass; PS states have 2 * d_model channels, [fwd ‖ rc] as the model computes them."""
         if self.config.implementation == "port":
-            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             output_hidden_states=output_hidden_states)
-        else:
-            out = run_by_length(
-                lambda ids, ohs: self.model(input_ids=ids, output_hidden_states=ohs, return_dict=True),
-                batch, output_hidden_states)
+            return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              output_hidden_states=output_hidden_states)
+        return run_by_length(
+            lambda ids, ohs: self.model(input_ids=ids, output_hidden_states=ohs, return_dict=True),
+            batch, output_hidden_states)
+
+    def forward_hidden(self, batch: TokenBatch) -> torch.Tensor:
+        """States of the configured layer: Ph [B, T, d]; PS [B, T, 2d] = [forward ‖ reverse strand at the
+        same position] when `rc` asks for both strands (`rc_in_model`), else the forward half [B, T, d]."""
+        hidden = super().forward_hidden(batch)
         if not self.rcps:
-            return out
+            return hidden
         d = self.hidden_size
-        return BaseModelOutputWithNoAttention(
-            last_hidden_state=out.last_hidden_state[..., :d],
-            hidden_states=None if out.hidden_states is None else tuple(h[..., :d] for h in out.hidden_states))
+        if not (self.rc_in_model and self.config.rc != "none"):
+            return hidden[..., :d]
+        # rc half of the PS output: the reverse-complement sequence's states, flipped in length and channels
+        # (official recipe rc = out[..., d:].flip(1, 2)); flipping channels only keeps them at position j.
+        return torch.cat([hidden[..., :d], hidden[..., d:].flip(-1)], dim=-1)

@@ -18,7 +18,8 @@ Numerical agreement with the official CUDA implementation has not been checked (
 docs/genotype-encoder.md.
 
 Extension: `attention_mask` (absent in the official model) zeroes the mixer inputs at padding positions, so a
-right-padded batch reproduces unpadded outputs for the real tokens.
+right-padded batch reproduces unpadded outputs for the real tokens. The character token ids and the default
+`complement_map` live with the tokenizer in `encoders.dna.caduceus`.
 """
 
 from __future__ import annotations
@@ -33,13 +34,6 @@ from transformers.modeling_outputs import BaseModelOutputWithNoAttention, Masked
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
 from encoders.errors import EncoderInputError
-
-# Character tokenizer of the Caduceus / HyenaDNA checkpoints (tokenization_caduceus.py).
-SPECIAL_TOKEN_IDS = {"[CLS]": 0, "[SEP]": 1, "[BOS]": 2, "[MASK]": 3, "[PAD]": 4, "[RESERVED]": 5, "[UNK]": 6}
-BASE_TOKEN_IDS = {"A": 7, "C": 8, "G": 9, "T": 10, "N": 11}
-PAD_TOKEN_ID = SPECIAL_TOKEN_IDS["[PAD]"]
-# Token id -> id of its complement (specials and N map to themselves).
-DEFAULT_COMPLEMENT_MAP = {i: i for i in range(12)} | {7: 10, 8: 9, 9: 8, 10: 7}
 
 
 class CaduceusConfig(PreTrainedConfig):
