@@ -1,0 +1,281 @@
+"""Benchmark: `BrainLMForPretraining` vs an eager reference built from transformers' `NystromformerLayer`.
+
+old_13M size (424 parcels x 200 timepoints, patch 20, hidden 512, intermediate 1024, 4 encoder + 2 decoder
+layers, 4 heads, conv 65, mask 0.2, batch 2), random weights shared by both models. The reference follows the
+original forward exactly (gather/repeat masking, eager `NystromformerLayer` with hidden_act "gelu", eps 1e-12,
+dropout 0, and the same decoder); its embedding path is the original recipe `model.vit(..., noise=arange(L))` with
+mask_ratio 0 (encoder only, natural order), against our `encode()`.
+
+Each (variant, task) runs in its own subprocess, so its peak memory is that process's `ru_maxrss`; the rounds
+alternate the variants (the machine is shared) and medians are reported. Also printed: the largest output
+difference between the two models (same weights, same noise, eval mode) and the gradient agreement (the
+conv-kernel gradients are listed apart: the reference's come from oneDNN's fp32 grouped Conv2d, whose weight
+gradient is wrong for kernel 65 in torch 2.13; ours match float64).
+
+    python benchmarks/brainlm_step.py [--rounds 3] [--steps 2] [--embed-batches 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+SIZE = dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+            decoder_hidden_size=512, decoder_intermediate_size=1024, decoder_num_hidden_layers=2,
+            decoder_num_attention_heads=4, num_brain_voxels=424, num_timepoints_per_voxel=200,
+            timepoint_patching_size=20, mask_ratio=0.2, conv_kernel_size=65, num_landmarks=64,
+            segment_means_seq_len=64, hidden_dropout_prob=0.0)
+BATCH = 2
+
+
+class EagerReference(nn.Module):
+    """The original BrainLMForPretraining forward, layers = transformers' eager NystromformerLayer."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        from transformers import NystromformerConfig
+        from transformers.models.nystromformer.modeling_nystromformer import NystromformerLayer
+
+        from encoders.brainlm.layers import BrainLMPositionalEncoding
+
+        def layer_cfg(width, heads, inter):
+            return NystromformerConfig(hidden_size=width, num_attention_heads=heads, intermediate_size=inter,
+                                       hidden_act="gelu", layer_norm_eps=1e-12, hidden_dropout_prob=0.0,
+                                       attention_probs_dropout_prob=0.0, conv_kernel_size=cfg.conv_kernel_size,
+                                       num_landmarks=64, segment_means_seq_len=64)
+
+        h, d = cfg.hidden_size, cfg.decoder_hidden_size
+        self.cfg = cfg
+        self.vit = nn.Module()
+        self.vit.embeddings = nn.Module()
+        emb = self.vit.embeddings
+        emb.cls_token = nn.Parameter(torch.zeros(1, 1, h))
+        emb.signal_embedding_projection = nn.Linear(cfg.timepoint_patching_size, h)
+        emb.xyz_embedding_projection = nn.Linear(3, h)
+        emb.pos_embedding = BrainLMPositionalEncoding(h)
+        self.vit.encoder = nn.Module()
+        enc_cfg = layer_cfg(h, cfg.num_attention_heads, cfg.intermediate_size)
+        self.vit.encoder.layer = nn.ModuleList(NystromformerLayer(enc_cfg) for _ in range(cfg.num_hidden_layers))
+        self.vit.layernorm = nn.LayerNorm(h, eps=1e-12)
+        dec = self.decoder = nn.Module()
+        dec.decoder_embed = nn.Linear(h, d)
+        dec.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        dec_cfg = layer_cfg(d, cfg.decoder_num_attention_heads, cfg.decoder_intermediate_size)
+        dec.decoder_layers = nn.ModuleList(NystromformerLayer(dec_cfg) for _ in range(cfg.decoder_num_hidden_layers))
+        dec.decoder_norm = nn.LayerNorm(d, eps=1e-12)
+        dec.decoder_xyz_projection = nn.Linear(3, d)
+        dec.pos_embedding = BrainLMPositionalEncoding(d)
+        dec.decoder_pred1 = nn.Linear(d, d // 2)
+        dec.decoder_pred2 = nn.Linear(d // 2, cfg.timepoint_patching_size)
+
+    def encoder(self, signal, xyz, noise, mask_ratio):
+        """Original BrainLMEmbeddings + random_masking + encoder + layernorm."""
+        emb = self.vit.embeddings
+        b, v, t = signal.shape
+        ps = self.cfg.timepoint_patching_size
+        p = t // ps
+        x = emb.signal_embedding_projection(signal.reshape(b, v, p, ps))
+        x = x + emb.xyz_embedding_projection(xyz).unsqueeze(2)
+        x = emb.pos_embedding(x).flatten(1, 2)
+        n, length, dim = x.shape
+        len_keep = int(length * (1 - mask_ratio))
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :len_keep]
+        x = torch.gather(x, 1, ids_keep.unsqueeze(-1).repeat(1, 1, dim))
+        mask = torch.ones([n, length])
+        mask[:, :len_keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+        x = torch.cat([emb.cls_token.expand(n, -1, -1), x], dim=1)
+        for layer in self.vit.encoder.layer:
+            x = layer(x)[0]
+        return self.vit.layernorm(x), mask, ids_restore
+
+    def forward(self, signal, xyz, noise):
+        """Original pretraining forward: masked encoder, decoder, masked MSE."""
+        cfg = self.cfg
+        dec = self.decoder
+        latent, mask, ids_restore = self.encoder(signal, xyz, noise, cfg.mask_ratio)
+        b, v, t = signal.shape
+        ps = cfg.timepoint_patching_size
+        p = t // ps
+        x = dec.decoder_embed(latent)
+        mask_tokens = dec.mask_token.repeat(x.shape[0], ids_restore.shape[1] + 1 - x.shape[1], 1)
+        x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
+        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).repeat(1, 1, x.shape[2]))
+        x_ = x_.reshape(b, v, p, x.shape[2])
+        x_ = x_ + dec.decoder_xyz_projection(xyz).unsqueeze(2)
+        x_ = dec.pos_embedding(x_)
+        x = torch.cat([x[:, :1, :], x_.flatten(1, 2)], dim=1)
+        for layer in dec.decoder_layers:
+            x = layer(x)[0]
+        x = dec.decoder_norm(x)
+        pred = dec.decoder_pred2(nn.functional.leaky_relu(dec.decoder_pred1(x), 0.1))[:, 1:].reshape(b, v, p, ps)
+        target = signal.reshape(b, v, p, ps)
+        m = mask.reshape(b, v, p).unsqueeze(-1).repeat(1, 1, 1, ps)
+        loss = ((pred - target) ** 2 * m).sum() / m.sum()
+        return loss, pred, latent
+
+    def embed(self, signal, xyz):
+        """Original recipe for a deterministic embedding: mask_ratio 0, noise = arange(L); CLS token."""
+        length = signal.shape[1] * (signal.shape[2] // self.cfg.timepoint_patching_size)
+        noise = torch.arange(length, dtype=torch.float32).expand(signal.shape[0], -1)
+        return self.encoder(signal, xyz, noise, 0.0)[0][:, 0]
+
+
+def build(variant: str):
+    """Both models with the same seeded weights (ours initialises; the reference copies its state dict)."""
+    from encoders.brainlm import BrainLMConfig, BrainLMForPretraining
+
+    torch.manual_seed(0)
+    cfg = BrainLMConfig(**SIZE)
+    ours = BrainLMForPretraining(cfg)
+    if variant == "ours":
+        return ours, cfg
+    ref = EagerReference(cfg)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return ref, cfg
+
+
+def inputs(cfg, seed: int = 1):
+    """A random batch: signal [B, 424, 200], xyz [B, 424, 3] (mm), noise [B, L]."""
+    g = torch.Generator().manual_seed(seed)
+    signal = torch.randn(BATCH, cfg.num_brain_voxels, cfg.num_timepoints_per_voxel, generator=g)
+    xyz = (torch.rand(cfg.num_brain_voxels, 3, generator=g) * 140 - 70).expand(BATCH, -1, -1).contiguous()
+    noise = torch.rand(BATCH, cfg.num_brain_voxels * (cfg.num_timepoints_per_voxel // cfg.timepoint_patching_size), generator=g)
+    return signal, xyz, noise
+
+
+def worker(variant: str, task: str, steps: int) -> dict:
+    """Time `steps` training steps (forward+backward) or embedding batches after one warm-up."""
+    model, cfg = build(variant)
+    signal, xyz, noise = inputs(cfg)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    if task == "train":
+        model.train()
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            if variant == "ours":
+                loss = model(signal, xyz, noise=noise).loss
+            else:
+                loss = model(signal, xyz, noise)[0]
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if i:
+                times.append(time.perf_counter() - t0)
+    else:
+        model.eval()
+        with torch.no_grad():
+            for i in range(steps + 1):
+                t0 = time.perf_counter()
+                model.encode(signal, xyz) if variant == "ours" else model.embed(signal, xyz)
+                if i:
+                    times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"times": times, "peak_mb": peak / 1024, "before_mb": rss_before / 1024}
+
+
+def agreement() -> dict:
+    """Largest differences between the two models: loss/logits/latent, embedding, gradients (eval mode)."""
+    ours, cfg = build("ours")
+    ref, _ = build("reference")
+    ours.eval()
+    ref.eval()
+    signal, xyz, noise = inputs(cfg)
+    out = ours(signal, xyz, noise=noise)
+    loss, pred, latent = ref(signal, xyz, noise)
+    out.loss.backward()
+    loss.backward()
+    res = {
+        "loss": (out.loss - loss).abs().item(),
+        "logits": (out.logits - pred).abs().max().item(),
+        "latent": (out.latent - latent).abs().max().item(),
+    }
+    with torch.no_grad():
+        res["embedding_cls"] = (ours.encode(signal, xyz) - ref.embed(signal, xyz)).abs().max().item()
+    # relative to each tensor's largest reference gradient, floored at 1e-3 of the model's largest gradient
+    # (key biases get analytically zero gradients: softmax ignores a constant added to every key)
+    ref_params = dict(ref.named_parameters())
+    scale = max(q.grad.abs().max().item() for q in ref_params.values())
+    worst, worst_conv = 0.0, 0.0
+    for name, p in ours.named_parameters():
+        q = ref_params[name]
+        rel = (p.grad - q.grad).abs().max().item() / max(q.grad.abs().max().item(), 1e-3 * scale)
+        if name.endswith("conv.weight"):
+            worst_conv = max(worst_conv, rel)
+        else:
+            worst = max(worst, rel)
+    res["grad_rel_non_conv"] = worst
+    res["grad_rel_conv_weights"] = worst_conv
+    return res
+
+
+def run_worker(variant: str, task: str, steps: int, threads: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", variant, task, str(steps)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per (variant, task)")
+    ap.add_argument("--steps", type=int, default=2, help="timed training steps per round (after 1 warm-up)")
+    ap.add_argument("--embed-batches", type=int, default=3, help="timed embedding batches per round")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--skip-agreement", action="store_true")
+    ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "TASK", "STEPS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        variant, task, steps = args.worker
+        print(json.dumps(agreement() if task == "agreement" else worker(variant, task, int(steps))))
+        return
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; batch {BATCH}, "
+          f"old_13M size; rounds {args.rounds}", flush=True)
+    if not args.skip_agreement:  # in a subprocess too: ru_maxrss is inherited by the workers started after it
+        agree = run_worker("both", "agreement", 0, args.threads)
+        print("max |ours - reference| (eval, same weights and noise): " +
+              ", ".join(f"{k} {v:.2e}" for k, v in agree.items()), flush=True)
+    results: dict[tuple[str, str], list[dict]] = {}
+    for r in range(args.rounds):
+        for task, steps in (("train", args.steps), ("embed", args.embed_batches)):
+            for variant in (("ours", "reference") if r % 2 == 0 else ("reference", "ours")):
+                res = run_worker(variant, task, steps, args.threads)
+                results.setdefault((variant, task), []).append(res)
+                print(f"round {r + 1} {task:5s} {variant:9s}: " + " ".join(f"{t:.2f}s" for t in res["times"]) +
+                      f"  peak {res['peak_mb']:.0f} MB (before first step {res['before_mb']:.0f} MB)", flush=True)
+
+    def med(variant, task, key):
+        if key == "time":
+            return statistics.median(t for res in results[(variant, task)] for t in res["times"])
+        return statistics.median(res[key] for res in results[(variant, task)])
+
+    print("\nmedians")
+    for task, unit in (("train", "s/step"), ("embed", "s/batch")):
+        o, ref = med("ours", task, "time"), med("reference", task, "time")
+        po, pr = med("ours", task, "peak_mb"), med("reference", task, "peak_mb")
+        bo, br = med("ours", task, "before_mb"), med("reference", task, "before_mb")
+        print(f"{task}: ours {o:.2f} {unit}, reference {ref:.2f} {unit} -> speed-up {ref / o:.2f}x; "
+              f"peak RSS ours {po:.0f} MB, reference {pr:.0f} MB -> ratio {po / pr:.2f} "
+              f"(above the pre-step RSS: {po - bo:.0f} vs {pr - br:.0f} MB -> {(po - bo) / (pr - br):.2f})")
+        if task == "embed":
+            print(f"embedding throughput: ours {BATCH / o:.2f} recordings/s, reference {BATCH / ref:.2f} "
+                  f"recordings/s -> {ref / o:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""BrainLM: the Nystromformer masked autoencoder (old_13M) and the padded ViT-MAE variant (111M/650M).
+
+`BrainLMForPretraining` / `BrainLMModel` load original `brainlm_mae` checkpoint folders; `BrainLMViTForPretraining`
+loads the `vit_mae` ones (prepare its input with `vit_preprocess`). All have `encode(...) -> [B, H]`.
+"""
+
+from encoders.brainlm.configuration import BrainLMConfig
+from encoders.brainlm.modeling import (
+    BrainLMForPretraining,
+    BrainLMModel,
+    BrainLMModelOutput,
+    BrainLMPretrainingOutput,
+)
+from encoders.brainlm.pooling import POOLINGS, pool_latent
+from encoders.brainlm.preprocessing import VIT_SCALE, sort_parcels_by_y, vit_preprocess
+from encoders.brainlm.vit import BrainLMViTForPretraining, BrainLMViTPretrainingOutput
+
+__all__ = [
+    "POOLINGS",
+    "VIT_SCALE",
+    "BrainLMConfig",
+    "BrainLMForPretraining",
+    "BrainLMModel",
+    "BrainLMModelOutput",
+    "BrainLMPretrainingOutput",
+    "BrainLMViTForPretraining",
+    "BrainLMViTPretrainingOutput",
+    "pool_latent",
+    "sort_parcels_by_y",
+    "vit_preprocess",
+]

@@ -1,0 +1,123 @@
+"""Checked loading of checkpoint folders: clear `EncoderInputError`s instead of deep library tracebacks.
+
+A folder holds `config.json` plus `model.safetensors` (or a sharded index) or a legacy `pytorch_model.bin`,
+read with `torch.load(weights_only=True)` only. Loading is local (no network).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from encoders.errors import EncoderInputError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_checkpoint_folder(path: str | os.PathLike, model_type: str | None, hint: str = "") -> Path:
+    """Check `path` has a readable config.json (of `model_type` unless None) and weights; return the weights file."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise EncoderInputError(f"checkpoint folder {folder} does not exist (expected a local folder with "
+                                f"config.json and model.safetensors or pytorch_model.bin)")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise EncoderInputError(f"checkpoint folder {folder} has no config.json")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EncoderInputError(f"{config_file} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise EncoderInputError(f"{config_file} must hold a JSON object")
+    found_type = config.get("model_type")
+    if model_type is not None and found_type is not None and found_type != model_type:
+        raise EncoderInputError(f"{config_file} has model_type {found_type!r}, expected {model_type!r}{hint}")
+    weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if weights is None:
+        present = sorted(p.name for p in folder.iterdir())
+        raise EncoderInputError(f"checkpoint folder {folder} has no weights: expected one of {list(WEIGHT_FILES)}, "
+                                f"found {present}")
+    if weights.name == "model.safetensors":
+        _check_safetensors(weights)
+    elif weights.name == "pytorch_model.bin":
+        _check_torch_file(weights)
+    return weights
+
+
+def _check_safetensors(file: Path) -> None:
+    """Header parses and every tensor's byte range lies inside the file."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            names = list(handle.keys())
+            if names:  # touching the last tensor catches a truncated data section
+                handle.get_slice(names[-1])
+    except Exception as err:  # safetensors raises its own error types for every kind of damage
+        raise EncoderInputError(f"{file} is not a readable safetensors file ({type(err).__name__}: {err})") from None
+    with open(file, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + header_len + end > file.stat().st_size:
+        raise EncoderInputError(f"{file} is truncated: its header needs {8 + header_len + end} bytes, the file has "
+                                f"{file.stat().st_size}")
+
+
+def _check_torch_file(file: Path) -> None:
+    """A legacy PyTorch file must load with weights_only=True (no arbitrary pickles)."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # corrupt zip, unsafe pickle, truncated file: all user-fixable input problems
+        raise EncoderInputError(f"{file} cannot be read as a PyTorch state dict with weights_only=True "
+                                f"({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise EncoderInputError(f"{file} must hold a state dict (a dict of tensors), got {type(state).__name__}")
+
+
+class CheckedFromPretrainedMixin:
+    """`from_pretrained` for a local folder: checks files first, then refuses shape mismatches and missing keys.
+
+    Pass `ignore_mismatched_sizes=True` to accept re-initialised mismatched tensors, or `output_loading_info=True`
+    to get `(model, info)` and decide about missing keys yourself.
+    """
+
+    checkpoint_model_type: str = ""
+    checkpoint_hint: str = ""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a local checkpoint folder (see the class docstring for the checks)."""
+        folder = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
+        check_checkpoint_folder(folder, cls.checkpoint_model_type, cls.checkpoint_hint)
+        want_info = kwargs.pop("output_loading_info", False)
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        kwargs["local_files_only"] = True
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              ignore_mismatched_sizes=True, **kwargs)
+        if info["mismatched_keys"] and not allow_mismatch:
+            key, found, expected = sorted(info["mismatched_keys"])[0]
+            more = len(info["mismatched_keys"]) - 1
+            raise EncoderInputError(
+                f"checkpoint {folder}: tensor {key!r} has shape {list(found)} but the config gives {list(expected)}"
+                + (f" (and {more} more mismatched tensor(s))" if more else "")
+            )
+        if info["missing_keys"] and not want_info:
+            missing = sorted(info["missing_keys"])
+            raise EncoderInputError(
+                f"checkpoint {folder} lacks {len(missing)} weight(s) the model needs, e.g. {missing[:5]}; "
+                "pass output_loading_info=True to load anyway with those weights freshly initialised"
+            )
+        return (model, info) if want_info else model
+
+
+def checkpoint_keys(weights: Path) -> set[str]:
+    """Tensor names stored in a weights file (safetensors header, sharded index, or a weights_only torch load)."""
+    if weights.name.endswith(".index.json"):
+        return set(json.loads(weights.read_text()).get("weight_map", {}))
+    if weights.suffix == ".safetensors":
+        with safe_open(str(weights), framework="pt") as handle:
+            return set(handle.keys())
+    return set(torch.load(weights, map_location="cpu", weights_only=True, mmap=True))
