@@ -161,7 +161,11 @@ class GenotypeEncoder(PreTrainedModel):
         x = self._check_inputs(dosages, scores)
         if self.training and self.config.norm == "batchnorm" and x.shape[0] < 2:
             raise EncoderInputError("GenotypeEncoder: batch norm in training mode needs a batch of >= 2 rows")
-        return self.mlp((x - self.input_mean) / self.input_std)
+        return self.forward_unchecked(x)
+
+    def forward_unchecked(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Scale and embed already-checked inputs [B, input_size] (traceable by torch.export: no data checks)."""
+        return self.mlp((inputs - self.input_mean) / self.input_std)
 
     @torch.no_grad()
     def encode(

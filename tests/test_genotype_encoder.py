@@ -101,3 +101,15 @@ def test_scores_without_score_block_and_bad_config() -> None:
         GenotypeEncoderConfig(n_snps=0)
     with pytest.raises(EncoderInputError, match="batch of >= 2"):
         _model().train()(torch.zeros(1, 20), torch.zeros(1, 3))
+
+
+def test_forward_unchecked_equals_forward() -> None:
+    import torch
+
+    from encoders.genotype import GenotypeEncoder, GenotypeEncoderConfig
+
+    torch.manual_seed(0)
+    enc = GenotypeEncoder(GenotypeEncoderConfig(n_snps=7, hidden_sizes=(8,), output_size=4)).eval()
+    x = torch.randint(0, 3, (5, 7)).float()
+    enc.fit_input_scaling(x)
+    torch.testing.assert_close(enc.forward_unchecked(x), enc(x), rtol=0, atol=0)

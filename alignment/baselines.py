@@ -1,0 +1,321 @@
+"""Classical and untrained baselines beside contrastive alignment: PCA -> CCA / PLS, ridge maps in both
+directions and random projection heads. Each is fitted on the training split only, maps held-out brain and DNA
+embeddings into a common space, and reports the same retrieval metrics through `space_records`."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.cross_decomposition import CCA, PLSCanonical
+from sklearn.decomposition import PCA
+from sklearn.linear_model import RidgeCV
+from sklearn.metrics import r2_score
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from alignment.errors import AlignmentInputError
+from alignment.retrieval import RetrievalReport, retrieval_report
+from alignment.stats import bootstrap_weights, flatten_records, percentile_ci, permutation_pvalue
+
+BASELINES = ("cca", "pls", "ridge_brain_to_dna", "ridge_dna_to_brain", "random_head")
+RIDGE_ALPHAS = np.logspace(-3, 5, 9)
+
+
+def _matrix(x: Any, what: str) -> np.ndarray:
+    """float64 [n, dim] array with finite values, or AlignmentInputError naming `what`."""
+    try:
+        x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise AlignmentInputError(f"{what}: expected a numeric [n, dim] array ({err})") from None
+    if x.ndim != 2 or 0 in x.shape:
+        raise AlignmentInputError(f"{what}: expected a 2-D array [n >= 1, dim >= 1], got shape {x.shape}")
+    bad = int((~np.isfinite(x).all(axis=1)).sum())
+    if bad:
+        raise AlignmentInputError(f"{what}: {bad} of {len(x)} rows contain NaN or inf")
+    return x
+
+
+def _paired(brain: Any, dna: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    b, d = _matrix(brain, f"{split} brain embeddings"), _matrix(dna, f"{split} dna embeddings")
+    if len(b) != len(d):
+        raise AlignmentInputError(
+            f"{split} split: {len(b)} brain rows but {len(d)} dna rows (rows must be paired)"
+        )
+    return b, d
+
+
+def pca_components(x: np.ndarray, variance: float = 0.9, max_components: int = 100) -> int:
+    """Components chosen on the training rows: enough for `variance` of the variance, at most n_train // 10
+    (and `max_components`, n_features, n_train - 1), at least 1."""
+    n, d = x.shape
+    cap = max(1, min(max_components, n // 10, d, n - 1))
+    explained = PCA(n_components=cap).fit(x).explained_variance_ratio_
+    return int(min(cap, np.searchsorted(np.cumsum(explained), variance) + 1))
+
+
+class CCABaseline:
+    """Per-view PCA (fitted on train) -> CCA (`method="cca"`, correlation) or PLSCanonical (`"pls"`, covariance of
+    the unscaled PCA scores); the shared space is the score pairs standardised with the training scores' mean/std."""
+
+    def __init__(
+        self,
+        method: Literal["cca", "pls"] = "cca",
+        n_components: int = 8,
+        variance: float = 0.9,
+        max_pca_components: int = 100,
+    ) -> None:
+        if method not in ("cca", "pls"):
+            raise AlignmentInputError(f"method: expected 'cca' or 'pls', got {method!r}")
+        self.method, self.n_components = method, n_components
+        self.variance, self.max_pca_components = variance, max_pca_components
+
+    def fit(self, brain: Any, dna: Any) -> CCABaseline:
+        """Fit PCA per view and CCA/PLS on training rows only."""
+        b, d = _paired(brain, dna, "train")
+        if len(b) < 3:
+            raise AlignmentInputError(f"{self.method}: need at least 3 training rows, got {len(b)}")
+        self.pca_brain_ = PCA(n_components=pca_components(b, self.variance, self.max_pca_components)).fit(b)
+        self.pca_dna_ = PCA(n_components=pca_components(d, self.variance, self.max_pca_components)).fit(d)
+        m = min(self.n_components, self.pca_brain_.n_components_, self.pca_dna_.n_components_)
+        # PLS keeps the PCA variances (scale=False): standardised PCA scores are white and PLS would equal CCA.
+        model = (
+            CCA(n_components=m, max_iter=1000)
+            if self.method == "cca"
+            else PLSCanonical(n_components=m, scale=False, max_iter=1000)
+        )
+        self.model_ = model.fit(self.pca_brain_.transform(b), self.pca_dna_.transform(d))
+        u, v = self._scores(b, d)
+        self.mean_ = (u.mean(0), v.mean(0))
+        self.std_ = (np.where(u.std(0) > 0, u.std(0), 1.0), np.where(v.std(0) > 0, v.std(0), 1.0))
+        return self
+
+    def _scores(self, b: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.model_.transform(self.pca_brain_.transform(b), self.pca_dna_.transform(d))
+
+    def transform(self, brain: Any, dna: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised canonical scores (brain side, dna side) of new paired rows."""
+        u, v = self._scores(*_paired(brain, dna, "test"))
+        return (u - self.mean_[0]) / self.std_[0], (v - self.mean_[1]) / self.std_[1]
+
+    def canonical_correlations(self, brain: Any, dna: Any) -> np.ndarray:
+        """Pearson correlation of each pair of canonical scores on the given (held-out) rows."""
+        return _column_corr(*self.transform(brain, dna))
+
+
+class RidgeMap:
+    """StandardScaler + RidgeCV from one modality's embeddings to the other's; the shared space is the target
+    space centred on the training target mean (prediction vs true embedding)."""
+
+    def __init__(
+        self,
+        direction: Literal["brain_to_dna", "dna_to_brain"] = "brain_to_dna",
+        alphas: Sequence[float] = RIDGE_ALPHAS,
+    ) -> None:
+        if direction not in ("brain_to_dna", "dna_to_brain"):
+            raise AlignmentInputError(
+                f"direction: expected 'brain_to_dna' or 'dna_to_brain', got {direction!r}"
+            )
+        self.direction, self.alphas = direction, np.asarray(alphas)
+
+    def _source_target(self, b: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (b, d) if self.direction == "brain_to_dna" else (d, b)
+
+    def fit(self, brain: Any, dna: Any) -> RidgeMap:
+        """Fit the scaler and the ridge map (alpha by efficient leave-one-out) on training rows only."""
+        source, target = self._source_target(*_paired(brain, dna, "train"))
+        self.model_: Pipeline = make_pipeline(StandardScaler(), RidgeCV(alphas=self.alphas)).fit(
+            source, target
+        )
+        self.target_mean_ = target.mean(0)
+        return self
+
+    def transform(self, brain: Any, dna: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(brain side, dna side) in the target space: the mapped source rows and the true target rows."""
+        b, d = _paired(brain, dna, "test")
+        source, target = self._source_target(b, d)
+        pred, true = self.model_.predict(source) - self.target_mean_, target - self.target_mean_
+        return (pred, true) if self.direction == "brain_to_dna" else (true, pred)
+
+    def r2(self, brain: Any, dna: Any) -> float:
+        """Held-out R^2 of the mapped embeddings (uniform average over target dimensions)."""
+        source, target = self._source_target(*_paired(brain, dna, "test"))
+        return float(r2_score(target, self.model_.predict(source)))
+
+
+def reinitialised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Copy of `module` with every submodule's `reset_parameters()` re-run under `seed` (same architecture, untrained;
+    buffers such as fitted input statistics are kept)."""
+    fresh = copy.deepcopy(module)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for sub in fresh.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+    return fresh.eval()
+
+
+def random_head_embeddings(
+    brain: Any,
+    dna: Any,
+    *,
+    brain_head: torch.nn.Module | None = None,
+    dna_head: torch.nn.Module | None = None,
+    out_dim: int = 512,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Untrained baseline: re-initialised copies of the trained heads when given, else Gaussian random linear
+    projections to `out_dim` (N(0, 1/in_dim) entries); returns (brain side, dna side)."""
+    b, d = _paired(brain, dna, "test")
+    out = []
+    for i, (x, head) in enumerate(((b, brain_head), (d, dna_head))):
+        if head is None:
+            w = np.random.default_rng([seed, i]).normal(
+                scale=1 / np.sqrt(x.shape[1]), size=(x.shape[1], out_dim)
+            )
+            out.append(x @ w)
+        else:
+            param = next(head.parameters(), torch.empty(0))
+            with torch.no_grad():
+                z = reinitialised(head, seed + i)(torch.as_tensor(x, dtype=param.dtype, device=param.device))
+            out.append(z.float().cpu().numpy())
+    return out[0], out[1]
+
+
+def shuffled_pairs(n: int, seed: int = 0) -> np.ndarray:
+    """A seeded permutation without fixed points: pair brain row i with dna row perm[i] for a shuffled-pair run."""
+    if n < 2:
+        raise AlignmentInputError(f"shuffled_pairs: need at least 2 rows, got {n}")
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm
+
+
+def space_records(name: str, brain: Any, dna: Any, **retrieval_kw: Any) -> list[dict[str, Any]]:
+    """Retrieval records (see `retrieval_report`) of held-out embeddings in a common space, tagged `model=name`.
+    One entry point for baselines, the trained model and shuffled-pair runs."""
+    report: RetrievalReport = retrieval_report(brain, dna, **retrieval_kw)
+    return [{"model": name, **r} for r in report.records]
+
+
+@dataclass
+class BaselineReport:
+    """Tidy records (model, direction, level, metric, value, ci_low, ci_high, chance, ... and p_value for canonical
+    correlations) and the fitted baselines."""
+
+    records: list[dict[str, Any]]
+    models: dict[str, Any] = field(default_factory=dict)
+
+    def flat(self, prefix: str = "") -> dict[str, float]:
+        """MLflow-safe `<prefix>/<model>/<direction>[/<level>]/<metric>` plus CI, chance and p-value suffixes."""
+        return flatten_records(self.records, _name, ("ci_low", "ci_high", "chance", "p_value"), prefix)
+
+
+def _name(r: Mapping[str, Any]) -> str:
+    level = None if r.get("level") in (None, "recording") else r["level"]
+    return "/".join(str(p) for p in (r["model"], r.get("direction"), level, r["metric"]) if p)
+
+
+def _column_corr(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    uz, vz = (u - u.mean(0)) / u.std(0), (v - v.mean(0)) / v.std(0)
+    return (uz * vz).mean(0)
+
+
+def _correlation_records(
+    name: str, u: np.ndarray, v: np.ndarray, n_permutations: int, n_boot: int, level: float, seed: int
+) -> list[dict[str, Any]]:
+    """Held-out correlation of each score pair, percentile bootstrap CI over test rows, permutation p-value
+    (test pairing shuffled)."""
+    observed = _column_corr(u, v)
+    rng = np.random.default_rng(seed)
+    null = np.array([_column_corr(u, v[rng.permutation(len(v))]) for _ in range(n_permutations)])
+    p_values = permutation_pvalue(observed, null) if n_permutations else np.full(len(observed), np.nan)
+    rows = np.arange(len(u))
+    boot = [
+        _column_corr(u[idx], v[idx])
+        for idx in (np.repeat(rows, w) for w in bootstrap_weights(rows, n_boot, seed))
+    ]
+    low, high = percentile_ci(np.array(boot), level)
+    return [
+        {
+            "model": name,
+            "direction": None,
+            "level": None,
+            "metric": f"canonical_corr_{k + 1}",
+            "value": float(observed[k]),
+            "ci_low": float(low[k]),
+            "ci_high": float(high[k]),
+            "chance": 0.0,
+            "p_value": float(p_values[k]),
+            "n_queries": len(u),
+            "n_candidates": None,
+        }
+        for k in range(len(observed))
+    ]
+
+
+def run_baselines(
+    brain_train: Any,
+    dna_train: Any,
+    brain_test: Any,
+    dna_test: Any,
+    *,
+    baselines: Sequence[str] = BASELINES,
+    n_components: int = 8,
+    n_permutations: int = 1000,
+    brain_head: torch.nn.Module | None = None,
+    dna_head: torch.nn.Module | None = None,
+    out_dim: int = 512,
+    seed: int = 0,
+    retrieval_kw: Mapping[str, Any] | None = None,
+) -> BaselineReport:
+    """Fit each baseline on the paired training rows, evaluate on the paired test rows: retrieval in its space
+    (`space_records`, extra arguments in `retrieval_kw`), plus held-out canonical correlations with permutation
+    p-values (CCA, PLS) and held-out R^2 (ridge maps)."""
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise AlignmentInputError(f"baselines: unknown {unknown}; choose from {list(BASELINES)}")
+    b_train, d_train = _paired(brain_train, dna_train, "train")
+    b_test, d_test = _paired(brain_test, dna_test, "test")
+    kw = {"seed": seed, **(retrieval_kw or {})}
+    report = BaselineReport(records=[])
+    with threadpool_limits(limits=1, user_api="blas"):  # small iterative fits: BLAS threads only add overhead
+        for name in baselines:
+            if name in ("cca", "pls"):
+                model = CCABaseline(name, n_components=n_components).fit(b_train, d_train)  # type: ignore[arg-type]
+                u, v = model.transform(b_test, d_test)
+                report.records += _correlation_records(
+                    name, u, v, n_permutations, kw.get("n_boot", 1000), kw.get("level", 0.95), seed
+                )
+            elif name.startswith("ridge_"):
+                model = RidgeMap(name.removeprefix("ridge_")).fit(b_train, d_train)  # type: ignore[arg-type]
+                u, v = model.transform(b_test, d_test)
+                report.records.append(
+                    {
+                        "model": name,
+                        "direction": model.direction,
+                        "level": None,
+                        "metric": "r2",
+                        "value": model.r2(b_test, d_test),
+                        "ci_low": None,
+                        "ci_high": None,
+                        "chance": 0.0,
+                        "n_queries": len(b_test),
+                        "n_candidates": None,
+                    }
+                )
+            else:
+                model = None
+                u, v = random_head_embeddings(
+                    b_test, d_test, brain_head=brain_head, dna_head=dna_head, out_dim=out_dim, seed=seed
+                )
+            report.models[name] = model
+            report.records += space_records(name, u, v, **kw)
+    return report

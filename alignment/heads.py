@@ -1,0 +1,106 @@
+"""Projector heads into the shared space: an MLP (default) or a linear map, with optional input standardisation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from alignment.errors import AlignmentInputError
+
+
+@dataclass
+class HeadConfig:
+    """Shape of one projector head; the default is Linear(in, 1024) -> GELU -> Dropout(0.1) -> Linear(1024, 512)
+    -> LayerNorm(512). `kind: linear` is a single Linear(in, out_dim) (no norm, no dropout).
+
+    `standardize` adds a fixed per-feature (x - mean) / std in front (statistics set with `fit_standardizer`
+    on the training split and saved with the head's weights).
+    """
+
+    kind: Literal["mlp", "linear"] = "mlp"
+    out_dim: int = 512
+    hidden_dim: int = 1024
+    depth: int = 2  # number of Linear layers in the MLP
+    dropout: float = 0.1
+    layer_norm: bool = True
+    standardize: bool = False
+
+    def validate(self) -> None:
+        """Raise AlignmentInputError for impossible shapes."""
+        for name in ("out_dim", "hidden_dim", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise AlignmentInputError(f"head.{name}: expected a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AlignmentInputError(f"head.dropout: expected a number in [0, 1), got {self.dropout!r}")
+        if self.kind not in ("mlp", "linear"):
+            raise AlignmentInputError(f"head.kind: expected 'mlp' or 'linear', got {self.kind!r}")
+
+
+class ProjectionHead(nn.Module):
+    """Maps [B, in_dim] tower outputs to [B, out_dim] (not yet L2-normalised: the dual encoder does that)."""
+
+    def __init__(self, in_dim: int, config: HeadConfig | None = None) -> None:
+        super().__init__()
+        config = config or HeadConfig()
+        config.validate()
+        if not isinstance(in_dim, int) or in_dim < 1:
+            raise AlignmentInputError(f"head in_dim: expected a positive integer, got {in_dim!r}")
+        self.in_dim, self.config = in_dim, config
+        if config.standardize:
+            self.register_buffer("input_mean", torch.zeros(in_dim))
+            self.register_buffer("input_std", torch.ones(in_dim))
+        if config.kind == "linear":
+            self.net = nn.Sequential(nn.Linear(in_dim, config.out_dim))
+        else:
+            layers: list[nn.Module] = []
+            width = in_dim
+            for _ in range(config.depth - 1):
+                layers += [nn.Linear(width, config.hidden_dim), nn.GELU(), nn.Dropout(config.dropout)]
+                width = config.hidden_dim
+            layers.append(nn.Linear(width, config.out_dim))
+            if config.layer_norm:
+                layers.append(nn.LayerNorm(config.out_dim))
+            self.net = nn.Sequential(*layers)
+
+    @property
+    def out_dim(self) -> int:
+        """Dimension of the shared space."""
+        return self.config.out_dim
+
+    @torch.no_grad()
+    def fit_standardizer(self, x: torch.Tensor, eps: float = 1e-6) -> None:
+        """Set the input mean/std from training rows `x` [N, in_dim] (constant features get std 1)."""
+        if not self.config.standardize:
+            raise AlignmentInputError("fit_standardizer: this head was built with head.standardize=false")
+        if x.ndim != 2 or x.shape[1] != self.in_dim or x.shape[0] < 1:
+            raise AlignmentInputError(f"fit_standardizer: expected [N>=1, {self.in_dim}] inputs, got {list(x.shape)}")
+        x = x.to(self.input_mean.device, torch.float64)
+        mean = x.mean(0)
+        std = x.std(0, unbiased=False) if x.shape[0] > 1 else torch.ones_like(mean)
+        self.input_mean.copy_(mean.float())
+        self.input_std.copy_(torch.where(std > eps, std, torch.ones_like(std)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_dim:
+            raise AlignmentInputError(f"projector head: expected inputs with {self.in_dim} features, got {x.shape[-1]}")
+        if self.config.standardize:
+            x = (x - self.input_mean) / self.input_std
+        return self.net(x)
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-able description from which `ProjectionHead.from_config` rebuilds the same module."""
+        return {"in_dim": self.in_dim, **asdict(self.config)}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ProjectionHead:
+        """Rebuild a head from `to_config()` output (weights loaded separately)."""
+        cfg = dict(cfg)
+        in_dim = cfg.pop("in_dim")
+        try:
+            return cls(in_dim, HeadConfig(**cfg))
+        except TypeError as err:
+            raise AlignmentInputError(f"head config {cfg}: {err}") from None

@@ -1,0 +1,410 @@
+"""Linear probes on frozen embeddings: subject/group-wise cross-validation, pooled out-of-fold metrics with
+bootstrap CIs over groups, a label-permutation baseline and the chance level next to every score."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from alignment.errors import AlignmentInputError
+from alignment.stats import bootstrap_weights, cluster_codes, flatten_records, percentile_ci
+
+log = logging.getLogger(__name__)
+
+Task = Literal["classification", "regression"]
+CLASSIFICATION_METRICS = ("balanced_accuracy", "macro_f1", "auroc")
+REGRESSION_METRICS = ("r2", "mae", "r")
+LOGREG_CS = np.logspace(-4, 2, 7)
+RIDGE_ALPHAS = np.logspace(-3, 5, 9)
+INNER_SPLITS = 3
+
+
+# --------------------------------------------------------------------------------- weighted metrics
+# One implementation serves the point estimate (unit weights) and every bootstrap replicate (multiplicities).
+
+
+def _balanced_accuracy(y: np.ndarray, proba: np.ndarray, w: np.ndarray) -> float:
+    c = proba.shape[1]
+    pred = proba.argmax(1)
+    total = np.bincount(y, weights=w, minlength=c)
+    hits = np.bincount(y, weights=w * (pred == y), minlength=c)
+    present = total > 0
+    return float(np.mean(hits[present] / total[present]))
+
+
+def _macro_f1(y: np.ndarray, proba: np.ndarray, w: np.ndarray) -> float:
+    c = proba.shape[1]
+    pred = proba.argmax(1)
+    true_total = np.bincount(y, weights=w, minlength=c)
+    pred_total = np.bincount(pred, weights=w, minlength=c)
+    hits = np.bincount(y, weights=w * (pred == y), minlength=c)
+    present = (true_total + pred_total) > 0  # labels seen in y or in the predictions (as sklearn)
+    return float(np.mean(2 * hits[present] / (true_total[present] + pred_total[present])))
+
+
+@dataclass
+class _AucIndex:
+    """Per class: rows sorted by predicted probability, tie-group id per sorted row, positive flags."""
+
+    order: list[np.ndarray]
+    groups: list[np.ndarray]
+    positive: list[np.ndarray]
+
+    @classmethod
+    def build(cls, y: np.ndarray, proba: np.ndarray) -> _AucIndex:
+        scores = [proba[:, 1]] if proba.shape[1] == 2 else [proba[:, c] for c in range(proba.shape[1])]
+        labels = [y == 1] if proba.shape[1] == 2 else [y == c for c in range(proba.shape[1])]
+        index = cls([], [], [])
+        for s, pos in zip(scores, labels):
+            order = np.argsort(s, kind="stable")
+            index.order.append(order)
+            index.groups.append(np.concatenate([[0], np.cumsum(np.diff(s[order]) != 0)]))
+            index.positive.append(pos[order])
+        return index
+
+
+def _auroc(index: _AucIndex, w: np.ndarray) -> float:
+    """Weighted Mann-Whitney AUROC (ties count 1/2); one-vs-rest macro average over classes for multiclass."""
+    values = []
+    for order, groups, pos in zip(index.order, index.groups, index.positive):
+        ws = w[order]
+        gp = np.bincount(groups, weights=ws * pos)
+        gn = np.bincount(groups, weights=ws * ~pos)
+        n_pos, n_neg = gp.sum(), gn.sum()
+        if n_pos > 0 and n_neg > 0:
+            values.append(float(gp @ (np.cumsum(gn) - 0.5 * gn)) / (n_pos * n_neg))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _r2(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
+    mean = np.average(y, weights=w)
+    denom = w @ (y - mean) ** 2
+    return float(1 - (w @ (y - pred) ** 2) / denom) if denom > 0 else float("nan")
+
+
+def _mae(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
+    return float(np.average(np.abs(y - pred), weights=w))
+
+
+def _pearson_r(y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> float:
+    dy, dp = y - np.average(y, weights=w), pred - np.average(pred, weights=w)
+    denom = np.sqrt((w @ dy**2) * (w @ dp**2))
+    return float((w @ (dy * dp)) / denom) if denom > 0 else float("nan")
+
+
+def _scores(
+    task: Task, y: np.ndarray, out: np.ndarray, w: np.ndarray, auc: _AucIndex | None = None
+) -> list[float]:
+    if task == "classification":
+        auc = auc or _AucIndex.build(y, out)
+        return [_balanced_accuracy(y, out, w), _macro_f1(y, out, w), _auroc(auc, w)]
+    return [_r2(y, out, w), _mae(y, out, w), _pearson_r(y, out, w)]
+
+
+def _chance(task: Task, y: np.ndarray, n_classes: int) -> list[float]:
+    """Balanced accuracy 1/C, macro-F1 and AUROC of a majority-class predictor; R^2, MAE and r of the mean."""
+    if task == "classification":
+        p = np.bincount(y, minlength=n_classes).max() / len(y)
+        return [1.0 / n_classes, 2 * p / (1 + p) / n_classes, 0.5]
+    return [0.0, float(np.mean(np.abs(y - y.mean()))), 0.0]
+
+
+# ------------------------------------------------------------------------------------ cross-validation
+
+
+def _logistic(cv: list[tuple[np.ndarray, np.ndarray]]) -> LogisticRegressionCV:
+    kwargs: dict[str, Any] = {
+        "Cs": LOGREG_CS,
+        "cv": cv,
+        "scoring": "balanced_accuracy",
+        "max_iter": 500,
+        "n_jobs": 1,
+    }
+    params = inspect.signature(LogisticRegressionCV).parameters
+    if "use_legacy_attributes" in params:  # scikit-learn >= 1.8: pin the future defaults, no warnings
+        kwargs.update(l1_ratios=(0.0,), use_legacy_attributes=False)
+    return LogisticRegressionCV(**kwargs)
+
+
+def _outer_splits(
+    task: Task, y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    if task == "classification":
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return list(cv.split(np.zeros(len(y)), y, groups))
+    shuffled = np.random.default_rng(seed).permutation(int(groups.max()) + 1)[groups]  # random group order
+    return list(GroupKFold(n_splits=n_splits).split(np.zeros(len(y)), y, shuffled))
+
+
+def _model(task: Task, y: np.ndarray, groups: np.ndarray, seed: int) -> Pipeline:
+    """StandardScaler + LogisticRegressionCV / RidgeCV; the inner CV is grouped as well."""
+    if task == "classification":
+        per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+        inner = StratifiedGroupKFold(
+            n_splits=max(2, min(INNER_SPLITS, per_class)), shuffle=True, random_state=seed
+        )
+        return make_pipeline(StandardScaler(), _logistic(list(inner.split(np.zeros(len(y)), y, groups))))
+    if len(np.unique(groups)) == len(groups):
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))  # efficient leave-one-out
+    inner = GroupKFold(n_splits=min(INNER_SPLITS, len(np.unique(groups))))
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=list(inner.split(y, y, groups))))
+
+
+def _cross_val_predict(
+    task: Task, x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, n_splits: int, seed: int
+) -> tuple[np.ndarray, float]:
+    """Pooled out-of-fold class probabilities [n, C] (or predictions [n]) and the median chosen C / alpha."""
+    out = np.zeros((len(y), n_classes)) if task == "classification" else np.zeros(len(y))
+    chosen = []
+    for train, test in _outer_splits(task, y, groups, n_splits, seed):
+        model = _model(task, y[train], groups[train], seed).fit(x[train], y[train])
+        head = model[-1]
+        if task == "classification":
+            out[np.ix_(test, head.classes_)] = model.predict_proba(
+                x[test]
+            )  # classes absent from a fold stay 0
+            chosen.append(float(np.median(head.C_)))
+        else:
+            out[test] = model.predict(x[test])
+            chosen.append(float(head.alpha_))
+    return out, float(np.median(chosen))
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def _encode_target(
+    y: np.ndarray, task: Task, target: str, group_codes: np.ndarray, n_splits: int
+) -> tuple[np.ndarray, int]:
+    """Class indices 0..C-1 (classification) or float values (regression), and the number of model outputs."""
+    if task == "regression":
+        y_fit = np.asarray(y, dtype=np.float64)
+        if not np.isfinite(y_fit).all():
+            raise AlignmentInputError(
+                f"target {target!r}: {int((~np.isfinite(y_fit)).sum())} missing or infinite values"
+            )
+        if np.ptp(y_fit) == 0:
+            raise AlignmentInputError(f"target {target!r}: constant values; nothing to predict")
+        return y_fit, 1
+    if task != "classification":
+        raise AlignmentInputError(
+            f"target {target!r}: task must be 'classification' or 'regression', got {task!r}"
+        )
+    classes, y_fit = np.unique(np.asarray(y), return_inverse=True)
+    y_fit = y_fit.reshape(-1)
+    if len(classes) < 2:
+        raise AlignmentInputError(
+            f"target {target!r}: only one class ({classes[0]!r}); a classifier needs two or more"
+        )
+    per_class = [len(np.unique(group_codes[y_fit == c])) for c in range(len(classes))]
+    if min(per_class) < n_splits:
+        raise AlignmentInputError(
+            f"target {target!r}: class {classes[int(np.argmin(per_class))]!r} occurs in {min(per_class)} "
+            f"subjects/groups, fewer than n_splits={n_splits} (merge rare classes or use fewer folds)"
+        )
+    return y_fit, len(classes)
+
+
+def linear_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | Sequence[Any] | None = None,
+    *,
+    task: Task,
+    n_splits: int = 5,
+    n_boot: int = 1000,
+    n_permutations: int = 3,
+    level: float = 0.95,
+    seed: int = 0,
+    representation: str = "x",
+    target: str = "y",
+) -> list[dict[str, Any]]:
+    """Cross-validated linear probe of `y` from `x` (rows grouped by `groups`: subjects or families/sites).
+
+    Classification: StandardScaler + LogisticRegressionCV (balanced accuracy, macro F1, AUROC one-vs-rest macro);
+    regression: StandardScaler + RidgeCV (R^2, MAE, Pearson r). Folds: StratifiedGroupKFold / GroupKFold; the
+    metrics are computed once on the pooled out-of-fold predictions, with a percentile bootstrap CI over groups
+    and the mean/std of the same CV run on shuffled labels (`n_permutations` repeats). Returns tidy records.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or len(x) != len(y):
+        raise AlignmentInputError(
+            f"representation {representation!r}: expected [n={len(y)}, dim] rows, got shape {x.shape}"
+        )
+    bad = int((~np.isfinite(x).all(axis=1)).sum())
+    if bad:
+        raise AlignmentInputError(
+            f"representation {representation!r}: {bad} of {len(x)} rows contain NaN or inf"
+        )
+    if not isinstance(n_splits, int) or n_splits < 2:
+        raise AlignmentInputError(f"n_splits: expected an integer >= 2, got {n_splits!r}")
+    group_codes = cluster_codes(groups, len(y), f"target {target!r} groups")
+    n_groups = int(group_codes.max()) + 1
+    if n_groups < n_splits:
+        raise AlignmentInputError(
+            f"target {target!r}: {n_groups} subjects/groups are fewer than n_splits={n_splits} folds"
+        )
+    y_fit, n_out = _encode_target(y, task, target, group_codes, n_splits)
+
+    with threadpool_limits(limits=1, user_api="blas"):  # many small fits: BLAS threads only add overhead
+        out, hparam = _cross_val_predict(task, x, y_fit, group_codes, n_out, n_splits, seed)
+        ones = np.ones(len(y_fit))
+        auc = _AucIndex.build(y_fit, out) if task == "classification" else None
+        point = _scores(task, y_fit, out, ones, auc)
+        boot = np.array(
+            [
+                _scores(task, y_fit, out, w[group_codes].astype(np.float64), auc)
+                for w in bootstrap_weights(group_codes, n_boot, seed)
+            ]
+        )
+        low, high = percentile_ci(boot, level)
+        rng = np.random.default_rng(seed + 1)
+        perm = np.array(
+            [
+                _scores(
+                    task,
+                    y_perm,
+                    _cross_val_predict(task, x, y_perm, group_codes, n_out, n_splits, seed)[0],
+                    ones,
+                )
+                for y_perm in (y_fit[rng.permutation(len(y_fit))] for _ in range(n_permutations))
+            ]
+        ).reshape(n_permutations, len(point))
+    chance = _chance(task, y_fit, n_out)
+    names = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    return [
+        {
+            "representation": representation,
+            "target": target,
+            "task": task,
+            "metric": name,
+            "value": point[i],
+            "ci_low": float(low[i]),
+            "ci_high": float(high[i]),
+            "chance": chance[i],
+            "perm_mean": float(perm[:, i].mean()) if n_permutations else float("nan"),
+            "perm_std": float(perm[:, i].std()) if n_permutations else float("nan"),
+            "n": len(y_fit),
+            "n_groups": n_groups,
+            "n_splits": n_splits,
+            "hparam": hparam,
+        }
+        for i, name in enumerate(names)
+    ]
+
+
+@dataclass
+class ProbeReport:
+    """Tidy records (representation, target, task, metric, value, ci_low, ci_high, chance, perm_mean, perm_std,
+    n, n_groups, n_dropped, n_splits, hparam) and the number of rows dropped per target for a missing value."""
+
+    records: list[dict[str, Any]]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def flat(self, prefix: str = "") -> dict[str, float]:
+        """MLflow-safe `<prefix>/<representation>/<target>/<metric>` plus `_ci_low/_ci_high/_chance/_perm_mean`."""
+        return flatten_records(
+            self.records,
+            lambda r: f"{r['representation']}/{r['target']}/{r['metric']}",
+            ("ci_low", "ci_high", "chance", "perm_mean"),
+            prefix,
+        )
+
+
+def infer_task(column: Any) -> Task:
+    """'classification' for bool/text/categorical columns and numeric columns with two distinct values,
+    else 'regression'."""
+    values = column.dropna() if hasattr(column, "dropna") else column
+    dtype = getattr(values, "dtype", np.asarray(values).dtype)
+    if getattr(dtype, "kind", "O") in "iuf" and len(np.unique(np.asarray(values))) != 2:
+        return "regression"
+    return "classification"
+
+
+def probe_representations(
+    representations: Mapping[str, np.ndarray],
+    table: Any,
+    targets: Sequence[str],
+    *,
+    subject_col: str = "subject_id",
+    group_col: str | None = None,
+    tasks: Mapping[str, Task] | None = None,
+    n_splits: int = 5,
+    n_boot: int = 1000,
+    n_permutations: int = 3,
+    level: float = 0.95,
+    seed: int = 0,
+) -> ProbeReport:
+    """Run the same probe (same folds, same seeds) for every target column of `table` (a pandas DataFrame whose
+    rows align with the rows of each representation) on every named representation, e.g. {"brain": ...,
+    "dna": ..., "shared": ..., "brain+dna": np.hstack(...)}. Rows with a missing target are dropped (counted in
+    `dropped` and logged); folds are grouped by `group_col` (families/sites) when given, else by subject."""
+    if not representations:
+        raise AlignmentInputError("representations: expected at least one named embedding array")
+    columns = list(getattr(table, "columns", []))
+    for col in [subject_col, *([group_col] if group_col else []), *targets]:
+        if col not in columns:
+            raise AlignmentInputError(f"table: no column {col!r} (columns: {columns})")
+    n = len(table)
+    arrays = {}
+    for name, x in representations.items():
+        arrays[name] = np.asarray(x)
+        if arrays[name].ndim != 2 or len(arrays[name]) != n:
+            raise AlignmentInputError(
+                f"representation {name!r}: expected [n={n}, dim] rows (one per table row), got shape {arrays[name].shape}"
+            )
+    subjects = np.asarray(table[subject_col], dtype=object)
+    groups = subjects if group_col is None else _group_labels(subjects, table[group_col], group_col)
+    tasks = dict(tasks or {})
+    report = ProbeReport(records=[])
+    for target in targets:
+        column = table[target]
+        keep = ~np.asarray(column.isna())
+        report.dropped[target] = int((~keep).sum())
+        if report.dropped[target]:
+            log.info(
+                "probe target %r: dropped %d of %d rows with a missing value",
+                target,
+                report.dropped[target],
+                n,
+            )
+        task = tasks.get(target) or infer_task(column)
+        y = np.asarray(column)[keep]
+        for name, x in arrays.items():
+            records = linear_probe(
+                x[keep],
+                y,
+                groups[keep],
+                task=task,
+                n_splits=n_splits,
+                n_boot=n_boot,
+                n_permutations=n_permutations,
+                level=level,
+                seed=seed,
+                representation=name,
+                target=target,
+            )
+            report.records += [r | {"n_dropped": report.dropped[target]} for r in records]
+    return report
+
+
+def _group_labels(subjects: np.ndarray, column: Any, group_col: str) -> np.ndarray:
+    """Group per row (the subject where the group is missing); each subject must sit in one group."""
+    raw = np.asarray(column, dtype=object)
+    missing = np.asarray(column.isna())
+    groups = np.where(missing, np.array(["subject:" + str(s) for s in subjects], dtype=object), raw)
+    seen: dict[Any, Any] = {}
+    clash = sorted({str(s) for s, g in zip(subjects, groups) if seen.setdefault(s, g) != g})
+    if clash:
+        raise AlignmentInputError(f"{group_col}: subjects {clash[:10]} belong to more than one group")
+    return groups.astype(str)

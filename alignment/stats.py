@@ -1,0 +1,88 @@
+"""Resampling helpers shared by retrieval, probes and baselines: cluster bootstrap weights, percentile and
+normal-approximation CIs, permutation p-values, and flattening of tidy records into MLflow-safe metric names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from alignment.errors import AlignmentInputError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def cluster_codes(labels: Sequence[Any] | np.ndarray | None, n: int, what: str) -> np.ndarray:
+    """Integer cluster code per item (0..n_clusters-1); each item is its own cluster when `labels` is None."""
+    if labels is None:
+        return np.arange(n)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n:
+        raise AlignmentInputError(f"{what}: expected {n} labels (one per row), got shape {labels.shape}")
+    return np.unique(labels, return_inverse=True)[1].reshape(-1)
+
+
+def bootstrap_weights(codes: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Yield `n_boot` int64 vectors [n_clusters]: how often each cluster is drawn in one bootstrap replicate
+    (as many draws as there are clusters, with replacement). Seeded; index items with `weights[codes]`."""
+    if not isinstance(n_boot, int) or n_boot < 1:
+        raise AlignmentInputError(f"n_boot: expected a positive integer, got {n_boot!r}")
+    n_clusters = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.bincount(rng.integers(0, n_clusters, size=n_clusters), minlength=n_clusters)
+
+
+def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval ((1-level)/2, (1+level)/2) along `axis`, ignoring NaN replicates."""
+    if not 0.0 < level < 1.0:
+        raise AlignmentInputError(f"level: expected a number in (0, 1), got {level!r}")
+    lo, hi = np.nanpercentile(samples, [50 * (1 - level), 50 * (1 + level)], axis=axis)
+    return lo, hi
+
+
+def normal_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and normal-approximation CI of the mean over repeats (MindEye's fixed-pool protocol)."""
+    from scipy.stats import norm
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        raise AlignmentInputError(f"repeats: need at least 2 values for a CI, got {values.size}")
+    mean = float(values.mean())
+    half = float(norm.ppf(0.5 + level / 2) * values.std(ddof=1) / np.sqrt(values.size))
+    return mean, mean - half, mean + half
+
+
+def permutation_pvalue(observed: np.ndarray | float, null: np.ndarray) -> np.ndarray:
+    """One-sided p-value (1 + #{null >= observed}) / (1 + n_perm); `null` is [n_perm, ...]."""
+    null = np.asarray(null)
+    return (1.0 + (null >= np.asarray(observed)).sum(axis=0)) / (1.0 + null.shape[0])
+
+
+def metric_name(*parts: str | None) -> str:
+    """MLflow-safe name from the non-empty parts joined by '/': '@' -> '_at_', other odd characters -> '_'."""
+    name = "/".join(str(p) for p in parts if p not in (None, ""))
+    return _UNSAFE.sub("_", name.replace("@", "_at_"))
+
+
+def flatten_records(
+    records: Sequence[Mapping[str, Any]],
+    name_of: Callable[[Mapping[str, Any]], str],
+    fields: Sequence[str] = ("ci_low", "ci_high", "chance"),
+    prefix: str = "",
+) -> dict[str, float]:
+    """Flat {name: value} dict: `<prefix>/<name_of(record)>` for the value and `..._<field>` for each field.
+
+    Fields that are missing, None or NaN in a record are skipped.
+    """
+    flat: dict[str, float] = {}
+    for record in records:
+        name = metric_name(prefix, name_of(record))
+        flat[name] = float(record["value"])
+        for field in fields:
+            value = record.get(field)
+            if value is not None and np.isfinite(value):
+                flat[f"{name}_{field}"] = float(value)
+    return flat

@@ -1,0 +1,149 @@
+"""Linear probes: metrics agree with scikit-learn, grouped CV, chance/permutation baselines, input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import pearsonr
+from sklearn.metrics import balanced_accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score
+
+from alignment.errors import AlignmentInputError
+from alignment.probes import (
+    _AucIndex,
+    _outer_splits,
+    _scores,
+    infer_task,
+    linear_probe,
+    probe_representations,
+)
+
+
+def _by_metric(records: list[dict]) -> dict[str, dict]:
+    return {r["metric"]: r for r in records}
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_classification_metrics_match_sklearn_and_weights_mean_repeats(n_classes: int) -> None:
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 80)
+    proba = np.round(rng.dirichlet(np.ones(n_classes), 80), 1)  # rounded: ties in the scores
+    proba[:, -1] = 1 - proba[:, :-1].sum(1)
+    ours = _scores("classification", y, proba, np.ones(80))
+    pred = proba.argmax(1)
+    auc = (
+        roc_auc_score(y, proba[:, 1])
+        if n_classes == 2
+        else roc_auc_score(y, proba, multi_class="ovr", average="macro")
+    )
+    assert ours == pytest.approx([balanced_accuracy_score(y, pred), f1_score(y, pred, average="macro"), auc])
+    w = rng.integers(0, 3, 80)  # integer weights == rows repeated that many times
+    rep = np.repeat(np.arange(80), w)
+    expected = _scores("classification", y[rep], proba[rep], np.ones(len(rep)))
+    assert _scores("classification", y, proba, w.astype(float), _AucIndex.build(y, proba)) == pytest.approx(
+        expected
+    )
+
+
+def test_regression_metrics_match_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    y, pred = rng.normal(size=50), rng.normal(size=50)
+    ours = _scores("regression", y, pred, np.ones(50))
+    assert ours == pytest.approx([r2_score(y, pred), mean_absolute_error(y, pred), pearsonr(y, pred)[0]])
+
+
+def _cohort(n: int = 120, seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(
+        {
+            "subject_id": [f"sub-{i:03d}" for i in range(n)],
+            "sex": rng.choice(["F", "M"], n),
+            "age": rng.normal(50, 10, n),
+            "site": rng.integers(0, 2, n),
+        }
+    )
+    signal = np.c_[(table["sex"] == "F").to_numpy(float) * 2, (table["age"].to_numpy() - 50) / 5]
+    informative = np.c_[signal, np.zeros((n, 6))] + 0.5 * rng.normal(size=(n, 8))
+    return table, {"informative": informative, "noise": rng.normal(size=(n, 8))}
+
+
+def test_probe_finds_planted_signal_and_noise_sits_at_chance() -> None:
+    table, reps = _cohort()
+    table.loc[[3, 7, 11], "age"] = np.nan
+    report = probe_representations(reps, table, ["sex", "age"], n_splits=4, n_boot=200, n_permutations=2)
+    assert report.dropped == {"sex": 0, "age": 3}
+    rec = {(r["representation"], r["target"], r["metric"]): r for r in report.records}
+    good = rec[("informative", "sex", "balanced_accuracy")]
+    assert good["ci_low"] > good["chance"] == 0.5 and good["value"] > good["perm_mean"] + 0.2
+    assert rec[("informative", "sex", "auroc")]["value"] > 0.9
+    assert (
+        rec[("informative", "age", "r")]["ci_low"] > 0.5 and rec[("informative", "age", "r2")]["value"] > 0.3
+    )
+    assert (
+        rec[("informative", "age", "r2")]["n"] == 117 and rec[("informative", "age", "mae")]["n_dropped"] == 3
+    )
+    assert abs(rec[("noise", "sex", "balanced_accuracy")]["value"] - 0.5) < 0.15
+    assert rec[("noise", "age", "r2")]["value"] < 0.05
+    assert {r["task"] for r in report.records if r["target"] == "sex"} == {"classification"}
+    flat = report.flat("probe")
+    assert (
+        "probe/informative/age/r" in flat
+        and "probe/noise/sex/auroc_perm_mean" in flat
+        and "probe/noise/sex/macro_f1_chance" in flat
+    )
+
+
+def test_cross_validation_is_grouped_by_subject() -> None:
+    # Ten near-identical rows per subject and a random label per subject: only a leaky (row-wise) CV scores high.
+    rng = np.random.default_rng(1)
+    n_subjects = 30
+    subjects = np.repeat(np.arange(n_subjects), 10)
+    x = rng.normal(size=(n_subjects, 40))[subjects] + 0.01 * rng.normal(
+        size=(300, 40)
+    )  # labels linearly separable
+    y = rng.integers(0, 2, n_subjects)[subjects]
+    for train, test in _outer_splits("classification", y, subjects, 5, 0):
+        assert not set(subjects[train]) & set(subjects[test])
+    grouped = _by_metric(linear_probe(x, y, subjects, task="classification", n_boot=50, n_permutations=0))
+    leaky = _by_metric(linear_probe(x, y, None, task="classification", n_boot=50, n_permutations=0))
+    assert leaky["balanced_accuracy"]["value"] > 0.9
+    assert grouped["balanced_accuracy"]["value"] < 0.75
+    assert grouped["balanced_accuracy"]["n_groups"] == n_subjects
+
+
+def test_group_column_and_task_inference() -> None:
+    table, reps = _cohort(60)
+    table["family"] = [f"fam{i // 3}" for i in range(60)]
+    report = probe_representations(
+        {"noise": reps["noise"]}, table, ["site"], group_col="family", n_splits=3, n_boot=20, n_permutations=0
+    )
+    assert {r["n_groups"] for r in report.records} == {20} and {r["task"] for r in report.records} == {
+        "classification"
+    }
+    assert infer_task(table["age"]) == "regression" and infer_task(table["sex"]) == "classification"
+    # a second row of sub-000, placed in another family than its first row
+    table = pd.concat([table, table.iloc[[0]].assign(family="fam5")], ignore_index=True)
+    with pytest.raises(
+        AlignmentInputError, match="family: subjects \\['sub-000'\\] belong to more than one group"
+    ):
+        probe_representations({"noise": np.zeros((61, 2))}, table, ["site"], group_col="family")
+
+
+def test_bad_inputs_raise_clear_errors() -> None:
+    table, reps = _cohort(40)
+    with pytest.raises(AlignmentInputError, match="target 'one': only one class"):
+        probe_representations(reps, table.assign(one="x"), ["one"])
+    with pytest.raises(
+        AlignmentInputError, match="target 'sex': 4 subjects/groups are fewer than n_splits=5"
+    ):
+        linear_probe(reps["noise"][:4], np.array(["F", "M", "F", "M"]), task="classification", target="sex")
+    bad = reps["noise"].copy()
+    bad[5, 0] = np.nan
+    with pytest.raises(AlignmentInputError, match="representation 'brain': 1 of 40 rows contain NaN"):
+        probe_representations({"brain": bad}, table, ["age"])
+    with pytest.raises(AlignmentInputError, match=r"representation 'dna': expected \[n=40, dim\]"):
+        probe_representations({"dna": reps["noise"][:39]}, table, ["age"])
+    with pytest.raises(AlignmentInputError, match="no column 'iq'"):
+        probe_representations(reps, table, ["iq"])
+    with pytest.raises(AlignmentInputError, match="class 'x' occurs in 1 subjects/groups"):
+        probe_representations(reps, table.assign(rare=["x"] + ["y"] * 39), ["rare"])
