@@ -1,0 +1,26 @@
+"""`brainmm embed`: brain embeddings of every recording from a frozen BrainLM, cached (several processes: torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `embed` command."""
+    p = sub.add_parser("embed", help="frozen BrainLM -> recording and subject embedding tables (cached on disk)")
+    p.add_argument("--config", default=None, help="YAML config (EmbedConfig; see configs/embed_*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. pooling=mean")
+    p.set_defaults(func=_embed)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from brainmm.config import load_config
+    from brainmm.embed import EmbedConfig, run_embed
+
+    cfg = load_config(EmbedConfig, args.config, args.overrides)
+    result = run_embed(cfg)
+    if result is not None:  # rank 0
+        state = "cached" if result.cache_hit else "computed"
+        print(f"{result.recordings} ({result.num_recordings} recordings, {state})")
+        print(f"{result.subjects} ({result.num_subjects} subjects)")
+    return 0

@@ -1,0 +1,706 @@
+"""`brainmm pretrain`: BrainLM masked-autoencoder pretraining on an ingested fMRI dataset.
+
+From scratch (the `model.arch` section) or from a checkpoint folder (`model.init_from`, e.g. an original BrainLM
+checkpoint). AdamW with the original betas/eps/weight decay, lr = base_lr x global batch / 256, linear warmup +
+cosine decay, gradient clipping, optional gradient checkpointing, bf16 autocast on GPU, torchrun (DDP) with
+sharded windows. Evaluation on the val split during training and on the test split at the end: masked MSE/MAE,
+R^2 (unclipped and clipped at 0 as the original), Pearson r, and two baselines on the same masked timepoints.
+Run folder: config.yaml, run.json, checkpoints/, model/ (Hugging Face folder), metrics.json, brainmm.log. MLflow
+(through brainmm.tracking): params, step metrics, the reconstruction figure and the model folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from brainmm.config import dump_yaml, save_config, to_dict
+from brainmm.errors import BrainmmError
+from brainmm.tracking import TrackingConfig
+from brainmm.train.common import (
+    CheckpointDir,
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    capture_rng_state,
+    check_run_dir,
+    check_tracking,
+    distributed,
+    gather_objects,
+    restore_rng_state,
+    shard_range,
+    tracked_run,
+    warmup_cosine,
+)
+
+LOG = logging.getLogger("brainmm.pretrain")
+REFERENCE_BATCH = 256  # lr = base_lr * global batch / 256, as the original train.py
+MEAN_FIT_MAX_RECORDINGS = 1000  # training recordings (evenly spaced) used for the per-parcel mean baseline
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class BrainLMArchConfig:
+    """Architecture of a model trained from scratch (BrainLMConfig fields; defaults: the repo's 5M checkpoint).
+
+    `num_brain_voxels` / `num_timepoints_per_voxel` null: taken from the dataset (parcels, window length).
+    `xyz_init_scale` multiplies the initial weights of the two coordinate projections (encoder and decoder).
+    1.0 is the original init; with raw MNI-mm coordinates (tens of mm) it makes the coordinate term of every
+    token 10-20x larger than the signal term, which stalls short trainings on the mean-predictor plateau;
+    0.02 initialises them as if coordinates were unit-scale. Inputs and checkpoints are unchanged either way.
+    """
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    decoder_hidden_size: int = 256
+    decoder_num_hidden_layers: int = 2
+    decoder_num_attention_heads: int = 4
+    decoder_intermediate_size: int = 1024
+    timepoint_patching_size: int = 20
+    num_brain_voxels: int | None = None
+    num_timepoints_per_voxel: int | None = None
+    conv_kernel_size: int | None = 65
+    hidden_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    loss_fn: Literal["mse", "mae"] = "mse"
+    use_tanh_decoder: bool = False
+    xyz_init_scale: float = 1.0
+
+
+@dataclass
+class PretrainModelConfig:
+    """The model: a checkpoint folder to continue from (`init_from`), else a fresh model of `arch`.
+
+    `mask_ratio` is applied in both cases (as the original train.py does).
+    """
+
+    init_from: str | None = None
+    arch: BrainLMArchConfig = field(default_factory=BrainLMArchConfig)
+    mask_ratio: float = 0.2
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class PretrainDataConfig:
+    """Training data: an ingested fMRI dataset folder; random windows, `windows_per_recording` per epoch."""
+
+    dataset: str = ""
+    windows_per_recording: int = 1
+    num_workers: int = 0
+
+
+@dataclass
+class PretrainTrainConfig:
+    """Optimisation; `batch_size` is the global batch per optimizer step (all processes, all micro-batches)."""
+
+    max_steps: int = 1000
+    batch_size: int = 256
+    micro_batch_size: int | None = None  # per process and forward pass; null: batch_size / processes
+    base_lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    amp: bool = True  # bf16 autocast, on GPU only
+    device: str = "auto"
+    seed: int = 1234
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class PretrainEvalConfig:
+    """Evaluation on tiled windows with fixed, seeded masking noise (val during training, test at the end)."""
+
+    every: int = 100  # steps between val evaluations; 0: only at the end
+    batch_size: int = 16
+    seed: int = 0
+    max_windows: int | None = None  # first N tiled windows of a split; null: all
+    figure_parcels: int = 4
+
+
+@dataclass
+class PretrainConfig:
+    """The `brainmm pretrain` stage."""
+
+    name: str = "pretrain"
+    output_dir: str = "runs/pretrain"
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
+    eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> None:
+        """Range checks of every numeric field (paths are checked when the run starts)."""
+        t, e, d, m = self.train, self.eval, self.data, self.model
+        checks = [
+            ("train.max_steps", t.max_steps >= 1, ">= 1"), ("train.batch_size", t.batch_size >= 1, ">= 1"),
+            ("train.micro_batch_size", t.micro_batch_size is None or t.micro_batch_size >= 1, "null or >= 1"),
+            ("train.base_lr", t.base_lr > 0, "> 0"), ("train.weight_decay", t.weight_decay >= 0, ">= 0"),
+            ("train.betas", len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "two numbers in [0, 1)"),
+            ("train.eps", t.eps > 0, "> 0"), ("train.warmup_ratio", 0 <= t.warmup_ratio < 1, "in [0, 1)"),
+            ("train.min_lr_ratio", 0 <= t.min_lr_ratio <= 1, "in [0, 1]"), ("train.grad_clip", t.grad_clip >= 0, ">= 0"),
+            ("train.log_every", t.log_every >= 1, ">= 1"), ("train.checkpoint_every", t.checkpoint_every >= 1, ">= 1"),
+            ("train.keep_checkpoints", t.keep_checkpoints >= 2, ">= 2"), ("eval.every", e.every >= 0, ">= 0"),
+            ("eval.batch_size", e.batch_size >= 1, ">= 1"),
+            ("eval.max_windows", e.max_windows is None or e.max_windows >= 1, "null or >= 1"),
+            ("eval.figure_parcels", e.figure_parcels >= 1, ">= 1"),
+            ("data.windows_per_recording", d.windows_per_recording >= 1, ">= 1"),
+            ("data.num_workers", d.num_workers >= 0, ">= 0"),
+            ("model.mask_ratio", 0 < m.mask_ratio < 1, "in (0, 1): the metrics are over masked timepoints"),
+            ("model.arch.xyz_init_scale", m.arch.xyz_init_scale > 0, "> 0"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                value = self
+                for part in name.split("."):
+                    value = getattr(value, part)
+                raise BrainmmError(f"pretrain config field '{name}': expected {expected}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def model_config(cfg: PretrainModelConfig, num_parcels: int, num_timepoints: int):
+    """The BrainLMConfig to train: the checkpoint's (`init_from`) or `arch` (null sizes from the dataset)."""
+    from encoders.brainlm import BrainLMConfig
+    from encoders.brainlm.checkpoint import check_checkpoint_folder
+
+    if cfg.init_from:
+        check_checkpoint_folder(Path(cfg.init_from).expanduser(), "brainlm_mae")
+        config = BrainLMConfig.from_pretrained(Path(cfg.init_from).expanduser(), local_files_only=True)
+    else:
+        arch = to_dict(cfg.arch)
+        arch.pop("xyz_init_scale")
+        arch["num_brain_voxels"] = arch["num_brain_voxels"] or num_parcels
+        arch["num_timepoints_per_voxel"] = arch["num_timepoints_per_voxel"] or num_timepoints
+        config = BrainLMConfig(**arch)
+    config.mask_ratio = cfg.mask_ratio  # applied in both cases, as the original train.py does
+    if config.num_timepoints_per_voxel % config.timepoint_patching_size:
+        raise BrainmmError(
+            f"pretrain model: num_timepoints_per_voxel {config.num_timepoints_per_voxel} is not a multiple of "
+            f"timepoint_patching_size {config.timepoint_patching_size}"
+        )
+    return config
+
+
+def build_model(cfg: PretrainModelConfig, config):
+    """A fresh `BrainLMForPretraining` of `config`, or the checkpoint `cfg.init_from` with `config`'s mask ratio."""
+    from encoders.brainlm import BrainLMForPretraining
+
+    if cfg.init_from:
+        model = BrainLMForPretraining.from_pretrained(Path(cfg.init_from).expanduser())
+        model.config.mask_ratio = config.mask_ratio
+    else:
+        model = BrainLMForPretraining(config)
+        with torch.no_grad():
+            model.vit.embeddings.xyz_embedding_projection.weight.mul_(cfg.arch.xyz_init_scale)
+            model.decoder.decoder_xyz_projection.weight.mul_(cfg.arch.xyz_init_scale)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+class TrainWindows(Dataset):
+    """`repeats` random windows per recording for one epoch: item r * N + j is recording j's r-th window.
+
+    Window r of epoch e is the base dataset's window of virtual epoch e * repeats + r, so every (epoch, item)
+    is fixed by the seed alone (the same on every rank, after a resume, in any DataLoader worker).
+    """
+
+    def __init__(self, windows: Dataset, repeats: int, epoch: int) -> None:
+        self.windows, self.repeats, self.epoch = windows, int(repeats), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.windows) * self.repeats
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        r, j = divmod(int(index), len(self.windows))
+        self.windows.set_epoch(self.epoch * self.repeats + r)
+        return self.windows[j]
+
+
+def epoch_micro_batches(n: int, batch_size: int, micro: int, seed: int, epoch: int, info: DistInfo) -> list[list[list[int]]]:
+    """This rank's item indices per step of one epoch, each step split into micro-batches (drop_last)."""
+    from alignment.distributed import epoch_batches
+
+    batches, _ = epoch_batches(n, batch_size, seed, epoch, info.world_size, info.rank)
+    return [[c.tolist() for c in b.split(micro)] for b in batches]
+
+
+def parcel_means(ds, split: str = "train") -> torch.Tensor:
+    """Per-parcel mean over a split's recordings (at most 1000, evenly spaced): the mean baseline, [V] float32."""
+    ids = ds.recording_ids(split)
+    if len(ids) > MEAN_FIT_MAX_RECORDINGS:
+        ids = [ids[i] for i in np.linspace(0, len(ids) - 1, MEAN_FIT_MAX_RECORDINGS).round().astype(int)]
+    total, count = np.zeros(ds.num_parcels), 0
+    for rid in ids:
+        signal = ds.signal(rid)
+        total += signal.sum(axis=1, dtype=np.float64)
+        count += signal.shape[1]
+    return torch.from_numpy(total / max(count, 1)).float()
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def interpolate_masked(signal: torch.Tensor, masked: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of each parcel's masked timepoints between its nearest visible ones.
+
+    signal, masked: [B, V, T] (masked True = hidden). Before the first / after the last visible sample the
+    nearest visible value is held; a parcel with nothing visible gets `fallback` [V].
+    """
+    t = signal.shape[-1]
+    idx = torch.arange(t, device=signal.device).expand_as(signal)
+    visible = ~masked
+    prev = torch.where(visible, idx, -1).cummax(dim=-1).values
+    nxt = torch.where(visible, idx, t).flip(-1).cummin(dim=-1).values.flip(-1)
+    has_prev, has_next = prev >= 0, nxt < t
+    y_prev = signal.gather(-1, prev.clamp(min=0))
+    y_next = signal.gather(-1, nxt.clamp(max=t - 1))
+    span = (nxt - prev).clamp(min=1).to(signal.dtype)
+    w = ((idx - prev).to(signal.dtype) / span).clamp(0, 1)
+    both = y_prev + w * (y_next - y_prev)
+    out = torch.where(has_prev & has_next, both, torch.where(has_prev, y_prev, y_next))
+    none = ~(has_prev | has_next)
+    return torch.where(none, fallback.to(signal.dtype)[None, :, None].expand_as(signal), out)
+
+
+SUMS = ("n", "y", "y2", "p", "p2", "yp", "abs", "sq", "sq_mean", "sq_interp")
+
+
+def masked_sums(signal: torch.Tensor, pred: torch.Tensor, masked: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """float64 sums over masked timepoints (order: SUMS) from which every metric follows; add them over batches."""
+    y = signal[masked].double()
+    p = pred[masked].double()
+    base_mean = mean.to(signal.device)[None, :, None].expand_as(signal)[masked].double()
+    base_interp = interpolate_masked(signal, masked, mean.to(signal.device))[masked].double()
+    d = p - y
+    return torch.stack([
+        torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device), y.sum(), y.square().sum(), p.sum(),
+        p.square().sum(), (y * p).sum(), d.abs().sum(), d.square().sum(), (base_mean - y).square().sum(),
+        (base_interp - y).square().sum(),
+    ])
+
+
+def metrics_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    """masked_mse/mae, r2 (unclipped) and r2_clipped, pearson_r, and the two baseline MSEs."""
+    s = dict(zip(SUMS, sums.double().cpu().tolist()))
+    n = max(s["n"], 1.0)
+    ss_tot = s["y2"] - s["y"] ** 2 / n
+    var_p = s["p2"] - s["p"] ** 2 / n
+    cov = s["yp"] - s["y"] * s["p"] / n
+    r2 = 1.0 - s["sq"] / ss_tot if ss_tot > 0 else float("nan")
+    denom = math.sqrt(ss_tot * var_p) if ss_tot > 0 and var_p > 0 else 0.0
+    return {
+        "masked_mse": s["sq"] / n, "masked_mae": s["abs"] / n, "r2": r2,
+        "r2_clipped": max(0.0, r2) if r2 == r2 else r2, "pearson_r": cov / denom if denom else float("nan"),
+        "baseline_mean_mse": s["sq_mean"] / n, "baseline_interp_mse": s["sq_interp"] / n,
+        "num_masked_values": s["n"],
+    }
+
+
+def eval_noise(seed: int, index: int, length: int) -> torch.Tensor:
+    """The fixed masking noise of evaluation window `index` ([length]; the same in every run)."""
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63))
+    return torch.rand(length, generator=gen)
+
+
+@dataclass
+class Example:
+    """One evaluated window for the reconstruction figure."""
+
+    recording_id: str
+    start: int
+    signal: np.ndarray  # [V, T]
+    pred: np.ndarray
+    masked: np.ndarray  # [V, T] bool
+
+
+def _reconstruct(model: nn.Module, windows: Dataset, idx: list[int], cfg: PretrainEvalConfig, device: torch.device,
+                 amp: bool) -> tuple[list[dict], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows `idx` with their fixed noise through the model: (items, signal, prediction, masked), [B, V, T]."""
+    mc = model.config
+    length = mc.num_brain_voxels * (mc.num_timepoints_per_voxel // mc.timepoint_patching_size)
+    items = [windows[i] for i in idx]
+    signal = torch.stack([it["signal_vectors"] for it in items]).to(device)
+    xyz = torch.stack([it["xyz_vectors"] for it in items]).to(device)
+    noise = torch.stack([eval_noise(cfg.seed, i, length) for i in idx]).to(device)
+    with _autocast(device, amp):
+        out = model(signal_vectors=signal, xyz_vectors=xyz, noise=noise)
+    b, v, t = signal.shape
+    pred = out.logits.float().reshape(b, v, t)
+    masked = out.mask.bool().unsqueeze(-1).expand(-1, -1, -1, mc.timepoint_patching_size).reshape(b, v, t)
+    return items, signal, pred, masked
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, windows: Dataset, mean: torch.Tensor, cfg: PretrainEvalConfig, info: DistInfo,
+             amp: bool) -> dict[str, float]:
+    """Masked-reconstruction metrics and baselines over `windows` (sharded over ranks, sums all-reduced)."""
+    was_training = model.training
+    model.eval()
+    mine = list(shard_range(len(windows), info.rank, info.world_size))
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=info.device)
+    for start in range(0, len(mine), cfg.batch_size):
+        _, signal, pred, masked = _reconstruct(model, windows, mine[start : start + cfg.batch_size], cfg,
+                                               info.device, amp)
+        sums += masked_sums(signal, pred, masked, mean)
+    model.train(was_training)
+    metrics = metrics_from_sums(all_reduce_sum(sums))
+    metrics["num_windows"] = float(len(windows))
+    return metrics
+
+
+@torch.no_grad()
+def example_window(model: nn.Module, windows: Dataset, cfg: PretrainEvalConfig, device: torch.device,
+                   amp: bool) -> Example:
+    """Window 0 of `windows` reconstructed with its evaluation noise (for the figure)."""
+    was_training = model.training
+    model.eval()
+    items, signal, pred, masked = _reconstruct(model, windows, [0], cfg, device, amp)
+    model.train(was_training)
+    return Example(items[0]["recording_id"], int(items[0]["start"]), signal[0].cpu().numpy(), pred[0].cpu().numpy(),
+                   masked[0].cpu().numpy())
+
+
+def reconstruction_figure(example: Example, num_parcels: int, labels: list[str] | None = None, tr: float | None = None):
+    """Matplotlib figure: a few parcels' true signal, masked spans shaded, and the prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [v for v in range(example.signal.shape[0]) if example.masked[v].any()][:num_parcels]
+    rows = rows or list(range(min(num_parcels, example.signal.shape[0])))
+    t = example.signal.shape[1]
+    x = (np.arange(t) + example.start) * (tr or 1.0)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.8 * len(rows)), sharex=True, squeeze=False)
+    for ax, v in zip(axes[:, 0], rows):
+        m = example.masked[v]
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], m.astype(int), [0]])))
+        for a, b in zip(edges[::2], edges[1::2]):
+            ax.axvspan(x[a], x[b - 1], color="0.85", lw=0)
+        ax.plot(x, example.signal[v], color="k", lw=0.9, label="true")
+        ax.plot(x, np.where(m, example.pred[v], np.nan), color="tab:red", lw=1.2, label="prediction (masked)")
+        ax.plot(x, np.where(m, np.nan, example.pred[v]), color="tab:red", lw=0.6, alpha=0.4, ls="--",
+                label="prediction (visible)")
+        ax.set_ylabel(labels[v] if labels else f"parcel {v}", fontsize=8)
+    axes[0, 0].legend(fontsize=7, loc="upper right", ncol=3)
+    axes[0, 0].set_title(f"{example.recording_id} (window start {example.start}); grey = masked", fontsize=9)
+    axes[-1, 0].set_xlabel("time (s)" if tr else "time point")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+@dataclass
+class PretrainResult:
+    """What `run_pretrain` produced (metrics and model_dir only once training has finished)."""
+
+    run_dir: Path
+    run_id: str | None
+    step: int
+    finished: bool
+    metrics: dict[str, Any]
+    model_dir: Path | None
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # next step index inside `epoch`
+    loss_sum: float = 0.0  # train loss since the last log
+    loss_count: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
+
+
+def _eval_windows(ds, split: str, num_timepoints: int, max_windows: int | None):
+    """Tiled windows of a split (the first `max_windows`), or None when the split has no recordings."""
+    from torch.utils.data import Subset
+
+    if not ds.recording_ids(split):
+        LOG.warning("pretrain: the %s split has no recordings; it is not evaluated", split)
+        return None
+    windows = ds.windows(split, num_timepoints, mode="tiled")
+    return Subset(windows, range(min(max_windows, len(windows)))) if max_windows else windows
+
+
+def _no_decay(name: str, p: torch.Tensor) -> bool:
+    from alignment.optim import no_weight_decay
+
+    return no_weight_decay(name, p)
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "signal_vectors": torch.stack([it["signal_vectors"] for it in items]),
+        "xyz_vectors": torch.stack([it["xyz_vectors"] for it in items]),
+        "recording_id": [it["recording_id"] for it in items],
+        "start": [int(it["start"]) for it in items],
+    }
+
+
+def run_pretrain(cfg: PretrainConfig, resume: bool = False, stop_at_step: int | None = None) -> PretrainResult:
+    """Train (or with `resume` continue) a BrainLM MAE; `stop_at_step` checkpoints and returns early (time-boxed jobs)."""
+    with distributed(cfg.train.device) as info:
+        return _run(cfg, resume, stop_at_step, info)
+
+
+def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: DistInfo) -> PretrainResult:
+    from brainmm.data.fmri import FmriDataset, check_compatible
+    from brainmm.runtime import log_to_file, progress, seed_everything
+
+    t = cfg.train
+    if info.is_main:
+        check_tracking(cfg.tracking)
+    if not cfg.data.dataset:
+        raise BrainmmError("pretrain config field 'data.dataset': expected an ingested fMRI dataset folder, got nothing")
+    dataset = Path(cfg.data.dataset).expanduser()
+    if not dataset.is_dir():
+        raise BrainmmError(f"pretrain config field 'data.dataset': {dataset} is not a folder "
+                           "(expected a dataset made by `brainmm fmri ingest`)")
+    ds = FmriDataset.load(dataset)
+    run_dir = Path(cfg.output_dir)
+    check_run_dir(run_dir, cfg, resume, "pretrain")
+    mc = model_config(cfg.model, ds.num_parcels, ds.num_timepoints)
+    check_compatible(ds, mc.num_brain_voxels, mc.num_timepoints_per_voxel)
+    num_t = mc.num_timepoints_per_voxel
+
+    if t.batch_size % info.world_size:
+        raise BrainmmError(f"pretrain config field 'train.batch_size': {t.batch_size} is not divisible by the "
+                           f"{info.world_size} processes (it is the global batch)")
+    per_rank = t.batch_size // info.world_size
+    micro = t.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise BrainmmError(f"pretrain config field 'train.micro_batch_size': {micro} must divide the per-process "
+                           f"batch {per_rank} (= batch_size {t.batch_size} / {info.world_size} processes)")
+    accum = per_rank // micro
+    train_windows = ds.windows("train", num_t, mode="random", seed=t.seed)
+    n_items = len(train_windows) * cfg.data.windows_per_recording
+    if n_items < t.batch_size:
+        raise BrainmmError(
+            f"pretrain config field 'train.batch_size': {t.batch_size} is more than the {n_items} training windows "
+            f"per epoch ({len(train_windows)} recordings x data.windows_per_recording "
+            f"{cfg.data.windows_per_recording}); lower it or raise data.windows_per_recording"
+        )
+    lr = t.base_lr * t.batch_size / REFERENCE_BATCH
+    warmup_steps = math.ceil(t.warmup_ratio * t.max_steps)
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_to_file(run_dir)
+        save_config(cfg, run_dir / "config.yaml")
+    barrier()
+    mean = parcel_means(ds, "train")
+    val = _eval_windows(ds, "val", num_t, cfg.eval.max_windows)
+    test = _eval_windows(ds, "test", num_t, cfg.eval.max_windows)
+
+    seed_everything(t.seed)
+    core = build_model(cfg.model, mc).to(info.device)
+    model: nn.Module = core
+    if info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            core, device_ids=[info.device] if info.device.type == "cuda" else None)
+    params = [(n, p) for n, p in core.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in params if not _no_decay(n, p)], "weight_decay": t.weight_decay},
+              {"params": [p for n, p in params if _no_decay(n, p)], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(t.betas), eps=t.eps)
+    scheduler = warmup_cosine(optimizer, warmup_steps, t.max_steps, t.min_lr_ratio)
+    ckpts = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints)
+
+    prog = _Progress()
+    if resume:
+        state = ckpts.load_latest(map_location=info.device)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        prog = _Progress(**state["progress"])
+        rng = state["rng"]
+        if len(rng) == info.world_size:
+            restore_rng_state(rng[info.rank])
+        else:
+            LOG.warning("pretrain: the checkpoint has RNG states of %d processes, this job has %d; reseeding",
+                        len(rng), info.world_size)
+            seed_everything(t.seed + 7919 * prog.step + info.rank)
+        LOG.info("pretrain: resumed at step %d (epoch %d, step %d of the epoch)", prog.step, prog.epoch, prog.batch)
+    elif info.world_size > 1:
+        seed_everything(t.seed + info.rank)  # distinct masks/dropout per rank; DDP synced the weights
+
+    def checkpoint() -> None:
+        rng = gather_objects(capture_rng_state())
+        if info.is_main:
+            ckpts.save(prog.step, {
+                "model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng, "progress": vars(prog).copy(), "config": dump_yaml(cfg),
+            })
+        barrier()
+
+    def run_eval(split: str, windows) -> dict[str, float]:
+        metrics = evaluate(core, windows, mean, cfg.eval, info, t.amp)
+        if info.is_main:
+            LOG.info("pretrain: step %d %s masked_mse %.4f (mean baseline %.4f, interpolation %.4f), r2 %.4f",
+                     prog.step, split, metrics["masked_mse"], metrics["baseline_mean_mse"],
+                     metrics["baseline_interp_mse"], metrics["r2"])
+        return metrics
+
+    num_params = sum(p.numel() for p in core.parameters())
+    tags = {"model": "brainlm_mae", "init_from": cfg.model.init_from or "scratch", "seed": str(t.seed)}
+    with tracked_run(cfg.tracking, run_dir, "pretrain", resume, config=cfg, tags=tags, enabled=info.is_main) as run:
+        if info.is_main and not resume:
+            import mlflow
+
+            mlflow.log_params({
+                "pretrain.lr": lr, "pretrain.base_lr": t.base_lr, "pretrain.global_batch_size": t.batch_size,
+                "pretrain.world_size": info.world_size, "pretrain.micro_batch_size": micro,
+                "pretrain.grad_accum_steps": accum, "pretrain.warmup_steps": warmup_steps,
+                "pretrain.num_parameters": num_params, "data.hash": ds.manifest["data_hash"][:16],
+                **{f"data.{s}_recordings": len(ds.recording_ids(s)) for s in ("train", "val", "test")},
+                **{f"brainlm.{k}": mc.to_dict()[k] for k in ("hidden_size", "num_hidden_layers",
+                   "timepoint_patching_size", "num_brain_voxels", "num_timepoints_per_voxel")},
+            })
+            LOG.info("pretrain: %d parameters, lr %.3g (base_lr %.3g x global batch %d / %d), %d steps",
+                     num_params, lr, t.base_lr, t.batch_size, REFERENCE_BATCH, t.max_steps)
+        target = t.max_steps if stop_at_step is None else min(stop_at_step, t.max_steps)
+        bar = progress(range(prog.step, target), desc="pretrain", total=target - prog.step, unit="step")
+        bar_iter = iter(bar) if info.is_main else None
+        while prog.step < target:
+            steps = epoch_micro_batches(n_items, t.batch_size, micro, t.seed, prog.epoch, info)
+            loader = DataLoader(
+                TrainWindows(train_windows, cfg.data.windows_per_recording, prog.epoch),
+                batch_sampler=[m for s in steps[prog.batch:] for m in s], num_workers=cfg.data.num_workers,
+                collate_fn=_collate, generator=torch.Generator(), pin_memory=info.device.type == "cuda",
+            )
+            batches = iter(loader)
+            while prog.batch < len(steps) and prog.step < target:
+                lr_now = optimizer.param_groups[0]["lr"]
+                loss = _train_step(model, core, optimizer, [next(batches) for _ in range(accum)], t, info, prog)
+                scheduler.step()
+                prog.step += 1
+                prog.batch += 1
+                prog.loss_sum += loss
+                prog.loss_count += 1
+                if bar_iter is not None:
+                    next(bar_iter, None)
+                if prog.step % t.log_every == 0:
+                    local = torch.tensor(prog.loss_sum / prog.loss_count, dtype=torch.float64, device=info.device)
+                    mean_loss = float(all_reduce_sum(local)) / info.world_size
+                    run.log({"pretrain/train/loss": mean_loss, "pretrain/lr": lr_now,
+                             "pretrain/epoch": float(prog.epoch)}, prog.step)
+                    prog.loss_sum, prog.loss_count = 0.0, 0
+                if cfg.eval.every and prog.step % cfg.eval.every == 0 and val is not None:
+                    metrics = run_eval("val", val)
+                    prog.history.append({"step": float(prog.step), **{f"val/{k}": v for k, v in metrics.items()}})
+                    run.log({f"pretrain/val/{k}": v for k, v in metrics.items()}, prog.step)
+                if prog.step % t.checkpoint_every == 0 or prog.step == target:
+                    checkpoint()
+            if prog.batch >= len(steps):
+                prog.epoch, prog.batch = prog.epoch + 1, 0
+        if prog.step < t.max_steps:
+            LOG.info("pretrain: stopped at step %d of %d; continue with --resume", prog.step, t.max_steps)
+            return PretrainResult(run_dir, run.run_id, prog.step, False, {}, None)
+        result = _finish(cfg, core, ds, val, test, run, prog, run_eval, lr, info)
+    return result
+
+
+def _train_step(model: nn.Module, core: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[dict],
+                t: PretrainTrainConfig, info: DistInfo, prog: _Progress) -> float:
+    """One optimizer step over the micro-batches (gradient accumulation); returns the mean loss of this rank."""
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=info.device)
+    for i, batch in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1 or info.world_size == 1
+        ctx = contextlib.nullcontext() if sync else model.no_sync()
+        with ctx:
+            with _autocast(info.device, t.amp):
+                out = model(signal_vectors=batch["signal_vectors"].to(info.device, non_blocking=True),
+                            xyz_vectors=batch["xyz_vectors"].to(info.device, non_blocking=True))
+            loss = out.loss.float()
+            _check_finite(loss, "loss", batch, prog, info)
+            (loss / len(micro_batches)).backward()
+        total += loss.detach()
+    norm = torch.nn.utils.clip_grad_norm_(core.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+    _check_finite(norm, "gradient norm", micro_batches[-1], prog, info)
+    optimizer.step()
+    return float(total) / len(micro_batches)
+
+
+def _check_finite(value: torch.Tensor, what: str, batch: dict, prog: _Progress, info: DistInfo) -> None:
+    """Stop every rank with one clear error when `value` is NaN/inf on any of them (nothing is saved)."""
+    ok = torch.isfinite(value.detach()).float().reshape(1)
+    if info.world_size > 1:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    if bool(ok):
+        return
+    ids = sorted({r for ids in gather_objects(list(batch["recording_id"])) for r in ids})
+    raise BrainmmError(
+        f"pretrain: non-finite {what} at step {prog.step + 1} (epoch {prog.epoch}); recording ids in the batch: "
+        f"{ids[:20]}; nothing was saved for this step (checkpoints hold earlier steps only); lower train.base_lr "
+        "or check these recordings"
+    )
+
+
+def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Progress, run_eval, lr: float,
+            info: DistInfo) -> PretrainResult:
+    """Final val (unless just done) and test evaluation, figure, model folder, metrics.json, MLflow artifacts."""
+    from brainmm.io import atomic_dir, atomic_write_json
+
+    run_dir = Path(cfg.output_dir)
+    final: dict[str, Any] = {"steps": prog.step, "epochs": prog.epoch, "lr": lr, "base_lr": cfg.train.base_lr,
+                             "global_batch_size": cfg.train.batch_size, "history": prog.history}
+    for split, windows in (("val", val), ("test", test)):
+        if windows is None:
+            continue
+        last = prog.history[-1] if prog.history else {}
+        if split == "val" and last.get("step") == float(prog.step):
+            metrics = {k[len("val/"):]: v for k, v in last.items() if k.startswith("val/")}
+        else:
+            metrics = run_eval(split, windows)
+        final[split] = metrics
+        run.log({f"pretrain/{split}/{k}": v for k, v in metrics.items()}, prog.step)
+    model_dir = run_dir / "model"
+    if info.is_main:
+        with atomic_dir(model_dir, overwrite=True) as tmp:
+            core.save_pretrained(tmp)
+        atomic_write_json(run_dir / "metrics.json", final)
+        if run.run_id is not None:
+            import mlflow
+
+            if val is not None:
+                import matplotlib.pyplot as plt
+
+                example = example_window(core, val, cfg.eval, info.device, cfg.train.amp)
+                fig = reconstruction_figure(example, cfg.eval.figure_parcels, ds.manifest.get("parcel_labels"), ds.tr)
+                mlflow.log_figure(fig, "pretrain/reconstruction_val.png")
+                plt.close(fig)
+            mlflow.log_artifacts(str(model_dir), artifact_path="model")
+            mlflow.log_artifact(str(run_dir / "metrics.json"), artifact_path="pretrain")
+        LOG.info("pretrain: wrote %s", run_dir)
+    barrier()
+    return PretrainResult(run_dir, run.run_id, prog.step, True, final, model_dir)
