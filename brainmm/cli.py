@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     from brainmm.errors import USER_ERRORS
-    from brainmm.runtime import setup_logging
+    from brainmm.runtime import discard_new_log, setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except USER_ERRORS as err:
+        discard_new_log()  # a run refused for bad input leaves no files behind
         print(f"brainmm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

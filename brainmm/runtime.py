@@ -13,6 +13,17 @@ from typing import TypeVar
 T = TypeVar("T")
 _QUIET = False
 LOG = logging.getLogger("brainmm")
+# Progress bars of the Hugging Face libraries follow --quiet: environment variables for later imports...
+_HF_BAR_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+# ...and the switches of modules already imported: (module, disable, enable).
+_HF_BAR_SWITCHES = (
+    ("transformers.utils.logging", "disable_progress_bar", "enable_progress_bar"),
+    ("datasets.utils.logging", "disable_progress_bar", "enable_progress_bar"),
+    ("huggingface_hub.utils", "disable_progress_bars", "enable_progress_bars"),
+)
+_HF_BARS_SET: list[str] = []  # the environment variables set here (removed again when quiet is switched off)
+_HF_BARS_OFF = False  # whether this module switched the Hugging Face bars off
+_LOG_CREATED: list[Path] = []  # the run log and the folders made for it by this process (innermost first)
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -32,11 +43,37 @@ def _console_handlers() -> list[logging.Handler]:
 
 
 def set_quiet(quiet: bool) -> None:
-    """Silence progress bars and info messages on the console (the run's log file still gets them)."""
+    """Silence progress bars (ours and the Hugging Face libraries') and info messages on the console.
+
+    The run's log file still gets every message.
+    """
     global _QUIET
     _QUIET = quiet
     for h in _console_handlers():
         h.setLevel(logging.WARNING if quiet else logging.INFO)
+    _hf_progress_bars(not is_quiet())
+
+
+def _hf_progress_bars(enabled: bool) -> None:
+    """Switch transformers/datasets/huggingface_hub progress bars off, or back on if this module turned them off."""
+    global _HF_BARS_OFF
+    if enabled != _HF_BARS_OFF:  # already in that state (on by default, or switched off here)
+        return
+    _HF_BARS_OFF = not enabled
+    if enabled:
+        for var in _HF_BARS_SET:
+            os.environ.pop(var, None)
+        _HF_BARS_SET.clear()
+    else:
+        for var in _HF_BAR_ENV:
+            if var not in os.environ:
+                os.environ[var] = "1"
+                _HF_BARS_SET.append(var)
+    for module, disable, enable in _HF_BAR_SWITCHES:
+        loaded = sys.modules.get(module)
+        name = enable if enabled else disable
+        if loaded is not None and hasattr(loaded, name):
+            getattr(loaded, name)()
 
 
 def is_quiet() -> bool:
@@ -66,18 +103,47 @@ def setup_logging(quiet: bool = False) -> None:
 def log_to_file(run_dir: str | Path) -> Path:
     """Also write the brainmm log to `run_dir/brainmm.log` (appending: a resumed run keeps one log)."""
     path = Path(run_dir) / "brainmm.log"
+    created = [] if path.exists() else [path]
+    folder = path.parent
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
     path.parent.mkdir(parents=True, exist_ok=True)
+    _close_log_file()
+    _LOG_CREATED[:] = created
     root = logging.getLogger("brainmm")
-    for h in list(root.handlers):
-        if isinstance(h, logging.FileHandler):
-            root.removeHandler(h)
-            h.close()
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     return path
+
+
+def _close_log_file() -> None:
+    root = logging.getLogger("brainmm")
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+            h.close()
+
+
+def discard_new_log() -> None:
+    """Close the run log; delete it, and the folders made for it when empty, if this process created it.
+
+    The CLI calls this after a user error, so that a run refused for bad input leaves no files behind
+    (a resumed run's existing log is kept).
+    """
+    _close_log_file()
+    for path in _LOG_CREATED:
+        try:
+            if path.is_dir():
+                path.rmdir()  # only when empty
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            break
+    _LOG_CREATED.clear()
 
 
 def seed_everything(seed: int) -> None:

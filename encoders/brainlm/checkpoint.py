@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from encoders.errors import EncoderInputError
+from encoders.weights import check_safetensors_file, check_torch_file, quiet_transformers
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -42,39 +43,10 @@ def check_checkpoint_folder(path: str | os.PathLike, model_type: str | None, hin
         raise EncoderInputError(f"checkpoint folder {folder} has no weights: expected one of {list(WEIGHT_FILES)}, "
                                 f"found {present}")
     if weights.name == "model.safetensors":
-        _check_safetensors(weights)
+        check_safetensors_file(weights)
     elif weights.name == "pytorch_model.bin":
-        _check_torch_file(weights)
+        check_torch_file(weights)
     return weights
-
-
-def _check_safetensors(file: Path) -> None:
-    """Header parses and every tensor's byte range lies inside the file."""
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            names = list(handle.keys())
-            if names:  # touching the last tensor catches a truncated data section
-                handle.get_slice(names[-1])
-    except Exception as err:  # safetensors raises its own error types for every kind of damage
-        raise EncoderInputError(f"{file} is not a readable safetensors file ({type(err).__name__}: {err})") from None
-    with open(file, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
-    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    if 8 + header_len + end > file.stat().st_size:
-        raise EncoderInputError(f"{file} is truncated: its header needs {8 + header_len + end} bytes, the file has "
-                                f"{file.stat().st_size}")
-
-
-def _check_torch_file(file: Path) -> None:
-    """A legacy PyTorch file must load with weights_only=True (no arbitrary pickles)."""
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # corrupt zip, unsafe pickle, truncated file: all user-fixable input problems
-        raise EncoderInputError(f"{file} cannot be read as a PyTorch state dict with weights_only=True "
-                                f"({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict):
-        raise EncoderInputError(f"{file} must hold a state dict (a dict of tensors), got {type(state).__name__}")
 
 
 class CheckedFromPretrainedMixin:
@@ -95,8 +67,9 @@ class CheckedFromPretrainedMixin:
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         kwargs["local_files_only"] = True
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                              ignore_mismatched_sizes=True, **kwargs)
+        with quiet_transformers():  # problems are reported below (or returned with output_loading_info)
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                  output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
         if info["mismatched_keys"] and not allow_mismatch:
             key, found, expected = sorted(info["mismatched_keys"])[0]
             more = len(info["mismatched_keys"]) - 1

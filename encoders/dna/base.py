@@ -11,7 +11,6 @@ half is the reverse strand aligned to each position, and no reverse-complement s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,7 +18,7 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +34,7 @@ from encoders.dna.sequences import (
     tile_windows,
 )
 from encoders.errors import EncoderInputError
+from encoders.weights import check_weight_files, quiet_transformers
 
 logger = logging.getLogger("encoders.dna")
 
@@ -116,22 +116,6 @@ def pool_hidden(hidden: torch.Tensor, batch: TokenBatch, pooling: str) -> torch.
     else:
         raise EncoderInputError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars while loading (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
@@ -313,6 +297,7 @@ class DNAEncoder(ABC):
         would otherwise run with random weights); heads, poolers and modules named in `ignore_missing`
         (prefixes relative to the base model) are ignored.
         """
+        check_weight_files(self.path)  # damaged files: one clear error instead of a safetensors traceback
         with quiet_transformers():
             model, info = model_cls.from_pretrained(self.path, local_files_only=True, dtype=self.dtype,
                                                     output_loading_info=True, ignore_mismatched_sizes=True,

@@ -134,7 +134,8 @@ class CaduceusEncoder(DNAEncoder):
                 f"torch.cuda.is_available()={torch.cuda.is_available()}); use implementation='port' on CPU")
         from transformers import AutoModelForMaskedLM
 
-        self.model = self.load_weights(AutoModelForMaskedLM, trust_remote_code=True).caduceus
+        self.model = self.load_weights(AutoModelForMaskedLM,  # the user's consent, checked above
+                                        trust_remote_code=self.config.trust_remote_code).caduceus
 
     @property
     def hidden_size(self) -> int:

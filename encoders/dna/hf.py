@@ -57,7 +57,7 @@ class HFEncoder(DNAEncoder):
             self.require_remote_code(f"config.json maps {sorted(auto_map)} to code in the folder")
         self.tokenizer = load_dna_tokenizer(self.path, self.family, self.config.trust_remote_code)
         auto = next((getattr(transformers, k) for k in _AUTO_ORDER if k in auto_map), transformers.AutoModel)
-        self.model = self.load_weights(auto, trust_remote_code=remote).base_model
+        self.model = self.load_weights(auto, trust_remote_code=remote and self.config.trust_remote_code).base_model
 
     @property
     def hidden_size(self) -> int:

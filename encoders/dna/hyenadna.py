@@ -42,7 +42,7 @@ class HyenaDNAEncoder(DNAEncoder):
         remote = "auto_map" in raw
         if remote:
             self.require_remote_code("HyenaDNA ships its own modeling_hyena.py")
-        self.model = self.load_weights(AutoModel, trust_remote_code=remote)
+        self.model = self.load_weights(AutoModel, trust_remote_code=remote and self.config.trust_remote_code)
         vocab = int(getattr(self.model.config, "vocab_size", 0))
         if vocab < len(CHAR_IDS) + 7:
             raise EncoderInputError(f"hyenadna: {self.path / 'config.json'} has vocab_size={vocab}; "

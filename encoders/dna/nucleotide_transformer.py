@@ -78,7 +78,7 @@ class NucleotideTransformerEncoder(DNAEncoder):
         if self.is_v2 and self.config.trust_remote_code:
             self.require_remote_code("NT-v2 ships its own modeling_esm.py")
             try:
-                model = self.load_weights(AutoModelForMaskedLM, trust_remote_code=True)
+                model = self.load_weights(AutoModelForMaskedLM, trust_remote_code=self.config.trust_remote_code)
             except (ImportError, AttributeError, TypeError) as err:
                 raise EncoderInputError(
                     f"nt: the remote code in {self.path} failed under this transformers version ({err}); "

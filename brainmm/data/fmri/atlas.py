@@ -107,11 +107,19 @@ def parcellate(image: str | Path, atlas: str | Path, labels: list[int], resample
     if len(img.shape) != 4:
         raise BrainmmError(f"image {image}: expected a 4-D image (x, y, z, time), got shape {list(img.shape)}")
     atlas_img = load_atlas(atlas)
-    same_grid = img.shape[:3] == atlas_img.shape and np.allclose(img.affine, atlas_img.affine, atol=1e-4)
-    if not same_grid and not resample:
+    same_shape = img.shape[:3] == atlas_img.shape
+    same_affine = np.allclose(img.affine, atlas_img.affine, atol=1e-4)
+    if not (same_shape and same_affine) and not resample:
+        if same_shape:
+            diff = float(np.abs(img.affine - atlas_img.affine).max())
+            what = (f"the affines differ by up to {diff:.4g} (image origin "
+                    f"{np.round(img.affine[:3, 3], 3).tolist()} mm, atlas origin "
+                    f"{np.round(atlas_img.affine[:3, 3], 3).tolist()} mm)")
+        else:
+            what = "the shapes differ"
         raise BrainmmError(
             f"image {image} (shape {list(img.shape[:3])}) and atlas {atlas} (shape {list(atlas_img.shape)}) "
-            "differ in shape or affine; resample them to one grid first or pass --resample-atlas"
+            f"differ in shape or affine: {what}; resample them to one grid first or pass --resample-atlas"
         )
     masker = NiftiLabelsMasker(
         atlas_img, standardize=None, resampling_target="data" if resample else None, reports=False

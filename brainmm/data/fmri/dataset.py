@@ -72,6 +72,8 @@ class FmriDataset:
         """Open a dataset folder, checking its manifest and the hashes of its side files."""
         path = Path(path)
         mpath = path / MANIFEST_FILE
+        if not path.is_dir():
+            raise BrainmmError(f"fMRI dataset {path}: folder not found (expected a dataset made by `brainmm fmri ingest`)")
         if not mpath.is_file():
             raise BrainmmError(f"fMRI dataset {path}: no {MANIFEST_FILE} (not a dataset made by `brainmm fmri ingest`?)")
         try:

@@ -133,7 +133,8 @@ def _read_cohort(path: Path, cfg: IngestConfig) -> tuple[pd.DataFrame, list[Path
         bad = ~(tr > 0) & df["tr"].notna()
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
-            raise BrainmmError(f"table {ct.table_path(df)}: {ct.row_name(i)}, column 'tr': expected seconds > 0, got {df['tr'].iloc[i]!r}")
+            raise BrainmmError(f"table {ct.table_path(df)}: {ct.row_name(i)}, column 'tr': expected seconds > 0, "
+                               f"got {str(df['tr'].iloc[i])!r}")
         df["tr"] = tr
     for col in _group_columns(df, cfg):
         ct.require_columns(df, [col])
@@ -242,7 +243,8 @@ def _read_source(rec: _Recording, parcels: _Parcels, cfg: IngestConfig) -> np.nd
         if rec.tr is None:
             rec.tr = image_tr(rec.path)
     else:
-        signal = read_timeseries(rec.path, v, key=cfg.mat_key, orientation=cfg.orientation)
+        source = f"coordinates file {cfg.coords}" if cfg.coords is not None else f"atlas {cfg.atlas}"
+        signal = read_timeseries(rec.path, v, key=cfg.mat_key, orientation=cfg.orientation, parcels_from=source)
     return signal
 
 

@@ -62,8 +62,8 @@ def _read_mat(path: Path, key: str | None) -> np.ndarray:
         content = scipy.io.loadmat(path)
     except NotImplementedError as err:  # MATLAB v7.3 files are HDF5
         raise BrainmmError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; save with -v7") from err
-    except (ValueError, OSError, TypeError) as err:
-        raise BrainmmError(f"{path}: not a readable MATLAB .mat file ({err})") from err
+    except Exception as err:  # scipy raises ValueError, OSError, TypeError, IndexError... for damaged files
+        raise BrainmmError(f"{path}: not a readable MATLAB .mat file ({type(err).__name__}: {err})") from None
     arrays = {
         k: v for k, v in content.items()
         if not k.startswith("__") and isinstance(v, np.ndarray) and v.dtype.kind in "iuf"
@@ -109,17 +109,22 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     return array
 
 
-def orient(array: np.ndarray, num_parcels: int, source: str, orientation: Orientation = "auto") -> np.ndarray:
-    """Return `array` as [V, T] (V = `num_parcels`); ambiguous or mismatching shapes raise, naming `source`."""
+def orient(array: np.ndarray, num_parcels: int, source: str, orientation: Orientation = "auto",
+           parcels_from: str = "") -> np.ndarray:
+    """Return `array` as [V, T] (V = `num_parcels`); ambiguous or mismatching shapes raise, naming `source`.
+
+    `parcels_from` says where V comes from (e.g. the coordinates file), for the mismatch message.
+    """
     rows, cols = array.shape
     v = num_parcels
+    whence = f" (the parcel count of {parcels_from})" if parcels_from else ""
     if orientation == "parcel-time":
         if rows != v:
-            raise BrainmmError(f"{source}: shape {[rows, cols]} does not match [{v}, T] (parcels x time)")
+            raise BrainmmError(f"{source}: shape {[rows, cols]} does not match [{v}, T] (parcels x time){whence}")
         return array
     if orientation == "time-parcel":
         if cols != v:
-            raise BrainmmError(f"{source}: shape {[rows, cols]} does not match [T, {v}] (time x parcels)")
+            raise BrainmmError(f"{source}: shape {[rows, cols]} does not match [T, {v}] (time x parcels){whence}")
         return array.T
     if orientation != "auto":
         raise BrainmmError(f"orientation {orientation!r}: expected 'auto', 'time-parcel' or 'parcel-time'")
@@ -134,15 +139,17 @@ def orient(array: np.ndarray, num_parcels: int, source: str, orientation: Orient
         return array
     raise BrainmmError(
         f"{source}: shape {[rows, cols]} matches neither [T, {v}] (time x parcels) nor [{v}, T] "
-        f"(parcels x time) for {v} parcels"
+        f"(parcels x time) for {v} parcels{whence}"
     )
 
 
 def read_timeseries(
-    path: str | Path, num_parcels: int, key: str | None = None, orientation: Orientation = "auto"
+    path: str | Path, num_parcels: int, key: str | None = None, orientation: Orientation = "auto",
+    parcels_from: str = "",
 ) -> np.ndarray:
-    """Read a parcel time-series file as float32 [V, T]."""
-    return np.ascontiguousarray(orient(load_array(path, key), num_parcels, str(path), orientation), dtype=np.float32)
+    """Read a parcel time-series file as float32 [V, T] (`parcels_from`: where V comes from, for errors)."""
+    array = orient(load_array(path, key), num_parcels, str(path), orientation, parcels_from)
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 LABEL_COLUMNS = ("label", "name", "region", "roi")

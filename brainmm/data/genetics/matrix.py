@@ -51,12 +51,17 @@ def read_vcf_dosages(path: str | Path) -> Dosages:
     """Dosages from a VCF/BCF's GT field; multi-allelic records become one column per ALT allele."""
     import pysam
 
+    from brainmm.data.genetics.reference import file_compression
+
     path = Path(path)
     if not path.is_file():
         raise BrainmmError(f"VCF {path}: not found")
+    if file_compression(path) == "gzip":
+        raise BrainmmError(f"VCF {path}: gzip-compressed but not bgzip, which htslib cannot read; recompress it "
+                           "with `bgzip` (or decompress it)")
     try:
         vcf = pysam.VariantFile(str(path))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, NotImplementedError) as err:  # plain gzip: "seek not implemented"
         hint = " (gzip but not bgzip? recompress with `bgzip`)" if "seek" in str(err) or "compress" in str(err) else ""
         raise BrainmmError(f"VCF {path}: unreadable ({err}){hint}") from None
     samples = list(vcf.header.samples)
@@ -277,14 +282,17 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     LOG.info("genotype matrix: %d subjects x %d variants (of %d; MAF >= %g, missing <= %g on %d train subjects); "
              "%d missing calls imputed (%s)", len(subjects), len(keep), len(dos.variants), cfg.min_maf,
              cfg.max_missing, stats.n_train, n_missing, cfg.impute)
-    save_config(cfg, out.with_name(out.name + ".config.yaml"))
-    _write_tsv(kept, out.with_name(out.name + ".variants.tsv"))
-    if cfg.pgs_weights:
+    pgs = None
+    if cfg.pgs_weights:  # computed (and checked) before anything is written
         scores, info = polygenic_scores(cfg.pgs_weights, dos.variants, imputed)
         pgs_meta = {"kind": "polygenic_scores", "weights": cfg.pgs_weights, "source": str(source), **info,
                     "imputation": f"{cfg.impute}, fitted on train"}
-        EmbeddingTable(subjects, scores, pgs_meta).save(out.with_name(out.name + "_pgs"))
+        pgs = EmbeddingTable(subjects, scores, pgs_meta)
     table = EmbeddingTable(subjects, vectors, meta)
+    save_config(cfg, out.with_name(out.name + ".config.yaml"))
+    _write_tsv(kept, out.with_name(out.name + ".variants.tsv"))
+    if pgs is not None:
+        pgs.save(out.with_name(out.name + "_pgs"))
     table.save(out)
     return table
 

@@ -28,6 +28,23 @@ def index_files(path: Path) -> list[Path]:
     return files
 
 
+def _check_fasta_start(path: Path, kind: str) -> None:
+    """Raise unless the first non-empty line is a '>' header (checked before htslib prints its own errors)."""
+    import gzip
+
+    opener = gzip.open if kind == "bgzf" else open
+    try:
+        with opener(path, "rb") as fh:
+            first = next((line.strip() for line in fh if line.strip()), b"")
+    except (OSError, EOFError) as err:
+        raise BrainmmError(f"reference FASTA {path}: unreadable ({err})") from None
+    if not first.startswith(b">"):
+        raise BrainmmError(
+            f"reference FASTA {path}: not a FASTA file (expected a '>name' header line first, got "
+            f"{first[:40].decode('utf-8', 'replace')!r})"
+        )
+
+
 class Reference:
     """Random access to an indexed FASTA; builds a missing index (.fai/.gzi) next to the file."""
 
@@ -45,6 +62,7 @@ class Reference:
             )
         missing = [f for f in index_files(self.path) if not f.is_file()]
         if missing:
+            _check_fasta_start(self.path, kind)
             LOG.info("reference FASTA %s: building the index %s", self.path, ", ".join(f.name for f in missing))
             try:
                 pysam.faidx(str(self.path))
