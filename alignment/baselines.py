@@ -5,12 +5,14 @@ embeddings into a common space, and reports the same retrieval metrics through `
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from scipy.linalg import LinAlgWarning
 from sklearn.cross_decomposition import CCA, PLSCanonical
 from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
@@ -129,9 +131,9 @@ class RidgeMap:
     def fit(self, brain: Any, dna: Any) -> RidgeMap:
         """Fit the scaler and the ridge map (alpha by efficient leave-one-out) on training rows only."""
         source, target = self._source_target(*_paired(brain, dna, "train"))
-        self.model_: Pipeline = make_pipeline(StandardScaler(), RidgeCV(alphas=self.alphas)).fit(
-            source, target
-        )
+        with warnings.catch_warnings():  # tiny alphas on collinear embeddings are expected: the LOO CV rejects them
+            warnings.simplefilter("ignore", LinAlgWarning)
+            self.model_: Pipeline = make_pipeline(StandardScaler(), RidgeCV(alphas=self.alphas)).fit(source, target)
         self.target_mean_ = target.mean(0)
         return self
 

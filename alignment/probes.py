@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from scipy.linalg import LinAlgWarning
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -167,7 +169,9 @@ def _cross_val_predict(
     out = np.zeros((len(y), n_classes)) if task == "classification" else np.zeros(len(y))
     chosen = []
     for train, test in _outer_splits(task, y, groups, n_splits, seed):
-        model = _model(task, y[train], groups[train], seed).fit(x[train], y[train])
+        with warnings.catch_warnings():  # tiny ridge alphas on collinear embeddings: the inner CV rejects them
+            warnings.simplefilter("ignore", LinAlgWarning)
+            model = _model(task, y[train], groups[train], seed).fit(x[train], y[train])
         head = model[-1]
         if task == "classification":
             out[np.ix_(test, head.classes_)] = model.predict_proba(

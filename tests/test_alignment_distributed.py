@@ -72,6 +72,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
         results[name] = {"loss": all_reduce_mean(loss), **grads}
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other still has traffic in flight
     dist.destroy_process_group()
 
 

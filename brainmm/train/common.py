@@ -180,7 +180,8 @@ def check_run_dir(run_dir: str | Path, config: Any, resume: bool, stage: str,
         found = [m for m in markers if (run_dir / m).exists()]
         if found:
             raise BrainmmError(
-                f"output_dir {run_dir}: already holds a {stage} run ({found[0]}); pass --resume to continue it, or "
+                f"output_dir {run_dir}: already holds {'an' if stage[0] in 'aeiou' else 'a'} {stage} run ({found[0]}); "
+                "pass --resume to continue it, or "
                 "choose another output_dir"
             )
         return

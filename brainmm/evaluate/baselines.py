@@ -1,0 +1,117 @@
+"""Baselines on the same test split as the trained model: CCA / PLS after PCA, ridge maps, random (untrained) heads,
+and optionally a shuffled-pair alignment run (the same training on permuted train pairs)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainmm.embeddings import EmbeddingTable
+from brainmm.errors import BrainmmError
+from brainmm.evaluate.config import EvaluateConfig
+from brainmm.evaluate.inputs import EvalInputs, Side
+from brainmm.evaluate.retrieval import library_record, modality_direction, retrieval_kwargs
+
+LOG = logging.getLogger("brainmm.evaluate")
+LIBRARY_NAMES = {"cca": ["cca"], "pls": ["pls"], "ridge": ["ridge_brain_to_dna", "ridge_dna_to_brain"],
+                 "random_head": ["random_head"]}
+
+
+def _pairs(inputs: EvalInputs, split: str, modality: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    subjects, brain, genetics = inputs.pairs(split, modality, shared=False)
+    if len(subjects) < 3:
+        raise BrainmmError(f"baselines: the {split} split has {len(subjects)} subjects with brain and {modality!r} "
+                           "input embeddings; need at least 3")
+    return subjects, brain, genetics
+
+
+def _ridge_r2_ci(model: Any, brain: np.ndarray, genetics: np.ndarray, cfg: EvaluateConfig) -> tuple[float, float]:
+    """Bootstrap CI (over test subjects) of a ridge map's held-out R^2 (the library reports no interval for it)."""
+    from sklearn.metrics import r2_score
+
+    from alignment.stats import bootstrap_weights, percentile_ci
+
+    u, v = model.transform(brain, genetics)  # both sides centred on the same training mean: R^2 unchanged
+    pred, true = (u, v) if model.direction == "brain_to_dna" else (v, u)
+    rows = np.arange(len(true))
+    values = []
+    for w in bootstrap_weights(rows, cfg.retrieval.n_boot, cfg.seed):
+        idx = np.repeat(rows, w)
+        values.append(r2_score(true[idx], pred[idx]) if np.ptp(true[idx], axis=0).any() else np.nan)
+    low, high = percentile_ci(np.array(values), cfg.level)
+    return float(low), float(high)
+
+
+def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, Any]]:
+    """CCA, PLS, ridge and random-head records for every genetics modality (fitted on train, scored on test)."""
+    from alignment.baselines import run_baselines
+
+    names = [n for method in cfg.baselines.methods for n in LIBRARY_NAMES[method]]
+    if not names:
+        return []
+    inputs.input_brain("baselines (baselines.methods)")
+    records: list[dict[str, Any]] = []
+    for m in inputs.modalities:
+        _, b_train, g_train = _pairs(inputs, "train", m)
+        _, b_test, g_test = _pairs(inputs, "test", m)
+        report = run_baselines(
+            b_train, g_train, b_test, g_test, baselines=names, n_components=cfg.baselines.n_components,
+            n_permutations=cfg.baselines.n_permutations, brain_head=inputs.projectors["brain"],
+            dna_head=inputs.projectors[m], out_dim=inputs.heads.embed_dim, seed=cfg.seed,
+            retrieval_kw=retrieval_kwargs(cfg),
+        )
+        for r in report.records:
+            if r["metric"] == "r2" and r.get("ci_low") is None:
+                r = {**r, **dict(zip(("ci_low", "ci_high"), _ridge_r2_ci(report.models[r["model"]], b_test,
+                                                                         g_test, cfg)))}
+            model = modality_direction(r["model"], m)
+            rec = library_record(r, m, section="baseline", split="test", model=model)
+            if rec["direction"] is None:  # canonical correlations belong to the pair of sides
+                rec["direction"] = f"brain_{m}"
+            records.append(rec)
+    return records
+
+
+def shuffled_pair_run(inputs: EvalInputs, cfg: EvaluateConfig, folder: Path) -> tuple[list[dict[str, Any]], str]:
+    """Train the alignment again with `train.shuffle_pairs` (each train subject paired with another train subject's
+    genetics: a seeded permutation without fixed points per modality; val and test untouched) and score its test
+    embeddings.
+
+    The run goes to `folder/align` (its own MLflow run in the align run's experiment, on the same input tables).
+    Returns the records and that run's id.
+    """
+    from alignment.baselines import space_records
+    from brainmm.config import apply_overrides, from_dict, to_dict
+    from brainmm.train.align import AlignConfig, run_align, table_subjects
+
+    data = to_dict(inputs.run.config)
+    data["name"] = f"{inputs.run.config.name}-shuffled_pairs"
+    data["output_dir"] = str(folder / "align")
+    data["data"].update(genetics={m: inputs.genetics[m].path for m in inputs.modalities}, split=inputs.split_path)
+    if inputs.brain is not None:
+        data["data"]["brain"] = inputs.brain.path
+    data["train"]["shuffle_pairs"] = True
+    data["tracking"].update(uri=inputs.run.tracking_uri, experiment=inputs.run.experiment, run_name=None)
+    apply_overrides(data, list(cfg.baselines.shuffled_overrides))
+    LOG.info("baselines: training the shuffled-pair alignment in %s", folder / "align")
+    result = run_align(from_dict(AlignConfig, data))
+
+    import mlflow
+
+    mlflow.MlflowClient(inputs.run.tracking_uri).set_tag(result.run_id, "brainmm.baseline_of", inputs.run.run_id)
+    kw = retrieval_kwargs(cfg)
+    records: list[dict[str, Any]] = []
+    for m in inputs.modalities:
+        test = result.embeddings["test"]
+        if "brain" not in test or m not in test:
+            raise BrainmmError(f"baselines.shuffled_pairs: the shuffled run wrote no test embeddings for {m!r}")
+        sides = {k: Side(t, table_subjects(t, str(test[k])), str(test[k]))
+                 for k, t in ((k, EmbeddingTable.load(test[k])) for k in ("brain", m))}
+        subjects = sorted(sides["brain"].subject_set & sides[m].subject_set)
+        b, g = (sides[k].subject_level(subjects, normalize=True) for k in ("brain", m))
+        for r in space_records("shuffled_pairs", b, g, **kw):
+            records.append(library_record(r, m, section="baseline", split="test", model="shuffled_pairs"))
+    return records, str(result.run_id)

@@ -1,0 +1,269 @@
+"""`run_pipeline`: run the planned stages in one output folder, under one parent MLflow run, and summarise."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brainmm.config import save_config
+from brainmm.errors import BrainmmError
+from brainmm.io import atomic_write_json, atomic_write_text
+from brainmm.pipeline.config import PipelineConfig
+from brainmm.pipeline.plan import Plan, make_plan
+from brainmm.pipeline.tracking import PipelineRun
+
+LOG = logging.getLogger("brainmm.pipeline")
+MARKER = "pipeline.json"  # written first: marks a folder the pipeline may replace with overwrite
+
+
+@dataclass
+class StageRecord:
+    """What one stage did: its folder, MLflow run (if it logs one) and time (wall and this process's CPU)."""
+
+    stage: str
+    output: str
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    run_id: str | None = None
+    status: str = "running"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    """A finished pipeline: folder, parent run, per-stage records, the evaluation and the printed summary."""
+
+    output_dir: Path
+    run_id: str
+    tracking_uri: str
+    experiment: str
+    stages: dict[str, StageRecord]
+    evaluation: Any = None  # brainmm.evaluate.EvaluateResult when the evaluate stage ran
+    summary: str = ""
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise BrainmmError(f"output_dir {out}: already exists and is not empty; choose another folder (--out) or "
+                               "pass --overwrite to replace an earlier pipeline run")
+        if not (out / MARKER).is_file():
+            raise BrainmmError(f"output_dir {out}: --overwrite only replaces a pipeline folder (with {MARKER}); this "
+                               "one is not, so nothing was deleted")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_pipeline(cfg: PipelineConfig, overwrite: bool = False) -> PipelineResult:
+    """Run the pipeline of `cfg` (see docs/pipeline.md); returns the result after printing nothing (the CLI prints)."""
+    import mlflow
+    import torch
+
+    from brainmm.runtime import log_to_file
+    from brainmm.tracking import check_tracking_server
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BrainmmError("brainmm run/demo runs in one process; under torchrun, run the stages that support several "
+                           "processes (pretrain, embed, genetics embed, align) with their own commands (docs/pipeline.md)")
+    plan = make_plan(cfg)
+    check_tracking_server(plan.tracking_uri)  # fail in seconds, before any work
+    if mlflow.active_run() is not None:
+        raise BrainmmError(f"an MLflow run ({mlflow.active_run().info.run_id}) is active; end it before running the "
+                           "pipeline (its stages start their own runs)")
+    out = plan.out
+    _prepare_output(out, overwrite)
+    threads_before = torch.get_num_threads()
+    blas = contextlib.ExitStack()
+    if cfg.threads:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(cfg.threads)
+        blas.enter_context(threadpool_limits(limits=cfg.threads))  # numpy / scikit-learn
+    started, cpu_started = time.perf_counter(), time.process_time()
+    records: dict[str, StageRecord] = {}
+    log_to_file(out)
+    save_config(cfg, out / "config.yaml")
+    _write_state(plan, records, None, "running")
+    parent = PipelineRun(plan.tracking_uri, cfg.tracking, cfg.name,
+                         {"brainmm.run_dir": str(out), "brainmm.stages": ",".join(plan.stages)})
+    _write_state(plan, records, parent.run_id, "running")
+    parent.log_config(cfg)
+    LOG.info("pipeline %s: stages %s -> %s (MLflow run %s, torch threads %d)", cfg.name, ", ".join(plan.stages), out,
+             parent.run_id, torch.get_num_threads())
+    evaluation = None
+    ok = False
+    try:
+        steps = _steps(plan)
+        for i, stage in enumerate(plan.stages, 1):
+            LOG.info("[%d/%d] %s", i, len(plan.stages), stage)
+            record = StageRecord(stage, "")
+            records[stage] = record
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                value = steps[stage](record)
+            finally:
+                record.seconds = time.perf_counter() - t0
+                record.cpu_seconds = time.process_time() - c0
+                log_to_file(out)  # stages move the log file to their own folders
+                _adopt(parent, plan, record)
+            record.status = "finished"
+            _write_state(plan, records, parent.run_id, "running")
+            if stage == "evaluate":
+                evaluation = value
+            LOG.info("[%d/%d] %s done in %.1f s (CPU %.1f s) -> %s", i, len(plan.stages), stage, record.seconds,
+                     record.cpu_seconds, record.output)
+        ok = True
+    finally:
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        torch.set_num_threads(threads_before)
+        blas.close()
+        result = PipelineResult(out, parent.run_id, plan.tracking_uri, cfg.tracking.experiment, records, evaluation,
+                                seconds=seconds, cpu_seconds=cpu)
+        _finish(parent, plan, result, ok)
+    return result
+
+
+def _finish(parent: PipelineRun, plan: Plan, result: PipelineResult, ok: bool) -> None:
+    """Summary, pipeline.json, parent-run metrics and artifacts; the parent run ends FINISHED or FAILED."""
+    from brainmm.pipeline.summary import headline_metrics, render_summary
+
+    try:
+        timing = {f"pipeline/time/{s}_s": r.seconds for s, r in result.stages.items()}
+        timing.update({f"pipeline/cpu/{s}_s": r.cpu_seconds for s, r in result.stages.items()})
+        timing.update({"pipeline/time/total_s": result.seconds, "pipeline/cpu/total_s": result.cpu_seconds})
+        metrics = dict(timing)
+        if ok:
+            result.summary = render_summary(result)
+            atomic_write_text(result.output_dir / "summary.txt", result.summary + "\n")
+            parent.log_artifact(str(result.output_dir / "summary.txt"))
+            if result.evaluation is not None:
+                metrics.update(headline_metrics(result.evaluation.metrics))
+        parent.log_metrics(metrics)
+        _write_state(plan, result.stages, parent.run_id, "finished" if ok else "failed", result)
+        parent.log_artifact(str(result.output_dir / MARKER))
+        parent.log_artifact(str(result.output_dir / "brainmm.log"))
+        for stage, path in _stage_configs(plan).items():
+            if stage in result.stages and path.is_file():
+                parent.log_artifact(str(path), f"stages/{stage}")
+    finally:
+        parent.end(ok)
+    LOG.info("pipeline %s: %s in %.1f s (CPU %.1f s)", plan.config.name, "finished" if ok else "FAILED",
+             result.seconds, result.cpu_seconds)
+
+
+def _write_state(plan: Plan, records: dict[str, StageRecord], run_id: str | None, status: str,
+                 result: PipelineResult | None = None) -> None:
+    state = {
+        "status": status, "name": plan.config.name, "mlflow_run_id": run_id, "tracking_uri": plan.tracking_uri,
+        "experiment": plan.config.tracking.experiment, "stages": plan.stages,
+        "inputs": {"fmri_cohort": str(plan.fmri_cohort) if plan.fmri_cohort else None,
+                   "fmri_dataset": str(plan.fmri_dataset), "brain_model": str(plan.brain_model)},
+        "records": {s: vars(r) for s, r in records.items()},
+    }
+    if result is not None:
+        state.update(seconds=result.seconds, cpu_seconds=result.cpu_seconds)
+    atomic_write_json(plan.out / MARKER, state)
+
+
+def _stage_configs(plan: Plan) -> dict[str, Path]:
+    """The resolved config each stage wrote next to its output."""
+    c = plan.config
+    genetics_out = c.genetics.matrix.out if c.genetics.kind == "genotype_matrix" else c.genetics.dna.out
+    return {"simulate": plan.cohort_dir / "config.yaml", "ingest": plan.out / "ingest.config.yaml",
+            "pretrain": Path(c.pretrain.output_dir) / "config.yaml", "embed": Path(c.embed.out + ".config.yaml"),
+            "genetics": Path(genetics_out + ".config.yaml"), "align": Path(c.align.output_dir) / "config.yaml",
+            "evaluate": Path(c.evaluate.output_dir) / "config.yaml"}
+
+
+def _adopt(parent: PipelineRun, plan: Plan, record: StageRecord) -> None:
+    """Nest the stage's MLflow run (from its run.json when it failed before returning) under the parent."""
+    folder = {"pretrain": plan.config.pretrain.output_dir, "align": plan.config.align.output_dir}.get(record.stage)
+    if record.run_id is None and folder and (Path(folder) / "run.json").is_file():
+        record.run_id = json.loads((Path(folder) / "run.json").read_text()).get("mlflow_run_id")
+    if record.run_id:  # the evaluate run stays a child of its align run
+        parent.adopt(record.run_id, record.stage, nest=record.stage != "evaluate")
+    shuffled = record.extra.get("shuffled_pairs_run_id")
+    if shuffled:
+        parent.adopt(shuffled, "shuffled_pairs")
+
+
+def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
+    """One function per stage; each fills its record (output folder, MLflow run id)."""
+    c = plan.config
+
+    def simulate(rec: StageRecord) -> Any:
+        from brainmm.data.simulate import simulate_cohort
+
+        rec.output = str(plan.cohort_dir)
+        return simulate_cohort(c.simulate, plan.cohort_dir)
+
+    def ingest(rec: StageRecord) -> Any:
+        from brainmm.data.fmri import ingest as run_ingest
+
+        rec.output = str(plan.fmri_dataset)
+        save_config(c.ingest, plan.out / "ingest.config.yaml")
+        return run_ingest(plan.fmri_cohort, plan.fmri_dataset, c.ingest)
+
+    def pretrain(rec: StageRecord) -> Any:
+        from brainmm.train.pretrain import run_pretrain
+
+        rec.output = c.pretrain.output_dir
+        result = run_pretrain(c.pretrain)
+        rec.run_id = result.run_id
+        rec.extra = {k: result.metrics.get("test", {}).get(k) for k in ("masked_mse", "baseline_mean_mse", "r2")}
+        return result
+
+    def embed(rec: StageRecord) -> Any:
+        from brainmm.embed import run_embed
+
+        rec.output = c.embed.out
+        result = run_embed(c.embed)
+        rec.extra = {"cache_hit": result.cache_hit, "recordings": result.num_recordings,
+                     "subjects": result.num_subjects}
+        return result
+
+    def genetics(rec: StageRecord) -> Any:
+        g = c.genetics
+        if g.kind == "genotype_matrix":
+            from brainmm.data.genetics import run_matrix
+
+            rec.output = g.matrix.out
+            table = run_matrix(g.matrix)
+        else:
+            from brainmm.data.genetics import run_embed as run_dna
+
+            rec.output = g.dna.out
+            table = run_dna(g.dna)
+        rec.extra = {"subjects": len(table.ids), "dim": table.dim}
+        return table
+
+    def align(rec: StageRecord) -> Any:
+        from brainmm.train.align import run_align
+
+        rec.output = c.align.output_dir
+        result = run_align(c.align)
+        rec.run_id = result.run_id
+        rec.extra = {"val_score": result.metrics["val"].get("score"), "best_epoch": result.metrics["best_epoch"]}
+        return result
+
+    def evaluate(rec: StageRecord) -> Any:
+        from brainmm.evaluate import run_evaluate
+
+        rec.output = c.evaluate.output_dir
+        result = run_evaluate(c.evaluate)
+        rec.run_id = result.run_id
+        rec.extra = {"shuffled_pairs_run_id": result.shuffled_run_id}
+        return result
+
+    return {"simulate": simulate, "ingest": ingest, "pretrain": pretrain, "embed": embed, "genetics": genetics,
+            "align": align, "evaluate": evaluate}

@@ -1,0 +1,82 @@
+"""The pipeline's parent MLflow run, driven through the client so that no run is active while the stages run.
+
+Stage runs are started by the stages themselves (pretrain, align, evaluate, the shuffled-pair align run); once a
+stage has finished (or failed) its run gets the tags `mlflow.parentRunId` (the pipeline run: the MLflow UI shows
+it nested) and `brainmm.pipeline_run_id`. The evaluate run stays a child of its align run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from brainmm.config import dump_yaml, flatten, to_dict
+from brainmm.tracking import TrackingConfig, sanitize_metric_name
+
+PARENT_TAG = "mlflow.parentRunId"
+PIPELINE_TAG = "brainmm.pipeline_run_id"
+
+
+class PipelineRun:
+    """The parent run: created at the start, ended FINISHED or FAILED."""
+
+    def __init__(self, uri: str, tracking: TrackingConfig, name: str, tags: dict[str, str]) -> None:
+        import mlflow
+
+        from brainmm import tracking as tr
+
+        cfg = TrackingConfig(uri=uri, experiment=tracking.experiment,
+                             artifact_location=tracking.artifact_location)
+        self.experiment_id = tr.setup(cfg)
+        self.client = mlflow.MlflowClient(uri)
+        self.uri = uri
+        all_tags = {"brainmm.stage": "pipeline", "brainmm.version": _version(), "mlflow.runName": name, **tags}
+        self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+
+    def log_config(self, cfg: Any, artifact_file: str = "config.yaml") -> None:
+        """Flattened params (MLflow's value limit) and the YAML as an artifact, like brainmm.tracking.log_config."""
+        from mlflow.entities import Param
+
+        params = [Param(sanitize_metric_name(k), str(v)[:6000]) for k, v in flatten(to_dict(cfg)).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.client.log_text(self.run_id, dump_yaml(cfg), artifact_file)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Metrics at step 0 (names sanitised)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(sanitize_metric_name(k), float(v), now, 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A text artifact."""
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        """A local file as an artifact."""
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags on the parent run."""
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def adopt(self, run_id: str, stage: str, nest: bool = True) -> None:
+        """Tag a stage's run with this run's id and, with `nest`, make it a child of this run."""
+        if nest:
+            self.client.set_tag(run_id, PARENT_TAG, self.run_id)
+        self.client.set_tag(run_id, PIPELINE_TAG, self.run_id)
+        self.client.set_tag(self.run_id, f"brainmm.run.{stage}", run_id)
+
+    def end(self, ok: bool) -> None:
+        """Mark the run FINISHED or FAILED."""
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+
+def _version() -> str:
+    from brainmm import __version__
+
+    return __version__

@@ -1,0 +1,550 @@
+"""Towers for `brainmm align`, built from the `towers` config section: BrainLM on fMRI windows, a genotype MLP on
+dosages, or `table` (precomputed embeddings, identity tower); what each trains (frozen / last N blocks / full).
+
+- `BrainLMTower`: a BrainLM encoder (`brainlm_mae` checkpoint) that embeds `[B, V, T]` windows of one fMRI dataset
+  (its parcel coordinates are held by the tower). Training reads one random window per recording per step;
+  evaluation averages the embeddings of the tiled windows of each recording (`BrainWindows`).
+- A frozen BrainLM tower is never run during training: `frozen_brain_table` gets the embedding of every recording
+  (tiled windows, mean per recording) from the `brainmm embed` stage's cache (keyed by model hash, dataset hash,
+  pooling and window length; computed once), and the heads train on that table.
+- `GenotypeTower`: `encoders.genotype.GenotypeEncoder` on a dosage-matrix table (`brainmm genetics matrix`), input
+  scaling fitted on the training subjects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainmm.embeddings import EmbeddingTable
+from brainmm.errors import BrainmmError
+from brainmm.io import atomic_dir, atomic_write_json
+
+if TYPE_CHECKING:
+    from brainmm.data.fmri import FmriDataset, FmriWindows
+    from encoders.brainlm import BrainLMModel
+    from encoders.genotype import GenotypeEncoder
+
+Trainable = Literal["frozen", "last_n", "full"]
+TOWER_FILE = "tower.json"
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class BrainTowerConfig:
+    """Brain side: `table` (data.brain, precomputed) or `brainlm` (a checkpoint run on an fMRI dataset's windows)."""
+
+    kind: Literal["table", "brainlm"] = "table"
+    checkpoint: str = ""  # BrainLM checkpoint folder (model_type brainlm_mae)
+    dataset: str = ""  # fMRI dataset folder (`brainmm fmri ingest`)
+    pooling: Literal["cls", "mean", "time_then_voxel"] = "cls"
+    num_timepoints: int = 0  # window length; 0 = the dataset's
+    trainable: Trainable = "frozen"
+    last_n: int = 0  # with trainable: last_n, the last N encoder layers (+ the final LayerNorm) train
+    lr: float | None = None  # tower learning rate (null: train.lr)
+    gradient_checkpointing: bool = False  # recompute encoder layers in the backward pass (less memory)
+    eval_batch_size: int = 64  # windows per forward pass when embedding tiled windows
+    cache_dir: str = ""  # `brainmm embed` cache for a frozen tower; "" = <brainmm data dir>/brain-embeddings
+
+    def check(self, where: str = "towers.brain") -> None:
+        """Field checks that need no files (run by `TowersConfig.validate`)."""
+        if self.kind == "table":
+            given = [k for k in ("checkpoint", "dataset") if getattr(self, k)]
+            if self.trainable != "frozen":
+                given.append("trainable")
+            if given:
+                raise BrainmmError(f"align config field '{where}.{given[0]}': a table tower has no model to load or "
+                                   "train; set kind: brainlm to use a BrainLM checkpoint")
+            return
+        for name in ("checkpoint", "dataset"):
+            if not getattr(self, name):
+                raise BrainmmError(f"align config field '{where}.{name}': kind brainlm needs it, got nothing")
+        if self.num_timepoints < 0:
+            raise BrainmmError(f"align config field '{where}.num_timepoints': expected >= 0 (0 = the dataset's), "
+                               f"got {self.num_timepoints}")
+        if self.eval_batch_size < 1:
+            raise BrainmmError(f"align config field '{where}.eval_batch_size': expected >= 1, got {self.eval_batch_size}")
+        _check_trainable(self.trainable, self.last_n, self.lr, where)
+
+
+@dataclass
+class GeneticsTowerConfig:
+    """One genetics modality: `table` (precomputed vectors) or `genotype_mlp` (a GenotypeEncoder on dosages).
+
+    The MLP fields are those of `GenotypeEncoderConfig`; with `checkpoint` the architecture, weights and input
+    scaling come from that folder instead (the MLP fields are then not used).
+    """
+
+    kind: Literal["table", "genotype_mlp"] = "table"
+    checkpoint: str = ""  # GenotypeEncoder folder (save_pretrained) to start from; "" = a fresh encoder
+    n_snps: int = 0  # 0 = the dosage table's width (given: must equal it)
+    hidden_sizes: list[int] = field(default_factory=lambda: [1024])
+    output_size: int = 512
+    activation: Literal["relu", "gelu"] = "relu"
+    norm: Literal["batchnorm", "layernorm", "none"] = "batchnorm"
+    dropout: float = 0.1
+    trainable: Trainable = "full"
+    last_n: int = 0  # with trainable: last_n, the last N Linear blocks train (the output Linear is one)
+    lr: float | None = None  # tower learning rate (null: train.lr)
+
+    def check(self, where: str) -> None:
+        """Field checks that need no files (run by `TowersConfig.validate`)."""
+        if self.kind == "table":
+            if self.checkpoint:
+                raise BrainmmError(f"align config field '{where}.checkpoint': a table tower has no model; set "
+                                   "kind: genotype_mlp")
+            return
+        if self.n_snps < 0:
+            raise BrainmmError(f"align config field '{where}.n_snps': expected >= 0 (0 = the table's width), "
+                               f"got {self.n_snps}")
+        if self.trainable == "frozen" and not self.checkpoint:
+            raise BrainmmError(f"align config field '{where}.trainable': a frozen genotype_mlp needs a trained "
+                               "'checkpoint' (a frozen random MLP learns nothing)")
+        _check_trainable(self.trainable, self.last_n, self.lr, where)
+
+
+@dataclass
+class TowersConfig:
+    """`towers.brain` and `towers.genetics.<modality>` (modalities not listed use their table as is)."""
+
+    brain: BrainTowerConfig = field(default_factory=BrainTowerConfig)
+    genetics: dict[str, GeneticsTowerConfig] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Check every tower section."""
+        self.brain.check("towers.brain")
+        for m, tower in self.genetics.items():
+            tower.check(f"towers.genetics.{m}")
+
+    def genetics_tower(self, modality: str) -> GeneticsTowerConfig:
+        """The tower config of a modality (a table tower when it is not listed)."""
+        return self.genetics.get(modality) or GeneticsTowerConfig()
+
+
+def _check_trainable(trainable: str, last_n: int, lr: float | None, where: str) -> None:
+    if trainable == "last_n" and last_n < 1:
+        raise BrainmmError(f"align config field '{where}.last_n': trainable: last_n needs last_n >= 1, got {last_n}")
+    if trainable != "last_n" and last_n != 0:
+        raise BrainmmError(f"align config field '{where}.last_n': only used with trainable: last_n (got trainable: "
+                           f"{trainable}); remove it or set trainable: last_n")
+    if lr is not None and not lr > 0:
+        raise BrainmmError(f"align config field '{where}.lr': expected > 0 or null (= train.lr), got {lr}")
+
+
+# ------------------------------------------------------------------------------------------ freezing
+
+
+class Tower(nn.Module, ABC):
+    """A tower with repeated `blocks()` (for last-N fine-tuning); frozen batch norms stay in eval mode."""
+
+    @abstractmethod
+    def blocks(self) -> list[nn.Module]:
+        """The repeated blocks, input side first."""
+
+    def final_modules(self) -> list[nn.Module]:
+        """Modules after the last block that train with any last-N setting (e.g. a final LayerNorm)."""
+        return []
+
+    def train(self, mode: bool = True) -> Tower:
+        """Like nn.Module.train, but batch norms whose parameters are all frozen keep their running statistics."""
+        super().train(mode)
+        for m in self.modules():
+            params = list(m.parameters())
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+                m.eval()
+        return self
+
+
+def set_trainable(tower: Tower, trainable: str, last_n: int, where: str) -> list[str]:
+    """Freeze the tower, unfreeze its last `last_n` blocks (+ final modules), or all of it; returns trainable names."""
+    from alignment import set_tower_trainable
+
+    blocks = tower.blocks()
+    if trainable == "last_n" and last_n > len(blocks):
+        raise BrainmmError(f"align config field '{where}.last_n': {last_n} is more than the {len(blocks)} blocks "
+                           f"of this tower ({type(tower).__name__})")
+    set_tower_trainable(tower, {"frozen": 0, "full": None}.get(trainable, last_n), lambda _: blocks)
+    if trainable == "last_n":
+        for module in tower.final_modules():
+            module.requires_grad_(True)
+    tower.train(tower.training)  # re-apply the frozen-batch-norm rule
+    return [n for n, p in tower.named_parameters() if p.requires_grad]
+
+
+# ------------------------------------------------------------------------------------------- BrainLM
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No per-tensor loading bars and load reports while a checkpoint loads."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_brainlm_encoder(checkpoint: str | Path,
+                         where: str = "align config field 'towers.brain.checkpoint'") -> BrainLMModel:
+    """The BrainLM encoder (decoder dropped) of a `brainlm_mae` checkpoint folder, float32, eval mode.
+
+    `where` starts every error message (which field or file named the checkpoint).
+    """
+    from encoders.brainlm import BrainLMModel
+    from encoders.brainlm.loading import checkpoint_model_type
+    from encoders.errors import EncoderInputError
+
+    try:
+        model_type = checkpoint_model_type(checkpoint)
+        if model_type != "brainlm_mae":
+            raise BrainmmError(
+                f"{where}: {checkpoint} is a {model_type} BrainLM; the brainlm tower runs "
+                "brainlm_mae (Nystromformer) checkpoints; embed ViT-MAE models first and use towers.brain.kind: table"
+            )
+        with _quiet_transformers():
+            model = BrainLMModel.from_pretrained(checkpoint)
+    except EncoderInputError as err:
+        raise BrainmmError(f"{where}: {err}") from None
+    return model.float().eval()
+
+
+class BrainLMTower(Tower):
+    """BrainLM encoder + the dataset's parcel coordinates: windows `[B, V, T]` -> pooled embeddings `[B, H]`.
+
+    `num_timepoints` is the window length it was trained with (recorded for projecting new data).
+    """
+
+    def __init__(self, encoder: BrainLMModel, xyz: np.ndarray | torch.Tensor, pooling: str = "cls",
+                 num_timepoints: int = 0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.num_timepoints = int(num_timepoints)
+        self.register_buffer("xyz", torch.as_tensor(np.asarray(xyz, dtype=np.float32)), persistent=False)
+
+    @property
+    def out_dim(self) -> int:
+        """Embedding width (the encoder's hidden size)."""
+        return int(self.encoder.config.hidden_size)
+
+    def blocks(self) -> list[nn.Module]:
+        """The encoder layers."""
+        return list(self.encoder.encoder.layer)
+
+    def final_modules(self) -> list[nn.Module]:
+        """The final LayerNorm (applied to every pooled vector)."""
+        return [self.encoder.layernorm]
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        """signal `[B, V, T]` (the dataset's parcels, normalised) -> `[B, H]`."""
+        xyz = self.xyz.expand(signal.shape[0], -1, -1)
+        return self.encoder.encode(signal, xyz, pooling=self.pooling)
+
+    @torch.no_grad()
+    def tiled_features(self, windows: FmriWindows, positions: Sequence[int] | None = None, batch_size: int = 64,
+                       amp: bool = False) -> torch.Tensor:
+        """Mean embedding over the tiled windows of each recording at `positions` of `windows` (default: all).
+
+        Runs in eval mode without gradients (the mode is restored); returns float32 `[len(positions), H]` on CPU.
+        """
+        if windows.mode != "tiled":
+            raise BrainmmError(f"tiled_features: expected tiled windows, got mode {windows.mode!r}")
+        positions = list(range(len(windows.recording_ids))) if positions is None else list(positions)
+        slot = {p: i for i, p in enumerate(positions)}
+        items = [j for j in range(len(windows)) if int(windows.items[j, 0]) in slot]
+        device = self.xyz.device
+        sums = torch.zeros(len(positions), self.out_dim, dtype=torch.float64, device=device)
+        counts = torch.zeros(len(positions), dtype=torch.float64, device=device)
+        was_training = self.training
+        self.eval()
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
+                    else contextlib.nullcontext())
+        try:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                signal = torch.stack([windows[j]["signal_vectors"] for j in chunk]).to(device, non_blocking=True)
+                with autocast:
+                    h = self(signal)
+                rows = torch.tensor([slot[int(windows.items[j, 0])] for j in chunk], device=device)
+                sums.index_add_(0, rows, h.double())  # on the device: no host sync per batch
+                counts.index_add_(0, rows, torch.ones(len(chunk), dtype=torch.float64, device=device))
+        finally:
+            self.train(was_training)
+        return (sums / counts.clamp_min(1).unsqueeze(1)).float().cpu()
+
+    def save(self, folder: str | Path, meta: dict[str, Any] | None = None, weights: bool = True) -> Path:
+        """Write tower.json (pooling, window length, coordinates, `meta`) and, with `weights`, the encoder
+        (save_pretrained: config.json + model.safetensors), atomically. Without weights, `meta["checkpoint"]`
+        must name the (frozen) checkpoint folder to load them from."""
+        folder = Path(folder)
+        if not weights and not (meta or {}).get("checkpoint"):
+            raise BrainmmError(f"tower folder {folder}: saving without weights needs meta['checkpoint']")
+        with atomic_dir(folder, overwrite=True) as tmp:
+            if weights:
+                with _quiet_transformers():
+                    self.encoder.save_pretrained(tmp)
+            atomic_write_json(tmp / TOWER_FILE, {"kind": "brainlm", "pooling": self.pooling,
+                                                 "num_timepoints": self.num_timepoints,
+                                                 "xyz": self.xyz.cpu().tolist(), **(meta or {})})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> BrainLMTower:
+        """Rebuild a tower written by `save` (eval mode): its own weights, else those of its `checkpoint`."""
+        folder = Path(folder)
+        info = _read_tower_file(folder, "brainlm")
+        source = folder if (folder / "config.json").is_file() else info.get("checkpoint")
+        if not source:
+            raise BrainmmError(f"tower folder {folder}: no weights and no checkpoint named in {TOWER_FILE}")
+        encoder = load_brainlm_encoder(source, where=f"tower {folder}")
+        return cls(encoder, np.asarray(info["xyz"]), info["pooling"], info.get("num_timepoints", 0)).eval()
+
+
+def _read_tower_file(folder: Path, kind: str) -> dict[str, Any]:
+    path = folder / TOWER_FILE
+    if not path.is_file():
+        raise BrainmmError(f"tower folder {folder}: no {TOWER_FILE} (expected a tower saved by `brainmm align`)")
+    info = json.loads(path.read_text())
+    if info.get("kind") != kind:
+        raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} has kind {info.get('kind')!r}, expected {kind!r}")
+    return info
+
+
+@dataclass
+class BrainDataset:
+    """The fMRI dataset of a BrainLM tower, checked against the model, and the window length."""
+
+    dataset: FmriDataset
+    num_timepoints: int
+
+    @property
+    def recording_ids(self) -> list[str]:
+        """Every recording, storage order."""
+        return self.dataset.recording_ids()
+
+    @property
+    def subjects(self) -> list[str]:
+        """Subject of every recording, storage order."""
+        return [str(s) for s in self.dataset.recordings["subject_id"]]
+
+
+def open_brain_dataset(cfg: BrainTowerConfig, encoder: BrainLMModel) -> BrainDataset:
+    """Load `towers.brain.dataset` and check it fits the encoder (parcels, window length, patch size)."""
+    from brainmm.data.fmri import FmriDataset, check_compatible
+
+    try:
+        ds = FmriDataset.load(cfg.dataset)
+        t = cfg.num_timepoints or ds.num_timepoints
+        check_compatible(ds, encoder.config.num_brain_voxels, t)
+    except BrainmmError as err:
+        raise BrainmmError(f"align config field 'towers.brain.dataset': {err}") from None
+    patch = encoder.config.timepoint_patching_size
+    if t % patch:
+        raise BrainmmError(f"align config field 'towers.brain.num_timepoints': windows of {t} time points are not a "
+                           f"multiple of the checkpoint's timepoint_patching_size={patch}")
+    return BrainDataset(ds, t)
+
+
+def check_split_agrees(data: BrainDataset, split_path: str | Path) -> None:
+    """The align split must put every shared subject where the dataset's split did (its statistics are train-fitted)."""
+    from brainmm.data.splits import load_split
+
+    ours = load_split(split_path)
+    mine = dict(zip(ours["subject_id"].astype(str), ours["split"]))
+    theirs = data.dataset.split
+    bad = [(s, sp, mine[s]) for s, sp in zip(theirs["subject_id"].astype(str), theirs["split"])
+           if s in mine and mine[s] != sp]
+    if bad:
+        s, sp, other = bad[0]
+        raise BrainmmError(
+            f"data.split {split_path} and the split of fMRI dataset {data.dataset.path} disagree for {len(bad)} "
+            f"subject(s), e.g. {s!r} is '{other}' here and '{sp}' in the dataset, whose normalisation statistics were "
+            f"fitted on its train split; ingest with --split-from {split_path} (or use the dataset's split.csv)"
+        )
+
+
+class BrainWindows:
+    """Some recordings (`recording_ids`) of one split: a random window each per step, or all tiled windows.
+
+    Random windows come from `FmriDataset.windows(split, mode="random", seed)`: the window of a recording depends
+    only on (seed, epoch, the recording's position in the split), never on batch order or process.
+    """
+
+    def __init__(self, data: BrainDataset, split: str | None, recording_ids: Sequence[str], seed: int,
+                 batch_size: int = 64, amp: bool = False) -> None:
+        self.random = data.dataset.windows(split, data.num_timepoints, mode="random", seed=seed)
+        self.tiled = data.dataset.windows(split, data.num_timepoints, mode="tiled", seed=seed)
+        position = {r: i for i, r in enumerate(self.random.recording_ids)}
+        self.positions = [position[r] for r in recording_ids]
+        self.batch_size, self.amp = batch_size, amp  # tiled embedding: windows per forward pass, bf16 on GPU
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def batch(self, rows: Sequence[int], epoch: int) -> torch.Tensor:
+        """Random windows `[B, V, T]` of the recordings at `rows` for `epoch`."""
+        self.random.set_epoch(epoch)
+        return torch.stack([self.random[self.positions[r]]["signal_vectors"] for r in rows])
+
+    def features(self, tower: BrainLMTower) -> torch.Tensor:
+        """Tower embeddings `[rows, H]`: the mean over each recording's tiled windows (eval mode, no gradients)."""
+        return tower.tiled_features(self.tiled, self.positions, self.batch_size, self.amp)
+
+
+def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = "auto") -> EmbeddingTable:
+    """Embeddings of every recording of `data` by the frozen `cfg.checkpoint`, from the `brainmm embed` cache.
+
+    One vector per recording: the mean over its tiled windows (the embedding the trainable tower uses for
+    evaluation). `brainmm.embed.run_embed` computes it once (every torchrun rank a slice) and caches it under
+    `cfg.cache_dir` by model hash, dataset hash, pooling and window length; later runs read it without running the
+    model. Keyed by recording, with `meta.subject_id`. Call it on every rank.
+    """
+    from brainmm.embed import EmbedConfig, run_embed
+    from brainmm.train.common import broadcast_object
+
+    with tempfile.TemporaryDirectory() as tmp:  # run_embed also publishes a copy; the cache entry is what we read
+        result = run_embed(EmbedConfig(
+            model=str(cfg.checkpoint), dataset=str(cfg.dataset), pooling=cfg.pooling,
+            num_timepoints=data.num_timepoints, batch_size=cfg.eval_batch_size, device=device,
+            cache_dir=cfg.cache_dir or None, out=str(Path(tmp) / "brain")))
+    entry = broadcast_object(None if result is None else str(result.cache_entry))  # rank 0 has the result
+    return EmbeddingTable.load(Path(entry) / "recordings")
+
+
+# ------------------------------------------------------------------------------------------- genotype
+
+
+class GenotypeTower(Tower):
+    """`GenotypeEncoder` on dosages `[B, n_snps]` in [0, 2] -> `[B, output_size]`."""
+
+    def __init__(self, encoder: GenotypeEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def out_dim(self) -> int:
+        """Embedding width."""
+        return int(self.encoder.output_size)
+
+    def blocks(self) -> list[nn.Module]:
+        """One block per Linear layer with what follows it (activation, norm, dropout); the output Linear is last."""
+        groups: list[list[nn.Module]] = []
+        for module in self.encoder.mlp:
+            if isinstance(module, nn.Linear) or not groups:
+                groups.append([])
+            groups[-1].append(module)
+        return [nn.ModuleList(g) for g in groups]
+
+    def forward(self, dosages: torch.Tensor) -> torch.Tensor:
+        """dosages `[B, n_snps]` -> `[B, output_size]`."""
+        return self.encoder(dosages)
+
+    def save(self, folder: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write the encoder (save_pretrained, input scaling included) and tower.json, atomically."""
+        folder = Path(folder)
+        with atomic_dir(folder, overwrite=True) as tmp:
+            with _quiet_transformers():
+                self.encoder.save_pretrained(tmp)
+            atomic_write_json(tmp / TOWER_FILE, {"kind": "genotype_mlp", **(meta or {})})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> GenotypeTower:
+        """Rebuild a tower written by `save` (eval mode)."""
+        _read_tower_file(Path(folder), "genotype_mlp")
+        return cls(load_genotype_encoder(folder, f"tower {folder}")).eval()
+
+
+def load_genotype_encoder(folder: str | Path, where: str) -> GenotypeEncoder:
+    """A saved GenotypeEncoder folder (local files only), float32; `where` starts every error message."""
+    from encoders.errors import EncoderInputError
+    from encoders.genotype import GenotypeEncoder
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise BrainmmError(f"{where}: {folder} is not a GenotypeEncoder folder (no config.json)")
+    try:
+        with _quiet_transformers():
+            return GenotypeEncoder.from_pretrained(folder, local_files_only=True).float()
+    except (EncoderInputError, OSError, ValueError) as err:
+        raise BrainmmError(f"{where}: cannot load {folder} ({err})") from None
+
+
+def check_dosages(vectors: np.ndarray, table: str, where: str) -> None:
+    """A genotype_mlp input must be a dosage matrix: finite values in [0, 2]."""
+    if vectors.size == 0:
+        return
+    low, high = float(vectors.min()), float(vectors.max())
+    if low < 0 or high > 2:
+        raise BrainmmError(f"{where}: genotype_mlp needs a dosage matrix (values in [0, 2], `brainmm genetics "
+                           f"matrix`), but table {table} has values in [{low:g}, {high:g}]")
+
+
+def build_genotype_tower(cfg: GeneticsTowerConfig, n_snps: int, train_dosages: torch.Tensor, where: str,
+                         table: str) -> GenotypeTower:
+    """A fresh encoder (input scaling fitted on `train_dosages`, the training subjects) or one from `checkpoint`."""
+    from encoders.genotype import GenotypeEncoder, GenotypeEncoderConfig
+
+    if cfg.n_snps and cfg.n_snps != n_snps:
+        raise BrainmmError(f"align config field '{where}.n_snps': {cfg.n_snps}, but the dosage table {table} has "
+                           f"{n_snps} columns")
+    if cfg.checkpoint:
+        encoder = load_genotype_encoder(cfg.checkpoint, f"align config field '{where}.checkpoint'")
+        got = encoder.config.n_snps
+        if got != n_snps or encoder.config.n_scores:
+            raise BrainmmError(f"align config field '{where}.checkpoint': the encoder in {cfg.checkpoint} takes "
+                               f"n_snps={got} (+ n_scores={encoder.config.n_scores}), but the dosage table {table} "
+                               f"has {n_snps} columns")
+    else:
+        encoder = GenotypeEncoder(GenotypeEncoderConfig(
+            n_snps=n_snps, hidden_sizes=cfg.hidden_sizes, output_size=cfg.output_size, activation=cfg.activation,
+            norm=cfg.norm, dropout=cfg.dropout))
+        encoder.fit_input_scaling(train_dosages)
+    return GenotypeTower(encoder)
+
+
+# ------------------------------------------------------------------------------------------ optimizer
+
+
+def tower_param_groups(core: nn.Module, lr: float, weight_decay: float,
+                       tower_lr: dict[str, float]) -> list[dict[str, Any]]:
+    """`alignment.param_groups` with the tower groups split per tower (`tower_<name>[_no_decay]`) at their own lr.
+
+    `tower_lr` maps "brain" and modality names to learning rates; the decay rule is the library's (no weight
+    decay on norms, biases and the temperature).
+    """
+    from alignment import param_groups
+
+    owner = {id(p): "brain" for p in core.brain_tower.parameters()}
+    for m, tower in core.genetics_towers.items():
+        owner.update({id(p): m for p in tower.parameters()})
+    groups: list[dict[str, Any]] = []
+    for group in param_groups(core, lr, weight_decay):
+        if not group["name"].startswith("towers"):
+            groups.append(group)
+            continue
+        suffix = group["name"][len("towers"):]
+        split: dict[str, list[nn.Parameter]] = {}
+        for p in group["params"]:
+            split.setdefault(owner[id(p)], []).append(p)
+        groups += [{**group, "name": f"tower_{name}{suffix}", "params": params, "lr": tower_lr.get(name, lr)}
+                   for name, params in split.items()]
+    return groups
