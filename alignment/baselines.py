@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from alignment.errors import AlignmentInputError
-from alignment.retrieval import RetrievalReport, retrieval_report
+from alignment.retrieval import RetrievalReport, pair_ranks, retrieval_report
 from alignment.stats import bootstrap_weights, flatten_records, percentile_ci, permutation_pvalue
 
 BASELINES = ("cca", "pls", "ridge_brain_to_dna", "ridge_dna_to_brain", "random_head")
@@ -76,6 +76,7 @@ class CCABaseline:
             raise AlignmentInputError(f"method: expected 'cca' or 'pls', got {method!r}")
         self.method, self.n_components = method, n_components
         self.variance, self.max_pca_components = variance, max_pca_components
+        self.selection_: dict[str, float] = {}  # set by `select_cca` (validation MRR of the chosen settings)
 
     def fit(self, brain: Any, dna: Any) -> CCABaseline:
         """Fit PCA per view and CCA/PLS on training rows only."""
@@ -108,6 +109,38 @@ class CCABaseline:
     def canonical_correlations(self, brain: Any, dna: Any) -> np.ndarray:
         """Pearson correlation of each pair of canonical scores on the given (held-out) rows."""
         return _column_corr(*self.transform(brain, dna))
+
+
+CCA_VARIANCES = (0.9, 0.99, 1.0)  # PCA per view: 90 %, 99 % of the training variance, or the cap (n_train // 10)
+
+
+def select_cca(
+    method: Literal["cca", "pls"],
+    brain_train: Any,
+    dna_train: Any,
+    brain_val: Any,
+    dna_val: Any,
+    max_components: int = 8,
+    variances: Sequence[float] = CCA_VARIANCES,
+) -> CCABaseline:
+    """Fit CCA/PLS on train for each PCA size (`variances`) and number of canonical pairs (1, 2, 4, ... up to
+    `max_components`); keep the one with the best validation MRR (mean of both directions). The test split is
+    never seen, the same footing as the trained model's early stopping on validation retrieval."""
+    b_val, d_val = _paired(brain_val, dna_val, "val")
+    counts = sorted({min(2**i, max_components) for i in range(max_components.bit_length() + 1)})
+    best: tuple[float, CCABaseline] | None = None
+    for variance in variances:
+        for n in counts:
+            model = CCABaseline(method, n_components=n, variance=variance).fit(brain_train, dna_train)
+            fwd, bwd = pair_ranks(*model.transform(b_val, d_val))
+            mrr = float((1.0 / (1.0 + fwd)).mean() + (1.0 / (1.0 + bwd)).mean()) / 2
+            if best is None or mrr > best[0]:
+                best = (mrr, model)
+    assert best is not None
+    mrr, model = best
+    model.selection_ = {"val_mrr": mrr, "variance": model.variance, "n_components": float(model.model_.n_components),
+                        "pca_brain": float(model.pca_brain_.n_components_), "pca_dna": float(model.pca_dna_.n_components_)}
+    return model
 
 
 class RidgeMap:
@@ -269,6 +302,8 @@ def run_baselines(
     brain_test: Any,
     dna_test: Any,
     *,
+    brain_val: Any = None,
+    dna_val: Any = None,
     baselines: Sequence[str] = BASELINES,
     n_components: int = 8,
     n_permutations: int = 1000,
@@ -280,7 +315,8 @@ def run_baselines(
 ) -> BaselineReport:
     """Fit each baseline on the paired training rows, evaluate on the paired test rows: retrieval in its space
     (`space_records`, extra arguments in `retrieval_kw`), plus held-out canonical correlations with permutation
-    p-values (CCA, PLS) and held-out R^2 (ridge maps)."""
+    p-values (CCA, PLS) and held-out R^2 (ridge maps). With validation rows, CCA/PLS choose their PCA size and number
+    of pairs on them (`select_cca`); without, PCA keeps 90 % of the variance and `n_components` pairs are fitted."""
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise AlignmentInputError(f"baselines: unknown {unknown}; choose from {list(BASELINES)}")
@@ -291,7 +327,10 @@ def run_baselines(
     with threadpool_limits(limits=1, user_api="blas"):  # small iterative fits: BLAS threads only add overhead
         for name in baselines:
             if name in ("cca", "pls"):
-                model = CCABaseline(name, n_components=n_components).fit(b_train, d_train)  # type: ignore[arg-type]
+                if brain_val is None:
+                    model = CCABaseline(name, n_components=n_components).fit(b_train, d_train)  # type: ignore[arg-type]
+                else:
+                    model = select_cca(name, b_train, d_train, brain_val, dna_val, n_components)  # type: ignore[arg-type]
                 u, v = model.transform(b_test, d_test)
                 report.records += _correlation_records(
                     name, u, v, n_permutations, kw.get("n_boot", 1000), kw.get("level", 0.95), seed

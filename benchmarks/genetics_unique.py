@@ -53,7 +53,7 @@ def allele_frequencies(vcf: Path) -> np.ndarray:
 
 def main() -> None:
     from brainmm.data.genetics import GeneticsEmbedConfig, make_plan, run_embed
-    from brainmm.data.genetics.simulate import simulate_cohort
+    from brainmm.data.genetics.simulate import simulate_vcf_cohort
     from brainmm.runtime import set_quiet
     from encoders.dna import create_dna_encoder
 
@@ -70,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        paths = simulate_cohort(tmp / "cohort", args.subjects, args.regions, args.region_length, seed=args.seed)
+        paths = simulate_vcf_cohort(tmp / "cohort", args.subjects, args.regions, args.region_length, seed=args.seed)
         t_sim = time.perf_counter() - t0
         af = allele_frequencies(paths["vcf"])
         model = tiny_generator(tmp / "generator-tiny")

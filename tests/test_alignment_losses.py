@@ -19,14 +19,6 @@ from alignment import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _features(n: int = 6, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return (F.normalize(torch.randn(n, d, generator=gen), dim=-1), F.normalize(torch.randn(n, d, generator=gen), dim=-1))

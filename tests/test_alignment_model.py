@@ -20,15 +20,6 @@ from alignment import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Tower(nn.Module):
     """A tiny tower with repeated blocks: embed -> blocks.0..3 -> norm."""
 

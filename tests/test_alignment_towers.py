@@ -29,14 +29,6 @@ V, WINDOW, N = 12, 40, 16
 LENGTHS = [40, 50, 60, 70, 80, 95]  # 1, 2, 2, 2, 2, 3 tiled windows of 40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _checkpoint(folder: Path, seed: int = 0, **overrides) -> str:
     torch.manual_seed(seed)
     BrainLMForPretraining(tiny_brainlm_config(num_timepoints_per_voxel=WINDOW, **overrides)).save_pretrained(folder)

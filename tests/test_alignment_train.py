@@ -21,14 +21,6 @@ from brainmm.errors import BrainmmError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_inputs(root: Path, n: int = 40, recordings: bool = False, genotype_missing: int = 0) -> dict[str, str]:
     """Brain and genetics tables sharing a latent signal, and a split table (subject ids s000...)."""
     rng = np.random.default_rng(0)

@@ -152,3 +152,29 @@ def test_shuffled_pairs_and_errors() -> None:
     bad[0, 0] = np.nan
     with pytest.raises(AlignmentInputError, match="test brain embeddings: 1 of 40 rows contain NaN"):
         run_baselines(b, d, bad, d)
+
+
+def test_cca_sizes_are_chosen_on_validation_rows() -> None:
+    """A loud nuisance direction holds > 90 % of the brain variance and the shared signal sits in quiet ones: the
+    fixed 90 %-variance PCA keeps only the nuisance (chance), the validation-selected CCA finds the signal."""
+
+    def cohort(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        z = rng.normal(size=(n, 6))
+        brain = np.c_[30 * rng.normal(size=(n, 1)), z + 0.5 * rng.normal(size=(n, 6)), rng.normal(size=(n, 9))]
+        dna = z @ np.random.default_rng(7).normal(size=(6, 20)) + rng.normal(size=(n, 20))
+        return brain, dna
+
+    (b_tr, d_tr), (b_val, d_val), (b_te, d_te) = cohort(400, 0), cohort(100, 1), cohort(100, 2)
+    fixed = run_baselines(b_tr, d_tr, b_te, d_te, baselines=["cca"], n_permutations=0, retrieval_kw=RETRIEVAL)
+    chosen = run_baselines(b_tr, d_tr, b_te, d_te, brain_val=b_val, dna_val=d_val, baselines=["cca"],
+                           n_permutations=0, retrieval_kw=RETRIEVAL)
+    assert fixed.models["cca"].pca_brain_.n_components_ == 1  # the nuisance alone
+    assert _values(fixed, "R_at_1")[("cca", "brain_to_dna")] < 0.05
+    selection = chosen.models["cca"].selection_
+    assert selection["pca_brain"] >= 7 and selection["n_components"] >= 4, selection
+    assert _values(chosen, "R_at_1")[("cca", "brain_to_dna")] > 0.3
+    # the choice depends on the validation rows only: other test rows give the same fitted model
+    again = run_baselines(b_tr, d_tr, b_te[:50], d_te[:50], brain_val=b_val, dna_val=d_val, baselines=["cca"],
+                          n_permutations=0, retrieval_kw=RETRIEVAL)
+    assert again.models["cca"].selection_ == selection

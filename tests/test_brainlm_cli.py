@@ -6,19 +6,9 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from brainmm.cli import main
 from encoders.brainlm.testing import checkpoint_from_fixture
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall on a busy shared CPU); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_inspect_reports_architecture_and_clean_key_check(brainlm_fixtures, tmp_path, capsys):

@@ -26,15 +26,6 @@ from encoders.brainlm.vit import data_patches
 from encoders.errors import EncoderInputError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall on a busy shared CPU); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)

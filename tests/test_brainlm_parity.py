@@ -24,15 +24,6 @@ def close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5, rtol
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall on a busy shared CPU); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=NYSTROM)
 def nystrom(request, brainlm_fixtures, tmp_path_factory):
     """(model loaded with from_pretrained, inputs, outputs, fp64 outputs, grads, fixture folder)."""

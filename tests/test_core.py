@@ -171,3 +171,22 @@ def test_quiet_console_but_full_log_file(tmp_path: Path, capsys: pytest.CaptureF
     assert "detail line" not in err and "warning line" in err
     assert "detail line" in path.read_text()
     setup_logging(quiet=False)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_into_its_typed_config(path: Path) -> None:
+    """configs/<stage>_*.yaml must load with no unknown key or wrong type (a renamed field breaks this test)."""
+    from brainmm.data.simulate import SimulationConfig
+    from brainmm.embed import EmbedConfig
+    from brainmm.evaluate import EvaluateConfig
+    from brainmm.pipeline import PipelineConfig
+    from brainmm.train.align import AlignConfig
+    from brainmm.train.pretrain import PretrainConfig
+
+    kinds = {"align": AlignConfig, "embed": EmbedConfig, "pretrain": PretrainConfig, "evaluate": EvaluateConfig,
+             "simulate": SimulationConfig, "demo": PipelineConfig, "pipeline": PipelineConfig}
+    stage = path.stem.split("_")[0]
+    assert stage in kinds, f"{path.name}: no config type for stage {stage!r}; name configs <stage>_*.yaml"
+    cfg = load_config(kinds[stage], path)
+    assert isinstance(cfg, kinds[stage])

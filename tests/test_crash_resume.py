@@ -27,15 +27,6 @@ from brainmm.cli import main
 KILL_SEED = 20240611  # picks the step marker and the delay after it
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The subprocesses run with one thread too: the same kernels, so the same bits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def db_uri(tmp_path: Path, template: Path, name: str) -> str:
     shutil.copy(template, tmp_path / name)
     return f"sqlite:///{tmp_path / name}"

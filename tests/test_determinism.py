@@ -10,8 +10,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
 from test_bad_inputs import BRAINLM_ARCH, REPO, write_nt
 
 from brainmm.cli import main
@@ -74,14 +72,6 @@ def run_pipeline(root: Path, uri: str, nt_model: Path, evaluate: tuple[str, ...]
     for argv in steps:
         assert main(["-q", *argv]) == 0, argv
     return root
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_same_config_and_seed_give_identical_bytes(tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch) -> None:

@@ -24,15 +24,6 @@ from encoders.errors import EncoderInputError
 ATOL = 2e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine extra threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(rcps: bool, fused: bool = True) -> CaduceusConfig:
     return CaduceusConfig(
         d_model=16, n_layer=2, vocab_size=12, rcps=rcps, fused_add_norm=fused, residual_in_fp32=False,

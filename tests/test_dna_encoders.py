@@ -26,15 +26,6 @@ rng = random.Random(0)
 SEQS = ["".join(rng.choice("ACGT") for _ in range(n)) for n in (48, 61, 90, 7)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine extra threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------
 # tiny checkpoints
 # ---------------------------------------------------------------------------------------------

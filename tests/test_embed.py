@@ -21,15 +21,6 @@ from brainmm.errors import BrainmmError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one busy thread is faster than two spinning ones on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from encoders.brainlm import BrainLMConfig, BrainLMForPretraining

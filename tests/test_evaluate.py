@@ -27,14 +27,6 @@ FAST = ["retrieval.n_boot=200", "probes.n_boot=200", "probes.n_permutations=1", 
         "baselines.n_permutations=200"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_inputs(root: Path, n: int = 80, related: bool = True) -> dict[str, str]:
     """Brain (1-2 recordings per subject) and two genetics tables that share a latent factor z (or, unrelated, an
     independent one), a split, and a cohort table (one row per recording) with phenotypes driven by z."""

@@ -16,7 +16,7 @@ from brainmm.config import load_config
 from brainmm.data.genetics.cache import EmbeddingCache
 from brainmm.data.genetics.config import GeneticsEmbedConfig
 from brainmm.data.genetics.embed import run_embed
-from brainmm.data.genetics.simulate import simulate_cohort
+from brainmm.data.genetics.simulate import simulate_vcf_cohort
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 
@@ -56,7 +56,7 @@ class KmerDouble:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """40 people x 4 regions of 300 bp with coalescent (mostly rare) phased variants."""
-    return simulate_cohort(tmp_path_factory.mktemp("cohort"), n_samples=40, n_regions=4, region_length=300, seed=3,
+    return simulate_vcf_cohort(tmp_path_factory.mktemp("cohort"), n_samples=40, n_regions=4, region_length=300, seed=3,
                            theta_per_bp=3e-2)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import torch
 
 from brainmm.cli import main
 from brainmm.config import load_config
@@ -19,14 +18,6 @@ from brainmm.embeddings import EmbeddingTable
 from brainmm.train.align import AlignConfig, run_align
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tables(root: Path, n: int = 60) -> dict[str, str]:

@@ -33,14 +33,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path) -> dict:
     """One tiny demo pipeline (module-wide cost: ~15 s), run through the CLI in a fresh working folder."""

@@ -57,15 +57,6 @@ def make_dataset(root: Path, n_subjects: int = 5, parcels: int = V, length: int 
     return ingest(src / "cohort.csv", root / "dataset", cfg)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one busy thread is faster than two spinning ones on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("fmri"))

@@ -209,16 +209,6 @@ def test_mlflow_servers_bind_loopback_only() -> None:
 # ---------------------------------------------------------------------------------------------- network
 
 
-@pytest.fixture
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _is_local(address) -> bool:
     if isinstance(address, (str, bytes)) and not isinstance(address, tuple):
         return True  # AF_UNIX path
@@ -293,7 +283,7 @@ TINY_DEMO = [
 
 
 def test_the_demo_pipeline_runs_without_network(no_network: list[str], tmp_path: Path, _migrated_mlflow_db: Path,
-                                                monkeypatch, capsys, _one_thread) -> None:
+                                                monkeypatch, capsys) -> None:
     from brainmm.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -306,7 +296,7 @@ def test_the_demo_pipeline_runs_without_network(no_network: list[str], tmp_path:
     assert no_network == [], f"connection attempts: {no_network}"
 
 
-def test_dna_embeddings_run_without_network(no_network: list[str], tmp_path: Path, _one_thread) -> None:
+def test_dna_embeddings_run_without_network(no_network: list[str], tmp_path: Path) -> None:
     """The stage the demo does not run: a DNA foundation model (tokenizer + weights) on personal haplotypes."""
     from brainmm.cli import main
 

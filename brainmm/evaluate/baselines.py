@@ -57,12 +57,18 @@ def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, 
     for m in inputs.modalities:
         _, b_train, g_train = _pairs(inputs, "train", m)
         _, b_test, g_test = _pairs(inputs, "test", m)
+        _, b_val, g_val = inputs.pairs("val", m, shared=False)  # CCA/PLS choose their sizes on val when it has >= 3
+        val = (b_val, g_val) if len(b_val) >= 3 else (None, None)
         report = run_baselines(
-            b_train, g_train, b_test, g_test, baselines=names, n_components=cfg.baselines.n_components,
+            b_train, g_train, b_test, g_test, brain_val=val[0], dna_val=val[1], baselines=names,
+            n_components=cfg.baselines.n_components,
             n_permutations=cfg.baselines.n_permutations, brain_head=inputs.projectors["brain"],
             dna_head=inputs.projectors[m], out_dim=inputs.heads.embed_dim, seed=cfg.seed,
             retrieval_kw=retrieval_kwargs(cfg),
         )
+        for name, fitted in report.models.items():
+            if getattr(fitted, "selection_", None):
+                LOG.info("baselines: %s for %s chosen on val: %s", name, m, fitted.selection_)
         for r in report.records:
             if r["metric"] == "r2" and r.get("ci_low") is None:
                 r = {**r, **dict(zip(("ci_low", "ci_high"), _ridge_r2_ci(report.models[r["model"]], b_test,

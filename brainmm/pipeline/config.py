@@ -102,7 +102,7 @@ def _align() -> AlignConfig:
 
     return AlignConfig(
         name="align", output_dir="align", head=HeadConfig(dropout=0.3, standardize=True),
-        train=AlignTrainConfig(batch_size=32, epochs=60, warmup_steps=20, checkpoint_every=1000, patience=20))
+        train=AlignTrainConfig(batch_size=32, epochs=200, warmup_steps=20, checkpoint_every=1000, patience=60))
 
 
 def _evaluate() -> EvaluateConfig:

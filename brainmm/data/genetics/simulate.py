@@ -143,7 +143,7 @@ def simulate_region_records(
     return records
 
 
-def simulate_cohort(
+def simulate_vcf_cohort(
     folder: str | Path,
     n_samples: int,
     n_regions: int,
