@@ -17,7 +17,7 @@ import contextlib
 import json
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +29,7 @@ from torch import nn
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_dir, atomic_write_json
+from encoders.weights import quiet_transformers
 
 if TYPE_CHECKING:
     from brainmm.data.fmri import FmriDataset, FmriWindows
@@ -186,22 +187,6 @@ def set_trainable(tower: Tower, trainable: str, last_n: int, where: str) -> list
 # ------------------------------------------------------------------------------------------- BrainLM
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No per-tensor loading bars and load reports while a checkpoint loads."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def load_brainlm_encoder(checkpoint: str | Path,
                          where: str = "align config field 'towers.brain.checkpoint'") -> BrainLMModel:
     """The BrainLM encoder (decoder dropped) of a `brainlm_mae` checkpoint folder, float32, eval mode.
@@ -219,7 +204,7 @@ def load_brainlm_encoder(checkpoint: str | Path,
                 f"{where}: {checkpoint} is a {model_type} BrainLM; the brainlm tower runs "
                 "brainlm_mae (Nystromformer) checkpoints; embed ViT-MAE models first and use towers.brain.kind: table"
             )
-        with _quiet_transformers():
+        with quiet_transformers():
             model = BrainLMModel.from_pretrained(checkpoint)
     except EncoderInputError as err:
         raise BrainmmError(f"{where}: {err}") from None
@@ -299,7 +284,7 @@ class BrainLMTower(Tower):
             raise BrainmmError(f"tower folder {folder}: saving without weights needs meta['checkpoint']")
         with atomic_dir(folder, overwrite=True) as tmp:
             if weights:
-                with _quiet_transformers():
+                with quiet_transformers():
                     self.encoder.save_pretrained(tmp)
             atomic_write_json(tmp / TOWER_FILE, {"kind": "brainlm", "pooling": self.pooling,
                                                  "num_timepoints": self.num_timepoints,
@@ -461,7 +446,7 @@ class GenotypeTower(Tower):
         """Write the encoder (save_pretrained, input scaling included) and tower.json, atomically."""
         folder = Path(folder)
         with atomic_dir(folder, overwrite=True) as tmp:
-            with _quiet_transformers():
+            with quiet_transformers():
                 self.encoder.save_pretrained(tmp)
             atomic_write_json(tmp / TOWER_FILE, {"kind": "genotype_mlp", **(meta or {})})
         return folder
@@ -482,7 +467,7 @@ def load_genotype_encoder(folder: str | Path, where: str) -> GenotypeEncoder:
     if not (folder / "config.json").is_file():
         raise BrainmmError(f"{where}: {folder} is not a GenotypeEncoder folder (no config.json)")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return GenotypeEncoder.from_pretrained(folder, local_files_only=True).float()
     except (EncoderInputError, OSError, ValueError) as err:
         raise BrainmmError(f"{where}: cannot load {folder} ({err})") from None
