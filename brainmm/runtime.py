@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -73,7 +74,9 @@ def _hf_progress_bars(enabled: bool) -> None:
         loaded = sys.modules.get(module)
         name = enable if enabled else disable
         if loaded is not None and hasattr(loaded, name):
-            getattr(loaded, name)()
+            with warnings.catch_warnings():  # a user's own *_DISABLE_PROGRESS_BARS=1 wins, and needs no warning
+                warnings.simplefilter("ignore", UserWarning)
+                getattr(loaded, name)()
 
 
 def is_quiet() -> bool:
@@ -116,7 +119,7 @@ def log_to_file(run_dir: str | Path) -> Path:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.DEBUG)  # the file also gets per-epoch details; the console handler stays at INFO/WARNING
     return path
 
 

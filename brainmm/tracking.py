@@ -6,6 +6,7 @@ Every stage logs through these helpers so names, locations and the fail-fast ser
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import urllib.error
@@ -96,6 +97,8 @@ def setup(cfg: TrackingConfig) -> str:
     uri = resolve_tracking_uri(cfg.uri)
     check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
+    # a new sqlite file announces its schema migration at INFO: not news for brainmm users
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is None:

@@ -68,7 +68,9 @@ def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, 
         )
         for name, fitted in report.models.items():
             if getattr(fitted, "selection_", None):
-                LOG.info("baselines: %s for %s chosen on val: %s", name, m, fitted.selection_)
+                sel = fitted.selection_
+                LOG.info("baselines: %s for %s: PCA %d (brain) / %d (%s), %d pairs, chosen on val (MRR %.3f)", name, m,
+                         sel["pca_brain"], sel["pca_dna"], m, sel["n_components"], sel["val_mrr"])
         for r in report.records:
             if r["metric"] == "r2" and r.get("ci_low") is None:
                 r = {**r, **dict(zip(("ci_low", "ci_high"), _ridge_r2_ci(report.models[r["model"]], b_test,

@@ -611,8 +611,7 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     if cfg.train.shuffle_pairs:
         LOG.info("align: train.shuffle_pairs: every train subject is paired with another train subject's genetics "
                  "(seed %d); val and test keep their true pairs", cfg.train.seed)
-    for key, value in data.counts.items():
-        LOG.info("align data: %s = %s", key, value)
+    LOG.info("align data: %s", ", ".join(f"{key} {value}" for key, value in data.counts.items()))
     train = data.splits["train"]
     data.brain_dataset = brain_data
     if brain_tower is not None:
@@ -735,12 +734,13 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
                 mlflow.log_params({f"data.{k}": v for k, v in data.counts.items()})
         mlog = MetricLogger(run_id if info.is_main else None, resume)
 
+        first_epoch = prog.epoch
         while not prog.done:
             batches, dropped = epoch_batches(len(train), cfg.train.batch_size, cfg.train.seed, prog.epoch,
                                              info.world_size, info.rank)
-            if prog.batch == 0 and dropped:
-                LOG.info("align: epoch %d drops %d of %d training pairs (incomplete last global batch of %d)",
-                         prog.epoch, dropped, len(train), cfg.train.batch_size)
+            if prog.epoch == first_epoch and dropped:  # the same count every epoch (different pairs): say it once
+                LOG.info("align: each epoch drops %d of %d training pairs (incomplete last global batch of %d; "
+                         "reshuffled every epoch)", dropped, len(train), cfg.train.batch_size)
             for b in progress(range(prog.batch, len(batches)), desc=f"align epoch {prog.epoch}",
                               total=len(batches) - prog.batch):
                 idx = batches[b].to(info.device)
@@ -781,8 +781,9 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
             prog.history.append({"epoch": float(prog.epoch), "step": float(prog.step), **val_metrics})
             if info.is_main:
                 mlog.log({f"align/val/{k}": v for k, v in val_metrics.items()}, prog.step)
-                LOG.info("align: epoch %d step %d val score (mean R@1) %.4f", prog.epoch, prog.step,
-                         val_metrics["score"])
+                better = val_metrics["score"] > prog.best_score  # the console shows the improvements only
+                LOG.log(logging.INFO if better else logging.DEBUG, "align: epoch %d step %d val score (mean R@1) %.4f%s",
+                        prog.epoch, prog.step, val_metrics["score"], " (new best)" if better else "")
             if val_metrics["score"] > prog.best_score:
                 prog.best_score, prog.best_step, prog.best_epoch, prog.bad_epochs = (
                     val_metrics["score"], prog.step, prog.epoch, 0)

@@ -41,6 +41,7 @@ from brainmm.train.common import (
     tracked_run,
     warmup_cosine,
 )
+from encoders.weights import quiet_transformers
 
 LOG = logging.getLogger("brainmm.pretrain")
 REFERENCE_BATCH = 256  # lr = base_lr * global batch / 256, as the original train.py
@@ -686,7 +687,7 @@ def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Pro
         run.log({f"pretrain/{split}/{k}": v for k, v in metrics.items()}, prog.step)
     model_dir = run_dir / "model"
     if info.is_main:
-        with atomic_dir(model_dir, overwrite=True) as tmp:
+        with atomic_dir(model_dir, overwrite=True) as tmp, quiet_transformers():
             core.save_pretrained(tmp)
         atomic_write_json(run_dir / "metrics.json", final)
         if run.run_id is not None:
