@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from encoders.brainlm import BrainLMForPretraining, BrainLMModel, BrainLMViTForPretraining
+from encoders.brainlm import BrainLMForPretraining, BrainLMModel, BrainLMViTForPretraining, onednn
 from encoders.brainlm.testing import checkpoint_from_fixture
 from encoders.brainlm.vit import sincos_table
 
@@ -35,7 +35,17 @@ def nystrom(request, brainlm_fixtures, tmp_path_factory):
             load_file(fixture / "outputs_fp64.safetensors"), load_file(fixture / "grads.safetensors"), fixture)
 
 
-def test_forward_matches_original(nystrom):
+@pytest.fixture(params=["default", "onednn_attention"])
+def attention_path(request, monkeypatch):
+    """Both attention paths: the fixtures' heads (12-16) are below `onednn.MIN_HEAD_DIM`, so the oneDNN blocks
+    are forced on, with blocks of 32 rows (several blocks over the fixtures' 41-81 tokens, a partial last one)."""
+    if request.param == "onednn_attention":
+        monkeypatch.setattr(onednn, "MIN_HEAD_DIM", 1)
+        monkeypatch.setattr(onednn, "BLOCK", 32)
+    return request.param
+
+
+def test_forward_matches_original(nystrom, attention_path):
     model, inp, out, *_ = nystrom
     with torch.no_grad():
         o = model(inp["signal_vectors"], inp["xyz_vectors"], noise=inp["noise"], output_hidden_states=True)
@@ -55,7 +65,7 @@ def test_forward_matches_original(nystrom):
     close(v.last_hidden_state, out["latent"])
 
 
-def test_mask_ratio_zero_matches_original(nystrom):
+def test_mask_ratio_zero_matches_original(nystrom, attention_path):
     """mr0: tokens still permuted by the noise (order matters through the conv); identity noise = natural order.
 
     Logits get rtol 1e-5 on top of atol 1e-5: in fixture A two correct fp32 computations (the original's and
@@ -98,7 +108,7 @@ def test_float64_matches_original(nystrom):
         close(value, out64[name], atol=1e-10)
 
 
-def test_gradients_match_original(nystrom):
+def test_gradients_match_original(nystrom, attention_path):
     """All gradients within 1e-4 of the original's, except where the original's fp32 value is wrong.
 
     Fixture A's decoder conv (K = 65 over 81 tokens) was differentiated by oneDNN's fp32 grouped Conv2d, whose

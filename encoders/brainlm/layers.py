@@ -1,10 +1,10 @@
-"""BrainLM building blocks: the sinusoidal time encoding and the Nystromformer block computed with SDPA.
+"""BrainLM building blocks: the sinusoidal time encoding and the Nystromformer block as exact softmax attention.
 
 With `num_landmarks == segment_means_seq_len` (every released checkpoint) transformers' `NystromformerLayer`
 is exact softmax attention plus a depthwise convolution of V along the sequence, in a post-LN BERT block.
-`BrainLMLayer` computes exactly that with `scaled_dot_product_attention` (no L x L matrix is stored) and the
-convolution as banded matrix products (`sequence_conv`), under the original parameter names
-(`attention.self.query`, ..., `output.LayerNorm`).
+`BrainLMLayer` computes exactly that without storing an L x L matrix (`onednn.attention`: oneDNN blocks on CPU,
+`scaled_dot_product_attention` elsewhere) and the convolution as banded matrix products (`sequence_conv`), under
+the original parameter names (`attention.self.query`, ..., `output.LayerNorm`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+from encoders.brainlm.onednn import Linear, attention, linear
 
 PE_DROPOUT = 0.1  # hard-coded in the original PositionalEncoding (not read from the config)
 
@@ -84,19 +86,28 @@ class BrainLMSelfAttention(nn.Module):
             self.conv = nn.Conv2d(num_heads, num_heads, kernel_size=(conv_kernel_size, 1),
                                   padding=(conv_kernel_size // 2, 0), groups=num_heads, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """[B, L, H] -> context [B, L, H] (before the output projection)."""
+    def forward(self, hidden_states: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """[B, L, H] -> context [B, L, H] (before the output projection); with `queries=n` only the first n rows
+        attend (to all L tokens) and the context is `[B, n, H]`, equal to the first n rows of the full one."""
         batch, length, hidden = hidden_states.shape
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = F.linear(hidden_states, weight, bias).view(batch, length, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(2)  # each [B, L, heads, dh]
+        heads, dim = self.num_heads, self.head_dim
+        if queries is None:
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            qkv = linear(hidden_states, weight, bias).view(batch, length, 3, heads, dim)
+            q, k, v = qkv.unbind(2)  # each [B, L, heads, dh]
+        else:
+            q = linear(hidden_states[:, :queries], self.query.weight, self.query.bias).view(batch, -1, heads, dim)
+            weight = torch.cat([self.key.weight, self.value.weight])
+            bias = torch.cat([self.key.bias, self.value.bias])
+            k, v = linear(hidden_states, weight, bias).view(batch, length, 2, heads, dim).unbind(2)
         # softmax(q k^T / sqrt(dh)) v == the original q/dh^(1/4), k/dh^(1/4) scaling
-        context = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        context = context.transpose(1, 2)
+        context = attention(q, k, v)
+        rows = context.shape[1]
         if self.conv is not None:
-            context = context + sequence_conv(v, self.conv.weight.view(self.num_heads, -1))
-        return context.reshape(batch, length, hidden)
+            reach = min(length, rows + self.conv.weight.shape[2] // 2)  # output row i reads rows i +- K // 2
+            context = context + sequence_conv(v[:, :reach], self.conv.weight.view(heads, -1))[:, :rows]
+        return context.reshape(batch, rows, hidden)
 
 
 class BrainLMSelfOutput(nn.Module):
@@ -104,7 +115,7 @@ class BrainLMSelfOutput(nn.Module):
 
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dense = Linear(hidden_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
 
 
@@ -122,7 +133,7 @@ class BrainLMIntermediate(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, intermediate_size)
+        self.dense = Linear(hidden_size, intermediate_size)
 
 
 class BrainLMOutput(nn.Module):
@@ -130,7 +141,7 @@ class BrainLMOutput(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int, eps: float):
         super().__init__()
-        self.dense = nn.Linear(intermediate_size, hidden_size)
+        self.dense = Linear(intermediate_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
 
 
@@ -146,14 +157,19 @@ class BrainLMLayer(GradientCheckpointingLayer):
         self.act = ACT2FN[hidden_act]
         self.dropout = dropout
 
-    def forward(self, hidden_states: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        """[B, L, H] -> [B, L, H]; `deterministic` switches hidden dropout off even in training mode."""
+    def forward(self, hidden_states: torch.Tensor, deterministic: bool = False, queries: int | None = None
+                ) -> torch.Tensor:
+        """[B, L, H] -> [B, L, H]; `deterministic` switches hidden dropout off even in training mode.
+
+        `queries=n` computes only the first n output rows (`[B, n, H]`, exactly those of the full output; every
+        token still serves as key and value): the last layer of a CLS embedding needs one row.
+        """
         drop = self.training and not deterministic and self.dropout > 0
         attn = self.attention
-        x = attn.output.dense(attn.self(hidden_states))
+        x = attn.output.dense(attn.self(hidden_states, queries))
         if drop:
             x = F.dropout(x, self.dropout, training=True)
-        a = attn.output.LayerNorm(x + hidden_states)
+        a = attn.output.LayerNorm(x + hidden_states[:, : x.shape[1]])
         y = self.output.dense(self.act(self.intermediate.dense(a)))
         if drop:
             y = F.dropout(y, self.dropout, training=True)

@@ -22,6 +22,7 @@ from encoders.brainlm.checkpoint import CheckedFromPretrainedMixin
 from encoders.brainlm.checks import check_brainlm_inputs, check_noise
 from encoders.brainlm.configuration import PE_MAX_LEN, BrainLMConfig
 from encoders.brainlm.layers import BrainLMLayer, BrainLMPositionalEncoding, sinusoidal_table
+from encoders.brainlm.onednn import Linear
 from encoders.brainlm.pooling import check_pooling, pool_latent
 
 
@@ -128,12 +129,15 @@ class BrainLMEncoder(nn.Module):
         )
 
     def forward(
-        self, hidden_states: torch.Tensor, output_hidden_states: bool = False, deterministic: bool = False
+        self, hidden_states: torch.Tensor, output_hidden_states: bool = False, deterministic: bool = False,
+        last_rows: int | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Run all layers; optionally collect (input, output of each layer)."""
+        """Run all layers; optionally collect (input, output of each layer). `last_rows=n`: the last layer computes
+        only its first n output rows (exact; the other rows' outputs are not needed, e.g. for a CLS embedding)."""
         states = (hidden_states,) if output_hidden_states else None
-        for layer in self.layer:
-            hidden_states = layer(hidden_states, deterministic=deterministic)
+        for i, layer in enumerate(self.layer):
+            queries = last_rows if i == len(self.layer) - 1 else None
+            hidden_states = layer(hidden_states, deterministic=deterministic, queries=queries)
             if output_hidden_states:
                 states += (hidden_states,)
         return hidden_states, states
@@ -145,7 +149,7 @@ class BrainLMDecoder(nn.Module):
     def __init__(self, config: BrainLMConfig):
         super().__init__()
         width = config.decoder_hidden_size
-        self.decoder_embed = nn.Linear(config.hidden_size, width)
+        self.decoder_embed = Linear(config.hidden_size, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         self.decoder_layers = nn.ModuleList(
             BrainLMLayer(width, config.decoder_num_attention_heads, config.decoder_intermediate_size,
@@ -157,7 +161,7 @@ class BrainLMDecoder(nn.Module):
         # the decoder width is used here, which is the same thing for every existing checkpoint.
         self.decoder_xyz_projection = nn.Linear(3, width)
         self.pos_embedding = BrainLMPositionalEncoding(width, PE_MAX_LEN)
-        self.decoder_pred1 = nn.Linear(width, width // 2)
+        self.decoder_pred1 = Linear(width, width // 2)
         self.decoder_pred2 = nn.Linear(width // 2, config.timepoint_patching_size)
         self.use_tanh = config.use_tanh_decoder
 
@@ -278,13 +282,16 @@ class BrainLMModel(BrainLMPreTrainedModel):
         LayerNorm. `pooling`: `cls` = the CLS token; `mean` = mean over all V * P parcel-patch tokens (CLS
         excluded); `time_then_voxel` = tokens as `[B, V, P, H]`, mean over the P time patches, then over the V
         parcels. With `return_tokens=True` also returns the token grid `[B, V, P, H]`. Gradients flow when enabled.
+        For `cls` without tokens the last layer computes the CLS row alone (the same vector, less work).
         """
         check_pooling(pooling)
         signal, xyz = self._check_inputs(signal_vectors, xyz_vectors)
         batch, voxels, timepoints = signal.shape
         patches = timepoints // self.config.timepoint_patching_size
         tokens = self.embeddings(signal, xyz, deterministic=True)
-        hidden, _ = self.encoder(self.embeddings.prepend_cls(tokens), deterministic=True)
+        cls_only = pooling == "cls" and not return_tokens  # then the last layer computes the CLS row alone
+        hidden, _ = self.encoder(self.embeddings.prepend_cls(tokens), deterministic=True,
+                                 last_rows=1 if cls_only else None)
         latent = self.layernorm(hidden)
         pooled = pool_latent(latent, pooling, (voxels, patches))
         if return_tokens:
