@@ -81,6 +81,8 @@ def test_second_call_reads_the_cache_without_running_the_model(setup, monkeypatc
     assert second.cache_hit and second.cache_entry == first.cache_entry
     a, b = EmbeddingTable.load(first.recordings), EmbeddingTable.load(second.recordings)
     assert a.ids == b.ids and np.array_equal(a.vectors, b.vectors) and a.meta == b.meta
+    # the model's own window spelled out is the same entry as `num_timepoints: null`
+    assert run_embed(config(setup, "c2", num_timepoints=WINDOW)).cache_entry == first.cache_entry
     with pytest.raises(AssertionError, match="must not be loaded"):  # another pooling is another key
         run_embed(config(setup, "d", pooling="time_then_voxel"))
 

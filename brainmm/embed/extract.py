@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from brainmm.config import save_config
 from brainmm.embed.cache import StreamingTable, cache_key, dataset_hash, entry_dir, is_complete
 from brainmm.embed.config import EmbedConfig
-from brainmm.embed.model import FrozenBrainLM, load_brainlm, model_hash
+from brainmm.embed.model import FrozenBrainLM, default_window, load_brainlm, model_hash, read_model_config
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json
 from brainmm.train.common import DistInfo, barrier, broadcast_object, distributed, shard_range
@@ -81,8 +81,9 @@ def _run(cfg: EmbedConfig, info: DistInfo) -> EmbedResult | None:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     fields = None
     if info.is_main:
+        window = cfg.num_timepoints or default_window(read_model_config(cfg.model))  # null and explicit: one key
         fields = {"model": model_hash(cfg.model), "dataset": dataset_hash(cfg.dataset), "pooling": cfg.pooling,
-                  "num_timepoints": cfg.num_timepoints, "windows": "tiled", "aggregate": "mean"}
+                  "num_timepoints": window, "windows": "tiled", "aggregate": "mean"}
     fields = broadcast_object(fields)
     key = cache_key(fields)
     entry = entry_dir(cache_dir, key)

@@ -34,6 +34,17 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
     return config
 
 
+def default_window(config: dict[str, Any]) -> int:
+    """The window length a checkpoint takes when `num_timepoints` is null (from its config.json alone)."""
+    if config["model_type"] == "vit_mae":
+        from encoders.brainlm.vit import NUM_TIMEPOINTS
+
+        return NUM_TIMEPOINTS
+    from encoders.brainlm import BrainLMConfig
+
+    return int(config.get("num_timepoints_per_voxel", BrainLMConfig().num_timepoints_per_voxel))
+
+
 def _weight_files(folder: Path) -> list[Path]:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
