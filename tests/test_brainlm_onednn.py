@@ -110,3 +110,19 @@ def test_cls_embedding_computes_one_row_in_the_last_layer_with_equal_gradients(m
     for name, p in model.named_parameters():
         if p.grad is not None or ref[name].grad is not None:
             torch.testing.assert_close(p.grad, ref[name].grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_model_without_the_onednn_op_gives_the_same_outputs(monkeypatch):
+    """If a torch build lacks the private oneDNN op, the layers fall back to F.linear/SDPA with the same results."""
+    torch.manual_seed(0)
+    config = tiny_brainlm_config(hidden_size=128, num_attention_heads=2, decoder_hidden_size=128,
+                                 decoder_num_attention_heads=2)  # heads of 64: the oneDNN attention is on
+    model = BrainLMForPretraining(config).eval()
+    signal, xyz = random_brainlm_inputs(config)
+    noise = torch.rand(2, 48, generator=torch.Generator().manual_seed(3))
+    fast = model(signal, xyz, noise=noise)
+    monkeypatch.setattr(onednn, "_onednn_available", lambda: False)
+    assert not onednn.use_onednn(signal)
+    slow = model(signal, xyz, noise=noise)
+    torch.testing.assert_close(fast.logits, slow.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.latent, slow.latent, atol=1e-5, rtol=1e-5)
