@@ -13,7 +13,7 @@ difference between the two models (same weights, same noise, eval mode) and the 
 conv-kernel gradients are listed apart: the reference's come from oneDNN's fp32 grouped Conv2d, whose weight
 gradient is wrong for kernel 65 in torch 2.13; ours match float64).
 
-    python benchmarks/brainlm_step.py [--rounds 3] [--steps 2] [--embed-batches 3] [--threads N]
+    python benchmarks/brainlm_step.py [--rounds 3] [--steps 2] [--embed-batches 3] [--threads N] [--device cuda] [--bf16]
 """
 
 from __future__ import annotations
@@ -36,6 +36,17 @@ SIZE = dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_at
             timepoint_patching_size=20, mask_ratio=0.2, conv_kernel_size=65, num_landmarks=64,
             segment_means_seq_len=64, hidden_dropout_prob=0.0)
 BATCH = 2
+DEVICE = torch.device("cpu")  # --device
+BF16 = False  # --bf16: bf16 autocast for both models (GPU)
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast():
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=BF16)
 
 
 class EagerReference(nn.Module):
@@ -93,7 +104,7 @@ class EagerReference(nn.Module):
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :len_keep]
         x = torch.gather(x, 1, ids_keep.unsqueeze(-1).repeat(1, 1, dim))
-        mask = torch.ones([n, length])
+        mask = torch.ones([n, length], device=x.device)
         mask[:, :len_keep] = 0
         mask = torch.gather(mask, 1, ids_restore)
         x = torch.cat([emb.cls_token.expand(n, -1, -1), x], dim=1)
@@ -129,7 +140,7 @@ class EagerReference(nn.Module):
     def embed(self, signal, xyz):
         """Original recipe for a deterministic embedding: mask_ratio 0, noise = arange(L); CLS token."""
         length = signal.shape[1] * (signal.shape[2] // self.cfg.timepoint_patching_size)
-        noise = torch.arange(length, dtype=torch.float32).expand(signal.shape[0], -1)
+        noise = torch.arange(length, dtype=torch.float32, device=signal.device).expand(signal.shape[0], -1)
         return self.encoder(signal, xyz, noise, 0.0)[0][:, 0]
 
 
@@ -141,10 +152,10 @@ def build(variant: str):
     cfg = BrainLMConfig(**SIZE)
     ours = BrainLMForPretraining(cfg)
     if variant == "ours":
-        return ours, cfg
+        return ours.to(DEVICE), cfg
     ref = EagerReference(cfg)
     ref.load_state_dict(ours.state_dict(), strict=True)
-    return ref, cfg
+    return ref.to(DEVICE), cfg
 
 
 def inputs(cfg, seed: int = 1):
@@ -153,6 +164,7 @@ def inputs(cfg, seed: int = 1):
     signal = torch.randn(BATCH, cfg.num_brain_voxels, cfg.num_timepoints_per_voxel, generator=g)
     xyz = (torch.rand(cfg.num_brain_voxels, 3, generator=g) * 140 - 70).expand(BATCH, -1, -1).contiguous()
     noise = torch.rand(BATCH, cfg.num_brain_voxels * (cfg.num_timepoints_per_voxel // cfg.timepoint_patching_size), generator=g)
+    signal, xyz, noise = signal.to(DEVICE), xyz.to(DEVICE), noise.to(DEVICE)
     return signal, xyz, noise
 
 
@@ -161,36 +173,47 @@ def worker(variant: str, task: str, steps: int) -> dict:
     model, cfg = build(variant)
     signal, xyz, noise = inputs(cfg)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if DEVICE.type == "cuda":  # on a GPU, peak means the allocator's peak of device memory
+        rss_before = torch.cuda.memory_allocated() / 1024
+        torch.cuda.reset_peak_memory_stats()
     times = []
     if task == "train":
         model.train()
         for i in range(steps + 1):
+            sync()
             t0 = time.perf_counter()
-            if variant == "ours":
-                loss = model(signal, xyz, noise=noise).loss
-            else:
-                loss = model(signal, xyz, noise)[0]
+            with autocast():
+                if variant == "ours":
+                    loss = model(signal, xyz, noise=noise).loss
+                else:
+                    loss = model(signal, xyz, noise)[0]
             loss.backward()
             model.zero_grad(set_to_none=True)
+            sync()
             if i:
                 times.append(time.perf_counter() - t0)
     else:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for i in range(steps + 1):
+                sync()
                 t0 = time.perf_counter()
                 if variant == "reference":
                     model.embed(signal, xyz)
                 else:  # cls: the last layer computes the CLS row alone; mean: every row of every layer
                     model.encode(signal, xyz, pooling="mean" if task == "embed_mean" else "cls")
+                sync()
                 if i:
                     times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if DEVICE.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 1024
     return {"times": times, "peak_mb": peak / 1024, "before_mb": rss_before / 1024}
 
 
 def agreement() -> dict:
     """Largest differences between the two models: loss/logits/latent, embedding, gradients (eval mode)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # plain fp32 on a GPU too
     ours, cfg = build("ours")
     ref, _ = build("reference")
     ours.eval()
@@ -224,31 +247,46 @@ def agreement() -> dict:
     return res
 
 
+def fmt(seconds: float) -> str:
+    """Seconds as '1.23 s', or '12.3 ms' below one second (GPU steps)."""
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.1f} ms"
+
+
 def run_worker(variant: str, task: str, steps: int, threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", variant, task, str(steps)]
+    cmd = [sys.executable, __file__, "--worker", variant, task, str(steps), "--device", str(DEVICE)]
+    cmd += (["--bf16"] if BF16 else []) + ["--batch", str(BATCH)]
     if threads:
         cmd += ["--threads", str(threads)]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"worker {variant} {task} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    global DEVICE, BF16, BATCH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per (variant, task)")
     ap.add_argument("--steps", type=int, default=2, help="timed training steps per round (after 1 warm-up)")
     ap.add_argument("--embed-batches", type=int, default=3, help="timed embedding batches per round")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--skip-agreement", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda; on cuda, peak = device memory")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for both models (timing only)")
+    ap.add_argument("--batch", type=int, default=BATCH, help="recordings per step / embedding batch")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "TASK", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    DEVICE, BF16, BATCH = torch.device(args.device), args.bf16, args.batch
     if args.worker:
         variant, task, steps = args.worker
         print(json.dumps(agreement() if task == "agreement" else worker(variant, task, int(steps))))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; batch {BATCH}, "
+    gpu = f", {torch.cuda.get_device_name()}" if DEVICE.type == "cuda" else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs{gpu}; "
+          f"{'bf16 autocast' if BF16 else 'fp32'}; batch {BATCH}, "
           f"old_13M size; rounds {args.rounds}", flush=True)
     if not args.skip_agreement:  # in a subprocess too: ru_maxrss is inherited by the workers started after it
         agree = run_worker("both", "agreement", 0, args.threads)
@@ -261,7 +299,7 @@ def main() -> None:
             for variant in (variants if r % 2 == 0 else variants[::-1]):
                 res = run_worker(variant, task, steps, args.threads)
                 results.setdefault((variant, task), []).append(res)
-                print(f"round {r + 1} {task:5s} {variant:9s}: " + " ".join(f"{t:.2f}s" for t in res["times"]) +
+                print(f"round {r + 1} {task:5s} {variant:9s}: " + " ".join(fmt(t) for t in res["times"]) +
                       f"  peak {res['peak_mb']:.0f} MB (before first step {res['before_mb']:.0f} MB)", flush=True)
 
     def med(variant, task, key):
@@ -269,19 +307,20 @@ def main() -> None:
             return statistics.median(t for res in results[(variant, task)] for t in res["times"])
         return statistics.median(res[key] for res in results[(variant, task)])
 
+    mem = "peak GPU memory" if DEVICE.type == "cuda" else "peak RSS"
     print("\nmedians")
-    for task, unit in (("train", "s/step"), ("embed", "s/batch")):
+    for task, unit in (("train", "/step"), ("embed", "/batch")):
         o, ref = med("ours", task, "time"), med("reference", task, "time")
         po, pr = med("ours", task, "peak_mb"), med("reference", task, "peak_mb")
         bo, br = med("ours", task, "before_mb"), med("reference", task, "before_mb")
-        print(f"{task}: ours {o:.2f} {unit}, reference {ref:.2f} {unit} -> speed-up {ref / o:.2f}x; "
-              f"peak RSS ours {po:.0f} MB, reference {pr:.0f} MB -> ratio {po / pr:.2f} "
-              f"(above the pre-step RSS: {po - bo:.0f} vs {pr - br:.0f} MB -> {(po - bo) / (pr - br):.2f})")
+        print(f"{task}: ours {fmt(o)}{unit}, reference {fmt(ref)}{unit} -> speed-up {ref / o:.2f}x; "
+              f"{mem} ours {po:.0f} MB, reference {pr:.0f} MB -> ratio {po / pr:.2f} "
+              f"(above the pre-step level: {po - bo:.0f} vs {pr - br:.0f} MB -> {(po - bo) / (pr - br):.2f})")
         if task == "embed":
             print(f"embedding throughput (cls): ours {BATCH / o:.2f} recordings/s, reference {BATCH / ref:.2f} "
                   f"recordings/s -> {ref / o:.2f}x")
             m = med("ours", "embed_mean", "time")
-            print(f"embedding with mean pooling (every row of the last layer): ours {m:.2f} s/batch, "
+            print(f"embedding with mean pooling (every row of the last layer): ours {fmt(m)}/batch, "
                   f"{BATCH / m:.2f} recordings/s -> {ref / m:.2f}x the reference")
 
 

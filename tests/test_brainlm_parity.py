@@ -236,3 +236,56 @@ def test_vit_state_dict_and_fresh_tables(vit):
     close(fresh.decoder.decoder_pos_embed, weights["decoder.decoder_pos_embed"], atol=1e-7)
     close(sincos_table(27, 24), weights["vit.embeddings.position_embeddings"], atol=1e-7)
     assert fresh.vit.embeddings.cls_token.std() > 0.005 and fresh.decoder.mask_token.std() > 0.005
+
+
+# ------------------------------------------------------------------------------------------------------ on a GPU
+
+@pytest.fixture
+def cuda_fp32():
+    """A CUDA device with TF32 off (the fixtures are plain fp32); restores torch's settings afterwards."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+def test_cuda_matches_original_and_cpu_and_bf16_autocast_stays_close(nystrom, cuda_fp32):
+    model, inp, out, out64, _, _ = nystrom
+    cpu = copy.deepcopy(model)
+    cpu.zero_grad()
+    cpu(inp["signal_vectors"], inp["xyz_vectors"], noise=inp["noise"]).loss.backward()
+    gpu = copy.deepcopy(model).to(cuda_fp32)
+    x = {k: v.to(cuda_fp32) for k, v in inp.items()}
+    o = gpu(x["signal_vectors"], x["xyz_vectors"], noise=x["noise"])
+    close(o.loss.reshape(1).cpu(), out["loss"])
+    # logits against the fp64 run: the original's own fp32 logits of fixture A are 2.5e-5 from its fp64 ones, and
+    # cuBLAS sums in another order than the CPU did
+    close(o.logits.cpu(), out64["logits"], atol=5e-5)
+    close(o.latent.cpu(), out["latent"])
+    assert torch.equal(o.mask.cpu(), out["mask"])
+    o.loss.backward()
+    ref = dict(cpu.named_parameters())
+    for name, p in gpu.named_parameters():  # our CPU gradients match the original's (test_gradients_match_original)
+        close(p.grad.cpu(), ref[name].grad, atol=1e-4)
+    with torch.no_grad():
+        close(gpu.encode(x["signal_vectors"], x["xyz_vectors"]).cpu(), cpu.encode(inp["signal_vectors"],
+                                                                               inp["xyz_vectors"]))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = gpu(x["signal_vectors"], x["xyz_vectors"], noise=x["noise"])
+    assert torch.isfinite(low.loss) and abs(low.loss.item() - o.loss.item()) <= 0.05 * o.loss.item()
+    assert (low.logits.float() - o.logits).abs().max().item() < 0.1 * o.logits.abs().max().item()
+
+
+@pytest.mark.gpu
+def test_vit_cuda_matches_original(vit, cuda_fp32):
+    model, inp, out, _ = vit
+    gpu = copy.deepcopy(model).to(cuda_fp32)
+    with torch.no_grad():
+        o = gpu(inp["signal"].to(cuda_fp32), noise=inp["noise"].to(cuda_fp32))
+    close(o.latent.cpu(), out["latent"])
+    close(o.logits.cpu(), out["logits"])
+    close(o.loss.reshape(1).cpu(), out["loss"])
+    assert torch.equal(o.ids_restore.cpu(), out["ids_restore"])
