@@ -243,8 +243,6 @@ def test_vit_state_dict_and_fresh_tables(vit):
 @pytest.fixture
 def cuda_fp32():
     """A CUDA device with TF32 off (the fixtures are plain fp32); restores torch's settings afterwards."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield torch.device("cuda")
@@ -252,6 +250,7 @@ def cuda_fp32():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_original_and_cpu_and_bf16_autocast_stays_close(nystrom, cuda_fp32):
     model, inp, out, out64, _, _ = nystrom
     cpu = copy.deepcopy(model)
@@ -280,6 +279,7 @@ def test_cuda_matches_original_and_cpu_and_bf16_autocast_stays_close(nystrom, cu
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_vit_cuda_matches_original(vit, cuda_fp32):
     model, inp, out, _ = vit
     gpu = copy.deepcopy(model).to(cuda_fp32)
