@@ -39,7 +39,8 @@ def use_onednn(x: torch.Tensor) -> bool:
 
 
 def _nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a [N, C] @ b[O, C].T (+ bias) with oneDNN; `b` may be any strided view."""
+    """a [N, C] @ b[O, C].T (+ bias) with oneDNN; `b` dense or the transpose of a dense matrix (other strides
+    fall to a reference kernel, hundreds of times slower)."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
 
 
@@ -70,7 +71,8 @@ class _Linear(torch.autograd.Function):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`; through oneDNN for float32 CPU tensors (see the module docstring)."""
     if use_onednn(x) and weight.dtype == torch.float32:
-        return _Linear.apply(x, weight, bias)
+        # a dense weight: oneDNN falls to a reference kernel, hundreds of times slower, on other strides
+        return _Linear.apply(x, weight.contiguous(), bias)
     return F.linear(x, weight, bias)
 
 
