@@ -177,11 +177,11 @@ def test_quiet_console_but_full_log_file(tmp_path: Path, capsys: pytest.CaptureF
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads_into_its_typed_config(path: Path) -> None:
     """configs/<stage>_*.yaml must load with no unknown key or wrong type (a renamed field breaks this test)."""
+    from brainmm.align import AlignConfig
     from brainmm.data.simulate import SimulationConfig
     from brainmm.embed import EmbedConfig
     from brainmm.evaluate import EvaluateConfig
     from brainmm.pipeline import PipelineConfig
-    from brainmm.train.align import AlignConfig
     from brainmm.train.pretrain import PretrainConfig
 
     kinds = {"align": AlignConfig, "embed": EmbedConfig, "pretrain": PretrainConfig, "evaluate": EvaluateConfig,

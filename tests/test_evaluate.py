@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from brainmm.align import AlignConfig, run_align
 from brainmm.cli import main
 from brainmm.config import load_config
 from brainmm.data.splits import make_split, save_split
@@ -20,7 +21,6 @@ from brainmm.errors import USER_ERRORS, BrainmmError
 from brainmm.evaluate import EvaluateConfig, run_evaluate
 from brainmm.evaluate.inputs import subject_mean
 from brainmm.evaluate.records import metric_part, metric_parts
-from brainmm.train.align import AlignConfig, run_align
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["retrieval.n_boot=200", "probes.n_boot=200", "probes.n_permutations=1", "probes.n_splits=3",

@@ -11,11 +11,11 @@ import mlflow
 import numpy as np
 import pytest
 
+from brainmm.align import AlignConfig, run_align
 from brainmm.cli import main
 from brainmm.config import load_config
 from brainmm.data.splits import make_split, save_split
 from brainmm.embeddings import EmbeddingTable
-from brainmm.train.align import AlignConfig, run_align
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -213,9 +213,9 @@ def test_evaluate_by_run_id_works_from_another_folder(tiny_run: dict, tmp_path: 
 def test_shuffle_pairs_deranges_train_subjects_only(tmp_path: Path) -> None:
     import numpy as np
 
+    from brainmm.align import AlignDataConfig, load_align_data
     from brainmm.data.splits import make_split, save_split
     from brainmm.embeddings import EmbeddingTable
-    from brainmm.train.align import AlignDataConfig, load_align_data
 
     ids = [f"s{i:02d}" for i in range(40)]
     EmbeddingTable(ids, np.arange(40, dtype=np.float32)[:, None].repeat(3, 1), {}).save(tmp_path / "brain")

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _align(args: argparse.Namespace) -> int:
+    from brainmm.align import AlignConfig, run_align
     from brainmm.config import load_config
-    from brainmm.train.align import AlignConfig, run_align
 
     cfg = load_config(AlignConfig, args.config, args.overrides)
     result = run_align(cfg, resume=args.resume)

@@ -92,8 +92,8 @@ def shuffled_pair_run(inputs: EvalInputs, cfg: EvaluateConfig, folder: Path) -> 
     Returns the records and that run's id.
     """
     from alignment.baselines import space_records
+    from brainmm.align import AlignConfig, run_align, table_subjects
     from brainmm.config import apply_overrides, from_dict, to_dict
-    from brainmm.train.align import AlignConfig, run_align, table_subjects
 
     data = to_dict(inputs.run.config)
     data["name"] = f"{inputs.run.config.name}-shuffled_pairs"

@@ -31,7 +31,7 @@ class AlignRun:
     run_id: str
     tracking_uri: str
     experiment: str
-    config: Any  # brainmm.train.align.AlignConfig
+    config: Any  # brainmm.align.AlignConfig
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -51,9 +51,9 @@ def resolve_align_run(cfg: EvaluateConfig) -> AlignRun:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from brainmm.align import AlignConfig
     from brainmm.config import load_config
     from brainmm.tracking import check_tracking_server, resolve_tracking_uri
-    from brainmm.train.align import AlignConfig
 
     if not cfg.run_id and not cfg.align_dir:
         raise BrainmmError("evaluate: pass the align run, by MLflow run id (--run / run_id) or folder (--align-dir)")
@@ -210,7 +210,7 @@ class EvalInputs:
 
 
 def _side(path: str, where: str) -> Side:
-    from brainmm.train.align import table_subjects
+    from brainmm.align import table_subjects
 
     table = finite_table(path, where)
     return Side(table, table_subjects(table, f"embedding table {path}"), str(path))
@@ -219,8 +219,8 @@ def _side(path: str, where: str) -> Side:
 def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
     """Read and check the inputs of an evaluation (NaN rows, leakage between splits, phenotype columns)."""
     from alignment.retrieval import check_no_leakage
+    from brainmm.align import load_heads
     from brainmm.data.splits import load_split
-    from brainmm.train.align import load_heads
 
     data = run.config.data
     brain_path = cfg.data.brain or data.brain

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from brainmm.align import AlignConfig, AlignTrainConfig
 from brainmm.data.fmri.ingest import IngestConfig
 from brainmm.data.genetics.config import GeneticsEmbedConfig, GenotypeMatrixConfig
 from brainmm.data.simulate.config import BrainConfig, FactorConfig, GenotypeConfig, SimulationConfig
@@ -18,7 +19,6 @@ from brainmm.embed.config import EmbedConfig
 from brainmm.errors import BrainmmError
 from brainmm.evaluate.config import BaselineSection, EvaluateConfig, ProbeSection
 from brainmm.tracking import TrackingConfig
-from brainmm.train.align import AlignConfig, AlignTrainConfig
 from brainmm.train.pretrain import (
     BrainLMArchConfig,
     PretrainConfig,

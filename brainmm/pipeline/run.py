@@ -248,7 +248,7 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
         return table
 
     def align(rec: StageRecord) -> Any:
-        from brainmm.train.align import run_align
+        from brainmm.align import run_align
 
         rec.output = c.align.output_dir
         result = run_align(c.align)

@@ -1,1 +1,1 @@
-"""Training drivers, one module per stage (`brainmm.train.align.run_align`, ...), each callable from Python."""
+"""Training: the shared loop core (`common`: checkpoints, RNG, DDP, tracked run), the pretrain driver, towers."""

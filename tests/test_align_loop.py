@@ -11,12 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-import brainmm.train.align as align
+import brainmm.align as align
+from brainmm.align import loop
 from brainmm.cli import main
 from brainmm.config import load_config
 from brainmm.data.splits import make_split, save_split
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
+from brainmm.train.common import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +99,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path, mlflow
     assert {"align/heads.safetensors", "align/model_card.md", "align/metrics.json"} <= artifacts
 
     # the same run, killed at step 7 (last checkpoint: step 4, mid-epoch 1), then resumed
-    original, calls = align._train_step, {"n": 0}
+    original, calls = loop._train_step, {"n": 0}
 
     def killed_at_step_7(*args, **kwargs):
         calls["n"] += 1
@@ -106,12 +108,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path, mlflow
         return original(*args, **kwargs)
 
     cfg_b = config(*tiny(paths, tmp_path / "b", mlflow_uri))
-    monkeypatch.setattr(align, "_train_step", killed_at_step_7)
+    monkeypatch.setattr(loop, "_train_step", killed_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         align.run_align(cfg_b)
-    monkeypatch.setattr(align, "_train_step", original)
+    monkeypatch.setattr(loop, "_train_step", original)
     crashed_run = json.loads((tmp_path / "b" / "run.json").read_text())["mlflow_run_id"]
-    assert align.load_checkpoint(tmp_path / "b" / align.CHECKPOINT, torch.device("cpu"))["progress"]["step"] == 4
+    assert load_checkpoint(tmp_path / "b" / align.CHECKPOINT, torch.device("cpu"))["progress"]["step"] == 4
     with pytest.raises(BrainmmError, match="pass --resume"):
         align.run_align(cfg_b)
     with pytest.raises(BrainmmError, match=r"differs from the saved .* \['train.lr'\]"):
@@ -153,7 +155,7 @@ def test_nan_loss_stops_with_step_and_subjects_and_keeps_the_last_checkpoint(tmp
     ids = re.findall(r"'(s\d{3})'", str(err.value))
     train_subjects = set(pd.read_csv(paths["split"], dtype=str).query("split == 'train'")["subject_id"])
     assert len(ids) == 8 and set(ids) <= train_subjects
-    ckpt = align.load_checkpoint(tmp_path / "run" / align.CHECKPOINT, torch.device("cpu"))
+    ckpt = load_checkpoint(tmp_path / "run" / align.CHECKPOINT, torch.device("cpu"))
     assert ckpt["progress"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
@@ -171,7 +173,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path, mlflow_uri: str) ->
 
 def test_a_kill_during_checkpoint_save_leaves_the_previous_one(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "checkpoints" / "last.pt"
-    align.save_checkpoint(path, {"model": {"w": torch.ones(2)}, "progress": {"step": 4}})
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "progress": {"step": 4}})
     real_save = torch.save
 
     def killed_mid_write(obj, f, *args, **kwargs):
@@ -180,16 +182,16 @@ def test_a_kill_during_checkpoint_save_leaves_the_previous_one(tmp_path: Path, m
 
     monkeypatch.setattr(torch, "save", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        align.save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "progress": {"step": 8}})
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "progress": {"step": 8}})
     monkeypatch.setattr(torch, "save", real_save)
-    state = align.load_checkpoint(path, torch.device("cpu"))
+    state = load_checkpoint(path, torch.device("cpu"))
     assert state["progress"]["step"] == 4 and torch.equal(state["model"]["w"], torch.ones(2))
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
     with pytest.raises(BrainmmError, match="non-finite weights"):
-        align.save_checkpoint(path, {"model": {"w": torch.tensor([float("nan")])}, "progress": {"step": 9}})
+        save_checkpoint(path, {"model": {"w": torch.tensor([float("nan")])}, "progress": {"step": 9}})
     path.write_bytes(b"garbage")
     with pytest.raises(BrainmmError, match="unreadable"):
-        align.load_checkpoint(path, torch.device("cpu"))
+        load_checkpoint(path, torch.device("cpu"))
 
 
 def test_input_errors_name_the_problem(tmp_path: Path, mlflow_uri: str) -> None:

@@ -14,12 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import brainmm.train.align as align
+import brainmm.align as align
+from brainmm.align import loop
 from brainmm.config import load_config
 from brainmm.data.fmri import FmriDataset, IngestConfig, ingest
 from brainmm.data.fmri.windows import tile_starts
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
+from brainmm.train.common import load_checkpoint
 from brainmm.train.towers import GenotypeTower
 from encoders.brainlm import BrainLMForPretraining, BrainLMModel
 from encoders.brainlm.testing import tiny_brainlm_config
@@ -76,9 +78,9 @@ def config(*args: str) -> align.AlignConfig:
 
 
 def watch_steps(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Wrap align._train_step: record the model state before the first step, optimizer groups and gradients."""
+    """Wrap loop._train_step: record the model state before the first step, optimizer groups and gradients."""
     seen: dict = {"steps": 0}
-    original = align._train_step
+    original = loop._train_step
 
     def step(model, core, loss_fn, optimizer, *args, **kwargs):
         if seen["steps"] == 0:
@@ -93,7 +95,7 @@ def watch_steps(monkeypatch: pytest.MonkeyPatch) -> dict:
         seen["steps"] += 1
         return out
 
-    monkeypatch.setattr(align, "_train_step", step)
+    monkeypatch.setattr(loop, "_train_step", step)
     return seen
 
 
@@ -210,7 +212,7 @@ def test_frozen_brainlm_embeds_each_recording_once_and_caches(inputs, tmp_path: 
 
 def test_resume_with_trainable_towers_is_bit_exact(inputs, tmp_path: Path, mlflow_uri: str, monkeypatch) -> None:
     straight = align.run_align(config(*overrides(inputs, tmp_path / "a", mlflow_uri)))
-    original, calls = align._train_step, {"n": 0}
+    original, calls = loop._train_step, {"n": 0}
 
     def killed_at_step_5(*args, **kwargs):
         calls["n"] += 1
@@ -219,11 +221,11 @@ def test_resume_with_trainable_towers_is_bit_exact(inputs, tmp_path: Path, mlflo
         return original(*args, **kwargs)
 
     cfg = config(*overrides(inputs, tmp_path / "b", mlflow_uri))
-    monkeypatch.setattr(align, "_train_step", killed_at_step_5)
+    monkeypatch.setattr(loop, "_train_step", killed_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         align.run_align(cfg)
-    monkeypatch.setattr(align, "_train_step", original)
-    ckpt = align.load_checkpoint(tmp_path / "b" / align.CHECKPOINT, torch.device("cpu"))
+    monkeypatch.setattr(loop, "_train_step", original)
+    ckpt = load_checkpoint(tmp_path / "b" / align.CHECKPOINT, torch.device("cpu"))
     assert ckpt["progress"]["step"] == 4 and ckpt["progress"]["batch"] == 1  # mid-epoch 1
     assert any(k.startswith("brain_tower.encoder.encoder.layer.1.") for k in ckpt["model"])
     assert any(k.startswith("genetics_towers.genotype.encoder.mlp.") for k in ckpt["model"])
@@ -302,7 +304,7 @@ def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(inputs
         torch.manual_seed(0)
         cfg = config(*overrides(inputs, tmp_path / "run", "sqlite:///unused.db", "towers.brain.trainable=full",
                                 "towers.brain.last_n=0", f"towers.brain.gradient_checkpointing={str(flag).lower()}"))
-        data, core, _ = align._build(cfg, DistInfo())
+        data, core, _ = loop._build(cfg, DistInfo())
         calls = []
         core.brain_tower.encoder.encoder.layer[1].output.dense.register_forward_hook(lambda *_: calls.append(1))
         core.encode_brain(data.splits["train"].windows.batch([0, 1, 2], epoch=0)).sum().backward()

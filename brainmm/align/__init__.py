@@ -1,0 +1,38 @@
+"""The `brainmm align` stage: brain and genetics inputs aligned in one shared space; its public API.
+
+    from brainmm.align import AlignConfig, run_align, load_model
+    result = run_align(load_config(AlignConfig, "configs/align_clip.yaml"))
+    model = load_model(result.run_dir)                      # heads + towers, eval mode
+
+Modules: config (typed config), data (tables, split, pairs), project (eval-mode projection, validation retrieval),
+loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
+"""
+
+from brainmm.align.config import AlignConfig, AlignDataConfig, AlignTrainConfig
+from brainmm.align.data import AlignData, BrainRows, SplitData, load_align_data, table_subjects
+from brainmm.align.io import load_heads, load_model, load_towers, project_fmri, project_table, save_heads
+from brainmm.align.loop import CHECKPOINT, run_align
+from brainmm.align.project import evaluate_split, project
+from brainmm.align.report import AlignResult
+
+__all__ = [
+    "CHECKPOINT",
+    "AlignConfig",
+    "AlignData",
+    "AlignDataConfig",
+    "AlignResult",
+    "AlignTrainConfig",
+    "BrainRows",
+    "SplitData",
+    "evaluate_split",
+    "load_align_data",
+    "load_heads",
+    "load_model",
+    "load_towers",
+    "project",
+    "project_fmri",
+    "project_table",
+    "run_align",
+    "save_heads",
+    "table_subjects",
+]

@@ -1,0 +1,112 @@
+"""Align run folders on disk: heads, towers, whole models, and projections of tables and fMRI datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignment import (
+    DualEncoder,
+)
+from brainmm.align.project import project, project_brain_features
+from brainmm.embeddings import EmbeddingTable
+from brainmm.errors import BrainmmError
+from brainmm.io import atomic_file, atomic_write_json
+from brainmm.train.towers import (
+    BrainLMTower,
+    GenotypeTower,
+    Tower,
+)
+
+# ------------------------------------------------------------------------------------------------ heads
+
+
+def save_heads(model: DualEncoder, run_dir: Path, extra: dict[str, Any] | None = None) -> Path:
+    """heads.safetensors (weights, standardisers, temperature) + heads.json (how to rebuild them)."""
+    from safetensors.torch import save_file
+
+    weights = {k: v.cpu() for k, v in model.heads_state_dict().items()}
+    with atomic_file(run_dir / "heads.safetensors", suffix=".safetensors") as tmp:
+        save_file(weights, str(tmp))
+    atomic_write_json(run_dir / "heads.json", {"format": "brainmm.align.heads/1", **model.heads_config(), **(extra or {})})
+    return run_dir / "heads.safetensors"
+
+
+def load_heads(run_dir: str | Path) -> DualEncoder:
+    """Rebuild the trained heads of an align run folder (identity towers), in eval mode."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg_path, weights_path = run_dir / "heads.json", run_dir / "heads.safetensors"
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise BrainmmError(f"align heads {p}: not found (expected heads.json and heads.safetensors in {run_dir})")
+    model = DualEncoder.from_heads_config(json.loads(cfg_path.read_text()), load_file(str(weights_path)))
+    return model.eval()
+
+
+def project_table(model: DualEncoder, table: EmbeddingTable, modality: str, meta: dict[str, Any] | None = None) -> EmbeddingTable:
+    """Project a brain ('brain') or genetics (modality name) table into the shared space, keeping its ids.
+
+    The inputs are what the model's tower takes: embeddings for table towers, dosages for a genotype tower.
+    """
+    z = project(model, modality, torch.from_numpy(table.vectors))
+    return EmbeddingTable(table.ids, z.numpy(), {**table.meta, **(meta or {})})
+
+
+def load_towers(run_dir: str | Path) -> dict[str, Tower]:
+    """The BrainLM / genotype towers of an align run folder ('brain' and modality names), in eval mode.
+
+    Trained towers are read from `towers/<name>/`; a frozen BrainLM tower from the checkpoint its tower.json names.
+    Sides that used a table have no tower and are left out.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "heads.json"
+    if not path.is_file():
+        raise BrainmmError(f"align heads {path}: not found (expected an align run folder)")
+    towers: dict[str, Tower] = {}
+    for name, record in json.loads(path.read_text()).get("towers", {}).items():
+        folder = run_dir / record["path"]
+        towers[name] = BrainLMTower.load(folder) if record["kind"] == "brainlm" else GenotypeTower.load(folder)
+    return towers
+
+
+def load_model(run_dir: str | Path) -> DualEncoder:
+    """Heads and towers of an align run folder (`load_heads` + `load_towers`), in eval mode.
+
+    Inputs are then what the towers take: fMRI windows for a BrainLM tower (use `project_fmri`), dosages for a
+    genotype tower, embeddings for table sides.
+    """
+    model = load_heads(run_dir)
+    for name, tower in load_towers(run_dir).items():
+        if name == "brain":
+            model.brain_tower = tower
+        else:
+            model.genetics_towers[name] = tower
+    return model.eval()
+
+
+def project_fmri(model: DualEncoder, dataset: str | Path, split: str | None = None,
+                 batch_size: int = 64) -> EmbeddingTable:
+    """Shared-space embeddings of an fMRI dataset's recordings (one split or all) through the model's BrainLM tower:
+    the tower's output averaged over each recording's tiled windows, then the brain head."""
+    from brainmm.data.fmri import FmriDataset, check_compatible
+
+    tower = model.brain_tower
+    if not isinstance(tower, BrainLMTower):
+        raise BrainmmError("project_fmri: the model has no BrainLM brain tower (load it with load_model(run_dir))")
+    ds = check_compatible(FmriDataset.load(dataset), tower.encoder.config.num_brain_voxels, tower.num_timepoints)
+    if ds.coords.shape != tuple(tower.xyz.shape) or not np.allclose(ds.coords, tower.xyz.cpu().numpy(), atol=1e-3):
+        raise BrainmmError(f"fMRI dataset {ds.path}: its parcel coordinates differ from those the tower was trained "
+                           "with (another atlas or parcel order?)")
+    windows = ds.windows(split, tower.num_timepoints, mode="tiled")
+    z = project_brain_features(model, tower.tiled_features(windows, batch_size=batch_size))
+    subjects = dict(zip(windows.recording_ids, windows.subject_ids))
+    meta = {"model": "brainmm.align", "space": "shared", "modality": "brain", "source": str(dataset),
+            "split": split or "all", "subject_id": subjects}
+    return EmbeddingTable(windows.recording_ids, z.numpy(), meta)
+

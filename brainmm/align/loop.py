@@ -1,0 +1,316 @@
+"""`brainmm align`: align brain and genetics inputs in one shared space (projector heads, optionally towers).
+
+Inputs: the brain side is a brain EmbeddingTable (keyed by subject, or by recording with a `subject_id` map in its
+meta) or a BrainLM tower on an fMRI dataset (`towers.brain`); one or more genetics EmbeddingTables keyed by subject
+(one per modality; a dosage matrix can feed a genotype MLP tower, `towers.genetics.<modality>`); the split table.
+Outputs in the run folder: config.yaml, heads.safetensors + heads.json, towers/<brain|modality>/ (trained towers),
+metrics.json, model_card.md, brainmm.log, checkpoints/last.pt and the shared-space embeddings of every split under
+embeddings/<split>/<brain|modality>.{safetensors,json}.
+"""
+
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignment import (
+    AlignmentLoss,
+    DistInfo,
+    DualEncoder,
+    all_reduce_mean,
+    epoch_batches,
+    init_distributed,
+    warmup_cosine,
+)
+from brainmm.align.config import AlignConfig
+from brainmm.align.data import AlignData, BrainRows, check_table_finite, first_rows, load_align_data
+from brainmm.align.project import evaluate_split, tower_outputs
+from brainmm.align.report import AlignResult, Progress, finalize, tower_summary, tracking_uri
+from brainmm.config import dump_yaml, save_config
+from brainmm.errors import BrainmmError
+from brainmm.io import atomic_write_json
+from brainmm.train.common import (
+    MetricLogger,
+    capture_rng_state,
+    check_run_dir,
+    check_tracking,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from brainmm.train.towers import (
+    BrainLMTower,
+    BrainWindows,
+    GenotypeTower,
+    build_genotype_tower,
+    check_dosages,
+    check_split_agrees,
+    frozen_brain_table,
+    load_brainlm_encoder,
+    open_brain_dataset,
+    set_trainable,
+    tower_param_groups,
+)
+
+LOG = logging.getLogger("brainmm.align")
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def _train_step(model: nn.Module, core: DualEncoder, loss_fn: AlignmentLoss, optimizer: torch.optim.Optimizer,
+                scheduler: Any, batch: tuple, amp: bool, grad_clip: float, info: DistInfo) -> tuple[torch.Tensor, dict]:
+    """One optimiser step; returns the (rank-local) loss and per-modality terms; raises on a non-finite loss."""
+    brain, genetics, masks, labels = batch
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and info.device.type == "cuda"
+                else contextlib.nullcontext())
+    with autocast:
+        out = model(brain, genetics)
+    result = loss_fn(out, labels, masks)
+    finite = torch.isfinite(result.loss.detach()).float()
+    if info.world_size > 1:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if not bool(finite):
+        raise FloatingPointError
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    scheduler.step()
+    core.clamp_logit_scale()
+    return result.loss.detach(), {m: t.detach() for m, t in result.terms.items()}
+
+
+def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, dict[str, float]]:
+    """Inputs, towers (frozen / last N / full) and the dual encoder with fitted standardisers, on the device.
+
+    Returns the data, the model and the learning rate of each tower ('brain' and modality names).
+    """
+    from brainmm.runtime import seed_everything
+    towers = cfg.towers
+    brain_cfg = towers.brain
+    brain_rows, brain_tower, brain_data = None, None, None
+    if brain_cfg.kind == "brainlm":
+        encoder = load_brainlm_encoder(brain_cfg.checkpoint)
+        brain_data = open_brain_dataset(brain_cfg, encoder)
+        if not cfg.data.split:
+            raise BrainmmError("align config field 'data.split': expected the split table CSV (e.g. the fMRI "
+                               f"dataset's {Path(brain_cfg.dataset) / 'split.csv'}), got nothing")
+        check_split_agrees(brain_data, cfg.data.split)
+        source = f"BrainLM {brain_cfg.checkpoint} on {brain_cfg.dataset}"
+        if brain_cfg.trainable == "frozen":
+            table = frozen_brain_table(brain_cfg, brain_data, cfg.train.device)
+            check_table_finite(table, f"frozen BrainLM embeddings ({source})")
+            brain_rows = BrainRows.from_table(table, source)
+        else:
+            brain_tower = BrainLMTower(encoder, brain_data.dataset.coords, brain_cfg.pooling, brain_data.num_timepoints)
+            trainable = set_trainable(brain_tower, brain_cfg.trainable, brain_cfg.last_n, "towers.brain")
+            LOG.info("align: BrainLM tower %s, %d trainable tensors", brain_cfg.trainable, len(trainable))
+            if brain_cfg.gradient_checkpointing:
+                encoder.activation_checkpointing_enable()
+            meta = {"model": str(brain_cfg.checkpoint), "pooling": brain_cfg.pooling, "dataset": str(brain_cfg.dataset),
+                    "num_timepoints": brain_data.num_timepoints}
+            brain_rows = BrainRows(brain_data.recording_ids, brain_data.subjects, None, brain_tower.out_dim, meta, source)
+    data = load_align_data(cfg.data, brain_rows, cfg.train.seed if cfg.train.shuffle_pairs else None)
+    if cfg.train.shuffle_pairs:
+        LOG.info("align: train.shuffle_pairs: every train subject is paired with another train subject's genetics "
+                 "(seed %d); val and test keep their true pairs", cfg.train.seed)
+    LOG.info("align data: %s", ", ".join(f"{key} {value}" for key, value in data.counts.items()))
+    train = data.splits["train"]
+    data.brain_dataset = brain_data
+    if brain_tower is not None:
+        for name in ("train", "val"):
+            split = data.splits[name]
+            split.windows = BrainWindows(brain_data, name, split.row_ids, cfg.train.seed, brain_cfg.eval_batch_size,
+                                         cfg.train.amp)
+
+    seed_everything(cfg.train.seed)  # model init must not depend on what loading the data drew (e.g. a DataLoader)
+    genetics_towers: dict[str, GenotypeTower] = {}
+    for m, table in data.genetics.items():
+        gcfg = towers.genetics_tower(m)
+        if gcfg.kind == "table":
+            continue
+        where = f"towers.genetics.{m}"
+        check_dosages(table.vectors, cfg.data.genetics[m], f"align config field '{where}'")
+        train_rows = [i for i, s in enumerate(data.genetics_subjects[m]) if data.split_of.get(s) == "train"]
+        train_dosages = torch.from_numpy(table.vectors[train_rows])  # every training subject of the table
+        tower = build_genotype_tower(gcfg, table.dim, train_dosages, where, cfg.data.genetics[m])
+        set_trainable(tower, gcfg.trainable, gcfg.last_n, where)
+        genetics_towers[m] = tower
+        fill = train_dosages.mean(0)  # placeholder rows of subjects without this modality: the training mean
+        for split in data.splits.values():
+            split.genetics[m][~split.masks[m]] = fill
+
+    dims = {m: (genetics_towers[m].out_dim if m in genetics_towers else t.dim) for m, t in data.genetics.items()}
+    core = DualEncoder(data.brain.dim, dims, cfg.head, brain_tower=brain_tower, genetics_towers=genetics_towers,
+                       init_logit_scale=cfg.loss.logit_scale_init(), init_logit_bias=cfg.loss.logit_bias_init())
+    core.to(info.device).train()
+    if cfg.head.standardize:  # statistics of the training split's (initial) tower outputs
+        brain_h = train.windows.features(brain_tower) if train.windows is not None else train.brain
+        core.brain_head.fit_standardizer(brain_h)
+        for m in data.genetics:
+            x = train.genetics[m][first_rows(train, m)]
+            core.genetics_heads[m].fit_standardizer(tower_outputs(core.genetics_towers[m], x))
+    if not cfg.loss.learnable_temperature:
+        core.logit_scale.requires_grad_(False)  # PML losses use their fixed temperature
+    tower_lr = {"brain": brain_cfg.lr or cfg.train.lr}
+    tower_lr.update({m: towers.genetics_tower(m).lr or cfg.train.lr for m in data.genetics})
+    return data, core, tower_lr
+
+
+def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
+    """Train the heads (or continue with `resume`), then write heads, metrics, model card and embeddings."""
+    from brainmm import tracking
+    from brainmm.runtime import log_to_file, progress
+
+    info = init_distributed(cfg.train.device)
+    if info.is_main:  # an unreachable tracking server fails here, in seconds, before any data is read
+        check_tracking(cfg.tracking)
+    run_dir = Path(cfg.output_dir)
+    check_run_dir(run_dir, cfg, resume, "align", markers=(str(CHECKPOINT), "metrics.json"))
+    if info.is_main:  # the log of a run refused for bad input is removed again by the CLI (runtime.discard_new_log)
+        log_to_file(run_dir)
+    data, core, tower_lr = _build(cfg, info)
+    if info.is_main:  # written once the inputs are known to be good: a refused run leaves no files
+        save_config(cfg, run_dir / "config.yaml")
+    modalities = list(data.genetics)
+    train, val = data.splits["train"], data.splits["val"]
+    model: nn.Module = core
+    if info.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(core, device_ids=[info.device] if info.device.type == "cuda" else None)
+    loss_fn = AlignmentLoss(cfg.loss, modalities, core.embed_dim, info.rank, info.world_size).to(info.device)
+    optimizer = torch.optim.AdamW(tower_param_groups(core, cfg.train.lr, cfg.train.weight_decay, tower_lr),
+                                  betas=tuple(cfg.train.betas), eps=cfg.train.eps)
+    steps_per_epoch = len(train) // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        raise BrainmmError(
+            f"align config field 'train.batch_size': {cfg.train.batch_size} is larger than the {len(train)} "
+            "training pairs; lower it"
+        )
+    total_steps = steps_per_epoch * cfg.train.epochs
+    scheduler = warmup_cosine(optimizer, cfg.train.warmup_steps, total_steps, cfg.train.min_lr_ratio)
+    train_brain = None if train.brain is None else train.brain.to(info.device)
+    train_labels = train.labels.to(info.device)
+    train_gen = {m: g.to(info.device) for m, g in train.genetics.items()}
+    train_masks = {m: k.to(info.device) for m, k in train.masks.items()}
+    any_missing = any(not bool(k.all()) for k in train.masks.values())
+    use_labels = data.recording_keyed or not cfg.loss.learnable_temperature
+
+    prog, run_id, best_state = Progress(), None, None
+    if resume:
+        if not (run_dir / CHECKPOINT).is_file():
+            raise BrainmmError(f"align --resume: no checkpoint at {run_dir / CHECKPOINT}; run without --resume to "
+                               "start this run")
+        ckpt = load_checkpoint(run_dir / CHECKPOINT, info.device)
+        core.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        loss_fn.load_state_dict(ckpt["loss"])
+        prog = Progress(**ckpt["progress"])
+        run_id, best_state = ckpt["run_id"], ckpt["best_model"]
+        restore_rng_state(ckpt["rng"])
+        LOG.info("align: resumed from %s at step %d (epoch %d, batch %d)", run_dir / CHECKPOINT, prog.step,
+                 prog.epoch, prog.batch)
+
+    def checkpoint() -> None:
+        if info.is_main:
+            save_checkpoint(run_dir / CHECKPOINT, {
+                "model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "loss": loss_fn.state_dict(), "rng": capture_rng_state(), "progress": vars(prog).copy(),
+                "best_model": best_state, "run_id": run_id, "config": dump_yaml(cfg),
+            })
+        if info.world_size > 1:
+            torch.distributed.barrier()
+
+    tags = {"brainmm.stage": "align", "brainmm.run_dir": str(run_dir.resolve()), "loss": cfg.loss.kind,
+            "embed_dim": str(core.embed_dim), "seed": str(cfg.train.seed), "genetics": ",".join(modalities),
+            "towers": tower_summary(cfg, modalities), "shuffle_pairs": str(cfg.train.shuffle_pairs)}
+    run_ctx = (tracking.start_run(cfg.tracking, run_name=cfg.name, run_id=run_id, tags=None if resume else tags)
+               if info.is_main else contextlib.nullcontext())
+    with run_ctx as run:
+        if info.is_main:
+            run_id = run.info.run_id
+            atomic_write_json(run_dir / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracking_uri()})
+            if not resume:
+                tracking.log_config(cfg)
+                import mlflow
+
+                mlflow.log_params({f"data.{k}": v for k, v in data.counts.items()})
+        mlog = MetricLogger(run_id if info.is_main else None, resume)
+
+        first_epoch = prog.epoch
+        while not prog.done:
+            batches, dropped = epoch_batches(len(train), cfg.train.batch_size, cfg.train.seed, prog.epoch,
+                                             info.world_size, info.rank)
+            if prog.epoch == first_epoch and dropped:  # the same count every epoch (different pairs): say it once
+                LOG.info("align: each epoch drops %d of %d training pairs (incomplete last global batch of %d; "
+                         "reshuffled every epoch)", dropped, len(train), cfg.train.batch_size)
+            for b in progress(range(prog.batch, len(batches)), desc=f"align epoch {prog.epoch}",
+                              total=len(batches) - prog.batch):
+                idx = batches[b].to(info.device)
+                if train.windows is not None:  # random windows of (seed, epoch, recording) for the BrainLM tower
+                    brain = train.windows.batch(batches[b].tolist(), prog.epoch).to(info.device, non_blocking=True)
+                else:
+                    brain = train_brain[idx]
+                batch = (brain, {m: g[idx] for m, g in train_gen.items()},
+                         {m: k[idx] for m, k in train_masks.items()} if any_missing else None,
+                         train_labels[idx] if use_labels else None)
+                try:
+                    loss, terms = _train_step(model, core, loss_fn, optimizer, scheduler, batch, cfg.train.amp,
+                                              cfg.train.grad_clip, info)
+                except FloatingPointError:
+                    ids = [train.subjects[i] for i in batches[b].tolist()]
+                    raise BrainmmError(
+                        f"align: non-finite loss at step {prog.step + 1} (epoch {prog.epoch}); batch subject ids "
+                        f"{ids}; nothing was saved for this step (the last checkpoint, if any, is "
+                        f"{run_dir / CHECKPOINT}); lower train.lr or check these subjects' embeddings"
+                    ) from None
+                prog.step += 1
+                prog.batch = b + 1
+                if prog.step % cfg.train.log_every == 0:
+                    values = {"align/train/loss": all_reduce_mean(loss)}
+                    if len(terms) > 1:
+                        values.update({f"align/train/loss/{m}": all_reduce_mean(t) for m, t in terms.items()})
+                    if info.is_main:
+                        scale = float(core.logit_scale.detach().exp())
+                        metrics = {k: float(v) for k, v in values.items()}
+                        metrics.update({"align/train/logit_scale": scale, "align/train/temperature": 1.0 / scale,
+                                        "align/train/epoch": float(prog.epoch)})
+                        metrics.update({f"align/train/lr/{g['name']}": g["lr"] for g in optimizer.param_groups
+                                        if not g["name"].endswith("no_decay")})
+                        mlog.log(metrics, prog.step)
+                if prog.step % cfg.train.checkpoint_every == 0 and prog.batch < len(batches):
+                    checkpoint()
+            val_metrics = evaluate_split(core, val)
+            prog.history.append({"epoch": float(prog.epoch), "step": float(prog.step), **val_metrics})
+            if info.is_main:
+                mlog.log({f"align/val/{k}": v for k, v in val_metrics.items()}, prog.step)
+                better = val_metrics["score"] > prog.best_score  # the console shows the improvements only
+                LOG.log(logging.INFO if better else logging.DEBUG, "align: epoch %d step %d val score (mean R@1) %.4f%s",
+                        prog.epoch, prog.step, val_metrics["score"], " (new best)" if better else "")
+            if val_metrics["score"] > prog.best_score:
+                prog.best_score, prog.best_step, prog.best_epoch, prog.bad_epochs = (
+                    val_metrics["score"], prog.step, prog.epoch, 0)
+                best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+            else:
+                prog.bad_epochs += 1
+            prog.epoch += 1
+            prog.batch = 0
+            if cfg.train.patience and prog.bad_epochs >= cfg.train.patience:
+                prog.stopped_early = True
+                LOG.info("align: early stop after epoch %d (no better val score for %d epochs)", prog.epoch - 1,
+                         prog.bad_epochs)
+            prog.done = prog.stopped_early or prog.epoch >= cfg.train.epochs
+            if prog.done or prog.step % cfg.train.checkpoint_every == 0:
+                checkpoint()
+
+        if best_state is not None:
+            core.load_state_dict(best_state)
+        result = finalize(cfg, core, data, prog, run_dir, run_id, info)
+    return result
+

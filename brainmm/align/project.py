@@ -1,0 +1,99 @@
+"""Eval-mode batched projection into the shared space, and validation retrieval of one split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alignment import (
+    DualEncoder,
+)
+from brainmm.align.data import SplitData
+
+# ------------------------------------------------------------------------------------------ projection
+
+
+@torch.no_grad()
+def project(model: DualEncoder, modality: str, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Shared-space (L2-normalised) embeddings of inputs `x` for 'brain' or a genetics modality, in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = model.logit_scale.device
+    encode = model.encode_brain if modality == "brain" else (lambda t: model.encode_genetics(modality, t))
+    out = [encode(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
+
+
+@torch.no_grad()
+def project_brain_features(model: DualEncoder, h: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Shared-space embeddings of brain tower outputs `h` [N, D] (the head only), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = model.logit_scale.device
+    out = [F.normalize(model.brain_head(h[i : i + batch_size].to(device)), dim=-1).float().cpu()
+           for i in range(0, h.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
+
+
+@torch.no_grad()
+def tower_outputs(tower: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Outputs of a (table: identity) tower for inputs `x`, in eval mode, on CPU."""
+    if isinstance(tower, nn.Identity):
+        return x
+    was_training = tower.training
+    tower.eval()
+    device = next(tower.parameters()).device
+    out = [tower(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
+    tower.train(was_training)
+    return torch.cat(out)
+
+
+def brain_shared(model: DualEncoder, data: SplitData) -> torch.Tensor:
+    """Shared-space brain embeddings of a split's rows (BrainLM tower: mean over each recording's tiled windows)."""
+    if data.windows is None:
+        return project(model, "brain", data.brain)
+    return project_brain_features(model, data.windows.features(model.brain_tower))
+
+
+def _subject_mean(z: torch.Tensor, subjects: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Average the normalised rows of each subject (several recordings) and renormalise."""
+    order = sorted(set(subjects))
+    index = {s: i for i, s in enumerate(order)}
+    rows = torch.tensor([index[s] for s in subjects])
+    summed = torch.zeros(len(order), z.shape[1]).index_add_(0, rows, z)
+    return order, torch.nn.functional.normalize(summed, dim=-1)
+
+
+def evaluate_split(model: DualEncoder, data: SplitData, ci: bool = False) -> dict[str, float]:
+    """Retrieval brain <-> each genetics modality over the subjects of one split (recordings averaged).
+
+    Uses `alignment.retrieval` (open_clip definitions, pessimistic ties) with exact chance levels for N subjects;
+    `ci` adds 95% bootstrap intervals over subjects (`<metric>_ci_low`, `<metric>_ci_high`).
+    """
+    from alignment.retrieval import bootstrap_rank_metrics, chance_metrics, pair_ranks, rank_metrics
+
+    subjects, brain = _subject_mean(brain_shared(model, data), data.subjects)
+    row_of = {s: i for i, s in enumerate(data.subjects)}  # last row of each subject (genetics rows are equal)
+    metrics: dict[str, float] = {}
+    scores = []
+    for m in model.modalities:
+        keep = [i for i, s in enumerate(subjects) if bool(data.masks[m][row_of[s]])]
+        if len(keep) < 2:
+            continue
+        genetics = project(model, m, data.genetics[m][[row_of[subjects[i]] for i in keep]])
+        chance = chance_metrics(len(keep))
+        for direction, ranks in zip((f"brain_to_{m}", f"{m}_to_brain"), pair_ranks(brain[keep], genetics)):
+            for key, value in rank_metrics(ranks).items():
+                metrics[f"{direction}/{key}"] = value
+                metrics[f"{direction}/chance_{key}"] = chance[key]
+            if ci:
+                for key, (low, high) in bootstrap_rank_metrics(ranks, n_boot=1000, seed=0).items():
+                    metrics[f"{direction}/{key}_ci_low"], metrics[f"{direction}/{key}_ci_high"] = low, high
+        scores.append(0.5 * (metrics[f"brain_to_{m}/R_at_1"] + metrics[f"{m}_to_brain/R_at_1"]))
+    metrics["score"] = float(np.mean(scores)) if scores else float("nan")
+    return metrics
+
