@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from brainmm.config import ConfigError, load_config
+from brainmm.distributed import shard_range
 from brainmm.errors import BrainmmError
 from brainmm.train.common import (
     CheckpointDir,
     capture_rng_state,
     restore_rng_state,
     save_checkpoint,
-    shard_range,
 )
 from brainmm.train.pretrain import (
     PretrainConfig,

@@ -25,12 +25,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from brainmm.config import save_config
+from brainmm.distributed import DistInfo, barrier, broadcast_object, distributed, shard_range
 from brainmm.embed.cache import StreamingTable, cache_key, dataset_hash, entry_dir, is_complete
 from brainmm.embed.config import EmbedConfig
 from brainmm.embed.model import FrozenBrainLM, default_window, load_brainlm, model_hash, read_model_config
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json
-from brainmm.train.common import DistInfo, barrier, broadcast_object, distributed, shard_range
 
 LOG = logging.getLogger("brainmm.embed")
 MERGE_ROWS = 4096  # rows per block when merging part files

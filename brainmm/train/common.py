@@ -1,4 +1,4 @@
-"""Shared training utilities: RNG state, atomic checkpoints, warmup + cosine LR, torchrun setup, resumable metrics.
+"""Shared training utilities: RNG state, atomic checkpoints, warmup + cosine LR, resumable metrics (torchrun helpers: `brainmm.distributed`).
 
 Every training driver uses these so that `--resume` means the same thing everywhere: the newest readable
 checkpoint restores model, optimizer, scheduler, RNG and data position, and the same MLflow run continues
@@ -25,9 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from alignment.distributed import DistInfo, init_distributed, resolve_device
 from alignment.optim import WarmupCosine, warmup_cosine
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json
@@ -36,25 +34,15 @@ LOG = logging.getLogger("brainmm.train")
 
 __all__ = [
     "CheckpointDir",
-    "DistInfo",
     "MetricLogger",
     "TrackedRun",
     "WarmupCosine",
-    "all_reduce_sum",
-    "barrier",
-    "broadcast_object",
     "capture_rng_state",
     "check_run_dir",
     "check_tracking",
-    "distributed",
-    "gather_objects",
-    "init_distributed",
     "load_checkpoint",
-    "resolve_device",
     "restore_rng_state",
     "save_checkpoint",
-    "shard_range",
-    "teardown_distributed",
     "tracked_run",
     "warmup_cosine",
 ]
@@ -194,70 +182,6 @@ def check_run_dir(run_dir: str | Path, config: Any, resume: bool, stage: str,
         raise BrainmmError(
             f"{stage} --resume: the config differs from the saved {saved} in {diff[:8]}; resume with --config {saved}"
         )
-
-
-# ------------------------------------------------------------------------------------------- distributed
-
-
-@contextlib.contextmanager
-def distributed(device: str = "auto") -> Iterator[DistInfo]:
-    """Join the torchrun process group (gloo on CPU, NCCL on GPU) for the block; leave it if this call joined."""
-    joined = not (dist.is_available() and dist.is_initialized())
-    info = init_distributed(device)
-    try:
-        yield info
-    finally:
-        if joined and info.world_size > 1:
-            teardown_distributed()
-
-
-def teardown_distributed() -> None:
-    """Destroy the default process group when there is one."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in a 1-process job)."""
-    if _world() > 1:
-        dist.barrier()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank `src`'s picklable `obj` on every rank."""
-    if _world() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """Every rank's picklable `obj`, in rank order, on every rank."""
-    if _world() == 1:
-        return [obj]
-    out: list[Any] = [None] * _world()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of a tensor over ranks (a copy; identity in a 1-process job)."""
-    t = t.detach().clone()
-    if _world() > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def shard_range(n: int, rank: int, world_size: int) -> range:
-    """Rank `rank`'s contiguous, disjoint share of `range(n)` (sizes differ by at most one)."""
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
 
 
 # ---------------------------------------------------------------------------------------------- tracking

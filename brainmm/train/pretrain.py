@@ -24,20 +24,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from brainmm.config import dump_yaml, save_config, to_dict
+from brainmm.distributed import DistInfo, all_reduce_sum, barrier, distributed, gather_objects, shard_range
 from brainmm.errors import BrainmmError
 from brainmm.tracking import TrackingConfig
 from brainmm.train.common import (
     CheckpointDir,
-    DistInfo,
-    all_reduce_sum,
-    barrier,
     capture_rng_state,
     check_run_dir,
     check_tracking,
-    distributed,
-    gather_objects,
     restore_rng_state,
-    shard_range,
     tracked_run,
     warmup_cosine,
 )

@@ -402,8 +402,8 @@ def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = 
     `cfg.cache_dir` by model hash, dataset hash, pooling and window length; later runs read it without running the
     model. Keyed by recording, with `meta.subject_id`. Call it on every rank.
     """
+    from brainmm.distributed import broadcast_object
     from brainmm.embed import EmbedConfig, run_embed
-    from brainmm.train.common import broadcast_object
 
     with tempfile.TemporaryDirectory() as tmp:  # run_embed also publishes a copy; the cache entry is what we read
         result = run_embed(EmbedConfig(
