@@ -18,7 +18,7 @@ from brainmm.config import load_config
 from brainmm.data.splits import make_split, save_split
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
-from brainmm.train.common import load_checkpoint, save_checkpoint
+from brainmm.train.common import CheckpointDir, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,8 +73,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path, mlflow
     # outputs of a finished run
     run_a = tmp_path / "a"
     for name in ("config.yaml", "heads.safetensors", "heads.json", "metrics.json", "model_card.md", "brainmm.log",
-                 "checkpoints/last.pt", "run.json"):
+                 "run.json"):
         assert (run_a / name).is_file(), name
+    assert list((run_a / "checkpoints").glob("step-*.pt"))
     assert "each epoch drops 4 of 28 training pairs" in (run_a / "brainmm.log").read_text()
     card = (run_a / "model_card.md").read_text()
     assert "| train | 28 | 28 |" in card and "chance R@1" in card and "| brain_to_dna |" in card
@@ -113,7 +114,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path, mlflow
         align.run_align(cfg_b)
     monkeypatch.setattr(loop, "_train_step", original)
     crashed_run = json.loads((tmp_path / "b" / "run.json").read_text())["mlflow_run_id"]
-    assert load_checkpoint(tmp_path / "b" / align.CHECKPOINT, torch.device("cpu"))["progress"]["step"] == 4
+    assert CheckpointDir(tmp_path / "b" / align.CHECKPOINTS).load_latest()["progress"]["step"] == 4
     with pytest.raises(BrainmmError, match="pass --resume"):
         align.run_align(cfg_b)
     with pytest.raises(BrainmmError, match=r"differs from the saved .* \['train.lr'\]"):
@@ -155,7 +156,7 @@ def test_nan_loss_stops_with_step_and_subjects_and_keeps_the_last_checkpoint(tmp
     ids = re.findall(r"'(s\d{3})'", str(err.value))
     train_subjects = set(pd.read_csv(paths["split"], dtype=str).query("split == 'train'")["subject_id"])
     assert len(ids) == 8 and set(ids) <= train_subjects
-    ckpt = load_checkpoint(tmp_path / "run" / align.CHECKPOINT, torch.device("cpu"))
+    ckpt = CheckpointDir(tmp_path / "run" / align.CHECKPOINTS).load_latest()
     assert ckpt["progress"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 

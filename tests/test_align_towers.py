@@ -21,7 +21,7 @@ from brainmm.data.fmri import FmriDataset, IngestConfig, ingest
 from brainmm.data.fmri.windows import tile_starts
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
-from brainmm.train.common import load_checkpoint
+from brainmm.train.common import CheckpointDir
 from brainmm.train.towers import GenotypeTower
 from encoders.brainlm import BrainLMForPretraining, BrainLMModel
 from encoders.brainlm.testing import tiny_brainlm_config
@@ -225,7 +225,7 @@ def test_resume_with_trainable_towers_is_bit_exact(inputs, tmp_path: Path, mlflo
     with pytest.raises(KeyboardInterrupt):
         align.run_align(cfg)
     monkeypatch.setattr(loop, "_train_step", original)
-    ckpt = load_checkpoint(tmp_path / "b" / align.CHECKPOINT, torch.device("cpu"))
+    ckpt = CheckpointDir(tmp_path / "b" / align.CHECKPOINTS).load_latest()
     assert ckpt["progress"]["step"] == 4 and ckpt["progress"]["batch"] == 1  # mid-epoch 1
     assert any(k.startswith("brain_tower.encoder.encoder.layer.1.") for k in ckpt["model"])
     assert any(k.startswith("genetics_towers.genotype.encoder.mlp.") for k in ckpt["model"])

@@ -118,7 +118,7 @@ def test_align_killed_at_a_random_step_resumes_to_the_uninterrupted_result(
                  lambda: log.is_file() and f"align: epoch {epoch} step" in log.read_text(), rng.uniform(0, 0.1))
     killed_run = json.loads((crashed / "run.json").read_text())["mlflow_run_id"]
     assert not (crashed / "metrics.json").exists()
-    checkpoint = crashed / "checkpoints" / "last.pt"
+    checkpoint = max((crashed / "checkpoints").glob("step-*.pt"))
     killed_at = torch.load(checkpoint, weights_only=True)["progress"]["step"]
     assert epoch * steps_per_epoch <= killed_at < epochs * steps_per_epoch
     partial_temp_file(checkpoint)

@@ -11,12 +11,12 @@ loop (build + training loop), io (run folders: heads, towers, models), report (a
 from brainmm.align.config import AlignConfig, AlignDataConfig, AlignTrainConfig
 from brainmm.align.data import AlignData, BrainRows, SplitData, load_align_data, table_subjects
 from brainmm.align.io import load_heads, load_model, load_towers, project_fmri, project_table, save_heads
-from brainmm.align.loop import CHECKPOINT, run_align
+from brainmm.align.loop import CHECKPOINTS, run_align
 from brainmm.align.project import evaluate_split, project
 from brainmm.align.report import AlignResult
 
 __all__ = [
-    "CHECKPOINT",
+    "CHECKPOINTS",
     "AlignConfig",
     "AlignData",
     "AlignDataConfig",

@@ -4,15 +4,15 @@ Inputs: the brain side is a brain EmbeddingTable (keyed by subject, or by record
 meta) or a BrainLM tower on an fMRI dataset (`towers.brain`); one or more genetics EmbeddingTables keyed by subject
 (one per modality; a dosage matrix can feed a genotype MLP tower, `towers.genetics.<modality>`); the split table.
 Outputs in the run folder: config.yaml, heads.safetensors + heads.json, towers/<brain|modality>/ (trained towers),
-metrics.json, model_card.md, brainmm.log, checkpoints/last.pt and the shared-space embeddings of every split under
+metrics.json, model_card.md, brainmm.log, checkpoints/step-*.pt and the shared-space embeddings of every split under
 embeddings/<split>/<brain|modality>.{safetensors,json}.
 """
 
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +25,25 @@ from alignment import (
     DualEncoder,
     all_reduce_mean,
     epoch_batches,
-    init_distributed,
     warmup_cosine,
 )
 from brainmm.align.config import AlignConfig
 from brainmm.align.data import AlignData, BrainRows, check_table_finite, first_rows, load_align_data
 from brainmm.align.project import evaluate_split, tower_outputs
-from brainmm.align.report import AlignResult, Progress, finalize, tower_summary, tracking_uri
+from brainmm.align.report import AlignResult, Progress, finalize, tower_summary
 from brainmm.config import dump_yaml, save_config
+from brainmm.distributed import barrier, distributed
 from brainmm.errors import BrainmmError
-from brainmm.io import atomic_write_json
 from brainmm.train.common import (
-    MetricLogger,
+    CheckpointDir,
+    autocast,
     capture_rng_state,
+    check_finite,
     check_run_dir,
     check_tracking,
-    load_checkpoint,
+    precision_of,
     restore_rng_state,
-    save_checkpoint,
+    tracked_run,
 )
 from brainmm.train.towers import (
     BrainLMTower,
@@ -59,23 +60,31 @@ from brainmm.train.towers import (
 )
 
 LOG = logging.getLogger("brainmm.align")
-CHECKPOINT = Path("checkpoints") / "last.pt"
+CHECKPOINTS = "checkpoints"  # step-numbered checkpoints (CheckpointDir) in the run folder
+
+
+def _non_finite(subjects: list[str], batch: torch.Tensor, prog: Progress, ckpts: CheckpointDir) -> Callable[[], str]:
+    """The error message of a non-finite loss in this step (names the batch's subjects and the last checkpoint)."""
+
+    def message() -> str:
+        ids = [subjects[i] for i in batch.tolist()]
+        last = ckpts.paths()[-1] if ckpts.paths() else None
+        return (f"align: non-finite loss at step {prog.step + 1} (epoch {prog.epoch}); batch subject ids {ids}; "
+                f"nothing was saved for this step (the last checkpoint, if any, is {last}); lower train.lr or check "
+                "these subjects' embeddings")
+
+    return message
 
 
 def _train_step(model: nn.Module, core: DualEncoder, loss_fn: AlignmentLoss, optimizer: torch.optim.Optimizer,
-                scheduler: Any, batch: tuple, amp: bool, grad_clip: float, info: DistInfo) -> tuple[torch.Tensor, dict]:
+                scheduler: Any, batch: tuple, amp: bool, grad_clip: float, info: DistInfo,
+                non_finite: Callable[[], str]) -> tuple[torch.Tensor, dict]:
     """One optimiser step; returns the (rank-local) loss and per-modality terms; raises on a non-finite loss."""
     brain, genetics, masks, labels = batch
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and info.device.type == "cuda"
-                else contextlib.nullcontext())
-    with autocast:
+    with autocast(info.device, precision_of(amp)):
         out = model(brain, genetics)
     result = loss_fn(out, labels, masks)
-    finite = torch.isfinite(result.loss.detach()).float()
-    if info.world_size > 1:
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    if not bool(finite):
-        raise FloatingPointError
+    check_finite(result.loss, info.world_size, non_finite)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     if grad_clip > 0:
@@ -165,14 +174,18 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
 
 def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
     """Train the heads (or continue with `resume`), then write heads, metrics, model card and embeddings."""
-    from brainmm import tracking
+    with distributed(cfg.train.device) as info:
+        return _run(cfg, resume, info)
+
+
+def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
+    """`run_align` inside the process group."""
     from brainmm.runtime import log_to_file, progress
 
-    info = init_distributed(cfg.train.device)
     if info.is_main:  # an unreachable tracking server fails here, in seconds, before any data is read
         check_tracking(cfg.tracking)
     run_dir = Path(cfg.output_dir)
-    check_run_dir(run_dir, cfg, resume, "align", markers=(str(CHECKPOINT), "metrics.json"))
+    check_run_dir(run_dir, cfg, resume, "align")
     if info.is_main:  # the log of a run refused for bad input is removed again by the CLI (runtime.discard_new_log)
         log_to_file(run_dir)
     data, core, tower_lr = _build(cfg, info)
@@ -201,47 +214,37 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
     any_missing = any(not bool(k.all()) for k in train.masks.values())
     use_labels = data.recording_keyed or not cfg.loss.learnable_temperature
 
-    prog, run_id, best_state = Progress(), None, None
+    ckpts = CheckpointDir(run_dir / CHECKPOINTS)
+    prog, best_state = Progress(), None
     if resume:
-        if not (run_dir / CHECKPOINT).is_file():
-            raise BrainmmError(f"align --resume: no checkpoint at {run_dir / CHECKPOINT}; run without --resume to "
-                               "start this run")
-        ckpt = load_checkpoint(run_dir / CHECKPOINT, info.device)
+        ckpt = ckpts.load_latest(info.device)
         core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         loss_fn.load_state_dict(ckpt["loss"])
         prog = Progress(**ckpt["progress"])
-        run_id, best_state = ckpt["run_id"], ckpt["best_model"]
+        best_state = ckpt["best_model"]
         restore_rng_state(ckpt["rng"])
-        LOG.info("align: resumed from %s at step %d (epoch %d, batch %d)", run_dir / CHECKPOINT, prog.step,
-                 prog.epoch, prog.batch)
+        LOG.info("align: resumed at step %d (epoch %d, batch %d)", prog.step, prog.epoch, prog.batch)
 
     def checkpoint() -> None:
         if info.is_main:
-            save_checkpoint(run_dir / CHECKPOINT, {
+            ckpts.save(prog.step, {
                 "model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "loss": loss_fn.state_dict(), "rng": capture_rng_state(), "progress": vars(prog).copy(),
-                "best_model": best_state, "run_id": run_id, "config": dump_yaml(cfg),
+                "best_model": best_state, "run_id": run.run_id, "config": dump_yaml(cfg),
             })
-        if info.world_size > 1:
-            torch.distributed.barrier()
+        barrier()
 
-    tags = {"brainmm.stage": "align", "brainmm.run_dir": str(run_dir.resolve()), "loss": cfg.loss.kind,
+    tags = {"brainmm.run_dir": str(run_dir.resolve()), "loss": cfg.loss.kind,
             "embed_dim": str(core.embed_dim), "seed": str(cfg.train.seed), "genetics": ",".join(modalities),
             "towers": tower_summary(cfg, modalities), "shuffle_pairs": str(cfg.train.shuffle_pairs)}
-    run_ctx = (tracking.start_run(cfg.tracking, run_name=cfg.name, run_id=run_id, tags=None if resume else tags)
-               if info.is_main else contextlib.nullcontext())
-    with run_ctx as run:
-        if info.is_main:
-            run_id = run.info.run_id
-            atomic_write_json(run_dir / "run.json", {"mlflow_run_id": run_id, "tracking_uri": tracking_uri()})
-            if not resume:
-                tracking.log_config(cfg)
-                import mlflow
+    with tracked_run(cfg.tracking, run_dir, "align", resume, config=cfg, tags=tags, enabled=info.is_main,
+                     run_name=cfg.name) as run:
+        if info.is_main and not resume:
+            import mlflow
 
-                mlflow.log_params({f"data.{k}": v for k, v in data.counts.items()})
-        mlog = MetricLogger(run_id if info.is_main else None, resume)
+            mlflow.log_params({f"data.{k}": v for k, v in data.counts.items()})
 
         first_epoch = prog.epoch
         while not prog.done:
@@ -260,16 +263,8 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
                 batch = (brain, {m: g[idx] for m, g in train_gen.items()},
                          {m: k[idx] for m, k in train_masks.items()} if any_missing else None,
                          train_labels[idx] if use_labels else None)
-                try:
-                    loss, terms = _train_step(model, core, loss_fn, optimizer, scheduler, batch, cfg.train.amp,
-                                              cfg.train.grad_clip, info)
-                except FloatingPointError:
-                    ids = [train.subjects[i] for i in batches[b].tolist()]
-                    raise BrainmmError(
-                        f"align: non-finite loss at step {prog.step + 1} (epoch {prog.epoch}); batch subject ids "
-                        f"{ids}; nothing was saved for this step (the last checkpoint, if any, is "
-                        f"{run_dir / CHECKPOINT}); lower train.lr or check these subjects' embeddings"
-                    ) from None
+                loss, terms = _train_step(model, core, loss_fn, optimizer, scheduler, batch, cfg.train.amp,
+                                          cfg.train.grad_clip, info, _non_finite(train.subjects, batches[b], prog, ckpts))
                 prog.step += 1
                 prog.batch = b + 1
                 if prog.step % cfg.train.log_every == 0:
@@ -283,13 +278,13 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
                                         "align/train/epoch": float(prog.epoch)})
                         metrics.update({f"align/train/lr/{g['name']}": g["lr"] for g in optimizer.param_groups
                                         if not g["name"].endswith("no_decay")})
-                        mlog.log(metrics, prog.step)
+                        run.log(metrics, prog.step)
                 if prog.step % cfg.train.checkpoint_every == 0 and prog.batch < len(batches):
                     checkpoint()
             val_metrics = evaluate_split(core, val)
             prog.history.append({"epoch": float(prog.epoch), "step": float(prog.step), **val_metrics})
             if info.is_main:
-                mlog.log({f"align/val/{k}": v for k, v in val_metrics.items()}, prog.step)
+                run.log({f"align/val/{k}": v for k, v in val_metrics.items()}, prog.step)
                 better = val_metrics["score"] > prog.best_score  # the console shows the improvements only
                 LOG.log(logging.INFO if better else logging.DEBUG, "align: epoch %d step %d val score (mean R@1) %.4f%s",
                         prog.epoch, prog.step, val_metrics["score"], " (new best)" if better else "")
@@ -311,6 +306,6 @@ def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
 
         if best_state is not None:
             core.load_state_dict(best_state)
-        result = finalize(cfg, core, data, prog, run_dir, run_id, info)
+        result = finalize(cfg, core, data, prog, run_dir, run.run_id, info)
     return result
 

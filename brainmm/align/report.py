@@ -62,16 +62,6 @@ def tower_summary(cfg: AlignConfig, modalities: list[str]) -> str:
     return ",".join(f"{name}:{t.kind}/{t.trainable}" for name, t in sides if t.kind != "table") or "tables"
 
 
-def tracking_uri() -> str:
-    """The active tracking URI, with a relative sqlite path made absolute (run.json must not depend on the cwd)."""
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    return uri
-
-
 def _save_towers(cfg: AlignConfig, core: DualEncoder, data: AlignData, run_dir: Path) -> dict[str, dict[str, str]]:
     """Write towers/<name>/ for every model tower (a frozen BrainLM one names its checkpoint); returns the records."""
     records: dict[str, dict[str, str]] = {}

@@ -18,13 +18,14 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from alignment.optim import WarmupCosine, warmup_cosine
 from brainmm.errors import BrainmmError
@@ -36,11 +37,15 @@ __all__ = [
     "CheckpointDir",
     "MetricLogger",
     "TrackedRun",
+    "PRECISIONS",
     "WarmupCosine",
+    "autocast",
+    "check_finite",
     "capture_rng_state",
     "check_run_dir",
     "check_tracking",
     "load_checkpoint",
+    "precision_of",
     "restore_rng_state",
     "save_checkpoint",
     "tracked_run",
@@ -85,6 +90,35 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def _as_tuple(value: Any) -> Any:
     """random.setstate needs tuples; a round trip through some serialisers gives lists."""
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ------------------------------------------------------------------------------------ precision, finiteness
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def precision_of(amp: bool) -> str:
+    """The precision a config's `amp` switch means: 'auto' (bf16 on GPU, fp32 on CPU) or 'fp32'."""
+    return "auto" if amp else "fp32"
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The compute-precision context of a forward pass: 'auto' = bf16 autocast on CUDA, fp32 elsewhere;
+    'fp32' = no autocast; 'bf16' = bf16 autocast on any device."""
+    if precision not in PRECISIONS:
+        raise BrainmmError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_finite(value: torch.Tensor, world_size: int, message: Callable[[], str]) -> None:
+    """Raise one BrainmmError(message()) on every rank when `value` is NaN/inf on any of them."""
+    ok = torch.isfinite(value.detach()).all().float().reshape(1)
+    if world_size > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if not bool(ok):
+        raise BrainmmError(message())
 
 
 # -------------------------------------------------------------------------------------------- checkpoints
@@ -247,6 +281,7 @@ def tracked_run(
     config: Any = None,
     tags: dict[str, str] | None = None,
     enabled: bool = True,
+    run_name: str | None = None,
 ) -> Iterator[TrackedRun]:
     """Start the MLflow run of `stage` (or continue the one named in `run_dir/run.json` with `resume`).
 
@@ -258,8 +293,6 @@ def tracked_run(
         return
     import json
 
-    import mlflow
-
     from brainmm import tracking
 
     run_dir = Path(run_dir)
@@ -269,9 +302,19 @@ def tracked_run(
         if not record.is_file():
             raise BrainmmError(f"{stage} --resume: {record} not found (it names the MLflow run to continue)")
         run_id = json.loads(record.read_text()).get("mlflow_run_id")
-    with tracking.start_run(cfg, run_name=cfg.run_name or stage, run_id=run_id,
+    with tracking.start_run(cfg, run_name=run_name or cfg.run_name or stage, run_id=run_id,
                             tags=None if resume else {"brainmm.stage": stage, **(tags or {})}) as run:
-        atomic_write_json(record, {"mlflow_run_id": run.info.run_id, "tracking_uri": mlflow.get_tracking_uri()})
+        atomic_write_json(record, {"mlflow_run_id": run.info.run_id, "tracking_uri": _tracking_uri()})
         if not resume and config is not None:
             tracking.log_config(config)
         yield TrackedRun(run.info.run_id, MetricLogger(run.info.run_id, resumed=resume))
+
+
+def _tracking_uri() -> str:
+    """The active tracking URI, with a relative sqlite path made absolute (run.json must not depend on the cwd)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri

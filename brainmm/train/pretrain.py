@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,15 +24,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from alignment.optim import param_groups
 from brainmm.config import dump_yaml, save_config, to_dict
 from brainmm.distributed import DistInfo, all_reduce_sum, barrier, distributed, gather_objects, shard_range
 from brainmm.errors import BrainmmError
 from brainmm.tracking import TrackingConfig
 from brainmm.train.common import (
     CheckpointDir,
+    autocast,
     capture_rng_state,
+    check_finite,
     check_run_dir,
     check_tracking,
+    precision_of,
     restore_rng_state,
     tracked_run,
     warmup_cosine,
@@ -341,7 +346,7 @@ def _reconstruct(model: nn.Module, windows: Dataset, idx: list[int], cfg: Pretra
     signal = torch.stack([it["signal_vectors"] for it in items]).to(device)
     xyz = torch.stack([it["xyz_vectors"] for it in items]).to(device)
     noise = torch.stack([eval_noise(cfg.seed, i, length) for i in idx]).to(device)
-    with _autocast(device, amp):
+    with autocast(device, precision_of(amp)):
         out = model(signal_vectors=signal, xyz_vectors=xyz, noise=noise)
     b, v, t = signal.shape
     pred = out.logits.float().reshape(b, v, t)
@@ -433,10 +438,6 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
-
-
 def _eval_windows(ds, split: str, num_timepoints: int, max_windows: int | None):
     """Tiled windows of a split (the first `max_windows`), or None when the split has no recordings."""
     from torch.utils.data import Subset
@@ -446,12 +447,6 @@ def _eval_windows(ds, split: str, num_timepoints: int, max_windows: int | None):
         return None
     windows = ds.windows(split, num_timepoints, mode="tiled")
     return Subset(windows, range(min(max_windows, len(windows)))) if max_windows else windows
-
-
-def _no_decay(name: str, p: torch.Tensor) -> bool:
-    from alignment.optim import no_weight_decay
-
-    return no_weight_decay(name, p)
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -524,10 +519,7 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
     if info.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             core, device_ids=[info.device] if info.device.type == "cuda" else None)
-    params = [(n, p) for n, p in core.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in params if not _no_decay(n, p)], "weight_decay": t.weight_decay},
-              {"params": [p for n, p in params if _no_decay(n, p)], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(t.betas), eps=t.eps)
+    optimizer = torch.optim.AdamW(param_groups(core, lr, t.weight_decay), lr=lr, betas=tuple(t.betas), eps=t.eps)
     scheduler = warmup_cosine(optimizer, warmup_steps, t.max_steps, t.min_lr_ratio)
     ckpts = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints)
 
@@ -634,32 +626,29 @@ def _train_step(model: nn.Module, core: nn.Module, optimizer: torch.optim.Optimi
         sync = i == len(micro_batches) - 1 or info.world_size == 1
         ctx = contextlib.nullcontext() if sync else model.no_sync()
         with ctx:
-            with _autocast(info.device, t.amp):
+            with autocast(info.device, precision_of(t.amp)):
                 out = model(signal_vectors=batch["signal_vectors"].to(info.device, non_blocking=True),
                             xyz_vectors=batch["xyz_vectors"].to(info.device, non_blocking=True))
             loss = out.loss.float()
-            _check_finite(loss, "loss", batch, prog, info)
+            check_finite(loss, info.world_size, _non_finite("loss", batch, prog))
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     norm = torch.nn.utils.clip_grad_norm_(core.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-    _check_finite(norm, "gradient norm", micro_batches[-1], prog, info)
+    check_finite(norm, info.world_size, _non_finite("gradient norm", micro_batches[-1], prog))
     optimizer.step()
     return float(total) / len(micro_batches)
 
 
-def _check_finite(value: torch.Tensor, what: str, batch: dict, prog: _Progress, info: DistInfo) -> None:
-    """Stop every rank with one clear error when `value` is NaN/inf on any of them (nothing is saved)."""
-    ok = torch.isfinite(value.detach()).float().reshape(1)
-    if info.world_size > 1:
-        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-    if bool(ok):
-        return
-    ids = sorted({r for ids in gather_objects(list(batch["recording_id"])) for r in ids})
-    raise BrainmmError(
-        f"pretrain: non-finite {what} at step {prog.step + 1} (epoch {prog.epoch}); recording ids in the batch: "
-        f"{ids[:20]}; nothing was saved for this step (checkpoints hold earlier steps only); lower train.base_lr "
-        "or check these recordings"
-    )
+def _non_finite(what: str, batch: dict, prog: _Progress) -> Callable[[], str]:
+    """The error message of a non-finite `what` in this step (names the recordings of every rank's batch)."""
+
+    def message() -> str:
+        ids = sorted({r for ids in gather_objects(list(batch["recording_id"])) for r in ids})
+        return (f"pretrain: non-finite {what} at step {prog.step + 1} (epoch {prog.epoch}); recording ids in the "
+                f"batch: {ids[:20]}; nothing was saved for this step (checkpoints hold earlier steps only); lower "
+                "train.base_lr or check these recordings")
+
+    return message
 
 
 def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Progress, run_eval, lr: float,

@@ -13,7 +13,6 @@ dosages, or `table` (precomputed embeddings, identity tower); what each trains (
 
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 from abc import ABC, abstractmethod
@@ -29,6 +28,7 @@ from torch import nn
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_dir, atomic_write_json
+from brainmm.train.common import autocast, precision_of
 from encoders.weights import quiet_transformers
 
 if TYPE_CHECKING:
@@ -260,13 +260,11 @@ class BrainLMTower(Tower):
         counts = torch.zeros(len(positions), dtype=torch.float64, device=device)
         was_training = self.training
         self.eval()
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
-                    else contextlib.nullcontext())
         try:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 signal = torch.stack([windows[j]["signal_vectors"] for j in chunk]).to(device, non_blocking=True)
-                with autocast:
+                with autocast(device, precision_of(amp)):
                     h = self(signal)
                 rows = torch.tensor([slot[int(windows.items[j, 0])] for j in chunk], device=device)
                 sums.index_add_(0, rows, h.double())  # on the device: no host sync per batch
