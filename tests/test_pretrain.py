@@ -20,13 +20,8 @@ from brainmm.train.common import (
     restore_rng_state,
     save_checkpoint,
 )
-from brainmm.train.pretrain import (
-    PretrainConfig,
-    interpolate_masked,
-    masked_sums,
-    metrics_from_sums,
-    run_pretrain,
-)
+from brainmm.train.pretrain import PretrainConfig, run_pretrain
+from brainmm.train.pretrain_eval import interpolate_masked, masked_sums, metrics_from_sums
 
 V, T_REC, WINDOW = 8, 60, 20
 TINY_ARCH = {

@@ -19,7 +19,7 @@ from brainmm.embed.config import EmbedConfig
 from brainmm.errors import BrainmmError
 from brainmm.evaluate.config import BaselineSection, EvaluateConfig, ProbeSection
 from brainmm.tracking import TrackingConfig
-from brainmm.train.pretrain import (
+from brainmm.train.pretrain_config import (
     BrainLMArchConfig,
     PretrainConfig,
     PretrainEvalConfig,
