@@ -1,0 +1,95 @@
+"""The layering rules of docs/architecture.md: one-way imports between units, no source file over 600 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_LINES = 600
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (module level and inside functions), as dotted names."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _unit(module: str) -> str | None:
+    """The unit of a dotted module name: `brainmm.<subpackage or module>`, or `alignment` / `encoders`."""
+    parts = module.split(".")
+    if parts[0] in ("alignment", "encoders"):
+        return parts[0]
+    if parts[0] == "brainmm" and len(parts) > 1:
+        return f"brainmm.{parts[1]}"
+    return None
+
+
+def _exists(unit: str) -> bool:
+    """Whether a unit is a package or module of this repository (not a name such as `brainmm.__version__`)."""
+    path = REPO / Path(*unit.split("."))
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
+def unit_graph() -> dict[str, set[str]]:
+    """Which unit imports which (edges between different units only)."""
+    graph: dict[str, set[str]] = {}
+    for root in ("brainmm", "alignment", "encoders"):
+        for path in (REPO / root).rglob("*.py"):
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            src = _unit(module.removesuffix(".__init__"))
+            for target in _imports(path):
+                dst = _unit(target)
+                if src and dst and dst != src and _exists(dst):
+                    graph.setdefault(src, set()).add(dst)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle between units (as the path of units), found by depth-first search."""
+    found: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_cycle_finder_finds_a_planted_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": {"c"}}) == []
+
+
+def test_no_two_units_import_each_other() -> None:
+    graph = unit_graph()
+    assert "brainmm.train" in graph and "brainmm.embed" in graph  # the graph covers the application units
+    assert cycles(graph) == []
+
+
+def test_libraries_never_import_the_application() -> None:
+    graph = unit_graph()
+    assert "brainmm" not in {u.split(".")[0] for u in graph.get("alignment", set()) | graph.get("encoders", set())}
+    assert "encoders" not in graph.get("alignment", set())
+
+
+def test_no_source_file_over_600_lines() -> None:
+    roots = ("brainmm", "alignment", "encoders", "benchmarks")
+    long = {str(p.relative_to(REPO)): n for r in roots for p in (REPO / r).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
