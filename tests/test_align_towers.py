@@ -337,3 +337,14 @@ def test_genotype_last_n_trains_the_output_block_and_keeps_frozen_batch_norm_sta
     with pytest.raises(BrainmmError, match=r"'towers.genetics.g.last_n': 4 is more than the 3 blocks"):
         set_trainable(tower, "last_n", 4, "towers.genetics.g")
     assert set_trainable(tower, "frozen", 0, "towers.genetics.g") == []
+
+
+def test_tower_registry_names_every_kind_and_refuses_unknown_ones() -> None:
+    assert align.list_towers() == ["brainlm", "genotype_mlp", "table"]
+    assert align.list_towers("brain") == ["brainlm", "table"]
+    assert align.list_towers("genetics") == ["genotype_mlp", "table"]
+    assert not align.tower_kind("table").has_model and align.tower_kind("brainlm").has_model
+    with pytest.raises(BrainmmError, match=r"tower kind 'genotype_mlp': expected one of \['brainlm', 'table'\]"):
+        align.tower_kind("genotype_mlp", "brain")
+    with pytest.raises(ValueError, match="already registered"):
+        align.register_tower("table", sides=("brain",))(type("Again", (align.TowerKind,), {}))

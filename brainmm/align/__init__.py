@@ -5,7 +5,7 @@
     model = load_model(result.run_dir)                      # heads + towers, eval mode
 
 Modules: config (typed config), data (tables, split, pairs), project (eval-mode projection, validation retrieval),
-loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
+towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
 """
 
 from brainmm.align.config import AlignConfig, AlignDataConfig, AlignTrainConfig
@@ -14,6 +14,7 @@ from brainmm.align.io import load_heads, load_model, load_towers, project_fmri, 
 from brainmm.align.loop import CHECKPOINTS, run_align
 from brainmm.align.project import evaluate_split, project
 from brainmm.align.report import AlignResult
+from brainmm.align.towers import TowerKind, kind_of, list_towers, register_tower, tower_kind
 
 __all__ = [
     "CHECKPOINTS",
@@ -24,7 +25,10 @@ __all__ = [
     "AlignTrainConfig",
     "BrainRows",
     "SplitData",
+    "TowerKind",
     "evaluate_split",
+    "kind_of",
+    "list_towers",
     "load_align_data",
     "load_heads",
     "load_model",
@@ -32,7 +36,9 @@ __all__ = [
     "project",
     "project_fmri",
     "project_table",
+    "register_tower",
     "run_align",
     "save_heads",
     "table_subjects",
+    "tower_kind",
 ]

@@ -10,6 +10,7 @@ from alignment import (
     HeadConfig,
     LossConfig,
 )
+from brainmm.align.towers import tower_kind
 from brainmm.errors import BrainmmError
 from brainmm.tracking import TrackingConfig
 from brainmm.train.towers import (
@@ -97,9 +98,9 @@ class AlignConfig:
                     f"align config field 'towers.genetics.{modality}': no such modality in data.genetics "
                     f"({sorted(self.data.genetics)})"
                 )
-        if self.towers.brain.kind == "brainlm" and self.data.brain:
+        if tower_kind(self.towers.brain.kind, "brain").has_model and self.data.brain:
             raise BrainmmError(
-                "align config field 'data.brain': with towers.brain.kind: brainlm the recordings come from "
+                f"align config field 'data.brain': with towers.brain.kind: {self.towers.brain.kind} the recordings come from "
                 f"towers.brain.dataset; leave data.brain empty (got {self.data.brain!r})"
             )
 

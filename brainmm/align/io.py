@@ -8,17 +8,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from alignment import (
     DualEncoder,
 )
 from brainmm.align.project import project, project_brain_features
+from brainmm.align.towers import tower_kind
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json
 from brainmm.train.towers import (
     BrainLMTower,
-    GenotypeTower,
     Tower,
 )
 
@@ -58,7 +59,7 @@ def project_table(model: DualEncoder, table: EmbeddingTable, modality: str, meta
     return EmbeddingTable(table.ids, z.numpy(), {**table.meta, **(meta or {})})
 
 
-def load_towers(run_dir: str | Path) -> dict[str, Tower]:
+def load_towers(run_dir: str | Path, only: list[str] | None = None) -> dict[str, nn.Module]:
     """The BrainLM / genotype towers of an align run folder ('brain' and modality names), in eval mode.
 
     Trained towers are read from `towers/<name>/`; a frozen BrainLM tower from the checkpoint its tower.json names.
@@ -70,8 +71,10 @@ def load_towers(run_dir: str | Path) -> dict[str, Tower]:
         raise BrainmmError(f"align heads {path}: not found (expected an align run folder)")
     towers: dict[str, Tower] = {}
     for name, record in json.loads(path.read_text()).get("towers", {}).items():
+        if only is not None and name not in only:
+            continue
         folder = run_dir / record["path"]
-        towers[name] = BrainLMTower.load(folder) if record["kind"] == "brainlm" else GenotypeTower.load(folder)
+        towers[name] = tower_kind(record["kind"]).load(folder)
     return towers
 
 

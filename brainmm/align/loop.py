@@ -28,9 +28,10 @@ from alignment import (
     warmup_cosine,
 )
 from brainmm.align.config import AlignConfig
-from brainmm.align.data import AlignData, BrainRows, check_table_finite, first_rows, load_align_data
+from brainmm.align.data import AlignData, first_rows, load_align_data
 from brainmm.align.project import evaluate_split, tower_outputs
 from brainmm.align.report import AlignResult, Progress, finalize, tower_summary
+from brainmm.align.towers import tower_kind
 from brainmm.config import dump_yaml, save_config
 from brainmm.distributed import barrier, distributed
 from brainmm.errors import BrainmmError
@@ -46,16 +47,7 @@ from brainmm.train.common import (
     tracked_run,
 )
 from brainmm.train.towers import (
-    BrainLMTower,
     BrainWindows,
-    GenotypeTower,
-    build_genotype_tower,
-    check_dosages,
-    check_split_agrees,
-    frozen_brain_table,
-    load_brainlm_encoder,
-    open_brain_dataset,
-    set_trainable,
     tower_param_groups,
 )
 
@@ -103,28 +95,8 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     from brainmm.runtime import seed_everything
     towers = cfg.towers
     brain_cfg = towers.brain
-    brain_rows, brain_tower, brain_data = None, None, None
-    if brain_cfg.kind == "brainlm":
-        encoder = load_brainlm_encoder(brain_cfg.checkpoint)
-        brain_data = open_brain_dataset(brain_cfg, encoder)
-        if not cfg.data.split:
-            raise BrainmmError("align config field 'data.split': expected the split table CSV (e.g. the fMRI "
-                               f"dataset's {Path(brain_cfg.dataset) / 'split.csv'}), got nothing")
-        check_split_agrees(brain_data, cfg.data.split)
-        source = f"BrainLM {brain_cfg.checkpoint} on {brain_cfg.dataset}"
-        if brain_cfg.trainable == "frozen":
-            table = frozen_brain_table(brain_cfg, brain_data, cfg.train.device)
-            check_table_finite(table, f"frozen BrainLM embeddings ({source})")
-            brain_rows = BrainRows.from_table(table, source)
-        else:
-            brain_tower = BrainLMTower(encoder, brain_data.dataset.coords, brain_cfg.pooling, brain_data.num_timepoints)
-            trainable = set_trainable(brain_tower, brain_cfg.trainable, brain_cfg.last_n, "towers.brain")
-            LOG.info("align: BrainLM tower %s, %d trainable tensors", brain_cfg.trainable, len(trainable))
-            if brain_cfg.gradient_checkpointing:
-                encoder.activation_checkpointing_enable()
-            meta = {"model": str(brain_cfg.checkpoint), "pooling": brain_cfg.pooling, "dataset": str(brain_cfg.dataset),
-                    "num_timepoints": brain_data.num_timepoints}
-            brain_rows = BrainRows(brain_data.recording_ids, brain_data.subjects, None, brain_tower.out_dim, meta, source)
+    side = tower_kind(brain_cfg.kind, "brain").build_brain(cfg, cfg.train.device)
+    brain_rows, brain_tower, brain_data = side.rows, side.tower, side.dataset
     data = load_align_data(cfg.data, brain_rows, cfg.train.seed if cfg.train.shuffle_pairs else None)
     if cfg.train.shuffle_pairs:
         LOG.info("align: train.shuffle_pairs: every train subject is paired with another train subject's genetics "
@@ -139,19 +111,14 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
                                          cfg.train.amp)
 
     seed_everything(cfg.train.seed)  # model init must not depend on what loading the data drew (e.g. a DataLoader)
-    genetics_towers: dict[str, GenotypeTower] = {}
+    genetics_towers: dict[str, nn.Module] = {}
     for m, table in data.genetics.items():
-        gcfg = towers.genetics_tower(m)
-        if gcfg.kind == "table":
-            continue
-        where = f"towers.genetics.{m}"
-        check_dosages(table.vectors, cfg.data.genetics[m], f"align config field '{where}'")
         train_rows = [i for i, s in enumerate(data.genetics_subjects[m]) if data.split_of.get(s) == "train"]
-        train_dosages = torch.from_numpy(table.vectors[train_rows])  # every training subject of the table
-        tower = build_genotype_tower(gcfg, table.dim, train_dosages, where, cfg.data.genetics[m])
-        set_trainable(tower, gcfg.trainable, gcfg.last_n, where)
+        tower = tower_kind(towers.genetics_tower(m).kind, "genetics").build_genetics(cfg, m, table, train_rows)
+        if tower is None:
+            continue
         genetics_towers[m] = tower
-        fill = train_dosages.mean(0)  # placeholder rows of subjects without this modality: the training mean
+        fill = torch.from_numpy(table.vectors[train_rows]).mean(0)  # rows of subjects without this modality
         for split in data.splits.values():
             split.genetics[m][~split.masks[m]] = fill
 

@@ -17,14 +17,12 @@ from brainmm.align.config import AlignConfig
 from brainmm.align.data import AlignData
 from brainmm.align.io import project_table, save_heads
 from brainmm.align.project import evaluate_split, project, project_brain_features
+from brainmm.align.towers import tower_kind
 from brainmm.config import dump_yaml
 from brainmm.embeddings import EmbeddingTable
 from brainmm.io import atomic_write_json, atomic_write_text
 from brainmm.train.towers import (
-    BrainLMTower,
     BrainWindows,
-    GenotypeTower,
-    load_brainlm_encoder,
 )
 
 LOG = logging.getLogger("brainmm.align")
@@ -59,27 +57,18 @@ class Progress:
 def tower_summary(cfg: AlignConfig, modalities: list[str]) -> str:
     """`brain:brainlm/last_n,genotype:genotype_mlp/full` (model towers only), or `tables`."""
     sides = [("brain", cfg.towers.brain)] + [(m, cfg.towers.genetics_tower(m)) for m in modalities]
-    return ",".join(f"{name}:{t.kind}/{t.trainable}" for name, t in sides if t.kind != "table") or "tables"
+    return ",".join(f"{name}:{t.kind}/{t.trainable}" for name, t in sides if tower_kind(t.kind).has_model) or "tables"
 
 
 def _save_towers(cfg: AlignConfig, core: DualEncoder, data: AlignData, run_dir: Path) -> dict[str, dict[str, str]]:
     """Write towers/<name>/ for every model tower (a frozen BrainLM one names its checkpoint); returns the records."""
+    sides = [("brain", cfg.towers.brain.kind, core.brain_tower)]
+    sides += [(m, cfg.towers.genetics_tower(m).kind, core.genetics_towers[m]) for m in data.genetics]
     records: dict[str, dict[str, str]] = {}
-    brain_cfg = cfg.towers.brain
-    if brain_cfg.kind == "brainlm":
-        meta = {"trainable": brain_cfg.trainable, "checkpoint": str(Path(brain_cfg.checkpoint).resolve()),
-                "dataset": str(Path(brain_cfg.dataset).resolve())}
-        tower = core.brain_tower
-        if not isinstance(tower, BrainLMTower):  # frozen: the heads were trained on its cached embeddings
-            tower = BrainLMTower(load_brainlm_encoder(brain_cfg.checkpoint), data.brain_dataset.dataset.coords,
-                                 brain_cfg.pooling, data.brain_dataset.num_timepoints)
-        tower.save(run_dir / "towers" / "brain", meta, weights=brain_cfg.trainable != "frozen")
-        records["brain"] = {"kind": "brainlm", "trainable": brain_cfg.trainable, "path": "towers/brain"}
-    for m, tower in core.genetics_towers.items():
-        if isinstance(tower, GenotypeTower):
-            gcfg = cfg.towers.genetics_tower(m)
-            tower.save(run_dir / "towers" / m, {"trainable": gcfg.trainable, "dosages": cfg.data.genetics[m]})
-            records[m] = {"kind": "genotype_mlp", "trainable": gcfg.trainable, "path": f"towers/{m}"}
+    for name, kind, tower in sides:
+        record = tower_kind(kind).save(cfg, name, tower, data, run_dir / "towers")
+        if record is not None:
+            records[name] = record
     return records
 
 
@@ -162,28 +151,8 @@ def _version() -> str:
 
 def _tower_lines(cfg: AlignConfig, data: AlignData) -> list[str]:
     """Model-card lines describing the brain side and each genetics modality."""
-    c, b = data.counts, cfg.towers.brain
-    if b.kind == "brainlm":
-        train_how = ("heads trained on its tiled-window means, computed once" if b.trainable == "frozen" else
-                     "one random window per recording per step; evaluation: mean over tiled windows")
-        trainable = f"last {b.last_n} layers + final LayerNorm" if b.trainable == "last_n" else b.trainable
-        lines = [f"- brain tower: BrainLM `{b.checkpoint}` ({trainable}, {b.pooling} pooling, windows of "
-                 f"{data.brain.meta.get('num_timepoints', data.brain_dataset.num_timepoints)} time points; "
-                 f"{train_how}) on fMRI dataset `{b.dataset}` ({data.brain.dim}-D, {c['brain_rows']} recordings, "
-                 f"{c['brain_subjects']} subjects)"]
-    else:
-        lines = [f"- brain table: `{cfg.data.brain}` ({data.brain.dim}-D, {c['brain_rows']} rows, "
-                 f"{c['brain_subjects']} subjects, model `{data.brain.meta.get('model', 'unknown')}`)"]
-    for m, t in data.genetics.items():
-        g = cfg.towers.genetics_tower(m)
-        if g.kind == "genotype_mlp":
-            what = f"genotype MLP ({g.checkpoint or f'hidden {g.hidden_sizes}, output {g.output_size}'}; {g.trainable})"
-            lines.append(f"- genetics `{m}`: {what} on dosages `{cfg.data.genetics[m]}` ({t.dim} SNPs, {len(t.ids)} "
-                         "subjects, input scaling fitted on the train split)")
-        else:
-            lines.append(f"- genetics `{m}`: `{cfg.data.genetics[m]}` ({t.dim}-D, {len(t.ids)} subjects, model "
-                         f"`{t.meta.get('model', 'unknown')}`)")
-    return lines
+    lines = [tower_kind(cfg.towers.brain.kind).describe(cfg, data, "brain")]
+    return lines + [tower_kind(cfg.towers.genetics_tower(m).kind).describe(cfg, data, m) for m in data.genetics]
 
 
 def _model_card(cfg: AlignConfig, data: AlignData, metrics: dict[str, Any], core: DualEncoder) -> str:

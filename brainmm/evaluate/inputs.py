@@ -294,16 +294,13 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
 def _projectors(run_dir: Path, heads: Any) -> tuple[dict[str, nn.Module], str | None]:
     """Per side, the module from input-table rows to the shared space before normalisation: the head, or genotype
     tower + head; and the kind of the brain tower, if any (its head then takes the tower's features)."""
-    from brainmm.train.towers import GenotypeTower
+    from brainmm.align import load_towers
 
     towers = json.loads((run_dir / "heads.json").read_text()).get("towers") or {}
+    loaded = load_towers(run_dir, only=[m for m in heads.genetics_heads if m in towers])
     modules: dict[str, nn.Module] = {"brain": heads.brain_head}
     for m, head in heads.genetics_heads.items():
-        record = towers.get(m) or {}
-        if record.get("kind") == "genotype_mlp":
-            modules[m] = nn.Sequential(GenotypeTower.load(run_dir / record["path"]), head).eval()
-        else:
-            modules[m] = head
+        modules[m] = nn.Sequential(loaded[m], head).eval() if m in loaded else head
     return modules, (towers.get("brain") or {}).get("kind")
 
 

@@ -33,24 +33,13 @@ class SharedSpaceProjector(nn.Module):
         return F.normalize(self.head(x), dim=-1)
 
 
-class _DosageMLP(nn.Module):
-    """A genotype tower's inference path (input scaling, then the MLP) without the encoder's data-dependent input
-    checks, which torch.export cannot trace; callers pass dosages in [0, 2] without NaN."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, dosages: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_unchecked(dosages)
-
-
 def exportable(projector: nn.Module) -> SharedSpaceProjector:
     """The projector of one side as an exportable module (genotype towers without their input checks)."""
-    from brainmm.train.towers import GenotypeTower
+    from brainmm.align import kind_of
 
-    if isinstance(projector, nn.Sequential) and isinstance(projector[0], GenotypeTower):
-        projector = nn.Sequential(_DosageMLP(projector[0].encoder), *projector[1:])
+    kind = kind_of(projector[0]) if isinstance(projector, nn.Sequential) else None
+    if kind is not None:
+        projector = nn.Sequential(kind.export(projector[0]), *projector[1:])
     return SharedSpaceProjector(projector).eval()
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brainmm.align import tower_kind
 from brainmm.errors import BrainmmError
 from brainmm.pipeline.config import STAGES, PipelineConfig
 
@@ -94,7 +95,7 @@ def make_plan(cfg: PipelineConfig) -> Plan:
                              "set data.fmri_dataset (an ingested fMRI dataset folder)")
     runs["pretrain"] = _switch("pretrain", sw.pretrain, not cfg.embed.model, "embed.model",
                                "set embed.model (a BrainLM checkpoint folder)")
-    table_tower = cfg.align.towers.brain.kind == "table"
+    table_tower = not tower_kind(cfg.align.towers.brain.kind).has_model
     runs["embed"] = _switch("embed", sw.embed, not cfg.align.data.brain, "align.data.brain",
                             "set align.data.brain (a brain embedding table)" if table_tower else
                             "the evaluation needs evaluate.data.brain (a table of the tower's input features)")

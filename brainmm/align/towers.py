@@ -1,0 +1,237 @@
+"""Tower registry of the align stage: one registration per tower kind (`table`, `brainlm`, `genotype_mlp`).
+
+Each `TowerKind` knows how to build its side for training, save and load its tower folder, describe it in the
+model card and export it; the rest of brainmm looks kinds up here (`tower_kind(name)`) instead of testing strings.
+
+    @register_tower("my_kind", sides=("genetics",))
+    class MyKind(TowerKind): ...
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from brainmm.errors import BrainmmError
+from brainmm.train.towers import (
+    BrainDataset,
+    BrainLMTower,
+    GenotypeTower,
+    build_genotype_tower,
+    check_dosages,
+    check_split_agrees,
+    frozen_brain_table,
+    load_brainlm_encoder,
+    open_brain_dataset,
+    set_trainable,
+)
+
+LOG = logging.getLogger("brainmm.align")
+_REGISTRY: dict[str, TowerKind] = {}
+
+
+@dataclass
+class BrainSide:
+    """What building the brain side gives: precomputed rows (or a trainable tower's recordings), the tower, the
+    fMRI dataset it reads (None for tables)."""
+
+    rows: Any | None = None  # brainmm.align.data.BrainRows; None: read cfg.data.brain
+    tower: nn.Module | None = None
+    dataset: BrainDataset | None = None
+
+
+class TowerKind:
+    """One tower kind. Subclasses override the hooks of the sides they serve; `table` is the no-model kind."""
+
+    name: ClassVar[str] = ""
+    sides: ClassVar[tuple[str, ...]] = ()
+    has_model: ClassVar[bool] = True
+
+    def build_brain(self, cfg: Any, device: str) -> BrainSide:
+        """The brain side of a run (inputs, tower) from the align config."""
+        raise BrainmmError(f"tower kind {self.name!r} cannot be the brain tower")
+
+    def build_genetics(self, cfg: Any, modality: str, table: Any, train_rows: list[int]) -> nn.Module | None:
+        """The tower of one genetics modality (None: the table's vectors go to the head directly)."""
+        raise BrainmmError(f"tower kind {self.name!r} cannot be a genetics tower")
+
+    def save(self, cfg: Any, name: str, tower: nn.Module | None, data: Any, folder: Path) -> dict[str, str] | None:
+        """Write the tower folder of side `name`; returns its heads.json record (None: nothing to save)."""
+        return None
+
+    def load(self, folder: Path) -> nn.Module:
+        """Read a tower folder written by `save`, in eval mode."""
+        raise BrainmmError(f"tower kind {self.name!r} has no tower folder")
+
+    def describe(self, cfg: Any, data: Any, name: str) -> str:
+        """The model-card line of side `name`."""
+        raise NotImplementedError
+
+    def export(self, module: nn.Module) -> nn.Module:
+        """The tower as an exportable module (default: itself)."""
+        return module
+
+
+def register_tower(name: str, sides: tuple[str, ...]):
+    """Class decorator: register a TowerKind subclass under `name` for the given sides ('brain', 'genetics')."""
+
+    def wrap(cls: type[TowerKind]) -> type[TowerKind]:
+        if name in _REGISTRY:
+            raise ValueError(f"tower kind {name!r} is already registered by {type(_REGISTRY[name]).__module__}")
+        cls.name, cls.sides = name, tuple(sides)
+        _REGISTRY[name] = cls()
+        return cls
+
+    return wrap
+
+
+def tower_kind(name: str, side: str | None = None) -> TowerKind:
+    """The registered kind `name` (checked to serve `side` when given)."""
+    kind = _REGISTRY.get(name)
+    if kind is None or (side is not None and side not in kind.sides):
+        names = sorted(k for k, v in _REGISTRY.items() if side is None or side in v.sides)
+        raise BrainmmError(f"tower kind {name!r}: expected one of {names}")
+    return kind
+
+
+def list_towers(side: str | None = None) -> list[str]:
+    """Names of the registered kinds (serving `side` when given)."""
+    return sorted(k for k, v in _REGISTRY.items() if side is None or side in v.sides)
+
+
+def kind_of(module: nn.Module) -> TowerKind | None:
+    """The registered kind whose tower class `module` is (None for heads-only modules)."""
+    for kind in _REGISTRY.values():
+        cls = getattr(kind, "tower_class", None)
+        if cls is not None and isinstance(module, cls):
+            return kind
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ kinds
+
+
+@register_tower("table", sides=("brain", "genetics"))
+class TableTower(TowerKind):
+    """No model: an embedding table's vectors feed the head."""
+
+    has_model = False
+
+    def build_brain(self, cfg: Any, device: str) -> BrainSide:
+        return BrainSide()
+
+    def build_genetics(self, cfg: Any, modality: str, table: Any, train_rows: list[int]) -> nn.Module | None:
+        return None
+
+    def describe(self, cfg: Any, data: Any, name: str) -> str:
+        c = data.counts
+        if name == "brain":
+            return (f"- brain table: `{cfg.data.brain}` ({data.brain.dim}-D, {c['brain_rows']} rows, "
+                    f"{c['brain_subjects']} subjects, model `{data.brain.meta.get('model', 'unknown')}`)")
+        t = data.genetics[name]
+        return (f"- genetics `{name}`: `{cfg.data.genetics[name]}` ({t.dim}-D, {len(t.ids)} subjects, model "
+                f"`{t.meta.get('model', 'unknown')}`)")
+
+
+@register_tower("brainlm", sides=("brain",))
+class BrainLMKind(TowerKind):
+    """A BrainLM encoder on an fMRI dataset: frozen (its embeddings computed once), last N layers or full."""
+
+    tower_class = BrainLMTower
+
+    def build_brain(self, cfg: Any, device: str) -> BrainSide:
+        from brainmm.align.data import BrainRows, check_table_finite
+
+        b = cfg.towers.brain
+        encoder = load_brainlm_encoder(b.checkpoint)
+        dataset = open_brain_dataset(b, encoder)
+        if not cfg.data.split:
+            raise BrainmmError("align config field 'data.split': expected the split table CSV (e.g. the fMRI "
+                               f"dataset's {Path(b.dataset) / 'split.csv'}), got nothing")
+        check_split_agrees(dataset, cfg.data.split)
+        source = f"BrainLM {b.checkpoint} on {b.dataset}"
+        if b.trainable == "frozen":
+            table = frozen_brain_table(b, dataset, device)
+            check_table_finite(table, f"frozen BrainLM embeddings ({source})")
+            return BrainSide(BrainRows.from_table(table, source), None, dataset)
+        tower = BrainLMTower(encoder, dataset.dataset.coords, b.pooling, dataset.num_timepoints)
+        trainable = set_trainable(tower, b.trainable, b.last_n, "towers.brain")
+        LOG.info("align: BrainLM tower %s, %d trainable tensors", b.trainable, len(trainable))
+        if b.gradient_checkpointing:
+            encoder.activation_checkpointing_enable()
+        meta = {"model": str(b.checkpoint), "pooling": b.pooling, "dataset": str(b.dataset),
+                "num_timepoints": dataset.num_timepoints}
+        rows = BrainRows(dataset.recording_ids, dataset.subjects, None, tower.out_dim, meta, source)
+        return BrainSide(rows, tower, dataset)
+
+    def save(self, cfg: Any, name: str, tower: nn.Module | None, data: Any, folder: Path) -> dict[str, str] | None:
+        b = cfg.towers.brain
+        meta = {"trainable": b.trainable, "checkpoint": str(Path(b.checkpoint).resolve()),
+                "dataset": str(Path(b.dataset).resolve())}
+        if not isinstance(tower, BrainLMTower):  # frozen: the heads were trained on its cached embeddings
+            tower = BrainLMTower(load_brainlm_encoder(b.checkpoint), data.brain_dataset.dataset.coords, b.pooling,
+                                 data.brain_dataset.num_timepoints)
+        tower.save(folder / name, meta, weights=b.trainable != "frozen")
+        return {"kind": self.name, "trainable": b.trainable, "path": f"towers/{name}"}
+
+    def load(self, folder: Path) -> nn.Module:
+        return BrainLMTower.load(folder)
+
+    def describe(self, cfg: Any, data: Any, name: str) -> str:
+        c, b = data.counts, cfg.towers.brain
+        train_how = ("heads trained on its tiled-window means, computed once" if b.trainable == "frozen" else
+                     "one random window per recording per step; evaluation: mean over tiled windows")
+        trainable = f"last {b.last_n} layers + final LayerNorm" if b.trainable == "last_n" else b.trainable
+        return (f"- brain tower: BrainLM `{b.checkpoint}` ({trainable}, {b.pooling} pooling, windows of "
+                f"{data.brain.meta.get('num_timepoints', data.brain_dataset.num_timepoints)} time points; "
+                f"{train_how}) on fMRI dataset `{b.dataset}` ({data.brain.dim}-D, {c['brain_rows']} recordings, "
+                f"{c['brain_subjects']} subjects)")
+
+
+@register_tower("genotype_mlp", sides=("genetics",))
+class GenotypeMLPKind(TowerKind):
+    """A genotype MLP (ContIG-style) on a dosage-matrix table; input scaling fitted on the train split."""
+
+    tower_class = GenotypeTower
+
+    def build_genetics(self, cfg: Any, modality: str, table: Any, train_rows: list[int]) -> nn.Module | None:
+        g, where = cfg.towers.genetics_tower(modality), f"towers.genetics.{modality}"
+        check_dosages(table.vectors, cfg.data.genetics[modality], f"align config field '{where}'")
+        train_dosages = torch.from_numpy(table.vectors[train_rows])  # every training subject of the table
+        tower = build_genotype_tower(g, table.dim, train_dosages, where, cfg.data.genetics[modality])
+        set_trainable(tower, g.trainable, g.last_n, where)
+        return tower
+
+    def save(self, cfg: Any, name: str, tower: nn.Module | None, data: Any, folder: Path) -> dict[str, str] | None:
+        g = cfg.towers.genetics_tower(name)
+        tower.save(folder / name, {"trainable": g.trainable, "dosages": cfg.data.genetics[name]})
+        return {"kind": self.name, "trainable": g.trainable, "path": f"towers/{name}"}
+
+    def load(self, folder: Path) -> nn.Module:
+        return GenotypeTower.load(folder)
+
+    def describe(self, cfg: Any, data: Any, name: str) -> str:
+        g, t = cfg.towers.genetics_tower(name), data.genetics[name]
+        what = f"genotype MLP ({g.checkpoint or f'hidden {g.hidden_sizes}, output {g.output_size}'}; {g.trainable})"
+        return (f"- genetics `{name}`: {what} on dosages `{cfg.data.genetics[name]}` ({t.dim} SNPs, {len(t.ids)} "
+                "subjects, input scaling fitted on the train split)")
+
+    def export(self, module: nn.Module) -> nn.Module:
+        return _DosageMLP(module.encoder)
+
+
+class _DosageMLP(nn.Module):
+    """A genotype tower's inference path (input scaling, then the MLP) without the encoder's data-dependent input
+    checks, which torch.export cannot trace; callers pass dosages in [0, 2] without NaN."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, dosages: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_unchecked(dosages)
