@@ -7,10 +7,14 @@ gets `exp(logit_scale)`, and the training loop calls `clamp_logit_scale()` after
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +26,9 @@ from alignment.heads import HeadConfig, ProjectionHead
 
 CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100)
+
+HEADS_FORMAT = "brainmm.align.heads/1"  # heads.json tag (files written since the first release)
+HEADS_WEIGHTS, HEADS_CONFIG = "heads.safetensors", "heads.json"
 
 
 @dataclass
@@ -169,6 +176,46 @@ class DualEncoder(nn.Module):
                 raise AlignmentInputError(f"heads weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model
 
+
+    def save_pretrained(self, folder: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write the heads to `folder`: `heads.safetensors` (weights, standardisers, temperature) and `heads.json`
+        (format tag, `heads_config()`, then `extra` keys); each file is written to a temp file, then renamed."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.cpu() for k, v in self.heads_state_dict().items()}
+        _write_atomic(folder / HEADS_WEIGHTS, lambda tmp: save_file(weights, str(tmp)))
+        record = {"format": HEADS_FORMAT, **self.heads_config(), **dict(extra or {})}
+        _write_atomic(folder / HEADS_CONFIG, lambda tmp: tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"))
+        return folder / HEADS_WEIGHTS
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> DualEncoder:
+        """The heads written by `save_pretrained` (identity towers), in eval mode."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in (HEADS_CONFIG, HEADS_WEIGHTS):
+            if not (folder / name).is_file():
+                raise AlignmentInputError(f"heads {folder / name}: not found (expected {HEADS_CONFIG} and "
+                                          f"{HEADS_WEIGHTS} in {folder})")
+        cfg = json.loads((folder / HEADS_CONFIG).read_text())
+        if cfg.get("format", HEADS_FORMAT) != HEADS_FORMAT:
+            raise AlignmentInputError(f"heads {folder / HEADS_CONFIG}: format {cfg['format']!r}, expected {HEADS_FORMAT!r}")
+        return cls.from_heads_config(cfg, load_file(str(folder / HEADS_WEIGHTS))).eval()
+
+
+def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call `write(tmp)` on a temp sibling of `path`, then rename it into place (no half-written file)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 BlockSpec = str | Callable[[nn.Module], Sequence[nn.Module]]
 

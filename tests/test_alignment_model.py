@@ -170,3 +170,31 @@ def test_heads_round_trip_with_standardiser() -> None:
     assert rebuilt.logit_bias is not None and rebuilt.logit_bias.item() == -10.0
     with pytest.raises(AlignmentInputError, match="standardize=false"):
         ProjectionHead(3, HeadConfig()).fit_standardizer(torch.zeros(2, 3))
+
+
+def test_save_pretrained_round_trip_and_reads_the_previous_writer(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = DualEncoder(6, {"genotype": 3}, HeadConfig(hidden_dim=16, out_dim=8, standardize=True)).eval()
+    model.brain_head.fit_standardizer(torch.randn(20, 6) * 2 + 1)
+    model.save_pretrained(tmp_path / "new", {"run_id": "abc"})
+    record = json.loads((tmp_path / "new" / "heads.json").read_text())
+    assert record["format"] == "brainmm.align.heads/1" and record["run_id"] == "abc"
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["heads.json", "heads.safetensors"]
+    x = torch.randn(5, 6)
+    assert torch.equal(DualEncoder.from_pretrained(tmp_path / "new").encode_brain(x), model.encode_brain(x))
+    # a folder as the align driver wrote it before save_pretrained existed (brainmm.io JSON, safetensors file)
+    old = tmp_path / "old"
+    old.mkdir()
+    save_file({k: v.cpu() for k, v in model.heads_state_dict().items()}, str(old / "heads.safetensors"))
+    (old / "heads.json").write_text(json.dumps({"format": "brainmm.align.heads/1", **model.heads_config(),
+                                                "towers": {}}, indent=2, sort_keys=True))
+    assert torch.equal(DualEncoder.from_pretrained(old).encode_brain(x), model.encode_brain(x))
+    (old / "heads.json").write_text(json.dumps({"format": "other/2", **model.heads_config()}))
+    with pytest.raises(AlignmentInputError, match="format 'other/2'"):
+        DualEncoder.from_pretrained(old)
+    with pytest.raises(AlignmentInputError, match="not found"):
+        DualEncoder.from_pretrained(tmp_path / "missing")

@@ -17,7 +17,6 @@ from brainmm.align.project import project, project_brain_features
 from brainmm.align.towers import tower_kind
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
-from brainmm.io import atomic_file, atomic_write_json
 from brainmm.train.towers import (
     BrainLMTower,
     Tower,
@@ -27,27 +26,17 @@ from brainmm.train.towers import (
 
 
 def save_heads(model: DualEncoder, run_dir: Path, extra: dict[str, Any] | None = None) -> Path:
-    """heads.safetensors (weights, standardisers, temperature) + heads.json (how to rebuild them)."""
-    from safetensors.torch import save_file
-
-    weights = {k: v.cpu() for k, v in model.heads_state_dict().items()}
-    with atomic_file(run_dir / "heads.safetensors", suffix=".safetensors") as tmp:
-        save_file(weights, str(tmp))
-    atomic_write_json(run_dir / "heads.json", {"format": "brainmm.align.heads/1", **model.heads_config(), **(extra or {})})
-    return run_dir / "heads.safetensors"
+    """heads.safetensors + heads.json of an align run (the format of `DualEncoder.save_pretrained`)."""
+    return model.save_pretrained(run_dir, extra)
 
 
 def load_heads(run_dir: str | Path) -> DualEncoder:
     """Rebuild the trained heads of an align run folder (identity towers), in eval mode."""
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
-    cfg_path, weights_path = run_dir / "heads.json", run_dir / "heads.safetensors"
-    for p in (cfg_path, weights_path):
+    for p in (run_dir / "heads.json", run_dir / "heads.safetensors"):
         if not p.is_file():
             raise BrainmmError(f"align heads {p}: not found (expected heads.json and heads.safetensors in {run_dir})")
-    model = DualEncoder.from_heads_config(json.loads(cfg_path.read_text()), load_file(str(weights_path)))
-    return model.eval()
+    return DualEncoder.from_pretrained(run_dir)
 
 
 def project_table(model: DualEncoder, table: EmbeddingTable, modality: str, meta: dict[str, Any] | None = None) -> EmbeddingTable:
