@@ -25,7 +25,7 @@ from alignment.errors import AlignmentInputError
 from alignment.retrieval import RetrievalReport, pair_ranks, retrieval_report
 from alignment.stats import bootstrap_weights, flatten_records, percentile_ci, permutation_pvalue
 
-BASELINES = ("cca", "pls", "ridge_brain_to_dna", "ridge_dna_to_brain", "random_head")
+BASELINES = ("cca", "pls", "ridge_brain_to_genetics", "ridge_genetics_to_brain", "random_head")
 RIDGE_ALPHAS = np.logspace(-3, 5, 9)
 
 
@@ -43,11 +43,11 @@ def _matrix(x: Any, what: str) -> np.ndarray:
     return x
 
 
-def _paired(brain: Any, dna: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-    b, d = _matrix(brain, f"{split} brain embeddings"), _matrix(dna, f"{split} dna embeddings")
+def _paired(brain: Any, genetics: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    b, d = _matrix(brain, f"{split} brain embeddings"), _matrix(genetics, f"{split} genetics embeddings")
     if len(b) != len(d):
         raise AlignmentInputError(
-            f"{split} split: {len(b)} brain rows but {len(d)} dna rows (rows must be paired)"
+            f"{split} split: {len(b)} brain rows but {len(d)} genetics rows (rows must be paired)"
         )
     return b, d
 
@@ -78,37 +78,37 @@ class CCABaseline:
         self.variance, self.max_pca_components = variance, max_pca_components
         self.selection_: dict[str, float] = {}  # set by `select_cca` (validation MRR of the chosen settings)
 
-    def fit(self, brain: Any, dna: Any) -> CCABaseline:
+    def fit(self, brain: Any, genetics: Any) -> CCABaseline:
         """Fit PCA per view and CCA/PLS on training rows only."""
-        b, d = _paired(brain, dna, "train")
+        b, d = _paired(brain, genetics, "train")
         if len(b) < 3:
             raise AlignmentInputError(f"{self.method}: need at least 3 training rows, got {len(b)}")
         self.pca_brain_ = PCA(n_components=pca_components(b, self.variance, self.max_pca_components)).fit(b)
-        self.pca_dna_ = PCA(n_components=pca_components(d, self.variance, self.max_pca_components)).fit(d)
-        m = min(self.n_components, self.pca_brain_.n_components_, self.pca_dna_.n_components_)
+        self.pca_genetics_ = PCA(n_components=pca_components(d, self.variance, self.max_pca_components)).fit(d)
+        m = min(self.n_components, self.pca_brain_.n_components_, self.pca_genetics_.n_components_)
         # PLS keeps the PCA variances (scale=False): standardised PCA scores are white and PLS would equal CCA.
         model = (
             CCA(n_components=m, max_iter=1000)
             if self.method == "cca"
             else PLSCanonical(n_components=m, scale=False, max_iter=1000)
         )
-        self.model_ = model.fit(self.pca_brain_.transform(b), self.pca_dna_.transform(d))
+        self.model_ = model.fit(self.pca_brain_.transform(b), self.pca_genetics_.transform(d))
         u, v = self._scores(b, d)
         self.mean_ = (u.mean(0), v.mean(0))
         self.std_ = (np.where(u.std(0) > 0, u.std(0), 1.0), np.where(v.std(0) > 0, v.std(0), 1.0))
         return self
 
     def _scores(self, b: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.model_.transform(self.pca_brain_.transform(b), self.pca_dna_.transform(d))
+        return self.model_.transform(self.pca_brain_.transform(b), self.pca_genetics_.transform(d))
 
-    def transform(self, brain: Any, dna: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Standardised canonical scores (brain side, dna side) of new paired rows."""
-        u, v = self._scores(*_paired(brain, dna, "test"))
+    def transform(self, brain: Any, genetics: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised canonical scores (brain side, genetics side) of new paired rows."""
+        u, v = self._scores(*_paired(brain, genetics, "test"))
         return (u - self.mean_[0]) / self.std_[0], (v - self.mean_[1]) / self.std_[1]
 
-    def canonical_correlations(self, brain: Any, dna: Any) -> np.ndarray:
+    def canonical_correlations(self, brain: Any, genetics: Any) -> np.ndarray:
         """Pearson correlation of each pair of canonical scores on the given (held-out) rows."""
-        return _column_corr(*self.transform(brain, dna))
+        return _column_corr(*self.transform(brain, genetics))
 
 
 CCA_VARIANCES = (0.9, 0.99, 1.0)  # PCA per view: 90 %, 99 % of the training variance, or the cap (n_train // 10)
@@ -117,21 +117,21 @@ CCA_VARIANCES = (0.9, 0.99, 1.0)  # PCA per view: 90 %, 99 % of the training var
 def select_cca(
     method: Literal["cca", "pls"],
     brain_train: Any,
-    dna_train: Any,
+    genetics_train: Any,
     brain_val: Any,
-    dna_val: Any,
+    genetics_val: Any,
     max_components: int = 8,
     variances: Sequence[float] = CCA_VARIANCES,
 ) -> CCABaseline:
     """Fit CCA/PLS on train for each PCA size (`variances`) and number of canonical pairs (1, 2, 4, ... up to
     `max_components`); keep the one with the best validation MRR (mean of both directions). The test split is
     never seen, the same footing as the trained model's early stopping on validation retrieval."""
-    b_val, d_val = _paired(brain_val, dna_val, "val")
+    b_val, d_val = _paired(brain_val, genetics_val, "val")
     counts = sorted({min(2**i, max_components) for i in range(max_components.bit_length() + 1)})
     best: tuple[float, CCABaseline] | None = None
     for variance in variances:
         for n in counts:
-            model = CCABaseline(method, n_components=n, variance=variance).fit(brain_train, dna_train)
+            model = CCABaseline(method, n_components=n, variance=variance).fit(brain_train, genetics_train)
             fwd, bwd = pair_ranks(*model.transform(b_val, d_val))
             mrr = float((1.0 / (1.0 + fwd)).mean() + (1.0 / (1.0 + bwd)).mean()) / 2
             if best is None or mrr > best[0]:
@@ -139,7 +139,7 @@ def select_cca(
     assert best is not None
     mrr, model = best
     model.selection_ = {"val_mrr": mrr, "variance": model.variance, "n_components": float(model.model_.n_components),
-                        "pca_brain": float(model.pca_brain_.n_components_), "pca_dna": float(model.pca_dna_.n_components_)}
+                        "pca_brain": float(model.pca_brain_.n_components_), "pca_genetics": float(model.pca_genetics_.n_components_)}
     return model
 
 
@@ -149,37 +149,37 @@ class RidgeMap:
 
     def __init__(
         self,
-        direction: Literal["brain_to_dna", "dna_to_brain"] = "brain_to_dna",
+        direction: Literal["brain_to_genetics", "genetics_to_brain"] = "brain_to_genetics",
         alphas: Sequence[float] = RIDGE_ALPHAS,
     ) -> None:
-        if direction not in ("brain_to_dna", "dna_to_brain"):
+        if direction not in ("brain_to_genetics", "genetics_to_brain"):
             raise AlignmentInputError(
-                f"direction: expected 'brain_to_dna' or 'dna_to_brain', got {direction!r}"
+                f"direction: expected 'brain_to_genetics' or 'genetics_to_brain', got {direction!r}"
             )
         self.direction, self.alphas = direction, np.asarray(alphas)
 
     def _source_target(self, b: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (b, d) if self.direction == "brain_to_dna" else (d, b)
+        return (b, d) if self.direction == "brain_to_genetics" else (d, b)
 
-    def fit(self, brain: Any, dna: Any) -> RidgeMap:
+    def fit(self, brain: Any, genetics: Any) -> RidgeMap:
         """Fit the scaler and the ridge map (alpha by efficient leave-one-out) on training rows only."""
-        source, target = self._source_target(*_paired(brain, dna, "train"))
+        source, target = self._source_target(*_paired(brain, genetics, "train"))
         with warnings.catch_warnings():  # tiny alphas on collinear embeddings are expected: the LOO CV rejects them
             warnings.simplefilter("ignore", LinAlgWarning)
             self.model_: Pipeline = make_pipeline(StandardScaler(), RidgeCV(alphas=self.alphas)).fit(source, target)
         self.target_mean_ = target.mean(0)
         return self
 
-    def transform(self, brain: Any, dna: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(brain side, dna side) in the target space: the mapped source rows and the true target rows."""
-        b, d = _paired(brain, dna, "test")
+    def transform(self, brain: Any, genetics: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(brain side, genetics side) in the target space: the mapped source rows and the true target rows."""
+        b, d = _paired(brain, genetics, "test")
         source, target = self._source_target(b, d)
         pred, true = self.model_.predict(source) - self.target_mean_, target - self.target_mean_
-        return (pred, true) if self.direction == "brain_to_dna" else (true, pred)
+        return (pred, true) if self.direction == "brain_to_genetics" else (true, pred)
 
-    def r2(self, brain: Any, dna: Any) -> float:
+    def r2(self, brain: Any, genetics: Any) -> float:
         """Held-out R^2 of the mapped embeddings (uniform average over target dimensions)."""
-        source, target = self._source_target(*_paired(brain, dna, "test"))
+        source, target = self._source_target(*_paired(brain, genetics, "test"))
         return float(r2_score(target, self.model_.predict(source)))
 
 
@@ -197,18 +197,18 @@ def reinitialised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def random_head_embeddings(
     brain: Any,
-    dna: Any,
+    genetics: Any,
     *,
     brain_head: torch.nn.Module | None = None,
-    dna_head: torch.nn.Module | None = None,
+    genetics_head: torch.nn.Module | None = None,
     out_dim: int = 512,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Untrained baseline: re-initialised copies of the trained heads when given, else Gaussian random linear
-    projections to `out_dim` (N(0, 1/in_dim) entries); returns (brain side, dna side)."""
-    b, d = _paired(brain, dna, "test")
+    projections to `out_dim` (N(0, 1/in_dim) entries); returns (brain side, genetics side)."""
+    b, d = _paired(brain, genetics, "test")
     out = []
-    for i, (x, head) in enumerate(((b, brain_head), (d, dna_head))):
+    for i, (x, head) in enumerate(((b, brain_head), (d, genetics_head))):
         if head is None:
             w = np.random.default_rng([seed, i]).normal(
                 scale=1 / np.sqrt(x.shape[1]), size=(x.shape[1], out_dim)
@@ -223,7 +223,7 @@ def random_head_embeddings(
 
 
 def shuffled_pairs(n: int, seed: int = 0) -> np.ndarray:
-    """A seeded permutation without fixed points: pair brain row i with dna row perm[i] for a shuffled-pair run."""
+    """A seeded permutation without fixed points: pair brain row i with genetics row perm[i] for a shuffled-pair run."""
     if n < 2:
         raise AlignmentInputError(f"shuffled_pairs: need at least 2 rows, got {n}")
     rng = np.random.default_rng(seed)
@@ -233,10 +233,10 @@ def shuffled_pairs(n: int, seed: int = 0) -> np.ndarray:
             return perm
 
 
-def space_records(name: str, brain: Any, dna: Any, **retrieval_kw: Any) -> list[dict[str, Any]]:
+def space_records(name: str, brain: Any, genetics: Any, **retrieval_kw: Any) -> list[dict[str, Any]]:
     """Retrieval records (see `retrieval_report`) of held-out embeddings in a common space, tagged `model=name`.
     One entry point for baselines, the trained model and shuffled-pair runs."""
-    report: RetrievalReport = retrieval_report(brain, dna, **retrieval_kw)
+    report: RetrievalReport = retrieval_report(brain, genetics, **retrieval_kw)
     return [{"model": name, **r} for r in report.records]
 
 
@@ -298,17 +298,17 @@ def _correlation_records(
 
 def run_baselines(
     brain_train: Any,
-    dna_train: Any,
+    genetics_train: Any,
     brain_test: Any,
-    dna_test: Any,
+    genetics_test: Any,
     *,
     brain_val: Any = None,
-    dna_val: Any = None,
+    genetics_val: Any = None,
     baselines: Sequence[str] = BASELINES,
     n_components: int = 8,
     n_permutations: int = 1000,
     brain_head: torch.nn.Module | None = None,
-    dna_head: torch.nn.Module | None = None,
+    genetics_head: torch.nn.Module | None = None,
     out_dim: int = 512,
     seed: int = 0,
     retrieval_kw: Mapping[str, Any] | None = None,
@@ -320,8 +320,8 @@ def run_baselines(
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise AlignmentInputError(f"baselines: unknown {unknown}; choose from {list(BASELINES)}")
-    b_train, d_train = _paired(brain_train, dna_train, "train")
-    b_test, d_test = _paired(brain_test, dna_test, "test")
+    b_train, d_train = _paired(brain_train, genetics_train, "train")
+    b_test, d_test = _paired(brain_test, genetics_test, "test")
     kw = {"seed": seed, **(retrieval_kw or {})}
     report = BaselineReport(records=[])
     with threadpool_limits(limits=1, user_api="blas"):  # small iterative fits: BLAS threads only add overhead
@@ -330,7 +330,7 @@ def run_baselines(
                 if brain_val is None:
                     model = CCABaseline(name, n_components=n_components).fit(b_train, d_train)  # type: ignore[arg-type]
                 else:
-                    model = select_cca(name, b_train, d_train, brain_val, dna_val, n_components)  # type: ignore[arg-type]
+                    model = select_cca(name, b_train, d_train, brain_val, genetics_val, n_components)  # type: ignore[arg-type]
                 u, v = model.transform(b_test, d_test)
                 report.records += _correlation_records(
                     name, u, v, n_permutations, kw.get("n_boot", 1000), kw.get("level", 0.95), seed
@@ -355,7 +355,7 @@ def run_baselines(
             else:
                 model = None
                 u, v = random_head_embeddings(
-                    b_test, d_test, brain_head=brain_head, dna_head=dna_head, out_dim=out_dim, seed=seed
+                    b_test, d_test, brain_head=brain_head, genetics_head=genetics_head, out_dim=out_dim, seed=seed
                 )
             report.models[name] = model
             report.records += space_records(name, u, v, **kw)

@@ -28,7 +28,7 @@ from alignment.ranks import (  # noqa: F401 (pair_ranks, positive_ranks, as_embe
 )
 from alignment.stats import bootstrap_weights, cluster_codes, flatten_records, normal_ci, percentile_ci
 
-DIRECTIONS = ("brain_to_dna", "dna_to_brain")
+DIRECTIONS = ("brain_to_genetics", "genetics_to_brain")
 KS = (1, 5, 10)
 
 
@@ -154,12 +154,12 @@ def bootstrap_rank_metrics(
 
 def kway_top1(
     brain: ArrayLike,
-    dna: ArrayLike,
+    genetics: ArrayLike,
     *,
     k: int = 300,
     repeats: int = 30,
     brain_subjects: Sequence[Any] | None = None,
-    dna_subjects: Sequence[Any] | None = None,
+    genetics_subjects: Sequence[Any] | None = None,
     seed: int = 0,
     level: float = 0.95,
     normalize: bool = True,
@@ -172,8 +172,8 @@ def kway_top1(
     mean over repeats, normal-approximation CI of that mean, chance 1/K and the K used.
     """
     q = as_embeddings(brain, "brain", normalize, device)
-    g = as_embeddings(dna, "dna", normalize, q.device)
-    b_codes, d_codes = _side_codes(q, g, brain_subjects, dna_subjects)
+    g = as_embeddings(genetics, "genetics", normalize, q.device)
+    b_codes, d_codes = _side_codes(q, g, brain_subjects, genetics_subjects)
     return _kway(q, g, b_codes, d_codes, k, repeats, seed, level)
 
 
@@ -207,8 +207,8 @@ def _kway(
     s = torch.bmm(q[bi], g[di].transpose(1, 2))  # [repeats, k, k]; true pairs on the diagonal
     true = s.diagonal(dim1=1, dim2=2)
     hits = {
-        "brain_to_dna": ((s >= true[:, :, None]).sum(2) == 1).double().mean(1),
-        "dna_to_brain": ((s >= true[:, None, :]).sum(1) == 1).double().mean(1),
+        "brain_to_genetics": ((s >= true[:, :, None]).sum(2) == 1).double().mean(1),
+        "genetics_to_brain": ((s >= true[:, None, :]).sum(1) == 1).double().mean(1),
     }
     out = {}
     for direction, per_repeat in hits.items():
@@ -237,7 +237,7 @@ class RetrievalReport:
 
     def flat(self, prefix: str = "") -> dict[str, float]:
         """MLflow-safe flat metrics: `<prefix>/<direction>[/<level>]/<metric>` plus `_ci_low`, `_ci_high`, `_chance`
-        (level omitted for recording-level), e.g. `brain_to_dna/R_at_1`, `dna_to_brain/subject/mrr_chance`."""
+        (level omitted for recording-level), e.g. `brain_to_genetics/R_at_1`, `genetics_to_brain/subject/mrr_chance`."""
         return flatten_records(self.records, _record_name, prefix=prefix)
 
 
@@ -256,18 +256,18 @@ def _record_name(record: dict[str, Any]) -> str:
 
 
 def _side_codes(
-    q: torch.Tensor, g: torch.Tensor, brain_subjects: Sequence[Any] | None, dna_subjects: Sequence[Any] | None
+    q: torch.Tensor, g: torch.Tensor, brain_subjects: Sequence[Any] | None, genetics_subjects: Sequence[Any] | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Subject codes of both sides (rows are their own subjects, paired, when no labels are given)."""
-    if (brain_subjects is None) != (dna_subjects is None):
-        raise AlignmentInputError("brain_subjects and dna_subjects: pass both or neither")
+    if (brain_subjects is None) != (genetics_subjects is None):
+        raise AlignmentInputError("brain_subjects and genetics_subjects: pass both or neither")
     if brain_subjects is None:
-        _check_pair(q, g, "brain", "dna")
+        _check_pair(q, g, "brain", "genetics")
         return np.arange(q.shape[0]), np.arange(g.shape[0])
     if q.shape[1] != g.shape[1]:
-        raise AlignmentInputError(f"brain has {q.shape[1]} dims but dna has {g.shape[1]}")
+        raise AlignmentInputError(f"brain has {q.shape[1]} dims but genetics has {g.shape[1]}")
     return _shared_codes(
-        brain_subjects, dna_subjects, q.shape[0], g.shape[0], "brain_subjects", "dna_subjects"
+        brain_subjects, genetics_subjects, q.shape[0], g.shape[0], "brain_subjects", "genetics_subjects"
     )
 
 
@@ -304,10 +304,10 @@ def _rank_records(
 
 def retrieval_report(
     brain: ArrayLike,
-    dna: ArrayLike,
+    genetics: ArrayLike,
     *,
     brain_subjects: Sequence[Any] | None = None,
-    dna_subjects: Sequence[Any] | None = None,
+    genetics_subjects: Sequence[Any] | None = None,
     ks: Sequence[int] = KS,
     kway: int | None = 300,
     kway_repeats: int = 30,
@@ -320,15 +320,15 @@ def retrieval_report(
 ) -> RetrievalReport:
     """Brain->DNA and DNA->brain retrieval on held-out embeddings (cosine similarity when `normalize`).
 
-    - recording level (rows paired: row i of `brain` <-> row i of `dna`): computed when no subject labels are
+    - recording level (rows paired: row i of `brain` <-> row i of `genetics`): computed when no subject labels are
       given, or when both label lists are equal row by row;
     - subject level (a hit is any item of the right subject): computed whenever labels are given;
     - `kway`-way top-1 over `kway_repeats` repeats (MindEye), skipped when `kway` is None.
     CIs: percentile bootstrap over query subjects (`n_boot` replicates, `seed`).
     """
     q = as_embeddings(brain, "brain", normalize, device)
-    g = as_embeddings(dna, "dna", normalize, q.device)
-    b_codes, d_codes = _side_codes(q, g, brain_subjects, dna_subjects)
+    g = as_embeddings(genetics, "genetics", normalize, q.device)
+    b_codes, d_codes = _side_codes(q, g, brain_subjects, genetics_subjects)
     block = _check_block(block_size)
     if not ks or min(ks) < 1:
         raise AlignmentInputError(f"ks: expected positive integers, got {ks!r}")
@@ -342,8 +342,8 @@ def retrieval_report(
                 ranks, direction, "recording", len(ranks), 1, b_codes, ks, n_boot, seed, level
             )
     if labelled:
-        _shared_codes(dna_subjects, brain_subjects, g.shape[0], q.shape[0], "dna_subjects", "brain_subjects")
-        sides = (("brain_to_dna", q, g, b_codes, d_codes), ("dna_to_brain", g, q, d_codes, b_codes))
+        _shared_codes(genetics_subjects, brain_subjects, g.shape[0], q.shape[0], "genetics_subjects", "brain_subjects")
+        sides = (("brain_to_genetics", q, g, b_codes, d_codes), ("genetics_to_brain", g, q, d_codes, b_codes))
         for direction, query, gallery, qc, gc in sides:
             ranks, n_pos = _positive_ranks(query, gallery, qc, gc, block)
             report.ranks[(direction, "subject")] = ranks

@@ -22,13 +22,13 @@ GOAL_SECONDS, GOAL_RSS_GB = 30.0, 1.5
 
 
 def _data(n: int, dim: int):
-    """Seeded paired embeddings: dna = brain + noise (moderate retrieval, ranks spread over the pool)."""
+    """Seeded paired embeddings: genetics = brain + noise (moderate retrieval, ranks spread over the pool)."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
     brain = torch.randn(n, dim, generator=gen)
-    dna = brain + 6.0 * torch.randn(n, dim, generator=gen)
-    return brain, dna
+    genetics = brain + 6.0 * torch.randn(n, dim, generator=gen)
+    return brain, genetics
 
 
 def _child(mode: str, n: int, dim: int) -> dict:
@@ -36,19 +36,19 @@ def _child(mode: str, n: int, dim: int) -> dict:
 
     from alignment.retrieval import as_embeddings, pair_ranks, retrieval_report
 
-    brain, dna = _data(n, dim)
+    brain, genetics = _data(n, dim)
     start = time.perf_counter()
     if (
         mode == "report"
     ):  # the full user-facing call: ranks, metrics, chance, 1000 bootstrap CIs, 300-way x 30
-        report = retrieval_report(brain, dna)
-        ranks = report.ranks[("brain_to_dna", "recording")]
-        extra = {"R_at_1": report.flat()["brain_to_dna/R_at_1"]}
+        report = retrieval_report(brain, genetics)
+        ranks = report.ranks[("brain_to_genetics", "recording")]
+        extra = {"R_at_1": report.flat()["brain_to_genetics/R_at_1"]}
     elif mode == "ranks":  # blockwise ranks only, both directions
-        ranks, _ = pair_ranks(brain, dna)
+        ranks, _ = pair_ranks(brain, genetics)
         extra = {}
     else:  # naive: full N x N matrix + argsort per direction
-        q, g = as_embeddings(brain, "brain"), as_embeddings(dna, "dna")
+        q, g = as_embeddings(brain, "brain"), as_embeddings(genetics, "genetics")
         logits = q @ g.T
         truth = torch.arange(n)[:, None]
         ranks = torch.where(torch.argsort(logits, dim=1, descending=True) == truth)[1].numpy()

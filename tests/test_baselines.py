@@ -26,8 +26,8 @@ def _paired(n: int, planted: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     a, b = np.random.default_rng(99).normal(size=(4, 32)), np.random.default_rng(98).normal(size=(4, 24))
     z = rng.normal(size=(n, 4))
     brain = z @ a + rng.normal(size=(n, 32))
-    dna = (z if planted else rng.normal(size=(n, 4))) @ b + rng.normal(size=(n, 24))
-    return brain, dna
+    genetics = (z if planted else rng.normal(size=(n, 4))) @ b + rng.normal(size=(n, 24))
+    return brain, genetics
 
 
 def _values(report, metric: str) -> dict[tuple[str, str | None], float]:
@@ -43,12 +43,12 @@ def test_planted_relation_beats_chance_and_independent_data_do_not() -> None:
     b_test, d_test = _paired(200, True, 1)
     planted = run_baselines(b_train, d_train, b_test, d_test, n_permutations=200, retrieval_kw=RETRIEVAL)
     r1 = _values(planted, "R_at_1")
-    for model in ("cca", "pls", "ridge_brain_to_dna", "ridge_dna_to_brain"):
-        for direction in ("brain_to_dna", "dna_to_brain"):
+    for model in ("cca", "pls", "ridge_brain_to_genetics", "ridge_genetics_to_brain"):
+        for direction in ("brain_to_genetics", "genetics_to_brain"):
             assert r1[(model, direction)] > 10 * (1 / 200), (model, direction)
     corr = [r for r in planted.records if r["model"] == "cca" and r["metric"].startswith("canonical_corr")]
     assert corr[0]["value"] > 0.9 and corr[0]["p_value"] < 0.01 and corr[0]["ci_low"] > 0.8
-    assert _values(planted, "r2")[("ridge_brain_to_dna", "brain_to_dna")] > 0.4
+    assert _values(planted, "r2")[("ridge_brain_to_genetics", "brain_to_genetics")] > 0.4
 
     b_indep, d_indep = _paired(400, False, 2)
     b_indep_test, d_indep_test = _paired(200, False, 3)
@@ -58,19 +58,19 @@ def test_planted_relation_beats_chance_and_independent_data_do_not() -> None:
     mean_rank = {
         r["model"]: r
         for r in null.records
-        if r["metric"] == "mean_rank" and r["level"] == "recording" and r["direction"] == "brain_to_dna"
+        if r["metric"] == "mean_rank" and r["level"] == "recording" and r["direction"] == "brain_to_genetics"
     }
     for model, rec in mean_rank.items():
         assert abs(rec["value"] - rec["chance"]) < 15, model  # chance 100.5; sd of the mean rank ~4
     null_corr = [r for r in null.records if r["model"] == "cca" and r["metric"] == "canonical_corr_1"]
     assert abs(null_corr[0]["value"]) < 0.3
-    assert _values(null, "r2")[("ridge_brain_to_dna", "brain_to_dna")] < 0.05
+    assert _values(null, "r2")[("ridge_brain_to_genetics", "brain_to_genetics")] < 0.05
     flat = null.flat("baselines")
     assert (
         "baselines/cca/canonical_corr_1_p_value" in flat
-        and "baselines/ridge_dna_to_brain/dna_to_brain/r2" in flat
+        and "baselines/ridge_genetics_to_brain/genetics_to_brain/r2" in flat
     )
-    assert "baselines/random_head/brain_to_dna/R_at_1_chance" in flat and not any("@" in k for k in flat)
+    assert "baselines/random_head/brain_to_genetics/R_at_1_chance" in flat and not any("@" in k for k in flat)
 
 
 def test_fitted_models_never_see_test_rows() -> None:
@@ -81,7 +81,7 @@ def test_fitted_models_never_see_test_rows() -> None:
         d_train,
         b_test,
         d_test,
-        baselines=("cca", "pls", "ridge_brain_to_dna"),
+        baselines=("cca", "pls", "ridge_brain_to_genetics"),
         n_permutations=10,
         retrieval_kw=RETRIEVAL,
     )
@@ -91,19 +91,19 @@ def test_fitted_models_never_see_test_rows() -> None:
         d_train,
         b_test * 10 + rng.normal(size=b_test.shape),
         d_test[::-1] + 3,
-        baselines=("cca", "pls", "ridge_brain_to_dna"),
+        baselines=("cca", "pls", "ridge_brain_to_genetics"),
         n_permutations=10,
         retrieval_kw=RETRIEVAL,
     )
     for name in ("cca", "pls"):
         a, b = first.models[name], second.models[name]
         np.testing.assert_array_equal(a.pca_brain_.components_, b.pca_brain_.components_)
-        np.testing.assert_array_equal(a.pca_dna_.mean_, b.pca_dna_.mean_)
+        np.testing.assert_array_equal(a.pca_genetics_.mean_, b.pca_genetics_.mean_)
         np.testing.assert_array_equal(a.model_.x_weights_, b.model_.x_weights_)
         np.testing.assert_array_equal(a.std_[1], b.std_[1])
     np.testing.assert_array_equal(
-        first.models["ridge_brain_to_dna"].model_[-1].coef_,
-        second.models["ridge_brain_to_dna"].model_[-1].coef_,
+        first.models["ridge_brain_to_genetics"].model_[-1].coef_,
+        second.models["ridge_brain_to_genetics"].model_[-1].coef_,
     )
     # ...while refitting with changed training rows does change them (the comparison above can fail)
     moved = CCABaseline().fit(b_train + rng.normal(size=b_train.shape), d_train)
@@ -121,9 +121,9 @@ def test_pca_components_are_chosen_on_train_and_capped() -> None:
 
 def test_ridge_map_spaces_and_random_heads() -> None:
     b, d = _paired(300, True)
-    ridge = RidgeMap("dna_to_brain").fit(b[:200], d[:200])
-    brain_side, dna_side = ridge.transform(b[200:], d[200:])
-    assert brain_side.shape == dna_side.shape == (100, 32)  # both in brain space
+    ridge = RidgeMap("genetics_to_brain").fit(b[:200], d[:200])
+    brain_side, genetics_side = ridge.transform(b[200:], d[200:])
+    assert brain_side.shape == genetics_side.shape == (100, 32)  # both in brain space
     np.testing.assert_allclose(brain_side, b[200:] - b[:200].mean(0))
 
     zb, zd = random_head_embeddings(b, d, out_dim=16, seed=3)
@@ -134,7 +134,7 @@ def test_ridge_map_spaces_and_random_heads() -> None:
     fresh = reinitialised(head, seed=1)
     assert torch.equal(head[0].weight, trained_weight) and not torch.equal(fresh[0].weight, trained_weight)
     assert torch.equal(fresh[0].weight, reinitialised(head, seed=1)[0].weight)
-    zb, zd = random_head_embeddings(b, d, brain_head=head, dna_head=torch.nn.Linear(24, 16), seed=1)
+    zb, zd = random_head_embeddings(b, d, brain_head=head, genetics_head=torch.nn.Linear(24, 16), seed=1)
     assert zb.shape == zd.shape == (300, 16)
     records = space_records("random_head", zb, zd, **RETRIEVAL)
     assert {r["model"] for r in records} == {"random_head"} and len(records) == 14
@@ -144,7 +144,7 @@ def test_shuffled_pairs_and_errors() -> None:
     perm = shuffled_pairs(50, seed=1)
     assert sorted(perm) == list(range(50)) and not (perm == np.arange(50)).any()
     b, d = _paired(40, True)
-    with pytest.raises(AlignmentInputError, match="train split: 40 brain rows but 39 dna rows"):
+    with pytest.raises(AlignmentInputError, match="train split: 40 brain rows but 39 genetics rows"):
         run_baselines(b, d[:39], b, d)
     with pytest.raises(AlignmentInputError, match="unknown \\['lda'\\]"):
         run_baselines(b, d, b, d, baselines=("lda",))
@@ -162,19 +162,19 @@ def test_cca_sizes_are_chosen_on_validation_rows() -> None:
         rng = np.random.default_rng(seed)
         z = rng.normal(size=(n, 6))
         brain = np.c_[30 * rng.normal(size=(n, 1)), z + 0.5 * rng.normal(size=(n, 6)), rng.normal(size=(n, 9))]
-        dna = z @ np.random.default_rng(7).normal(size=(6, 20)) + rng.normal(size=(n, 20))
-        return brain, dna
+        genetics = z @ np.random.default_rng(7).normal(size=(6, 20)) + rng.normal(size=(n, 20))
+        return brain, genetics
 
     (b_tr, d_tr), (b_val, d_val), (b_te, d_te) = cohort(400, 0), cohort(100, 1), cohort(100, 2)
     fixed = run_baselines(b_tr, d_tr, b_te, d_te, baselines=["cca"], n_permutations=0, retrieval_kw=RETRIEVAL)
-    chosen = run_baselines(b_tr, d_tr, b_te, d_te, brain_val=b_val, dna_val=d_val, baselines=["cca"],
+    chosen = run_baselines(b_tr, d_tr, b_te, d_te, brain_val=b_val, genetics_val=d_val, baselines=["cca"],
                            n_permutations=0, retrieval_kw=RETRIEVAL)
     assert fixed.models["cca"].pca_brain_.n_components_ == 1  # the nuisance alone
-    assert _values(fixed, "R_at_1")[("cca", "brain_to_dna")] < 0.05
+    assert _values(fixed, "R_at_1")[("cca", "brain_to_genetics")] < 0.05
     selection = chosen.models["cca"].selection_
     assert selection["pca_brain"] >= 7 and selection["n_components"] >= 4, selection
-    assert _values(chosen, "R_at_1")[("cca", "brain_to_dna")] > 0.3
+    assert _values(chosen, "R_at_1")[("cca", "brain_to_genetics")] > 0.3
     # the choice depends on the validation rows only: other test rows give the same fitted model
-    again = run_baselines(b_tr, d_tr, b_te[:50], d_te[:50], brain_val=b_val, dna_val=d_val, baselines=["cca"],
+    again = run_baselines(b_tr, d_tr, b_te[:50], d_te[:50], brain_val=b_val, genetics_val=d_val, baselines=["cca"],
                           n_permutations=0, retrieval_kw=RETRIEVAL)
     assert again.models["cca"].selection_ == selection

@@ -90,7 +90,7 @@ def test_perfect_alignment_gives_top_scores() -> None:
     x = np.random.default_rng(0).normal(size=(400, 32))
     report = retrieval_report(x, x.copy(), kway=100, kway_repeats=5, n_boot=50)
     by_name = {(r["direction"], r["level"], r["metric"]): r["value"] for r in report.records}
-    for direction in ("brain_to_dna", "dna_to_brain"):
+    for direction in ("brain_to_genetics", "genetics_to_brain"):
         assert by_name[(direction, "recording", "R_at_1")] == 1.0
         assert by_name[(direction, "recording", "mean_rank")] == 1.0
         assert by_name[(direction, "recording", "median_rank")] == 1.0
@@ -166,46 +166,46 @@ def test_cluster_bootstrap_is_wider_for_correlated_queries() -> None:
 def test_subject_level_counts_any_recording_of_the_subject() -> None:
     # Subjects a, a, b, c: query 0 (subject a) scores DNA row 1 (also subject a) above its own pair row 0.
     brain = np.array([[1.0, 0.1], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
-    dna = np.array([[0.9, 0.5], [1.0, 0.0], [-1.0, 0.1], [0.1, -1.0]])
+    genetics = np.array([[0.9, 0.5], [1.0, 0.0], [-1.0, 0.1], [0.1, -1.0]])
     subjects = np.array(["a", "a", "b", "c"])
     report = retrieval_report(
-        brain, dna, brain_subjects=subjects, dna_subjects=subjects, kway=None, n_boot=20
+        brain, genetics, brain_subjects=subjects, genetics_subjects=subjects, kway=None, n_boot=20
     )
-    rec = report.ranks[("brain_to_dna", "recording")]
-    sub = report.ranks[("brain_to_dna", "subject")]
+    rec = report.ranks[("brain_to_genetics", "recording")]
+    sub = report.ranks[("brain_to_genetics", "subject")]
     assert rec[0] == 1 and sub[0] == 0  # the other recording of subject a is a hit at subject level only
     records = {(r["level"], r["direction"], r["metric"]): r for r in report.records}
     # subject level: 4 candidates, 2 positives for subject-a queries -> R@1 chance = 1 - C(3,2)/C(4,2) = 1/2
-    assert records[("subject", "brain_to_dna", "R_at_1")]["chance"] == pytest.approx(
+    assert records[("subject", "brain_to_genetics", "R_at_1")]["chance"] == pytest.approx(
         (0.5 + 0.5 + 0.25 + 0.25) / 4
     )
-    assert records[("recording", "brain_to_dna", "R_at_1")]["chance"] == pytest.approx(0.25)
+    assert records[("recording", "brain_to_genetics", "R_at_1")]["chance"] == pytest.approx(0.25)
 
 
-def test_subject_level_with_one_dna_row_per_subject() -> None:
+def test_subject_level_with_one_genetics_row_per_subject() -> None:
     rng = np.random.default_rng(4)
-    dna = rng.normal(size=(30, 8))
+    genetics = rng.normal(size=(30, 8))
     brain_subjects = np.repeat(np.arange(30), 3)
-    brain = dna[brain_subjects] + 0.05 * rng.normal(size=(90, 8))
+    brain = genetics[brain_subjects] + 0.05 * rng.normal(size=(90, 8))
     report = retrieval_report(
         brain,
-        dna,
+        genetics,
         brain_subjects=brain_subjects,
-        dna_subjects=np.arange(30),
+        genetics_subjects=np.arange(30),
         kway=10,
         kway_repeats=4,
         n_boot=50,
     )
     levels = {(r["direction"], r["level"]) for r in report.records}
-    assert ("brain_to_dna", "recording") not in levels  # rows are not paired
+    assert ("brain_to_genetics", "recording") not in levels  # rows are not paired
     flat = report.flat("retrieval")
-    assert flat["retrieval/brain_to_dna/subject/R_at_1"] == 1.0
-    assert flat["retrieval/dna_to_brain/subject/R_at_1"] == 1.0
-    assert flat["retrieval/brain_to_dna/10way/top1"] == 1.0
-    assert flat["retrieval/dna_to_brain/subject/R_at_1_chance"] == pytest.approx(
+    assert flat["retrieval/brain_to_genetics/subject/R_at_1"] == 1.0
+    assert flat["retrieval/genetics_to_brain/subject/R_at_1"] == 1.0
+    assert flat["retrieval/brain_to_genetics/10way/top1"] == 1.0
+    assert flat["retrieval/genetics_to_brain/subject/R_at_1_chance"] == pytest.approx(
         chance_metrics(90, 3)["R_at_1"]
     )
-    records = [r for r in report.records if r["level"] == "subject" and r["direction"] == "dna_to_brain"]
+    records = [r for r in report.records if r["level"] == "subject" and r["direction"] == "genetics_to_brain"]
     assert {r["n_queries"] for r in records} == {30} and {r["n_candidates"] for r in records} == {90}
 
 
@@ -213,18 +213,18 @@ def test_kway_protocol() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(500, 16))
     perfect = kway_top1(x, x, k=50, repeats=10)
-    assert perfect["brain_to_dna"]["top1"] == 1.0 and perfect["dna_to_brain"]["chance"] == 1 / 50
+    assert perfect["brain_to_genetics"]["top1"] == 1.0 and perfect["genetics_to_brain"]["chance"] == 1 / 50
     noise = kway_top1(x, rng.normal(size=(500, 16)), k=50, repeats=40, seed=1)
     for res in noise.values():
         assert abs(res["top1"] - 1 / 50) < 0.015 and res["ci_low"] < res["top1"] < res["ci_high"]
     small = kway_top1(x[:20], x[:20], k=300, repeats=3)
-    assert small["brain_to_dna"]["k"] == 20 and small["brain_to_dna"]["chance"] == 1 / 20
+    assert small["brain_to_genetics"]["k"] == 20 and small["brain_to_genetics"]["chance"] == 1 / 20
     noisy = x + 2 * rng.normal(size=x.shape)
     assert kway_top1(x, noisy, k=50, repeats=5, seed=7) == kway_top1(x, noisy, k=50, repeats=5, seed=7)
     assert kway_top1(x, noisy, k=50, repeats=5, seed=7) != kway_top1(x, noisy, k=50, repeats=5, seed=8)
     subjects = np.repeat(np.arange(100), 5)  # five recordings per subject, one DNA row per subject
-    per_subject = kway_top1(x, x[::5], k=300, repeats=3, brain_subjects=subjects, dna_subjects=np.arange(100))
-    assert per_subject["brain_to_dna"]["k"] == 100
+    per_subject = kway_top1(x, x[::5], k=300, repeats=3, brain_subjects=subjects, genetics_subjects=np.arange(100))
+    assert per_subject["brain_to_genetics"]["k"] == 100
 
 
 def test_flat_names_are_mlflow_safe() -> None:
@@ -233,29 +233,29 @@ def test_flat_names_are_mlflow_safe() -> None:
         rng.normal(size=(40, 4)), rng.normal(size=(40, 4)), kway=10, kway_repeats=3, n_boot=20
     )
     flat = report.flat()
-    assert "brain_to_dna/R_at_1" in flat and "dna_to_brain/median_rank_ci_high" in flat
-    assert "brain_to_dna/R_at_10_chance" in flat and "dna_to_brain/10way/top1" in flat
+    assert "brain_to_genetics/R_at_1" in flat and "genetics_to_brain/median_rank_ci_high" in flat
+    assert "brain_to_genetics/R_at_10_chance" in flat and "genetics_to_brain/10way/top1" in flat
     assert not any("@" in key for key in flat)
     assert len(report.records) == 2 * 6 + 2
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
     rng = np.random.default_rng(7)
-    brain, dna = rng.normal(size=(10, 4)), rng.normal(size=(10, 4))
+    brain, genetics = rng.normal(size=(10, 4)), rng.normal(size=(10, 4))
     bad = brain.copy()
     bad[[2, 5], 1] = np.nan
     with pytest.raises(AlignmentInputError, match=r"brain embeddings: 2 of 10 rows contain NaN"):
-        retrieval_report(bad, dna)
-    with pytest.raises(AlignmentInputError, match=r"dna embeddings: 1 of 10 rows"):
-        retrieval_report(brain, np.where(np.arange(10)[:, None] == 3, np.inf, dna))
+        retrieval_report(bad, genetics)
+    with pytest.raises(AlignmentInputError, match=r"genetics embeddings: 1 of 10 rows"):
+        retrieval_report(brain, np.where(np.arange(10)[:, None] == 3, np.inf, genetics))
     with pytest.raises(AlignmentInputError, match="same shape"):
-        retrieval_report(brain, dna[:9])
-    with pytest.raises(AlignmentInputError, match="no item in dna_subjects"):
-        retrieval_report(brain, dna[:9], brain_subjects=np.arange(10), dna_subjects=np.arange(9))
+        retrieval_report(brain, genetics[:9])
+    with pytest.raises(AlignmentInputError, match="no item in genetics_subjects"):
+        retrieval_report(brain, genetics[:9], brain_subjects=np.arange(10), genetics_subjects=np.arange(9))
     with pytest.raises(AlignmentInputError, match="zero norm"):
-        retrieval_report(np.zeros((10, 4)), dna)
+        retrieval_report(np.zeros((10, 4)), genetics)
     with pytest.raises(AlignmentInputError, match="pass both or neither"):
-        retrieval_report(brain, dna, brain_subjects=np.arange(10))
+        retrieval_report(brain, genetics, brain_subjects=np.arange(10))
 
 
 def test_leakage_guard_names_subjects() -> None:

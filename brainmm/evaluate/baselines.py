@@ -16,7 +16,7 @@ from brainmm.evaluate.inputs import EvalInputs, Side
 from brainmm.evaluate.retrieval import library_record, modality_direction, retrieval_kwargs
 
 LOG = logging.getLogger("brainmm.evaluate")
-LIBRARY_NAMES = {"cca": ["cca"], "pls": ["pls"], "ridge": ["ridge_brain_to_dna", "ridge_dna_to_brain"],
+LIBRARY_NAMES = {"cca": ["cca"], "pls": ["pls"], "ridge": ["ridge_brain_to_genetics", "ridge_genetics_to_brain"],
                  "random_head": ["random_head"]}
 
 
@@ -35,7 +35,7 @@ def _ridge_r2_ci(model: Any, brain: np.ndarray, genetics: np.ndarray, cfg: Evalu
     from alignment.stats import bootstrap_weights, percentile_ci
 
     u, v = model.transform(brain, genetics)  # both sides centred on the same training mean: R^2 unchanged
-    pred, true = (u, v) if model.direction == "brain_to_dna" else (v, u)
+    pred, true = (u, v) if model.direction == "brain_to_genetics" else (v, u)
     rows = np.arange(len(true))
     values = []
     for w in bootstrap_weights(rows, cfg.retrieval.n_boot, cfg.seed):
@@ -60,17 +60,17 @@ def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, 
         _, b_val, g_val = inputs.pairs("val", m, shared=False)  # CCA/PLS choose their sizes on val when it has >= 3
         val = (b_val, g_val) if len(b_val) >= 3 else (None, None)
         report = run_baselines(
-            b_train, g_train, b_test, g_test, brain_val=val[0], dna_val=val[1], baselines=names,
+            b_train, g_train, b_test, g_test, brain_val=val[0], genetics_val=val[1], baselines=names,
             n_components=cfg.baselines.n_components,
             n_permutations=cfg.baselines.n_permutations, brain_head=inputs.projectors["brain"],
-            dna_head=inputs.projectors[m], out_dim=inputs.heads.embed_dim, seed=cfg.seed,
+            genetics_head=inputs.projectors[m], out_dim=inputs.heads.embed_dim, seed=cfg.seed,
             retrieval_kw=retrieval_kwargs(cfg),
         )
         for name, fitted in report.models.items():
             if getattr(fitted, "selection_", None):
                 sel = fitted.selection_
                 LOG.info("baselines: %s for %s: PCA %d (brain) / %d (%s), %d pairs, chosen on val (MRR %.3f)", name, m,
-                         sel["pca_brain"], sel["pca_dna"], m, sel["n_components"], sel["val_mrr"])
+                         sel["pca_brain"], sel["pca_genetics"], m, sel["n_components"], sel["val_mrr"])
         for r in report.records:
             if r["metric"] == "r2" and r.get("ci_low") is None:
                 r = {**r, **dict(zip(("ci_low", "ci_high"), _ridge_r2_ci(report.models[r["model"]], b_test,

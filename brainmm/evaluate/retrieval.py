@@ -14,10 +14,10 @@ LOG = logging.getLogger("brainmm.evaluate")
 
 
 def modality_direction(direction: str | None, modality: str) -> str | None:
-    """'brain_to_dna' -> 'brain_to_<modality>' (the library calls every genetics side 'dna')."""
+    """'brain_to_genetics' -> 'brain_to_<modality>' (the library calls every genetics side 'genetics')."""
     if direction is None:
         return None
-    return "_".join(modality if part == "dna" else part for part in direction.split("_"))
+    return "_".join(modality if part == "genetics" else part for part in direction.split("_"))
 
 
 def retrieval_kwargs(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def library_record(record: dict[str, Any], modality: str, **fields: Any) -> dict
 def retrieval_records(inputs: EvalInputs, cfg: EvaluateConfig) -> tuple[list[dict[str, Any]], dict[tuple, Any]]:
     """Records for every split in `retrieval.splits` and genetics modality, and the subject-level 0-based ranks
     {(split, modality): {direction: ranks}} (for the recall@k figure)."""
-    from alignment.retrieval import retrieval_report
+    from alignment.retrieval import DIRECTIONS, retrieval_report
 
     kw = retrieval_kwargs(cfg)
     records: list[dict[str, Any]] = []
@@ -60,10 +60,10 @@ def retrieval_records(inputs: EvalInputs, cfg: EvaluateConfig) -> tuple[list[dic
             base = {"section": "retrieval", "split": split, "model": "aligned"}
             records += [library_record(r, m, **base) for r in report.records]
             ranks[(split, m)] = {modality_direction(d, m): report.ranks[(d, "recording")]
-                                 for d in ("brain_to_dna", "dna_to_brain")}
+                                 for d in DIRECTIONS}
             rows, labels = inputs.shared[split]["brain"].rows_of(subjects)
             if len(rows) > len(subjects):  # several recordings per subject: each recording is a query
-                rec = retrieval_report(rows, genetics, brain_subjects=labels, dna_subjects=subjects,
+                rec = retrieval_report(rows, genetics, brain_subjects=labels, genetics_subjects=subjects,
                                        **{**kw, "kway": None})
                 records += [library_record(r, m, **base, level="recording") for r in rec.records]
     return records, ranks
