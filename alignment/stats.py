@@ -67,6 +67,19 @@ def metric_name(*parts: str | None) -> str:
     return _UNSAFE.sub("_", name.replace("@", "_at_"))
 
 
+STATS = ("ci_low", "ci_high", "chance", "perm_mean", "perm_std", "p_value")
+
+
+def stat_name(name: str, stat: str | None = None) -> str:
+    """The metric name of `stat` of metric `name`: `<name>` itself, or `<name>_<stat>` (`R_at_1_chance`,
+    `R_at_1_ci_low`, `R_at_1_ci_high`, ...): the one spelling every report uses."""
+    if stat is None:
+        return name
+    if stat not in STATS:
+        raise ValueError(f"stat: expected one of {list(STATS)}, got {stat!r}")
+    return f"{name}_{stat}"
+
+
 def flatten_records(
     records: Sequence[Mapping[str, Any]],
     name_of: Callable[[Mapping[str, Any]], str],
@@ -84,5 +97,5 @@ def flatten_records(
         for field in fields:
             value = record.get(field)
             if value is not None and np.isfinite(value):
-                flat[f"{name}_{field}"] = float(value)
+                flat[stat_name(name, field)] = float(value)
     return flat

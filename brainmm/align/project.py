@@ -75,6 +75,7 @@ def evaluate_split(model: DualEncoder, data: SplitData, ci: bool = False) -> dic
     `ci` adds 95% bootstrap intervals over subjects (`<metric>_ci_low`, `<metric>_ci_high`).
     """
     from alignment.retrieval import bootstrap_rank_metrics, chance_metrics, pair_ranks, rank_metrics
+    from alignment.stats import stat_name
 
     subjects, brain = _subject_mean(brain_shared(model, data), data.subjects)
     row_of = {s: i for i, s in enumerate(data.subjects)}  # last row of each subject (genetics rows are equal)
@@ -89,10 +90,11 @@ def evaluate_split(model: DualEncoder, data: SplitData, ci: bool = False) -> dic
         for direction, ranks in zip((f"brain_to_{m}", f"{m}_to_brain"), pair_ranks(brain[keep], genetics)):
             for key, value in rank_metrics(ranks).items():
                 metrics[f"{direction}/{key}"] = value
-                metrics[f"{direction}/chance_{key}"] = chance[key]
+                metrics[stat_name(f"{direction}/{key}", "chance")] = chance[key]
             if ci:
                 for key, (low, high) in bootstrap_rank_metrics(ranks, n_boot=1000, seed=0).items():
-                    metrics[f"{direction}/{key}_ci_low"], metrics[f"{direction}/{key}_ci_high"] = low, high
+                    metrics[stat_name(f"{direction}/{key}", "ci_low")] = low
+                    metrics[stat_name(f"{direction}/{key}", "ci_high")] = high
         scores.append(0.5 * (metrics[f"brain_to_{m}/R_at_1"] + metrics[f"{m}_to_brain/R_at_1"]))
     metrics["score"] = float(np.mean(scores)) if scores else float("nan")
     return metrics

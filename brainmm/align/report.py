@@ -13,6 +13,7 @@ from alignment import (
     DistInfo,
     DualEncoder,
 )
+from alignment.stats import stat_name
 from brainmm.align.config import AlignConfig
 from brainmm.align.data import AlignData
 from brainmm.align.io import project_table, save_heads
@@ -177,12 +178,13 @@ def _model_card(cfg: AlignConfig, data: AlignData, metrics: dict[str, Any], core
     val = metrics["val"]
 
     def cell(d: str, key: str) -> str:
-        return f"{val[f'{d}/{key}']:.3f} [{val[f'{d}/{key}_ci_low']:.3f}, {val[f'{d}/{key}_ci_high']:.3f}]"
+        name = f"{d}/{key}"
+        return f"{val[name]:.3f} [{val[stat_name(name, 'ci_low')]:.3f}, {val[stat_name(name, 'ci_high')]:.3f}]"
 
     for d in sorted({k.split("/")[0] for k in val if "/" in k}):
-        lines.append(f"| {d} | {cell(d, 'R_at_1')} | {val[d + '/chance_R_at_1']:.3f} | {cell(d, 'R_at_10')} | "
-                     f"{val[d + '/chance_R_at_10']:.3f} | {val[d + '/median_rank']:.0f} "
-                     f"({val[d + '/chance_median_rank']:.0f}) |")
+        lines.append(f"| {d} | {cell(d, 'R_at_1')} | {val[stat_name(d + '/R_at_1', 'chance')]:.3f} | {cell(d, 'R_at_10')} | "
+                     f"{val[stat_name(d + '/R_at_10', 'chance')]:.3f} | {val[d + '/median_rank']:.0f} "
+                     f"({val[stat_name(d + '/median_rank', 'chance')]:.0f}) |")
     lines += ["", "## Config", "", "```yaml", dump_yaml(cfg).rstrip(), "```", ""]
     return "\n".join(lines)
 

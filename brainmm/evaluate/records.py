@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from alignment.stats import stat_name
 from brainmm.errors import BrainmmError
 from brainmm.tracking import sanitize_metric_name
 
@@ -90,7 +91,7 @@ def flat_metrics(table: pd.DataFrame) -> dict[str, float]:
         for f in FIELDS:
             value = getattr(row, f)
             if value is not None and math.isfinite(value):
-                flat[f"{row.name}_{f}"] = float(value)
+                flat[stat_name(row.name, f)] = float(value)
     for name in flat:
         check_metric_name(name)
     return flat
