@@ -38,7 +38,7 @@ _EXPORTS = {
     "rank_metrics": "alignment.retrieval",
     "chance_metrics": "alignment.retrieval",
     "bootstrap_rank_metrics": "alignment.retrieval",
-    "check_no_leakage": "alignment.retrieval",
+    "check_disjoint_splits": "alignment.retrieval",
     "probe_representations": "alignment.probes",
     "linear_probe": "alignment.probes",
     "ProbeReport": "alignment.probes",

@@ -36,7 +36,7 @@ KS = (1, 5, 10)
 
 
 
-def check_no_leakage(
+def check_disjoint_splits(
     query_ids: Sequence[Any],
     query_splits: Sequence[Any],
     gallery_ids: Sequence[Any] | None = None,
@@ -45,14 +45,14 @@ def check_no_leakage(
     """Raise AlignmentInputError naming the subject ids that carry more than one split label (either side)."""
     ids, splits = [np.asarray(query_ids, dtype=object)], [np.asarray(query_splits, dtype=object)]
     if (gallery_ids is None) != (gallery_splits is None):
-        raise AlignmentInputError("check_no_leakage: pass gallery_ids and gallery_splits together")
+        raise AlignmentInputError("check_disjoint_splits: pass gallery_ids and gallery_splits together")
     if gallery_ids is not None:
         ids.append(np.asarray(gallery_ids, dtype=object))
         splits.append(np.asarray(gallery_splits, dtype=object))
     for i, s in zip(ids, splits):
         if i.shape != s.shape or i.ndim != 1:
             raise AlignmentInputError(
-                f"check_no_leakage: {i.shape} ids for {s.shape} split labels (expected 1-D, equal length)"
+                f"check_disjoint_splits: {i.shape} ids for {s.shape} split labels (expected 1-D, equal length)"
             )
     seen: dict[Any, set[Any]] = {}
     for subject, split in zip(np.concatenate(ids), np.concatenate(splits)):

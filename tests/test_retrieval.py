@@ -12,7 +12,7 @@ from alignment.errors import AlignmentInputError
 from alignment.retrieval import (
     bootstrap_rank_metrics,
     chance_metrics,
-    check_no_leakage,
+    check_disjoint_splits,
     kway_top1,
     pair_ranks,
     positive_ranks,
@@ -259,6 +259,6 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 
 def test_leakage_guard_names_subjects() -> None:
-    check_no_leakage(["s1", "s2"], ["test", "test"], ["s1", "s3"], ["test", "test"])
+    check_disjoint_splits(["s1", "s2"], ["test", "test"], ["s1", "s3"], ["test", "test"])
     with pytest.raises(AlignmentInputError, match=r"\['s2'\]"):
-        check_no_leakage(["s1", "s2"], ["test", "test"], ["s2", "s3"], ["train", "test"])
+        check_disjoint_splits(["s1", "s2"], ["test", "test"], ["s2", "s3"], ["train", "test"])

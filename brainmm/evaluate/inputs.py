@@ -218,7 +218,7 @@ def _side(path: str, where: str) -> Side:
 
 def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
     """Read and check the inputs of an evaluation (NaN rows, leakage between splits, phenotype columns)."""
-    from alignment.retrieval import check_no_leakage
+    from alignment.retrieval import check_disjoint_splits
     from brainmm.align import load_heads
     from brainmm.data.splits import load_split
 
@@ -254,7 +254,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
             if stem.with_name(key + ".json").is_file():
                 sides[key] = _side(str(stem), f"shared-space {key} embeddings of split {name!r}")
                 # leakage guard: every subject of this table must belong to this split in the split table
-                check_no_leakage(sides[key].subjects, [name] * len(sides[key].subjects), split_subjects, split_labels)
+                check_disjoint_splits(sides[key].subjects, [name] * len(sides[key].subjects), split_subjects, split_labels)
         shared[name] = sides
     for name in cfg.retrieval.splits:
         if not any(_pairs_in(shared.get(name, {}), m) for m in modalities):
@@ -277,7 +277,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
                                f"probes.group_col / figures.color_by); available: {available}")
         if "split" in cohort.columns:  # a cohort written by ingestion carries the split: it must agree
             known = cohort["split"].notna()
-            check_no_leakage(cohort.loc[known, "subject_id"].astype(str).tolist(),
+            check_disjoint_splits(cohort.loc[known, "subject_id"].astype(str).tolist(),
                              cohort.loc[known, "split"].astype(str).tolist(), split_subjects, split_labels)
         phenotypes = subject_phenotypes(cohort, columns, cohort_path, text=[cfg.probes.group_col])
 
