@@ -3,7 +3,7 @@
 Each size gets an on-disk fMRI dataset (ingested with `brainmm.data.fmri.ingest` from .npy files: V parcels x T
 time points per recording, two recordings per subject) and is embedded by a tiny random-init BrainLM in its own
 subprocess with a fresh cache, so the peak RSS (`ru_maxrss`) is that run's alone. Printed per size: wall time,
-peak RSS, its growth over the footprint just before `run_embed` (libraries imported), and the peak of the process's
+peak RSS, its growth over the footprint just before `run_brain_embed` (libraries imported), and the peak of the process's
 anonymous (private, non-file) memory sampled every 5 ms. Peak RSS also counts the pages of the memory-mapped
 Arrow file that were read (page cache, reclaimable, proportional to the data read); the anonymous peak is the
 memory the process itself holds. Streaming means the anonymous peak does not grow with N.
@@ -78,12 +78,12 @@ def worker(args: argparse.Namespace) -> None:
     """Embed one dataset with a fresh cache; print JSON with time and memory figures (MiB)."""
     import threading
 
-    import datasets  # noqa: F401 (everything run_embed imports lazily, so the baseline includes the libraries)
+    import datasets  # noqa: F401 (everything run_brain_embed imports lazily, so the baseline includes the libraries)
     import transformers  # noqa: F401
 
     import brainmm.data.fmri.windows  # noqa: F401
     import encoders.brainlm  # noqa: F401
-    from brainmm.embed import EmbedConfig, run_embed
+    from brainmm.embed import EmbedConfig, run_brain_embed
 
     root = Path(args.workdir)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -104,7 +104,7 @@ def worker(args: argparse.Namespace) -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start = time.perf_counter()
-        result = run_embed(cfg)
+        result = run_brain_embed(cfg)
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()

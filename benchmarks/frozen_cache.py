@@ -136,14 +136,14 @@ def main() -> None:
 
     os.environ.setdefault("BRAINMM_QUIET", "1")
     from brainmm.data.fmri import FmriDataset
-    from brainmm.embed import EmbedConfig, run_embed
+    from brainmm.embed import EmbedConfig, run_brain_embed
     from encoders.brainlm import BrainLMModel
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         dataset, model_dir = make_inputs(root, args.recordings, args.shape)
         t0 = time.perf_counter()
-        result = run_embed(EmbedConfig(model=str(model_dir), dataset=str(dataset), device="cpu",
+        result = run_brain_embed(EmbedConfig(model=str(model_dir), dataset=str(dataset), device="cpu",
                                        batch_size=args.batch_size, cache_dir=str(root / "cache"),
                                        out=str(root / "brain")))
         embed_seconds = time.perf_counter() - t0

@@ -14,7 +14,7 @@ import torch
 import yaml
 from test_pretrain import TINY_ARCH, WINDOW, V, make_dataset  # the pytest rootdir/tests folder is on sys.path
 
-from brainmm.embed import EmbedConfig, StreamingTable, run_embed
+from brainmm.embed import EmbedConfig, StreamingTable, run_brain_embed
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 
@@ -43,7 +43,7 @@ def test_recording_vectors_are_means_of_tiled_windows_and_subjects_average_recor
     from brainmm.data.fmri import FmriDataset
     from encoders.brainlm import BrainLMModel
 
-    result = run_embed(config(setup, "a", pooling="mean"))
+    result = run_brain_embed(config(setup, "a", pooling="mean"))
     assert not result.cache_hit and result.num_recordings == 5
     table = EmbeddingTable.load(result.recordings)
     ds = FmriDataset.load(setup["dataset"])
@@ -69,7 +69,7 @@ def test_recording_vectors_are_means_of_tiled_windows_and_subjects_average_recor
 
 
 def test_second_call_reads_the_cache_without_running_the_model(setup, monkeypatch):
-    first = run_embed(config(setup, "b"))
+    first = run_brain_embed(config(setup, "b"))
     import brainmm.embed.extract as extract
 
     def refuse(*args, **kwargs):
@@ -77,18 +77,18 @@ def test_second_call_reads_the_cache_without_running_the_model(setup, monkeypatc
 
     monkeypatch.setattr(extract, "load_brainlm", refuse)
     monkeypatch.setattr(extract, "_embed_part", refuse)
-    second = run_embed(config(setup, "c"))
+    second = run_brain_embed(config(setup, "c"))
     assert second.cache_hit and second.cache_entry == first.cache_entry
     a, b = EmbeddingTable.load(first.recordings), EmbeddingTable.load(second.recordings)
     assert a.ids == b.ids and np.array_equal(a.vectors, b.vectors) and a.meta == b.meta
     # the model's own window spelled out is the same entry as `num_timepoints: null`
-    assert run_embed(config(setup, "c2", num_timepoints=WINDOW)).cache_entry == first.cache_entry
+    assert run_brain_embed(config(setup, "c2", num_timepoints=WINDOW)).cache_entry == first.cache_entry
     with pytest.raises(AssertionError, match="must not be loaded"):  # another pooling is another key
-        run_embed(config(setup, "d", pooling="time_then_voxel"))
+        run_brain_embed(config(setup, "d", pooling="time_then_voxel"))
 
 
 def test_two_torchrun_processes_give_the_one_process_table(setup, tmp_path):
-    one = run_embed(config(setup, "one"))
+    one = run_brain_embed(config(setup, "one"))
     cfg = config(setup, "two", cache_dir=str(tmp_path / "cache2"))
     path = tmp_path / "embed.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in vars(cfg).items()}))
@@ -117,10 +117,10 @@ def test_vit_checkpoint_needs_y_ordered_424_parcels_and_embeds(tmp_path):
     BrainLMViTForPretraining(vit_cfg).save_pretrained(tmp_path / "vit")
     small = make_dataset(tmp_path / "small", n_subjects=5)
     with pytest.raises(BrainmmError, match="'time_then_voxel' is not available for a ViT-MAE"):
-        run_embed(EmbedConfig(model=str(tmp_path / "vit"), dataset=str(small), pooling="time_then_voxel",
+        run_brain_embed(EmbedConfig(model=str(tmp_path / "vit"), dataset=str(small), pooling="time_then_voxel",
                               cache_dir=str(tmp_path / "c"), out=str(tmp_path / "o" / "x")))
     with pytest.raises(BrainmmError, match="has 8 parcels .* num_brain_voxels=424"):
-        run_embed(EmbedConfig(model=str(tmp_path / "vit"), dataset=str(small), cache_dir=str(tmp_path / "c"),
+        run_brain_embed(EmbedConfig(model=str(tmp_path / "vit"), dataset=str(small), cache_dir=str(tmp_path / "c"),
                               out=str(tmp_path / "o" / "x")))
 
     from brainmm.data.fmri import IngestConfig, ingest
@@ -137,7 +137,7 @@ def test_vit_checkpoint_needs_y_ordered_424_parcels_and_embeds(tmp_path):
     (src / "coords.tsv").write_text("x\ty\tz\n" + "\n".join("\t".join(map(str, c)) for c in coords) + "\n")
     big = ingest(src / "cohort.csv", tmp_path / "big", IngestConfig(coords=src / "coords.tsv", num_timepoints=200,
                                                                     parcel_order="y", tr=0.72))
-    result = run_embed(EmbedConfig(model=str(tmp_path / "vit"), dataset=str(big), pooling="mean", batch_size=4,
+    result = run_brain_embed(EmbedConfig(model=str(tmp_path / "vit"), dataset=str(big), pooling="mean", batch_size=4,
                                    cache_dir=str(tmp_path / "c"), out=str(tmp_path / "o" / "vit")))
     table = EmbeddingTable.load(result.recordings)
     assert table.vectors.shape == (5, 16) and table.meta["model_type"] == "vit_mae"
@@ -155,13 +155,13 @@ def test_vit_checkpoint_needs_y_ordered_424_parcels_and_embeds(tmp_path):
 
 def test_bad_inputs_give_one_clear_error(setup, tmp_path):
     with pytest.raises(BrainmmError, match="'model': .*nowhere is not a folder"):
-        run_embed(EmbedConfig(model=str(tmp_path / "nowhere"), dataset=str(setup["dataset"])))
+        run_brain_embed(EmbedConfig(model=str(tmp_path / "nowhere"), dataset=str(setup["dataset"])))
     with pytest.raises(BrainmmError, match="no config.json"):
-        run_embed(EmbedConfig(model=str(tmp_path), dataset=str(setup["dataset"]), cache_dir=str(tmp_path / "c")))
+        run_brain_embed(EmbedConfig(model=str(tmp_path), dataset=str(setup["dataset"]), cache_dir=str(tmp_path / "c")))
     with pytest.raises(BrainmmError, match="num_timepoints': 32 is not a multiple of .* 5"):
-        run_embed(config(setup, "e", num_timepoints=32, cache_dir=str(tmp_path / "c")))
+        run_brain_embed(config(setup, "e", num_timepoints=32, cache_dir=str(tmp_path / "c")))
     with pytest.raises(BrainmmError, match="fewer than the window of 80"):
-        run_embed(config(setup, "f", num_timepoints=80, cache_dir=str(tmp_path / "c")))
+        run_brain_embed(config(setup, "f", num_timepoints=80, cache_dir=str(tmp_path / "c")))
     from brainmm.config import load_config
 
     with pytest.raises(BrainmmError, match="'pooling': expected one of 'cls', 'mean', 'time_then_voxel'"):

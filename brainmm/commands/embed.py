@@ -15,10 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _embed(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
-    from brainmm.embed import EmbedConfig, run_embed
+    from brainmm.embed import EmbedConfig, run_brain_embed
 
     cfg = load_config(EmbedConfig, args.config, args.overrides)
-    result = run_embed(cfg)
+    result = run_brain_embed(cfg)
     if result is not None:  # rank 0
         state = "cached" if result.cache_hit else "computed"
         print(f"{result.recordings} ({result.num_recordings} recordings, {state})")

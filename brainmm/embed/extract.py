@@ -60,7 +60,7 @@ def _stem(path: str | Path) -> Path:
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
-def run_embed(cfg: EmbedConfig) -> EmbedResult | None:
+def run_brain_embed(cfg: EmbedConfig) -> EmbedResult | None:
     """The whole stage; returns the result on rank 0 (None on other ranks) after writing the tables to `cfg.out`."""
     cfg = replace(cfg, **{k: str(Path(getattr(cfg, k)).expanduser()) for k in ("model", "dataset", "cache_dir", "out")
                           if getattr(cfg, k)})

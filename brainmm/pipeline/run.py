@@ -224,10 +224,10 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
         return result
 
     def embed(rec: StageRecord) -> Any:
-        from brainmm.embed import run_embed
+        from brainmm.embed import run_brain_embed
 
         rec.output = c.embed.out
-        result = run_embed(c.embed)
+        result = run_brain_embed(c.embed)
         rec.extra = {"cache_hit": result.cache_hit, "recordings": result.num_recordings,
                      "subjects": result.num_subjects}
         return result
@@ -240,10 +240,10 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
             rec.output = g.matrix.out
             table = run_matrix(g.matrix)
         else:
-            from brainmm.data.genetics import run_embed as run_dna
+            from brainmm.data.genetics import run_embed as run_genetics_embed
 
             rec.output = g.dna.out
-            table = run_dna(g.dna)
+            table = run_genetics_embed(g.dna)
         rec.extra = {"subjects": len(table.ids), "dim": table.dim}
         return table
 

@@ -396,15 +396,15 @@ def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = 
     """Embeddings of every recording of `data` by the frozen `cfg.checkpoint`, from the `brainmm embed` cache.
 
     One vector per recording: the mean over its tiled windows (the embedding the trainable tower uses for
-    evaluation). `brainmm.embed.run_embed` computes it once (every torchrun rank a slice) and caches it under
+    evaluation). `brainmm.embed.run_brain_embed` computes it once (every torchrun rank a slice) and caches it under
     `cfg.cache_dir` by model hash, dataset hash, pooling and window length; later runs read it without running the
     model. Keyed by recording, with `meta.subject_id`. Call it on every rank.
     """
     from brainmm.distributed import broadcast_object
-    from brainmm.embed import EmbedConfig, run_embed
+    from brainmm.embed import EmbedConfig, run_brain_embed
 
-    with tempfile.TemporaryDirectory() as tmp:  # run_embed also publishes a copy; the cache entry is what we read
-        result = run_embed(EmbedConfig(
+    with tempfile.TemporaryDirectory() as tmp:  # run_brain_embed also publishes a copy; the cache entry is what we read
+        result = run_brain_embed(EmbedConfig(
             model=str(cfg.checkpoint), dataset=str(cfg.dataset), pooling=cfg.pooling,
             num_timepoints=data.num_timepoints, batch_size=cfg.eval_batch_size, device=device,
             cache_dir=cfg.cache_dir or None, out=str(Path(tmp) / "brain")))
