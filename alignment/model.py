@@ -12,7 +12,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,14 @@ class AlignmentOutput:
 
 def _trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
+
+
+def keep_frozen_in_eval(modules: Iterable[nn.Module]) -> None:
+    """The one rule for frozen parts: a module whose parameters are all frozen stays in eval mode (no dropout, no
+    batch-norm statistics updates), whatever mode its parent is put in."""
+    for module in modules:
+        if not _trainable(module):
+            module.eval()
 
 
 class DualEncoder(nn.Module):
@@ -133,9 +141,7 @@ class DualEncoder(nn.Module):
     def train(self, mode: bool = True) -> DualEncoder:
         """Like nn.Module.train, but fully frozen towers stay in eval mode (no dropout/batch-norm updates)."""
         super().train(mode)
-        for tower in [self.brain_tower, *self.genetics_towers.values()]:
-            if not _trainable(tower):
-                tower.eval()
+        keep_frozen_in_eval([self.brain_tower, *self.genetics_towers.values()])
         return self
 
     def heads_config(self) -> dict[str, Any]:

@@ -11,45 +11,33 @@ from alignment import (
     DualEncoder,
 )
 from brainmm.align.data import SplitData
+from brainmm.train.common import batched_outputs, eval_mode
 
 # ------------------------------------------------------------------------------------------ projection
 
 
-@torch.no_grad()
 def project(model: DualEncoder, modality: str, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Shared-space (L2-normalised) embeddings of inputs `x` for 'brain' or a genetics modality, in eval mode."""
-    was_training = model.training
-    model.eval()
-    device = model.logit_scale.device
-    encode = model.encode_brain if modality == "brain" else (lambda t: model.encode_genetics(modality, t))
-    out = [encode(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        encode = model.encode_brain if modality == "brain" else (lambda t: model.encode_genetics(modality, t))
+        out = batched_outputs(encode, x, model.logit_scale.device, batch_size)
     return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
 
 
-@torch.no_grad()
 def project_brain_features(model: DualEncoder, h: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Shared-space embeddings of brain tower outputs `h` [N, D] (the head only), in eval mode."""
-    was_training = model.training
-    model.eval()
-    device = model.logit_scale.device
-    out = [F.normalize(model.brain_head(h[i : i + batch_size].to(device)), dim=-1).float().cpu()
-           for i in range(0, h.shape[0], batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        out = batched_outputs(lambda b: F.normalize(model.brain_head(b), dim=-1), h, model.logit_scale.device,
+                              batch_size)
     return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
 
 
-@torch.no_grad()
 def tower_outputs(tower: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Outputs of a (table: identity) tower for inputs `x`, in eval mode, on CPU."""
     if isinstance(tower, nn.Identity):
         return x
-    was_training = tower.training
-    tower.eval()
-    device = next(tower.parameters()).device
-    out = [tower(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
-    tower.train(was_training)
-    return torch.cat(out)
+    with eval_mode(tower):
+        return torch.cat(batched_outputs(tower, x, next(tower.parameters()).device, batch_size))
 
 
 def brain_shared(model: DualEncoder, data: SplitData) -> torch.Tensor:

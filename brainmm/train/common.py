@@ -40,10 +40,12 @@ __all__ = [
     "PRECISIONS",
     "WarmupCosine",
     "autocast",
+    "batched_outputs",
     "check_finite",
     "capture_rng_state",
     "check_run_dir",
     "check_tracking",
+    "eval_mode",
     "load_checkpoint",
     "precision_of",
     "restore_rng_state",
@@ -119,6 +121,24 @@ def check_finite(value: torch.Tensor, world_size: int, message: Callable[[], str
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     if not bool(ok):
         raise BrainmmError(message())
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`module` in eval mode, without gradients, for the block; its training mode is restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+def batched_outputs(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
+                    batch_size: int = 4096) -> list[torch.Tensor]:
+    """`fn` over row batches of `x` moved to `device`; each output as float32 on the CPU (call inside `eval_mode`)."""
+    return [fn(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
 
 
 # -------------------------------------------------------------------------------------------- checkpoints

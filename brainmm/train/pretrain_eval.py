@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from brainmm.distributed import DistInfo, all_reduce_sum, shard_range
 from brainmm.train.common import (
     autocast,
+    eval_mode,
     precision_of,
 )
 from brainmm.train.pretrain_config import PretrainEvalConfig
@@ -114,15 +115,13 @@ def _reconstruct(model: nn.Module, windows: Dataset, idx: list[int], cfg: Pretra
 def evaluate(model: nn.Module, windows: Dataset, mean: torch.Tensor, cfg: PretrainEvalConfig, info: DistInfo,
              amp: bool) -> dict[str, float]:
     """Masked-reconstruction metrics and baselines over `windows` (sharded over ranks, sums all-reduced)."""
-    was_training = model.training
-    model.eval()
     mine = list(shard_range(len(windows), info.rank, info.world_size))
     sums = torch.zeros(len(SUMS), dtype=torch.float64, device=info.device)
-    for start in range(0, len(mine), cfg.batch_size):
-        _, signal, pred, masked = _reconstruct(model, windows, mine[start : start + cfg.batch_size], cfg,
-                                               info.device, amp)
-        sums += masked_sums(signal, pred, masked, mean)
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(mine), cfg.batch_size):
+            _, signal, pred, masked = _reconstruct(model, windows, mine[start : start + cfg.batch_size], cfg,
+                                                   info.device, amp)
+            sums += masked_sums(signal, pred, masked, mean)
     metrics = metrics_from_sums(all_reduce_sum(sums))
     metrics["num_windows"] = float(len(windows))
     return metrics
@@ -132,10 +131,8 @@ def evaluate(model: nn.Module, windows: Dataset, mean: torch.Tensor, cfg: Pretra
 def example_window(model: nn.Module, windows: Dataset, cfg: PretrainEvalConfig, device: torch.device,
                    amp: bool) -> Example:
     """Window 0 of `windows` reconstructed with its evaluation noise (for the figure)."""
-    was_training = model.training
-    model.eval()
-    items, signal, pred, masked = _reconstruct(model, windows, [0], cfg, device, amp)
-    model.train(was_training)
+    with eval_mode(model):
+        items, signal, pred, masked = _reconstruct(model, windows, [0], cfg, device, amp)
     return Example(items[0]["recording_id"], int(items[0]["start"]), signal[0].cpu().numpy(), pred[0].cpu().numpy(),
                    masked[0].cpu().numpy())
 

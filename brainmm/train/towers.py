@@ -28,7 +28,7 @@ from torch import nn
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_dir, atomic_write_json
-from brainmm.train.common import autocast, precision_of
+from brainmm.train.common import autocast, eval_mode, precision_of
 from encoders.weights import quiet_transformers
 
 if TYPE_CHECKING:
@@ -160,11 +160,11 @@ class Tower(nn.Module, ABC):
 
     def train(self, mode: bool = True) -> Tower:
         """Like nn.Module.train, but batch norms whose parameters are all frozen keep their running statistics."""
+        from alignment.model import keep_frozen_in_eval
+
         super().train(mode)
-        for m in self.modules():
-            params = list(m.parameters())
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
-                m.eval()
+        keep_frozen_in_eval(m for m in self.modules()
+                            if isinstance(m, nn.modules.batchnorm._BatchNorm) and list(m.parameters()))
         return self
 
 
@@ -258,9 +258,7 @@ class BrainLMTower(Tower):
         device = self.xyz.device
         sums = torch.zeros(len(positions), self.out_dim, dtype=torch.float64, device=device)
         counts = torch.zeros(len(positions), dtype=torch.float64, device=device)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 signal = torch.stack([windows[j]["signal_vectors"] for j in chunk]).to(device, non_blocking=True)
@@ -269,8 +267,6 @@ class BrainLMTower(Tower):
                 rows = torch.tensor([slot[int(windows.items[j, 0])] for j in chunk], device=device)
                 sums.index_add_(0, rows, h.double())  # on the device: no host sync per batch
                 counts.index_add_(0, rows, torch.ones(len(chunk), dtype=torch.float64, device=device))
-        finally:
-            self.train(was_training)
         return (sums / counts.clamp_min(1).unsqueeze(1)).float().cpu()
 
     def save(self, folder: str | Path, meta: dict[str, Any] | None = None, weights: bool = True) -> Path:
