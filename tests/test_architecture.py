@@ -93,3 +93,12 @@ def test_no_source_file_over_600_lines() -> None:
     long = {str(p.relative_to(REPO)): n for r in roots for p in (REPO / r).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_evaluation_and_pipeline_use_only_the_align_public_api() -> None:
+    private = {str(p.relative_to(REPO)): sorted(m for m in _imports(p) if m.startswith("brainmm.align."))
+               for d in ("evaluate", "pipeline", "commands") for p in (REPO / "brainmm" / d).rglob("*.py")}
+    public = set(__import__("brainmm.align", fromlist=["__all__"]).__all__)
+    # `from brainmm.align import X` records "brainmm.align.X": allowed only for names of brainmm/align/__init__.py
+    bad = {f: [m for m in mods if m.split(".")[2] not in public] for f, mods in private.items()}
+    assert {f: m for f, m in bad.items() if m} == {}
