@@ -75,7 +75,7 @@ def test_second_call_reads_the_cache_without_running_the_model(setup, monkeypatc
     def refuse(*args, **kwargs):
         raise AssertionError("the model must not be loaded or run on a cache hit")
 
-    monkeypatch.setattr(extract, "load_brainlm", refuse)
+    monkeypatch.setattr(extract, "load_frozen_brainlm", refuse)
     monkeypatch.setattr(extract, "_embed_part", refuse)
     second = run_brain_embed(config(setup, "c"))
     assert second.cache_hit and second.cache_entry == first.cache_entry

@@ -8,7 +8,7 @@
 from brainmm.embed.cache import StreamingTable, cache_key, dataset_hash
 from brainmm.embed.config import EmbedConfig
 from brainmm.embed.extract import EmbedResult, default_cache_dir, run_brain_embed
-from brainmm.embed.model import FrozenBrainLM, load_brainlm, model_hash
+from brainmm.embed.model import FrozenBrainLM, load_brainlm_encoder, load_frozen_brainlm, model_hash
 
 __all__ = [
     "EmbedConfig",
@@ -18,7 +18,8 @@ __all__ = [
     "cache_key",
     "dataset_hash",
     "default_cache_dir",
-    "load_brainlm",
+    "load_brainlm_encoder",
+    "load_frozen_brainlm",
     "model_hash",
     "run_brain_embed",
 ]

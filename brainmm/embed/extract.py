@@ -28,7 +28,13 @@ from brainmm.config import save_config
 from brainmm.distributed import DistInfo, barrier, broadcast_object, distributed, shard_range
 from brainmm.embed.cache import StreamingTable, cache_key, dataset_hash, entry_dir, is_complete
 from brainmm.embed.config import EmbedConfig
-from brainmm.embed.model import FrozenBrainLM, default_window, load_brainlm, model_hash, read_model_config
+from brainmm.embed.model import (
+    FrozenBrainLM,
+    default_window,
+    load_frozen_brainlm,
+    model_hash,
+    read_model_config,
+)
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json
 
@@ -92,7 +98,7 @@ def _run(cfg: EmbedConfig, info: DistInfo) -> EmbedResult | None:
         LOG.info("embed: cached tables found in %s (the model is not run)", entry)
         return _publish(cfg, entry, True) if info.is_main else None
 
-    frozen = load_brainlm(cfg.model, info.device, cfg.pooling)
+    frozen = load_frozen_brainlm(cfg.model, info.device, cfg.pooling)
     num_t = _window(cfg, frozen, ds)
     windows = ds.windows(None, num_t, mode="tiled")
     rec_ids = ds.recording_ids(None)

@@ -94,7 +94,33 @@ class FrozenBrainLM:
         return self.model.encode(signal, xyz, pooling=pooling).float()
 
 
-def load_brainlm(folder: str | Path, device: torch.device, pooling: str) -> FrozenBrainLM:
+def load_brainlm_encoder(checkpoint: str | Path,
+                         where: str = "align config field 'towers.brain.checkpoint'") -> Any:
+    """The BrainLM encoder (decoder dropped) of a `brainlm_mae` checkpoint folder, float32, eval mode: the one
+    loader of Nystromformer BrainLM checkpoints (align towers, frozen embedding).
+
+    `where` starts every error message (which field or file named the checkpoint).
+    """
+    from encoders.brainlm import BrainLMModel
+    from encoders.brainlm.loading import checkpoint_model_type
+    from encoders.errors import EncoderInputError
+    from encoders.weights import quiet_transformers
+
+    try:
+        model_type = checkpoint_model_type(checkpoint)
+        if model_type != "brainlm_mae":
+            raise BrainmmError(
+                f"{where}: {checkpoint} is a {model_type} BrainLM; the brainlm tower runs "
+                "brainlm_mae (Nystromformer) checkpoints; embed ViT-MAE models first and use towers.brain.kind: table"
+            )
+        with quiet_transformers():
+            model = BrainLMModel.from_pretrained(checkpoint)
+    except EncoderInputError as err:
+        raise BrainmmError(f"{where}: {err}") from None
+    return model.float().eval()
+
+
+def load_frozen_brainlm(folder: str | Path, device: torch.device, pooling: str) -> FrozenBrainLM:
     """Load a BrainLM checkpoint folder (either architecture) for embedding, in eval mode on `device`."""
     config = read_model_config(folder)
     if config["model_type"] == "vit_mae":
@@ -106,9 +132,8 @@ def load_brainlm(folder: str | Path, device: torch.device, pooling: str) -> Froz
         model = BrainLMViTForPretraining.from_pretrained(folder)
         frozen = FrozenBrainLM("vit_mae", model, NUM_PARCELS, NUM_TIMEPOINTS, "y", None)
     else:
-        from encoders.brainlm import BrainLMModel
-
-        model = BrainLMModel.from_pretrained(folder)  # the encoder only: a pretraining checkpoint's decoder is skipped
+        # the encoder only: a pretraining checkpoint's decoder is skipped
+        model = load_brainlm_encoder(folder, where="embed config field 'model'")
         c = model.config
         frozen = FrozenBrainLM("brainlm_mae", model, c.num_brain_voxels, c.num_timepoints_per_voxel, None,
                                c.timepoint_patching_size)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainmm.embed.model import load_brainlm_encoder
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_dir, atomic_write_json
@@ -185,30 +186,6 @@ def set_trainable(tower: Tower, trainable: str, last_n: int, where: str) -> list
 
 
 # ------------------------------------------------------------------------------------------- BrainLM
-
-
-def load_brainlm_encoder(checkpoint: str | Path,
-                         where: str = "align config field 'towers.brain.checkpoint'") -> BrainLMModel:
-    """The BrainLM encoder (decoder dropped) of a `brainlm_mae` checkpoint folder, float32, eval mode.
-
-    `where` starts every error message (which field or file named the checkpoint).
-    """
-    from encoders.brainlm import BrainLMModel
-    from encoders.brainlm.loading import checkpoint_model_type
-    from encoders.errors import EncoderInputError
-
-    try:
-        model_type = checkpoint_model_type(checkpoint)
-        if model_type != "brainlm_mae":
-            raise BrainmmError(
-                f"{where}: {checkpoint} is a {model_type} BrainLM; the brainlm tower runs "
-                "brainlm_mae (Nystromformer) checkpoints; embed ViT-MAE models first and use towers.brain.kind: table"
-            )
-        with quiet_transformers():
-            model = BrainLMModel.from_pretrained(checkpoint)
-    except EncoderInputError as err:
-        raise BrainmmError(f"{where}: {err}") from None
-    return model.float().eval()
 
 
 class BrainLMTower(Tower):
