@@ -10,7 +10,7 @@ from alignment import (
     HeadConfig,
     LossConfig,
 )
-from brainmm.align.towers import tower_kind
+from brainmm.align.towers import check_towers, tower_kind
 from brainmm.errors import BrainmmError
 from brainmm.tracking import TrackingConfig
 from brainmm.train.towers import (
@@ -91,7 +91,7 @@ class AlignConfig:
                     f"align config field 'data.genetics.{modality}': modality names must be identifiers "
                     "(letters, digits, _) other than 'brain'"
                 )
-        self.towers.validate()
+        check_towers(self.towers)
         for modality in self.towers.genetics:
             if modality not in self.data.genetics:
                 raise BrainmmError(

@@ -52,6 +52,9 @@ class TowerKind:
     sides: ClassVar[tuple[str, ...]] = ()
     has_model: ClassVar[bool] = True
 
+    def check(self, cfg: Any, side: str, where: str) -> None:
+        """Field checks of a tower section (`towers.brain`, `towers.genetics.<m>`) that need no files."""
+
     def build_brain(self, cfg: Any, device: str) -> BrainSide:
         """The brain side of a run (inputs, tower) from the align config."""
         raise BrainmmError(f"tower kind {self.name!r} cannot be the brain tower")
@@ -113,6 +116,23 @@ def kind_of(module: nn.Module) -> TowerKind | None:
     return None
 
 
+def check_towers(towers: Any) -> None:
+    """Check every tower section of a `TowersConfig` through its kind."""
+    tower_kind(towers.brain.kind, "brain").check(towers.brain, "brain", "towers.brain")
+    for m, tower in towers.genetics.items():
+        tower_kind(tower.kind, "genetics").check(tower, "genetics", f"towers.genetics.{m}")
+
+
+def _check_trainable(trainable: str, last_n: int, lr: float | None, where: str) -> None:
+    if trainable == "last_n" and last_n < 1:
+        raise BrainmmError(f"align config field '{where}.last_n': trainable: last_n needs last_n >= 1, got {last_n}")
+    if trainable != "last_n" and last_n != 0:
+        raise BrainmmError(f"align config field '{where}.last_n': only used with trainable: last_n (got trainable: "
+                           f"{trainable}); remove it or set trainable: last_n")
+    if lr is not None and not lr > 0:
+        raise BrainmmError(f"align config field '{where}.lr': expected > 0 or null (= train.lr), got {lr}")
+
+
 # ------------------------------------------------------------------------------------------------ kinds
 
 
@@ -121,6 +141,18 @@ class TableTower(TowerKind):
     """No model: an embedding table's vectors feed the head."""
 
     has_model = False
+
+    def check(self, cfg: Any, side: str, where: str) -> None:
+        if side == "brain":
+            given = [k for k in ("checkpoint", "dataset") if getattr(cfg, k)]
+            if cfg.trainable != "frozen":
+                given.append("trainable")
+            if given:
+                raise BrainmmError(f"align config field '{where}.{given[0]}': a table tower has no model to load or "
+                                   "train; set kind: brainlm to use a BrainLM checkpoint")
+        elif cfg.checkpoint:
+            raise BrainmmError(f"align config field '{where}.checkpoint': a table tower has no model; set "
+                               "kind: genotype_mlp")
 
     def build_brain(self, cfg: Any, device: str) -> BrainSide:
         return BrainSide()
@@ -143,6 +175,17 @@ class BrainLMKind(TowerKind):
     """A BrainLM encoder on an fMRI dataset: frozen (its embeddings computed once), last N layers or full."""
 
     tower_class = BrainLMTower
+
+    def check(self, cfg: Any, side: str, where: str) -> None:
+        for name in ("checkpoint", "dataset"):
+            if not getattr(cfg, name):
+                raise BrainmmError(f"align config field '{where}.{name}': kind brainlm needs it, got nothing")
+        if cfg.num_timepoints < 0:
+            raise BrainmmError(f"align config field '{where}.num_timepoints': expected >= 0 (0 = the dataset's), "
+                               f"got {cfg.num_timepoints}")
+        if cfg.eval_batch_size < 1:
+            raise BrainmmError(f"align config field '{where}.eval_batch_size': expected >= 1, got {cfg.eval_batch_size}")
+        _check_trainable(cfg.trainable, cfg.last_n, cfg.lr, where)
 
     def build_brain(self, cfg: Any, device: str) -> BrainSide:
         from brainmm.align.data import BrainRows, check_table_finite
@@ -198,6 +241,15 @@ class GenotypeMLPKind(TowerKind):
     """A genotype MLP (ContIG-style) on a dosage-matrix table; input scaling fitted on the train split."""
 
     tower_class = GenotypeTower
+
+    def check(self, cfg: Any, side: str, where: str) -> None:
+        if cfg.n_snps < 0:
+            raise BrainmmError(f"align config field '{where}.n_snps': expected >= 0 (0 = the table's width), "
+                               f"got {cfg.n_snps}")
+        if cfg.trainable == "frozen" and not cfg.checkpoint:
+            raise BrainmmError(f"align config field '{where}.trainable': a frozen genotype_mlp needs a trained "
+                               "'checkpoint' (a frozen random MLP learns nothing)")
+        _check_trainable(cfg.trainable, cfg.last_n, cfg.lr, where)
 
     def build_genetics(self, cfg: Any, modality: str, table: Any, train_rows: list[int]) -> nn.Module | None:
         g, where = cfg.towers.genetics_tower(modality), f"towers.genetics.{modality}"

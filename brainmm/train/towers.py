@@ -60,26 +60,6 @@ class BrainTowerConfig:
     eval_batch_size: int = 64  # windows per forward pass when embedding tiled windows
     cache_dir: str = ""  # `brainmm embed` cache for a frozen tower; "" = <brainmm data dir>/brain-embeddings
 
-    def check(self, where: str = "towers.brain") -> None:
-        """Field checks that need no files (run by `TowersConfig.validate`)."""
-        if self.kind == "table":
-            given = [k for k in ("checkpoint", "dataset") if getattr(self, k)]
-            if self.trainable != "frozen":
-                given.append("trainable")
-            if given:
-                raise BrainmmError(f"align config field '{where}.{given[0]}': a table tower has no model to load or "
-                                   "train; set kind: brainlm to use a BrainLM checkpoint")
-            return
-        for name in ("checkpoint", "dataset"):
-            if not getattr(self, name):
-                raise BrainmmError(f"align config field '{where}.{name}': kind brainlm needs it, got nothing")
-        if self.num_timepoints < 0:
-            raise BrainmmError(f"align config field '{where}.num_timepoints': expected >= 0 (0 = the dataset's), "
-                               f"got {self.num_timepoints}")
-        if self.eval_batch_size < 1:
-            raise BrainmmError(f"align config field '{where}.eval_batch_size': expected >= 1, got {self.eval_batch_size}")
-        _check_trainable(self.trainable, self.last_n, self.lr, where)
-
 
 @dataclass
 class GeneticsTowerConfig:
@@ -101,21 +81,6 @@ class GeneticsTowerConfig:
     last_n: int = 0  # with trainable: last_n, the last N Linear blocks train (the output Linear is one)
     lr: float | None = None  # tower learning rate (null: train.lr)
 
-    def check(self, where: str) -> None:
-        """Field checks that need no files (run by `TowersConfig.validate`)."""
-        if self.kind == "table":
-            if self.checkpoint:
-                raise BrainmmError(f"align config field '{where}.checkpoint': a table tower has no model; set "
-                                   "kind: genotype_mlp")
-            return
-        if self.n_snps < 0:
-            raise BrainmmError(f"align config field '{where}.n_snps': expected >= 0 (0 = the table's width), "
-                               f"got {self.n_snps}")
-        if self.trainable == "frozen" and not self.checkpoint:
-            raise BrainmmError(f"align config field '{where}.trainable': a frozen genotype_mlp needs a trained "
-                               "'checkpoint' (a frozen random MLP learns nothing)")
-        _check_trainable(self.trainable, self.last_n, self.lr, where)
-
 
 @dataclass
 class TowersConfig:
@@ -124,25 +89,9 @@ class TowersConfig:
     brain: BrainTowerConfig = field(default_factory=BrainTowerConfig)
     genetics: dict[str, GeneticsTowerConfig] = field(default_factory=dict)
 
-    def validate(self) -> None:
-        """Check every tower section."""
-        self.brain.check("towers.brain")
-        for m, tower in self.genetics.items():
-            tower.check(f"towers.genetics.{m}")
-
     def genetics_tower(self, modality: str) -> GeneticsTowerConfig:
         """The tower config of a modality (a table tower when it is not listed)."""
         return self.genetics.get(modality) or GeneticsTowerConfig()
-
-
-def _check_trainable(trainable: str, last_n: int, lr: float | None, where: str) -> None:
-    if trainable == "last_n" and last_n < 1:
-        raise BrainmmError(f"align config field '{where}.last_n': trainable: last_n needs last_n >= 1, got {last_n}")
-    if trainable != "last_n" and last_n != 0:
-        raise BrainmmError(f"align config field '{where}.last_n': only used with trainable: last_n (got trainable: "
-                           f"{trainable}); remove it or set trainable: last_n")
-    if lr is not None and not lr > 0:
-        raise BrainmmError(f"align config field '{where}.lr': expected > 0 or null (= train.lr), got {lr}")
 
 
 # ------------------------------------------------------------------------------------------ freezing
