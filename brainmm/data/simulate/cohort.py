@@ -169,7 +169,7 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
         if pop is not None:
             assert geno.group_af is not None and geno.ancestral_af is not None
             truth["population"] = population_truth(cfg.population, pop, geno.subject_ids, site_names,
-                                                   geno.group_af, geno.ancestral_af, geno.haplotypes)
+                                                   geno.group_af, geno.ancestral_af)
         atomic_write_json(tmp / "truth.json", truth)
         save_config(cfg, tmp / "config.yaml")
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())

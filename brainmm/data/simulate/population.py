@@ -17,7 +17,7 @@ class Population:
     groups: np.ndarray  # [N] group index
     site: np.ndarray  # [N] site index after the association with ancestry
     home_site: np.ndarray  # [G] site index each group is drawn to
-    at_home: np.ndarray  # [N] bool: the family's site was set to its group's home site
+    moved: np.ndarray  # [N] bool: the family was moved to its group's home site
     effect: np.ndarray  # [G, M] shift of each module's drive per group
 
     def drive_offset(self, modules: np.ndarray) -> np.ndarray:
@@ -51,15 +51,12 @@ def population_truth(
     site_names: list[str],
     group_af: np.ndarray,
     ancestral_af: np.ndarray,
-    haplotypes: np.ndarray,
 ) -> dict[str, Any]:
     """truth.json section: groups and sites per subject, allele frequencies, realised F_ST, site x group counts."""
     names = group_names(cfg.n_groups)
     # Realised F_ST of the drawn group frequencies against the ancestral ones (ratio of averages):
     # sum_j mean_g (p_gj - p_j)^2 / sum_j p_j (1 - p_j); its expectation is F_ST under Balding-Nichols.
     fst_param = float(((group_af - ancestral_af) ** 2).mean(axis=0).sum() / (ancestral_af * (1 - ancestral_af)).sum())
-    sample_af = np.stack([haplotypes[pop.groups == g].mean(axis=(0, 1)) for g in range(cfg.n_groups)
-                          if (pop.groups == g).any()])
     counts = np.zeros((cfg.n_groups, len(site_names)), dtype=np.int64)
     np.add.at(counts, (pop.groups, pop.site), 1)
     return {
@@ -69,13 +66,12 @@ def population_truth(
         "groups": names,
         "subject_group": dict(zip(subject_ids, [names[g] for g in pop.groups])),
         "subject_site": dict(zip(subject_ids, [site_names[s] for s in pop.site])),
-        "subject_at_home_site": dict(zip(subject_ids, pop.at_home.tolist())),
+        "subject_moved_to_home_site": dict(zip(subject_ids, pop.moved.tolist())),
         "home_site": dict(zip(names, [site_names[s] for s in pop.home_site])),
         "group_site_counts": {n: dict(zip(site_names, row.tolist())) for n, row in zip(names, counts)},
         "ancestral_af": ancestral_af.tolist(),
         "group_af": group_af.tolist(),
-        "realised_fst_parameters": fst_param,
-        "realised_fst_sample": float(sample_af.var(axis=0).sum() / (sample_af.mean(0) * (1 - sample_af.mean(0))).sum()),
+        "realised_fst": fst_param,
         "brain_effect": {n: row.tolist() for n, row in zip(names, pop.effect)},
     }
 
