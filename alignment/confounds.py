@@ -109,7 +109,7 @@ class CovariateDesign:
             else:
                 v = values.astype(np.float64)
                 sd = float(v.std())
-                if not sd > 0:
+                if np.ptp(v) == 0 or not sd > 0:
                     raise AlignmentInputError(f"confound column {name!r}: constant over the training rows "
                                               f"(value {v[0]!r}); drop it")
                 self.kinds_[name], self.stats_[name] = "numeric", (float(v.mean()), sd)
@@ -142,7 +142,7 @@ class CovariateDesign:
                 blocks.append(((values.astype(np.float64) - mean) / sd)[:, None])
             else:
                 text, levels = values.astype(str), self.levels_[name]
-                unseen = sorted(set(text) - set(levels))
+                unseen = sorted(str(u) for u in set(text) - set(levels))
                 if unseen:
                     raise AlignmentInputError(
                         f"confound column {name!r}: levels {unseen[:10]} do not occur in the training rows "
