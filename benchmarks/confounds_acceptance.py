@@ -13,6 +13,7 @@ within-ancestry-cluster retrieval (`alignment.stratified`). Pooled rows: ranks o
 over (seed, subject), chance = mean over queries of 1/N.
 
     OMP_NUM_THREADS=1 python benchmarks/confounds_acceptance.py [--subjects 400] [--seeds 5] [--pcs 10]
+        [--effects 0 1] [--no-population]
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def one_seed(folder: Path, seed: int, n_pcs: int) -> list[dict]:
             rep = within_stratum_report(a, b, strata, name=label, n_boot=10)
             chance = {x["metric"]: x["chance"] for x in rep.records if x["direction"] == DIRECTIONS[0]}
             add(f"{kind} within {label}", rep.ranks[(DIRECTIONS[0], f"within_{label}")], chance)
-    truth = cohort["ancestry"].to_numpy()[idx["test"]]
+    truth = cohort.get("ancestry", cohort["site"]).to_numpy()[idx["test"]]
     rows[-1]["clusters"] = len(np.unique(clusters))
     rows[-1]["cluster_purity"] = float(pd.crosstab(clusters, truth).max(axis=1).sum() / len(truth))
     return rows
@@ -146,19 +147,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--pcs", type=int, default=10)
     parser.add_argument("--boot", type=int, default=2000)
+    parser.add_argument("--effects", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--no-population", action="store_true",
+                        help="reference: same cohorts without population structure (1 group, 3 sites)")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for effect in (0.0, 1.0):
+        scenario = ["sites.n_sites=3"] if args.no_population else CONFOUNDING
+        for effect in args.effects:
             rows = []
             for seed in range(args.seeds):
                 cfg = load_config(SimulationConfig, None, [f"seed={seed}", f"n_subjects={args.subjects}",
-                                                            f"effects.effect_size={effect}", *CONFOUNDING])
+                                                            f"effects.effect_size={effect}", *scenario])
                 folder = simulate_cohort(cfg, Path(tmp) / f"e{effect}_s{seed}")
                 rows += one_seed(folder, seed, args.pcs)
             clusters = [r.get("clusters") for r in rows if "clusters" in r]
             purity = [r.get("cluster_purity") for r in rows if "cluster_purity" in r]
-            print(f"\n## effects.effect_size={effect}, {args.subjects} subjects, seeds 0-{args.seeds - 1} "
+            print(f"\n## effects.effect_size={effect}{' (no population structure)' * args.no_population}, "
+                  f"{args.subjects} subjects, seeds 0-{args.seeds - 1} "
                   f"(ancestry clusters per seed {clusters}, purity {np.round(purity, 2).tolist()})\n")
             table = summarise(rows, args.boot)
             print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
