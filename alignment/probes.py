@@ -1,5 +1,5 @@
 """Linear probes on frozen embeddings: subject/group-wise cross-validation, pooled out-of-fold metrics with
-bootstrap CIs over groups, a label-permutation baseline and the chance level next to every score."""
+bootstrap CIs over groups, a group-level label-permutation baseline and the chance level next to every score."""
 
 from __future__ import annotations
 
@@ -187,6 +187,30 @@ def _cross_val_predict(
 # ------------------------------------------------------------------------------------------ public API
 
 
+def permute_by_group(y: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One permutation of `y` that respects the groups (`codes`, 0..G-1 per row), so that the null keeps the
+    dependence between a subject's rows.
+
+    Labels constant within every group: the group -> label mapping is permuted (all groups exchangeable).
+    Otherwise whole-block permutation (Winkler et al. 2015, NeuroImage): groups of equal size swap their label
+    vectors as a whole, each keeping its row order.
+    """
+    n_groups = int(codes.max()) + 1
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    first = y[order[starts]]  # one label per group
+    if np.array_equal(y, first[codes]):
+        return first[rng.permutation(n_groups)][codes]
+    rank = np.empty(len(y), dtype=np.int64)
+    rank[order] = np.arange(len(y)) - np.repeat(starts, sizes)  # position of each row inside its group
+    target = np.arange(n_groups)
+    for size in np.unique(sizes):
+        same = np.flatnonzero(sizes == size)
+        target[same] = same[rng.permutation(len(same))]
+    return y[order[starts[target[codes]] + rank]]
+
+
 def _encode_target(
     y: np.ndarray, task: Task, target: str, group_codes: np.ndarray, n_splits: int
 ) -> tuple[np.ndarray, int]:
@@ -238,7 +262,8 @@ def linear_probe(
     Classification: StandardScaler + LogisticRegressionCV (balanced accuracy, macro F1, AUROC one-vs-rest macro);
     regression: StandardScaler + RidgeCV (R^2, MAE, Pearson r). Folds: StratifiedGroupKFold / GroupKFold; the
     metrics are computed once on the pooled out-of-fold predictions, with a percentile bootstrap CI over groups
-    and the mean/std of the same CV run on shuffled labels (`n_permutations` repeats). Returns tidy records.
+    and the mean/std of the same CV run on labels permuted between groups (`permute_by_group`, `n_permutations`
+    repeats), never between the rows of one subject. Returns tidy records.
     """
     x = np.asarray(x)
     if x.ndim != 2 or len(x) != len(y):
@@ -281,7 +306,7 @@ def linear_probe(
                     _cross_val_predict(task, x, y_perm, group_codes, n_out, n_splits, seed)[0],
                     ones,
                 )
-                for y_perm in (y_fit[rng.permutation(len(y_fit))] for _ in range(n_permutations))
+                for y_perm in (permute_by_group(y_fit, group_codes, rng) for _ in range(n_permutations))
             ]
         ).reshape(n_permutations, len(point))
     chance = _chance(task, y_fit, n_out)

@@ -15,6 +15,7 @@ from alignment.probes import (
     _scores,
     infer_task,
     linear_probe,
+    permute_by_group,
     probe_representations,
 )
 
@@ -147,3 +148,63 @@ def test_bad_inputs_raise_clear_errors() -> None:
         probe_representations(reps, table, ["iq"])
     with pytest.raises(AlignmentInputError, match="class 'x' occurs in 1 subjects/groups"):
         probe_representations(reps, table.assign(rare=["x"] + ["y"] * 39), ["rare"])
+
+
+def test_group_permutation_null_has_the_subject_level_spread_and_sits_at_chance() -> None:
+    # Statistic: correlation of the (permuted) labels with a per-subject score repeated on each subject's rows.
+    # Its null over subject-level permutations equals that of one row per subject; shuffling rows would shrink
+    # the spread by sqrt(rows per subject) = 2.
+    rng = np.random.default_rng(0)
+    n_subjects, reps, n_perm = 60, 4, 4000
+    score, label = rng.normal(size=n_subjects), rng.normal(size=n_subjects)
+    codes = np.repeat(np.arange(n_subjects), reps)
+
+    def null(y: np.ndarray, s: np.ndarray, c: np.ndarray) -> np.ndarray:
+        perm_rng = np.random.default_rng(1)
+        return np.array([np.corrcoef(s, permute_by_group(y, c, perm_rng))[0, 1] for _ in range(n_perm)])
+
+    repeated = null(label[codes], score[codes], codes)
+    subject = null(label, score, np.arange(n_subjects))
+    # Standard errors from the number of permutations: std(mean) = sd / sqrt(n), std(sd) ~ sd / sqrt(2n).
+    sd = 1 / np.sqrt(n_subjects - 1)
+    assert abs(repeated.std() - subject.std()) < 5 * sd / np.sqrt(n_perm)
+    assert abs(repeated.std() - sd) < 5 * sd / np.sqrt(2 * n_perm)
+    assert abs(repeated.mean()) < 5 * sd / np.sqrt(n_perm)  # chance: r = 0
+
+
+def test_group_permutation_keeps_blocks_whole() -> None:
+    rng = np.random.default_rng(2)
+    codes = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4])
+    y = np.arange(len(codes))  # labels vary inside groups: whole-block permutation among equal sizes
+    for _ in range(20):
+        out = permute_by_group(y, codes, rng)
+        blocks = {g: tuple(out[codes == g]) for g in np.unique(codes)}
+        originals = {tuple(y[codes == g]) for g in np.unique(codes)}
+        assert set(blocks.values()) == originals  # every block moved whole, rows in order
+        assert all(len(b) == (codes == g).sum() for g, b in blocks.items())
+    constant = np.array([5, 5, 7, 7, 7, 5, 5, 9, 9, 9, 1, 1])  # one label per subject: any subject can swap
+    seen = {tuple(permute_by_group(constant, codes, rng)) for _ in range(200)}
+    assert all(len(set(np.array(s)[codes == g])) == 1 for s in seen for g in range(5))
+    assert any(np.array(s)[0] == 9 for s in seen)  # a 2-row subject took a 3-row subject's label
+
+
+def test_probe_permutes_subjects_not_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import alignment.probes as probes
+
+    seen: list[np.ndarray] = []
+    real = probes._cross_val_predict
+
+    def spy(task, x, y, groups, *args):  # type: ignore[no-untyped-def]
+        seen.append((y.copy(), groups.copy()))
+        return real(task, x, y, groups, *args)
+
+    monkeypatch.setattr(probes, "_cross_val_predict", spy)
+    rng = np.random.default_rng(3)
+    subjects = np.repeat(np.arange(20), 3)
+    y = (np.arange(20) % 2)[subjects]
+    linear_probe(rng.normal(size=(60, 4)), y, subjects, task="classification", n_splits=2, n_boot=5,
+                 n_permutations=3)
+    assert len(seen) == 4  # the fit itself, then three permutations
+    for labels, groups in seen[1:]:
+        assert all(len(set(labels[groups == g])) == 1 for g in np.unique(groups))
+        assert not np.array_equal(labels, y)

@@ -183,6 +183,10 @@ def test_real_genotype_base_from_vcf_and_npz(tmp_path: Path) -> None:
         (["genotypes.source=file"], "genotypes.path"),
         (["genotypes.source=file", "genotypes.path=x.vcf"], "genotypes.family_fraction"),
         (["factors.n_causal=30"], "factors.n_causal"),
+        (["population.site_association=1.5"], "population.site_association"),
+        (["population.fst=0"], "population.fst"),
+        (["population.n_groups=2", "genotypes.source=file", "genotypes.path=x.vcf", "genotypes.family_fraction=0"],
+         "population.n_groups"),
     ],
 )
 def test_bad_config_names_the_field(overrides: list[str], message: str) -> None:
@@ -214,3 +218,99 @@ def test_user_errors_and_nothing_half_written(tmp_path: Path, monkeypatch: pytes
 
 def test_configs_yaml_holds_the_defaults() -> None:
     assert load_config(SimulationConfig, REPO / "configs" / "simulate.yaml") == SimulationConfig()
+
+
+# Recorded once from the code before population structure existed (git 82385bd), for small() with seed 0: the
+# final states of every generator the simulation creates, the observed dosages and the demographic columns.
+# Integer RNG states and 0/1/2 dosages do not depend on the CPU or BLAS build.
+BEFORE_POPULATION = {
+    "n_generators": 45,
+    "rng_states": "3aa08c8299178d3983774b3e1ed037f6b44479deffbbb3a8a86cb49ec60d75a4",
+    "dosages": "abfc3579b3ac541bff1f4e6702e69e23d06d20e20ee301f3391f3fcf3c8b742d",
+    "demographics": "c622567f7584fd15715f26cefbc243b46705b1bbbaddbcb802d56317b6385e72",
+}
+
+
+def _fingerprint(cfg: SimulationConfig, out: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    made: list[np.random.Generator] = []
+    real = np.random.default_rng
+
+    def tracking(seed: object = None) -> np.random.Generator:
+        made.append(real(seed))
+        return made[-1]
+
+    with monkeypatch.context() as m:
+        m.setattr(np.random, "default_rng", tracking)
+        simulate_cohort(cfg, out)
+    states = json.dumps([g.bit_generator.state["state"] for g in made], sort_keys=True)
+    demo = pd.read_csv(out / "cohort.csv")[["subject_id", "family", "site", "age", "sex"]].to_csv(index=False)
+    return {
+        "n_generators": len(made),
+        "rng_states": hashlib.sha256(states.encode()).hexdigest(),
+        "dosages": hashlib.sha256(np.load(out / "genotypes.npz")["dosages"].tobytes()).hexdigest(),
+        "demographics": hashlib.sha256(demo.encode()).hexdigest(),
+    }
+
+
+def test_one_group_draws_nothing_extra_and_leaves_the_cohort_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _fingerprint(small(), tmp_path / "default", monkeypatch) == BEFORE_POPULATION
+    # With one group the other population fields are unused: every data file keeps its bytes.
+    other = small("population.fst=0.3", "population.site_association=1", "population.brain_effect=2")
+    a, b = tree_hashes(tmp_path / "default"), tree_hashes(simulate_cohort(other, tmp_path / "other"))
+    changed = {f for f in a if a[f] != b[f]}
+    assert changed == {"config.yaml", "truth.json", "manifest.json"} and a.keys() == b.keys()
+    assert "ancestry" not in pd.read_csv(tmp_path / "other" / "cohort.csv").columns
+    assert "population" not in json.loads((tmp_path / "other" / "truth.json").read_text())
+
+
+def test_balding_nichols_frequencies_have_the_set_mean_and_variance() -> None:
+    from brainmm.data.simulate.genotypes import balding_nichols
+
+    p = np.random.default_rng(0).uniform(0.05, 0.5, 20000)
+    for fst in (0.01, 0.1):
+        q = balding_nichols(p, fst, 4, np.random.default_rng(1))
+        dev = (q - p) / np.sqrt(fst * p * (1 - p))  # mean 0, variance 1 per group and SNP
+        se = 1 / np.sqrt(dev.size)
+        assert abs(dev.mean()) < 5 * se and abs((dev**2).mean() - 1) < 5 * np.sqrt(2) * se * 3
+
+
+def test_population_structure_ancestry_sites_and_brain_effect(tmp_path: Path) -> None:
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score
+
+    base = ["n_subjects=150", "genotypes.n_blocks=32", "genotypes.snps_per_block=8", "brain.n_timepoints=60",
+            "sites.n_sites=3", "sites.scale_sd=0", "population.n_groups=3", "population.fst=0.1",
+            "population.site_association=0.9", "effects.effect_size=0"]
+    # No site scale and no genetic effect (group-shifted PGS would move the brain too): ancestry can reach the
+    # brain only through population.brain_effect.
+    out = simulate_cohort(small(*base, "population.brain_effect=1.0"), tmp_path / "pop")
+    null = simulate_cohort(small(*base, "population.brain_effect=0"), tmp_path / "null")
+    cohort = pd.read_csv(out / "cohort.csv")
+    assert list(cohort.columns[4:6]) == ["site", "ancestry"] and set(cohort["ancestry"]) == {"pop1", "pop2", "pop3"}
+    assert (cohort.groupby("family")["ancestry"].nunique() == 1).all()  # siblings share ancestry and site
+    truth = json.loads((out / "truth.json").read_text())["population"]
+    assert truth["subject_group"] == dict(zip(cohort["subject_id"], cohort["ancestry"]))
+    assert truth["subject_site"] == dict(zip(cohort["subject_id"], cohort["site"]))
+    assert abs(truth["realised_fst"] - 0.1) < 0.03
+    home = cohort["site"] == cohort["ancestry"].map(truth["home_site"])
+    assert abs(home.mean() - (0.9 + 0.1 / 3)) < 0.08  # P(home site) = a + (1 - a) / n_sites
+
+    dos = np.load(out / "genotypes.npz")["dosages"].astype(np.float64)
+    dos = np.where(np.isnan(dos), np.nanmean(dos, axis=0), dos)
+    pcs = PCA(2).fit_transform((dos - dos.mean(0)) / np.maximum(dos.std(0), 1e-9))
+    clusters = KMeans(3, n_init=10, random_state=0).fit_predict(pcs)
+    assert adjusted_rand_score(cohort["ancestry"], clusters) > 0.9  # ancestry is what genetic PCs find
+
+    def group_r2(folder: Path) -> float:  # share of per-parcel log-variance explained by ancestry (in sample)
+        feats = np.stack([np.log(np.load(folder / f).var(axis=0)) for f in cohort["file"]])
+        onehot = pd.get_dummies(cohort["ancestry"]).to_numpy(float)
+        fitted = onehot @ np.linalg.lstsq(onehot, feats, rcond=None)[0]
+        return float(1 - ((feats - fitted) ** 2).sum() / ((feats - feats.mean(0)) ** 2).sum())
+
+    # The genotypes are the same with and without the brain effect; only the brain differs by group.
+    assert np.array_equal(np.load(null / "genotypes.npz")["dosages"], np.load(out / "genotypes.npz")["dosages"],
+                          equal_nan=True)
+    assert group_r2(out) > 0.15 and group_r2(null) < 0.05

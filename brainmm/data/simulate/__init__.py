@@ -7,6 +7,7 @@ from brainmm.data.simulate.config import (
     FactorConfig,
     GenotypeConfig,
     PhenotypeConfig,
+    PopulationConfig,
     SimulationConfig,
     SiteConfig,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "FactorConfig",
     "GenotypeConfig",
     "PhenotypeConfig",
+    "PopulationConfig",
     "SimulationConfig",
     "SiteConfig",
     "simulate_cohort",

@@ -16,6 +16,7 @@ from brainmm.data.simulate.factors import Factors, simulate_factors
 from brainmm.data.simulate.genotypes import Genotypes, load_genotype_base, simulate_genotypes
 from brainmm.data.simulate.network import Network, build_network, simulate_signals
 from brainmm.data.simulate.phenotypes import Demographics, simulate_demographics, simulate_diagnosis
+from brainmm.data.simulate.population import Population, group_names, population_truth, structure
 from brainmm.data.simulate.writers import write_bed, write_fasta, write_npz, write_vcf
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_dir, atomic_write_json, sha256_file
@@ -66,13 +67,16 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
 
 
 def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
-    geno_ss, factor_ss, net_ss, pheno_ss, seq_ss, rec_ss = np.random.SeedSequence(cfg.seed).spawn(6)
+    # A 7th child for the population stage: the first six streams are the same whatever spawn() count is used.
+    geno_ss, factor_ss, net_ss, pheno_ss, seq_ss, rec_ss, pop_ss = np.random.SeedSequence(cfg.seed).spawn(7)
     rng_net, rng_seq = np.random.default_rng(net_ss), np.random.default_rng(seq_ss)
     g, b, e = cfg.genotypes, cfg.brain, cfg.effects
     n = cfg.n_subjects
+    structured = cfg.population.n_groups > 1
+    rng_pop = np.random.default_rng(pop_ss) if structured else None  # one group draws nothing: same cohort
 
     if g.source == "simulate":
-        geno = simulate_genotypes(g, n, np.random.default_rng(geno_ss))
+        geno = simulate_genotypes(g, n, np.random.default_rng(geno_ss), cfg.population, rng_pop)
     else:
         geno = load_genotype_base(g, n, np.random.default_rng(geno_ss), rng_seq)
     call_rate = np.isfinite(geno.observed).mean(axis=0)
@@ -81,6 +85,12 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
     net = build_network(b, rng_net)
     rng_pheno = np.random.default_rng(pheno_ss)
     demo = simulate_demographics(cfg.phenotypes, cfg.sites, geno.family_ids, b.n_parcels, rng_pheno)
+    pop: Population | None = None
+    if structured:
+        assert geno.groups is not None and rng_pop is not None
+        pop = structure(cfg.population, geno.groups, geno.family_ids, demo.site, cfg.sites.n_sites,
+                        b.n_modules, rng_pop)
+        demo.site = pop.site
 
     # Factor k drives module k: u[s, v] = f[s, module(v)] for driven modules, 0 elsewhere.
     k = cfg.factors.n_factors
@@ -88,6 +98,9 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
     drive = factors.values @ loading.T
     log_gain = (e.effect_size * e.amplitude * drive + demo.global_log_gain(cfg.phenotypes)[:, None]
                 + b.gain_sd * rng_net.standard_normal((n, b.n_parcels)))
+    offset = pop.drive_offset(net.modules) if pop is not None else None  # [N, V] group effect, not genetic
+    if offset is not None:
+        log_gain += e.amplitude * offset
     dx, dx_intercept = simulate_diagnosis(cfg.phenotypes, factors.values[:, 0], log_gain.mean(axis=1),
                                           demo.site_dx_shift[demo.site], rng_pheno)
 
@@ -103,6 +116,8 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
         "session": rec_session,
         "family": [geno.family_ids[s] for s in rec_subject],
         "site": [site_names[demo.site[s]] for s in rec_subject],
+        **({"ancestry": [group_names(cfg.population.n_groups)[pop.groups[s]] for s in rec_subject]}
+           if pop is not None else {}),
         "tr": b.tr,
         "file": [f"fmri/{r}.npy" for r in rec_ids],
         "age": demo.age[rec_subject],
@@ -119,7 +134,7 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
         for start in progress(range(0, n, chunk), desc="simulate", total=-(-n // chunk), unit="chunk"):
             subj = np.arange(start, min(start + chunk, n))
             recs = np.arange(subj[0] * sessions, (subj[-1] + 1) * sessions)
-            ops = net.subject_operators(drive[subj], e)
+            ops = net.subject_operators(drive[subj], e, None if offset is None else offset[subj])
             rngs = [rec_rngs[r] for r in recs]
             x, eig = simulate_signals(net, ops, sessions, b.n_timepoints, rngs)
             max_eig = max(max_eig, eig)
@@ -151,6 +166,10 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
             write_vcf(tmp / "haplotypes.vcf.gz", geno.subject_ids, geno.chrom, geno.pos, geno.snp_ids,
                       geno.ref, geno.alt, lengths, SOURCE, haplotypes=geno.haplotypes)
         truth = _truth(cfg, geno, factors, net, demo, dx, dx_intercept, max_eig, site_names)
+        if pop is not None:
+            assert geno.group_af is not None and geno.ancestral_af is not None
+            truth["population"] = population_truth(cfg.population, pop, geno.subject_ids, site_names,
+                                                   geno.group_af, geno.ancestral_af)
         atomic_write_json(tmp / "truth.json", truth)
         save_config(cfg, tmp / "config.yaml")
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())

@@ -171,6 +171,24 @@ class SiteConfig:
 
 
 @dataclass
+class PopulationConfig:
+    """Population structure: Balding-Nichols ancestry groups, unevenly spread over sites, with a brain effect."""
+
+    n_groups: int = 1  # ancestry groups; 1 = no structure (the other fields are then unused)
+    fst: float = 0.1  # Balding-Nichols F_ST of every group against the ancestral frequencies
+    site_association: float = 0.0  # share of families scanned at their group's home site (rest uniform)
+    brain_effect: float = 0.0  # SD of a per-group shift of every module's drive (factor-SD units), not genetic
+
+    def validate(self) -> None:
+        """Check ranges; one error naming the field."""
+        _require(self.n_groups >= 1, "population.n_groups", "an integer >= 1", self.n_groups)
+        _require(0 < self.fst < 1, "population.fst", "a number in (0, 1)", self.fst)
+        _require(0 <= self.site_association <= 1, "population.site_association", "a number in [0, 1]",
+                 self.site_association)
+        _require(self.brain_effect >= 0, "population.brain_effect", "a number >= 0", self.brain_effect)
+
+
+@dataclass
 class SimulationConfig:
     """A simulated cohort: genotypes -> latent factors -> brain dynamics and phenotypes (all seeded)."""
 
@@ -183,16 +201,20 @@ class SimulationConfig:
     effects: EffectConfig = field(default_factory=EffectConfig)
     phenotypes: PhenotypeConfig = field(default_factory=PhenotypeConfig)
     sites: SiteConfig = field(default_factory=SiteConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
 
     def validate(self) -> None:
         """Check every section and the cross-field constraints (stability, enough SNPs)."""
         _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
         _require(self.n_subjects >= 3, "n_subjects", "an integer >= 3", self.n_subjects)
-        for section in (self.genotypes, self.factors, self.brain, self.effects, self.phenotypes, self.sites):
+        for section in (self.genotypes, self.factors, self.brain, self.effects, self.phenotypes, self.sites,
+                        self.population):
             section.validate()
         _require(self.factors.n_factors <= self.brain.n_modules, "factors.n_factors",
                  f"at most brain.n_modules = {self.brain.n_modules} (factor k drives module k)",
                  self.factors.n_factors)
+        _require(self.population.n_groups == 1 or self.genotypes.source == "simulate", "population.n_groups",
+                 "1 when genotypes.source is 'file' (a real base carries its own ancestry)", self.population.n_groups)
         if self.genotypes.source == "simulate":
             n_snps = self.genotypes.n_blocks * self.genotypes.snps_per_block
             need = self.factors.n_factors * self.factors.n_causal

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainmm.data.simulate.config import GenotypeConfig
+from brainmm.data.simulate.config import GenotypeConfig, PopulationConfig
 from brainmm.errors import BrainmmError
 
 BASES = np.array(list("ACGT"))
@@ -31,6 +31,9 @@ class Genotypes:
     ref: np.ndarray  # [P] str
     alt: np.ndarray  # [P] str
     regions: list[tuple[str, int, int]]  # (chrom, start, end), 0-based half-open, sorted
+    groups: np.ndarray | None = None  # [N] ancestry group index (None: no population structure)
+    group_af: np.ndarray | None = None  # [G, P] Balding-Nichols ALT frequencies per group
+    ancestral_af: np.ndarray | None = None  # [P] ALT frequencies they drifted from
 
     @property
     def dosages(self) -> np.ndarray:
@@ -53,30 +56,55 @@ def _family_layout(cfg: GenotypeConfig, n_subjects: int) -> tuple[int, int]:
     return n_fam, n_subjects - n_fam * cfg.sibship_size
 
 
-def simulate_genotypes(cfg: GenotypeConfig, n_subjects: int, rng: np.random.Generator) -> Genotypes:
-    """Haplotypes from a thresholded AR(1) Gaussian per LD block; siblings inherit one parental haplotype per block."""
+def balding_nichols(af: np.ndarray, fst: float, n_groups: int, rng: np.random.Generator) -> np.ndarray:
+    """Group ALT frequencies [G, P]: p_g ~ Beta(p (1 - F) / F, (1 - p)(1 - F) / F), so E p_g = p and
+    Var p_g = F p (1 - p) (Balding & Nichols 1995)."""
+    scale = (1 - fst) / fst
+    return rng.beta(af * scale, (1 - af) * scale, size=(n_groups, len(af)))
+
+
+def simulate_genotypes(
+    cfg: GenotypeConfig,
+    n_subjects: int,
+    rng: np.random.Generator,
+    population: PopulationConfig | None = None,
+    pop_rng: np.random.Generator | None = None,
+) -> Genotypes:
+    """Haplotypes from a thresholded AR(1) Gaussian per LD block; siblings inherit one parental haplotype per block.
+
+    With `population.n_groups` > 1, every family belongs to a random group (drawn from `pop_rng`) whose allele
+    frequencies drifted from the ancestral ones (Balding-Nichols); the Gaussian draws from `rng` are the same
+    either way, so one group reproduces the unstructured cohort exactly.
+    """
     from scipy.special import ndtri
 
     n_blocks, per_block = cfg.n_blocks, cfg.snps_per_block
     n_snps = n_blocks * per_block
     af = _truncated_beta(rng, cfg.af_shape, cfg.min_af, n_snps)
     af = np.minimum(af, 1 - af)  # ALT = minor allele
-    threshold = ndtri(af)  # P(z < threshold) = af, z ~ N(0, 1)
+    n_fam, n_single = _family_layout(cfg, n_subjects)
+    structured = population is not None and population.n_groups > 1
+    if structured:
+        assert pop_rng is not None
+        group_af = balding_nichols(af, population.fst, population.n_groups, pop_rng)
+        family_group = pop_rng.integers(0, population.n_groups, n_fam + n_single)
+    else:
+        group_af, family_group = af[None], np.zeros(n_fam + n_single, dtype=np.int64)
+    threshold = ndtri(group_af).reshape(len(group_af), n_blocks, per_block)  # P(z < threshold) = af, z ~ N(0, 1)
     lags = np.abs(np.subtract.outer(np.arange(per_block), np.arange(per_block)))
     chol = np.linalg.cholesky(cfg.ld_rho**lags)
 
-    def draw(n_haplotypes: int) -> np.ndarray:  # [n, B, S] uint8
-        z = rng.standard_normal((n_haplotypes, n_blocks, per_block)) @ chol.T
-        return (z < threshold.reshape(n_blocks, per_block)).astype(np.uint8)
+    def draw(groups: np.ndarray) -> np.ndarray:  # one haplotype per entry of `groups`: [n, B, S] uint8
+        z = rng.standard_normal((len(groups), n_blocks, per_block)) @ chol.T
+        return (z < threshold[groups]).astype(np.uint8)
 
-    n_fam, n_single = _family_layout(cfg, n_subjects)
     sib = cfg.sibship_size
-    parents = draw(4 * n_fam).reshape(n_fam, 2, 2, n_blocks, per_block)  # family, parent, haplotype, block, snp
+    parents = draw(np.repeat(family_group[:n_fam], 4)).reshape(n_fam, 2, 2, n_blocks, per_block)
     pick = rng.integers(0, 2, size=(n_fam, sib, 2, n_blocks, 1))  # which parental haplotype per block
     kids = np.where(pick == 0, parents[:, None, :, 0], parents[:, None, :, 1])  # [fam, sib, parent, B, S]
-    haplotypes = np.concatenate(
-        [kids.reshape(n_fam * sib, 2, n_snps), draw(2 * n_single).reshape(n_single, 2, n_snps)]
-    )
+    singles = draw(np.repeat(family_group[n_fam:], 2))
+    haplotypes = np.concatenate([kids.reshape(n_fam * sib, 2, n_snps), singles.reshape(n_single, 2, n_snps)])
+    groups = np.concatenate([np.repeat(family_group[:n_fam], sib), family_group[n_fam:]])
     width = max(4, len(str(n_subjects)))
     subject_ids = [f"sub-{i + 1:0{width}d}" for i in range(n_subjects)]
     family_ids = [f"fam-{f + 1:0{width}d}" for f in range(n_fam) for _ in range(sib)]
@@ -97,7 +125,8 @@ def simulate_genotypes(cfg: GenotypeConfig, n_subjects: int, rng: np.random.Gene
     observed[rng.random(observed.shape) < cfg.missing_rate] = np.nan
     regions = [(cfg.contig, int(s), int(s + cfg.block_bp)) for s in starts]
     return Genotypes(subject_ids, family_ids, haplotypes, observed, chrom, pos,
-                     _variant_ids(chrom, pos, ref, alt), ref, alt, regions)
+                     _variant_ids(chrom, pos, ref, alt), ref, alt, regions,
+                     groups if structured else None, group_af if structured else None, af if structured else None)
 
 
 def _variant_ids(chrom: np.ndarray, pos: np.ndarray, ref: np.ndarray, alt: np.ndarray) -> np.ndarray:

@@ -109,9 +109,15 @@ class Network:
         """V."""
         return len(self.coords)
 
-    def subject_operators(self, drive: np.ndarray, effects: EffectConfig) -> np.ndarray:
-        """A_s = W0 * (1 + c tanh(es * u) within modules) - diag(exp(-b tanh(es * u)) / tau): [C, V, V]."""
-        t = np.tanh(effects.effect_size * drive)  # [C, V]; u = 0 outside driven modules
+    def subject_operators(
+        self, drive: np.ndarray, effects: EffectConfig, offset: np.ndarray | None = None
+    ) -> np.ndarray:
+        """A_s = W0 * (1 + c tanh(x) within modules) - diag(exp(-b tanh(x)) / tau), x = es * u (+ offset): [C, V, V].
+
+        `offset` [C, V] is a non-genetic shift of the drive (the population's group effect), not scaled by es.
+        """
+        x = effects.effect_size * drive  # [C, V]; u = 0 outside driven modules
+        t = np.tanh(x if offset is None else x + offset)
         same = (self.modules[:, None] == self.modules[None]) & ~np.eye(self.n_parcels, dtype=bool)
         a = self.w0[None] * (1 + effects.coupling * t[:, :, None] * same[None])
         idx = np.arange(self.n_parcels)
