@@ -35,22 +35,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
     e.set_defaults(func=_embed)
 
-    m = group.add_parser("matrix", help="SNP dosages (VCF or PLINK .bed) -> subject x variant table")
+    m = group.add_parser("matrix", help="SNP dosages (VCF, PLINK .bed/.pgen, BGEN) -> subject x variant table")
     m.add_argument("--config", default=None, help="YAML config (GenotypeMatrixConfig)")
-    src = m.add_mutually_exclusive_group()
-    src.add_argument("--vcf", default=None, help="VCF/BCF with GT")
-    src.add_argument("--bed", default=None, help="PLINK 1 .bed (with .bim/.fam beside it)")
+    _genotype_flags(m)
     m.add_argument("--split", default=None, help="split table CSV (statistics are fitted on 'train')")
-    m.add_argument("--cohort", default=None, help="cohort table mapping genotype sample ids to subject_id")
-    m.add_argument("--sample-column", default=None, help="cohort column holding the genotype sample ids")
-    m.add_argument("--drop-unmatched-samples", action="store_true", default=None)
-    m.add_argument("--min-maf", type=float, default=None)
-    m.add_argument("--max-missing", type=float, default=None)
     m.add_argument("--impute", choices=("mode", "mean"), default=None)
     m.add_argument("--pgs-weights", default=None, help="weights table for polygenic scores (extra table)")
     m.add_argument("--out", default=None, help="output table stem")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
     m.set_defaults(func=_matrix)
+
+    c = group.add_parser("pca", help="genetic principal components (plink2 --pca standardisation) per subject")
+    c.add_argument("--config", default=None, help="YAML config (GeneticPcaConfig)")
+    _genotype_flags(c)
+    c.add_argument("--split", default=None, help="split table CSV: fit on 'train', project val/test "
+                   "(default: every sample fits, with a warning)")
+    c.add_argument("--n-pcs", type=int, default=None, help="number of components (default 10)")
+    c.add_argument("--ld-prune-r2", type=float, default=None, help="greedy LD pruning at this r^2 (default off)")
+    c.add_argument("--ld-window", type=int, default=None, help="LD pruning window, in variants (default 200)")
+    c.add_argument("--out", default=None, help="output table stem")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    c.set_defaults(func=_pca)
 
     i = group.add_parser("import", help="precomputed per-subject vectors (Parquet/CSV/NPY/NPZ) -> table")
     i.add_argument("--table", required=True, help="input file")
@@ -58,6 +63,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--ids", default=None, help="ids file for .npy input (one per line)")
     i.add_argument("--out", required=True, help="output table stem")
     i.set_defaults(func=_import)
+
+
+def _genotype_flags(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--vcf", default=None, help="VCF/BCF with GT")
+    src.add_argument("--bed", default=None, help="PLINK 1 .bed (with .bim/.fam beside it)")
+    src.add_argument("--pgen", default=None, help="PLINK 2 .pgen (with .pvar/.psam beside it)")
+    src.add_argument("--bgen", default=None, help="BGEN 1.1/1.2/1.3 (with --sample or FILE.sample beside it)")
+    p.add_argument("--sample", default=None, help="Oxford .sample file of --bgen (default: beside it)")
+    p.add_argument("--cohort", default=None, help="cohort table mapping genotype sample ids to subject_id")
+    p.add_argument("--sample-column", default=None, help="cohort column holding the genotype sample ids")
+    p.add_argument("--drop-unmatched-samples", action="store_true", default=None)
+    p.add_argument("--variants", default=None, help="variant ID list (contig:pos:ref:alt or rsid; a .variants.tsv)")
+    p.add_argument("--regions", default=None, help="BED file: keep variants inside these regions")
+    p.add_argument("--min-info", type=float, default=None, help="keep variants with INFO/R2 >= this (VCF, .pvar)")
+    p.add_argument("--hard-call-threshold", type=float, default=None,
+                   help="dosages within this of 0/1/2 are rounded, others set missing (default: keep dosages)")
+    p.add_argument("--min-maf", type=float, default=None)
+    p.add_argument("--max-missing", type=float, default=None)
+    p.add_argument("--block-size", type=int, default=None, help="variants read at a time (default 1000)")
+
+
+def _genotype_values(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("vcf", "bed", "pgen", "bgen", "sample", "cohort", "sample_column", "drop_unmatched_samples", "variants",
+             "regions", "min_info", "hard_call_threshold", "min_maf", "max_missing", "block_size", "split", "out")
+    return {n: getattr(args, n) for n in names}
 
 
 def _sequence_flags(p: argparse.ArgumentParser) -> None:
@@ -160,16 +191,31 @@ def _matrix(args: argparse.Namespace) -> int:
     from brainmm.data.genetics.matrix import run_matrix
     from brainmm.runtime import log_to_file
 
-    flags = {"vcf": args.vcf, "bed": args.bed, "split": args.split, "cohort": args.cohort,
-             "sample_column": args.sample_column, "drop_unmatched_samples": args.drop_unmatched_samples,
-             "min_maf": args.min_maf, "max_missing": args.max_missing, "impute": args.impute,
-             "pgs_weights": args.pgs_weights, "out": args.out}
+    flags = {**_genotype_values(args), "impute": args.impute, "pgs_weights": args.pgs_weights}
     cfg = load_config(GenotypeMatrixConfig, args.config, _overrides(flags) + list(args.set))
     cfg.require_inputs()
     out = table_stem(cfg.out)
     log_to_file(out.parent)
     table = run_matrix(cfg)
     print(f"{out} ({len(table.ids)} subjects x {table.dim} variants)")
+    return 0
+
+
+def _pca(args: argparse.Namespace) -> int:
+    from brainmm.config import load_config
+    from brainmm.data.genetics.config import GeneticPcaConfig
+    from brainmm.data.genetics.embed import table_stem
+    from brainmm.data.genetics.pca import run_pca
+    from brainmm.runtime import log_to_file
+
+    flags = {**_genotype_values(args), "n_pcs": args.n_pcs, "ld_prune_r2": args.ld_prune_r2,
+             "ld_window": args.ld_window}
+    cfg = load_config(GeneticPcaConfig, args.config, _overrides(flags) + list(args.set))
+    cfg.require_source()
+    out = table_stem(cfg.out)
+    log_to_file(out.parent)
+    table = run_pca(cfg)
+    print(f"{out} ({len(table.ids)} subjects x {table.dim} PCs, {table.meta['variants_used']} variants)")
     return 0
 
 
