@@ -201,9 +201,10 @@ class PgenSource(GenotypeSource):
             self._pgen = pgenlib.PgenReader(str(self.path).encode(), raw_sample_ct=len(self.samples),
                                             variant_ct=len(pvar), allele_idx_offsets=allele_offsets)
         except RuntimeError as err:
+            msg = err.args[0].decode(errors="replace") if err.args and isinstance(err.args[0], bytes) else str(err)
             raise BrainmmError(f"PLINK 2 genotypes {self.path}: unreadable with {psam.name} ({len(self.samples)} "
                                f"samples) and {self.path.with_suffix('.pvar').name} ({len(pvar)} variants): "
-                               f"{str(err).strip()}") from None
+                               f"{msg.strip()}") from None
         self.phased = bool(self._pgen.hardcall_phase_present())
         self._subset: tuple[int, ...] | None = None
 
