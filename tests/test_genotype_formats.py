@@ -131,6 +131,7 @@ def test_pgen_dosages_selection_and_streaming(tmp_path: Path) -> None:
     assert info_t.meta["variants_selected"] == sum(x >= 0.6 for x in info)
     reg = run_matrix(GenotypeMatrixConfig(**base, regions=str(regions), out=str(tmp_path / "r")))
     assert read_variant_table(tmp_path / "r")["pos"].tolist() == [1010, 1020, 1030, 1040, 1050]
+    np.testing.assert_array_equal(reg.vectors, whole.vectors[:, 1:6])
     lst = run_matrix(GenotypeMatrixConfig(**base, variants=str(ids), out=str(tmp_path / "l")))
     kept = read_variant_table(tmp_path / "l")
     assert kept["variant_id"].tolist() == ["1:1020:G:A", "1:1030:A:G"] and lst.meta["alleles_flipped"] == 1

@@ -51,7 +51,6 @@ def standardise(values: np.ndarray, alt_freq: np.ndarray) -> np.ndarray:
 def ld_prune(z_fit: np.ndarray, contig: np.ndarray, r2: float, window: int) -> np.ndarray:
     """Greedy pruning: walking in order, keep a variant unless its r^2 with a kept variant among the previous
     `window` variants of the same contig exceeds `r2` (r from the standardised fitting genotypes)."""
-    n = z_fit.shape[0]
     norms = np.sqrt((z_fit ** 2).sum(axis=0))
     norms[norms == 0] = 1.0
     unit = z_fit / norms
@@ -64,7 +63,6 @@ def ld_prune(z_fit: np.ndarray, contig: np.ndarray, r2: float, window: int) -> n
             if (r ** 2).max() > r2:
                 continue
         keep[j] = True
-    del n
     return keep
 
 
@@ -118,7 +116,7 @@ def fit_genetic_pcs(blocks: Blocks, fit: np.ndarray, n_pcs: int, min_maf: float 
     scores = gram @ u / s  # fitting rows: U S; others: projected with the fitting loadings
     loadings = np.zeros((m, n_pcs))
     start = 0
-    for variants, values in _filtered(blocks, used):
+    for _, values in _filtered(blocks, used):
         z = standardise(values[fit], used["alt_freq"].to_numpy()[start:start + values.shape[1]])
         loadings[start:start + values.shape[1]] = z.T @ u / s
         start += values.shape[1]
