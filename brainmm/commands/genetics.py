@@ -93,6 +93,8 @@ def _genotype_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _sequence_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcf", default=None, help="bgzip-compressed, indexed VCF/BCF")
+    p.add_argument("--bgen", default=None, help="phased BGEN instead of --vcf (with --sample or FILE.sample beside it)")
+    p.add_argument("--sample", default=None, help="Oxford .sample file of --bgen (default: beside it)")
     p.add_argument("--fasta", default=None, help="reference FASTA (plain or bgzip; index built if missing)")
     p.add_argument("--regions", default=None, help="BED or gene table (name, contig, start, end[, strand])")
     p.add_argument("--cohort", default=None, help="cohort table with subject_id (and a sample-id column)")
@@ -123,7 +125,8 @@ def _overrides(pairs: dict[str, Any]) -> list[str]:
 
 
 def _inputs_flags(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
-    return {f"{prefix}vcf": args.vcf, f"{prefix}fasta": args.fasta, f"{prefix}regions": args.regions,
+    return {f"{prefix}vcf": args.vcf, f"{prefix}bgen": args.bgen, f"{prefix}sample": args.sample,
+            f"{prefix}fasta": args.fasta, f"{prefix}regions": args.regions,
             f"{prefix}cohort": args.cohort, f"{prefix}sample_column": args.sample_column,
             f"{prefix}drop_unmatched_samples": args.drop_unmatched_samples,
             f"{prefix}contig_aliases": _aliases(args.contig_alias)}
@@ -141,8 +144,8 @@ def _haplotypes(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in _inputs_flags(args, "").items() if v is not None}
     inputs = from_dict(SequenceInputs, flags)
     for name in ("vcf", "fasta", "regions"):
-        if not getattr(inputs, name):
-            raise BrainmmError(f"--{name}: required")
+        if not getattr(inputs, name) and not (name == "vcf" and inputs.bgen):
+            raise BrainmmError(f"--{name}: required" + (" (or --bgen)" if name == "vcf" else ""))
     plan = make_plan(inputs, "haplotypes")
     wanted = set(args.samples.split(",")) if args.samples else None
     if wanted is not None and wanted - set(plan.subjects):

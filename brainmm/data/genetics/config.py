@@ -12,12 +12,15 @@ from brainmm.config import ConfigError
 class SequenceInputs:
     """Where personal sequences come from: VCF/BCF + reference FASTA + regions, samples matched to a cohort.
 
-    `cohort` is a table with `subject_id` (and `sample_column` holding the VCF sample ids; None: the VCF
+    `bgen` (with `sample`, default beside it) replaces `vcf` with a phased BGEN: each haplotype carries its most
+    probable allele. `cohort` is a table with `subject_id` (and `sample_column` holding the VCF sample ids; None: the VCF
     sample ids are the subject ids). `contig_aliases` maps a FASTA/regions contig name to the VCF's name
     (e.g. {"20": "chr20"}).
     """
 
     vcf: str = ""
+    bgen: str = ""
+    sample: str | None = None
     fasta: str = ""
     regions: str = ""
     cohort: str | None = None
@@ -83,7 +86,8 @@ class GeneticsEmbedConfig:
 
     def require_inputs(self) -> None:
         """Raise naming each required field that is empty."""
-        missing = [name for name, value in (("inputs.vcf", self.inputs.vcf), ("inputs.fasta", self.inputs.fasta),
+        missing = [name for name, value in (("inputs.vcf", self.inputs.vcf or self.inputs.bgen),
+                                            ("inputs.fasta", self.inputs.fasta),
                                             ("inputs.regions", self.inputs.regions),
                                             ("encoder.path", self.encoder.path)) if not value]
         if missing:

@@ -17,10 +17,9 @@ import pandas as pd
 
 from brainmm.config import save_config
 from brainmm.data.genetics.config import GenotypeMatrixConfig, GenotypeSourceConfig
-from brainmm.data.genetics.embed import table_stem
 from brainmm.data.genetics.selection import Selection, select_variants
 from brainmm.data.genetics.sources import INFO_KEYS, GenotypeSource, open_source, variant_table
-from brainmm.data.genetics.store import data_hash, save_table
+from brainmm.data.genetics.store import save_table
 from brainmm.data.genetics.subjects import match_samples, read_sample_map
 from brainmm.data.splits import load_split
 from brainmm.embeddings import EmbeddingTable
@@ -314,20 +313,23 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     if not is_train.any():
         raise BrainmmError("genotype matrix: no training subjects; statistics are fitted on the 'train' split")
     n_candidates = len(inputs.selection.rows)
-    # Column-major: kept columns fill the front of the buffer, and pages never written are never resident.
-    out_buf = np.empty((len(subjects), n_candidates), dtype=np.float32, order="F")
+    # Kept columns fill the left of each row; pages never written are never resident, so the buffer costs
+    # about the output matrix even when the filters drop variants.
+    out_buf = np.empty((len(subjects), n_candidates), dtype=np.float32)
     pgs = PolygenicScores(cfg.pgs_weights, len(subjects)) if cfg.pgs_weights else None
     kept_parts, k, n_missing = [], 0, 0
     for rows, values in progress(inputs.blocks(cfg), desc="reading genotypes", unit="block",
                                  total=-(-n_candidates // cfg.block_size)):
         stats = fit_genotype_stats(values[is_train], cfg.impute, cfg.min_maf, cfg.max_missing)
         keep = np.flatnonzero(stats.keep)
-        n_missing += int(np.isnan(values[:, keep]).sum())
-        impute(values, stats.fill)
+        missing = np.isnan(values)
+        n_missing += int(missing[:, keep].sum())
+        if missing.any():
+            np.copyto(values, np.broadcast_to(stats.fill, values.shape), where=missing)
         table = inputs.variant_rows(rows)
         if pgs is not None:
             pgs.add(table, values)
-        out_buf[:, k:k + len(keep)] = values[:, keep]
+        out_buf[:, k:k + len(keep)] = values if len(keep) == values.shape[1] else values[:, keep]
         k += len(keep)
         kept_parts.append(table.iloc[keep].assign(train_alt_freq=stats.alt_freq[keep],
                                                   train_missing_rate=stats.missing_rate[keep],
@@ -357,7 +359,6 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     }
     if inputs.samples != subjects:
         meta["genotype_samples"] = inputs.samples
-    meta["data_hash"] = data_hash(vectors, subjects)
     LOG.info("genotype matrix: %d subjects x %d variants (of %d; MAF >= %g, missing <= %g on %d train subjects); "
              "%d missing calls imputed (%s)", len(subjects), k, n_candidates, cfg.min_maf, cfg.max_missing,
              int(is_train.sum()), n_missing, cfg.impute)
@@ -368,6 +369,12 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
         pgs_table.save(out.with_name(out.name + "_pgs"))
     save_table(out, subjects, vectors, meta)
     return EmbeddingTable(subjects, vectors, meta)
+
+
+def table_stem(path: str | Path) -> Path:
+    """An output table path without its .safetensors/.json suffix."""
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
 def read_variant_table(stem: str | Path) -> pd.DataFrame:

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from brainmm.data.genetics.config import GeneticPcaConfig
-from brainmm.data.genetics.embed import table_stem
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.runtime import LOG
@@ -163,7 +162,7 @@ def project(model: pd.DataFrame, blocks: Blocks) -> np.ndarray:
 def run_pca(cfg: GeneticPcaConfig) -> EmbeddingTable:
     """`brainmm genetics pca`: fit (train or all samples), project, write `<out>` + `.variants.tsv` + config."""
     from brainmm.config import save_config
-    from brainmm.data.genetics.matrix import _write_tsv, open_inputs
+    from brainmm.data.genetics.matrix import _write_tsv, open_inputs, table_stem
     from brainmm.data.genetics.store import data_hash
     from brainmm.data.splits import load_split
 

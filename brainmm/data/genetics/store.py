@@ -32,7 +32,7 @@ def data_hash(vectors: np.ndarray, ids: list[str]) -> str:
 
 
 def save_table(stem: Path, ids: list[str], vectors: np.ndarray, meta: dict[str, Any]) -> Path:
-    """Atomically write the table (vectors may be any memory order); returns the stem."""
+    """Atomically write the table (vectors may be a strided view); sets meta["data_hash"] (as `data_hash`)."""
     n, d = vectors.shape
     header = json.dumps({"vectors": {"dtype": "F32", "shape": [n, d], "data_offsets": [0, n * d * 4]}},
                         separators=(",", ":")).encode()
@@ -42,7 +42,12 @@ def save_table(stem: Path, ids: list[str], vectors: np.ndarray, meta: dict[str, 
         with open(tmp, "wb") as fh:
             fh.write(struct.pack("<Q", len(header)))
             fh.write(header)
+            h = hashlib.sha256()
             for chunk in _row_chunks(vectors):
-                fh.write(memoryview(chunk).cast("B"))
+                view = memoryview(chunk).cast("B")
+                h.update(view)
+                fh.write(view)
+    h.update("\n".join(ids).encode())
+    meta["data_hash"] = h.hexdigest()
     atomic_write_json(stem.with_name(stem.name + ".json"), {"ids": list(ids), "dim": int(d), "meta": meta})
     return stem
