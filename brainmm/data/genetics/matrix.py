@@ -140,16 +140,22 @@ def fit_genotype_stats(train: np.ndarray, impute: str, min_maf: float, max_missi
     observed = ~np.isnan(train)
     n_obs = observed.sum(axis=0)
     missing_rate = 1.0 - n_obs / train.shape[0]
+    alt_sum = np.zeros(train.shape[1])
+    mode_counts = np.zeros((3, train.shape[1]), dtype=np.int64)
+    for c in range(0, train.shape[1], 256):  # column chunks keep the temporaries small
+        part = train[:, c:c + 256]
+        alt_sum[c:c + 256] = np.nansum(part, axis=0, dtype=np.float64)
+        if impute == "mode":  # of the rounded dosages (hard calls stay as they are)
+            rounded = np.rint(part)
+            mode_counts[:, c:c + 256] = [(rounded == d).sum(axis=0) for d in (0, 1, 2)]
     with np.errstate(invalid="ignore", divide="ignore"):
-        alt_freq = np.nansum(train, axis=0, dtype=np.float64) / (2.0 * n_obs)
+        alt_freq = alt_sum / (2.0 * n_obs)
     maf = np.minimum(alt_freq, 1.0 - alt_freq)
     keep = (n_obs > 0) & (maf >= min_maf) & (missing_rate <= max_missing)
     if impute == "mean":
         fill = 2.0 * alt_freq
-    elif impute == "mode":  # of the rounded dosages (hard calls stay as they are)
-        rounded = np.rint(train)
-        counts = np.stack([(rounded == d).sum(axis=0) for d in (0, 1, 2)])
-        fill = counts.argmax(axis=0).astype(np.float64)
+    elif impute == "mode":
+        fill = mode_counts.argmax(axis=0).astype(np.float64)
     else:
         raise BrainmmError(f"impute {impute!r}: expected 'mode' or 'mean'")
     fill = np.where(n_obs > 0, fill, np.nan)

@@ -217,7 +217,9 @@ class PgenSource(GenotypeSource):
         alleles = self.variants["allele"].to_numpy()[rows]
         out = np.empty((len(rows), len(samples)), dtype=np.float32)
         first = alleles == 1
-        if first.any():
+        if first.all():
+            self._pgen.read_dosages_list(records, out)
+        elif first.any():
             buf = np.empty((int(first.sum()), len(samples)), dtype=np.float32)
             self._pgen.read_dosages_list(records[first], buf)
             out[first] = buf
