@@ -264,6 +264,7 @@ class GenotypeInputs:
             if cfg.hard_call_threshold is not None:
                 hard_calls(values, cfg.hard_call_threshold)
             yield rows, values
+            del values
 
     def variant_rows(self, rows: np.ndarray) -> pd.DataFrame:
         """Variant-table rows (alleles as counted: flipped rows have REF and ALT swapped)."""
@@ -340,6 +341,7 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
         kept_parts.append(table.iloc[keep].assign(train_alt_freq=stats.alt_freq[keep],
                                                   train_missing_rate=stats.missing_rate[keep],
                                                   fill=stats.fill[keep]))
+        del values, missing  # before the next block is read
     inputs.source.close()
     if not k:
         raise BrainmmError(f"genotype matrix {source}: no variant passes min_maf={cfg.min_maf} and "

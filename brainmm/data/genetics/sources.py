@@ -63,6 +63,7 @@ class GenotypeSource:
                 raise BrainmmError(f"{self.kind} {self.path}: unreadable ({err.__class__.__name__}: {err}); "
                                    "truncated or damaged?") from None
             yield block, values
+            del values  # one block alive at a time
 
     def _read(self, samples: np.ndarray, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
