@@ -305,3 +305,29 @@ def test_bad_bgen_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         shutil.copy(bgen.with_suffix(".sample"), odd.with_suffix(".sample"))
         err = _bad(tmp_path, capsys, "--bgen", odd)
         assert f"{name}.bgen" in err and "unsupported layout" in err
+
+
+def test_phased_bgen_gives_the_vcf_haplotypes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import bgen
+    import pysam
+
+    from brainmm.data.genetics.simulate import simulate_vcf_cohort
+
+    paths = simulate_vcf_cohort(tmp_path / "sim", n_samples=30, n_regions=3, seed=1)
+    vcf = pysam.VariantFile(str(paths["vcf"]))
+    samples = list(vcf.header.samples)
+    with bgen.BgenWriter(tmp_path / "h.bgen", len(samples), samples=samples, compression="zstd") as w:
+        for rec in vcf:
+            k = len(rec.alleles)
+            probs = np.zeros((len(samples), 2 * k))
+            for s, call in enumerate(rec.samples.values()):
+                a, b = call.allele_indices
+                probs[s, a] = probs[s, k + b] = 1.0
+            w.add_variant(f"v{rec.pos}", ".", rec.chrom, rec.pos, list(rec.alleles), probs, phased=True)
+    common = ["--fasta", str(paths["fasta"]), "--regions", str(paths["regions"])]
+    outs = {}
+    for name, source in (("vcf", ["--vcf", str(paths["vcf"])]), ("bgen", ["--bgen", str(tmp_path / "h.bgen")])):
+        outs[name] = tmp_path / f"{name}.fa"
+        assert main(["-q", "genetics", "haplotypes", *source, *common, "--out", str(outs[name])]) == 0
+    capsys.readouterr()
+    assert outs["vcf"].read_text() == outs["bgen"].read_text() and outs["vcf"].read_text().count(">") == 30 * 3 * 2
