@@ -162,6 +162,13 @@ def fit_genotype_stats(train: np.ndarray, impute: str, min_maf: float, max_missi
     return GenotypeStats(alt_freq, missing_rate, fill.astype(np.float32), keep, int(train.shape[0]))
 
 
+def train_rows(values: np.ndarray, is_train: np.ndarray) -> np.ndarray:
+    """values[is_train], gathered along the contiguous axis (variant-major blocks from pgenlib are 10x faster)."""
+    if values.flags.f_contiguous and not values.flags.c_contiguous:
+        return np.compress(is_train, values.T, axis=1).T
+    return np.compress(is_train, values, axis=0)
+
+
 def impute(values: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """Replace NaN in each column by that column's fill value (in place; returns `values`)."""
     rows, cols = np.nonzero(np.isnan(values))
@@ -327,7 +334,7 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     kept_parts, k, n_missing = [], 0, 0
     for rows, values in progress(inputs.blocks(cfg), desc="reading genotypes", unit="block",
                                  total=-(-n_candidates // cfg.block_size)):
-        stats = fit_genotype_stats(values[is_train], cfg.impute, cfg.min_maf, cfg.max_missing)
+        stats = fit_genotype_stats(train_rows(values, is_train), cfg.impute, cfg.min_maf, cfg.max_missing)
         keep = np.flatnonzero(stats.keep)
         missing = np.isnan(values)
         n_missing += int(missing[:, keep].sum())
