@@ -331,3 +331,43 @@ def test_phased_bgen_gives_the_vcf_haplotypes(tmp_path: Path, capsys: pytest.Cap
         assert main(["-q", "genetics", "haplotypes", *source, *common, "--out", str(outs[name])]) == 0
     capsys.readouterr()
     assert outs["vcf"].read_text() == outs["bgen"].read_text() and outs["vcf"].read_text().count(">") == 30 * 3 * 2
+
+
+def test_multiallelic_bgen_one_column_per_alt(tmp_path: Path) -> None:
+    import bgen
+
+    rng = np.random.default_rng(5)
+    unphased = rng.dirichlet(np.ones(6), size=N)  # genotypes in BGEN order: AA, AG, GG, AT, GT, TT
+    haps = np.concatenate([rng.dirichlet(np.ones(3), size=N), rng.dirichlet(np.ones(3), size=N)], axis=1)
+    with bgen.BgenWriter(tmp_path / "m.bgen", N, samples=SAMPLES, compression="zlib") as w:
+        w.add_variant("u", "rsu", "1", 100, ["A", "G", "T"], unphased, bit_depth=16)
+        w.add_variant("p", "rsp", "1", 200, ["A", "G", "T"], haps, phased=True, bit_depth=16)
+    src = open_source(bgen=str(tmp_path / "m.bgen"))
+    assert src.variants["variant_id"].tolist() == ["1:100:A:G", "1:100:A:T", "1:200:A:G", "1:200:A:T"]
+    assert src.multiallelic_split == 2
+    got = _dosages(bgen=str(tmp_path / "m.bgen"))
+    u = unphased
+    expected = np.stack([u[:, 1] + 2 * u[:, 2] + u[:, 4], u[:, 3] + u[:, 4] + 2 * u[:, 5],
+                         haps[:, 1] + haps[:, 4], haps[:, 2] + haps[:, 5]], axis=1)
+    assert np.abs(got - expected).max() <= 4 / 65535 + 1e-6  # four stored probabilities of step 1/65535
+
+
+def test_multiallelic_pgen_one_column_per_alt(tmp_path: Path) -> None:
+    import pgenlib
+
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, 3, size=(2, 2 * N)).astype(np.int32)  # two variants, allele codes per haplotype
+    codes[0, :2] = -9  # first sample missing at variant 0
+    path = tmp_path / "m.pgen"
+    with pgenlib.PgenWriter(str(path).encode(), N, 2, False, allele_ct_limit=3) as w:
+        for j in range(2):
+            w.append_alleles(codes[j], allele_ct=3)
+    path.with_suffix(".psam").write_text("#IID\n" + "".join(f"{s}\n" for s in SAMPLES))
+    path.with_suffix(".pvar").write_text("#CHROM\tPOS\tID\tREF\tALT\n1\t100\tv1\tA\tG,T\n1\t200\tv2\tC\tA,G\n")
+    src = open_source(pgen=str(path))
+    assert src.variants["variant_id"].tolist() == ["1:100:A:G", "1:100:A:T", "1:200:C:A", "1:200:C:G"]
+    got = _dosages(pgen=str(path))
+    pairs = codes.reshape(2, N, 2)
+    expected = np.stack([(pairs[j] == a).sum(axis=1) for j in range(2) for a in (1, 2)], axis=1).astype(float)
+    expected[0, :2] = np.nan
+    np.testing.assert_array_equal(got, expected)
