@@ -18,7 +18,7 @@ import pandas as pd
 from brainmm.config import save_config
 from brainmm.data.genetics.config import GenotypeMatrixConfig, GenotypeSourceConfig
 from brainmm.data.genetics.selection import Selection, select_variants
-from brainmm.data.genetics.sources import INFO_KEYS, GenotypeSource, open_source, variant_table
+from brainmm.data.genetics.sources import GenotypeSource, open_source
 from brainmm.data.genetics.store import save_table
 from brainmm.data.genetics.subjects import match_samples, read_sample_map
 from brainmm.data.splits import load_split
@@ -39,74 +39,14 @@ class Dosages:
     star_alleles_skipped: int = 0
 
 
-def _vcf_info(rec) -> float:
-    for key in INFO_KEYS:
-        if key in rec.header.info and key in rec.info:
-            value = rec.info[key]
-            value = value[0] if isinstance(value, tuple) else value
-            return float(value) if value is not None else np.nan
-    return np.nan
-
-
 def read_vcf_dosages(path: str | Path) -> Dosages:
     """Dosages from a VCF/BCF's GT field; multi-allelic records become one column per ALT allele."""
-    import pysam
+    from brainmm.data.genetics.sources import VcfSource
 
-    from brainmm.data.genetics.reference import file_compression
-
-    path = Path(path)
-    if not path.is_file():
-        raise BrainmmError(f"VCF {path}: not found")
-    if file_compression(path) == "gzip":
-        raise BrainmmError(f"VCF {path}: gzip-compressed but not bgzip, which htslib cannot read; recompress it "
-                           "with `bgzip` (or decompress it)")
-    try:
-        vcf = pysam.VariantFile(str(path))
-    except (OSError, ValueError, NotImplementedError) as err:  # plain gzip: "seek not implemented"
-        hint = " (gzip but not bgzip? recompress with `bgzip`)" if "seek" in str(err) or "compress" in str(err) else ""
-        raise BrainmmError(f"VCF {path}: unreadable ({err}){hint}") from None
-    samples = list(vcf.header.samples)
-    if not samples:
-        raise BrainmmError(f"VCF {path}: no samples (no genotype columns); expected one per person")
-    n = len(samples)
-    columns: list[np.ndarray] = []
-    rows: list[tuple[str, str, int, str, str, str]] = []
-    multi = star = 0
-    try:
-        for rec in progress(vcf, desc="reading VCF", unit="record"):
-            alts = rec.alts or ()
-            if len(alts) > 1:
-                multi += 1
-            flat = []
-            for call in rec.samples.values():
-                idx = call.allele_indices
-                if len(idx) == 1:
-                    idx = idx * 2  # haploid call counts as homozygous (0/2 coding)
-                elif len(idx) != 2:
-                    raise BrainmmError(f"VCF {path}: {rec.chrom}:{rec.pos} has a call of ploidy {len(idx)}; "
-                                       "expected diploid or haploid calls")
-                flat.extend(-1 if a is None else a for a in idx)
-            gt = np.asarray(flat, dtype=np.int16).reshape(n, 2)
-            missing = (gt < 0).any(axis=1)
-            info = _vcf_info(rec)
-            for a, alt in enumerate(alts, 1):
-                if alt == "*":
-                    star += 1
-                    continue
-                dosage = (gt == a).sum(axis=1).astype(np.float32)
-                dosage[missing] = np.nan
-                columns.append(dosage)
-                rows.append((rec.chrom, rec.pos, rec.ref, alt, rec.id or "", info, a))
-    except OSError as err:
-        raise BrainmmError(f"VCF {path}: unreadable ({err}); is it bgzip-compressed (not plain gzip)?") from None
-    finally:
-        vcf.close()
-    if not columns:
-        raise BrainmmError(f"VCF {path}: no variant records")
-    variants = variant_table(rows, path)
-    if multi:
-        LOG.info("VCF %s: %d multi-allelic records split into one column per ALT allele", path, multi)
-    return Dosages(samples, variants, np.stack(columns, axis=1), multi, star)
+    src = VcfSource(path)
+    rows = np.arange(len(src.variants))
+    _, values = next(src.blocks(np.arange(len(src.samples)), rows, len(rows)))
+    return Dosages(src.samples, src.variants, values, src.multiallelic_split, src.star_alleles_skipped)
 
 
 def read_plink_dosages(path: str | Path) -> Dosages:

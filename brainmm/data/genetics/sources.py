@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from brainmm.errors import BrainmmError
+from brainmm.runtime import LOG, progress
 
 VARIANT_COLUMNS = ["variant_id", "contig", "pos", "ref", "alt", "rsid", "info", "allele"]
 INFO_KEYS = ("INFO", "R2", "DR2", "IMPINFO")  # imputation-quality INFO fields, first present wins
@@ -72,21 +73,115 @@ class GenotypeSource:
         """Release file handles."""
 
 
+def _vcf_info(rec) -> float:
+    for key in INFO_KEYS:
+        if key in rec.header.info and key in rec.info:
+            value = rec.info[key]
+            value = value[0] if isinstance(value, tuple) else value
+            return float(value) if value is not None else np.nan
+    return np.nan
+
+
 class VcfSource(GenotypeSource):
-    """A VCF/BCF read once (GT field) into memory; multi-allelic records become one row per ALT allele."""
+    """A VCF/BCF (GT field), read twice: sites only for the variant table, then genotypes block by block.
+
+    Multi-allelic records become one row per ALT allele (`*` alleles are skipped and counted); a haploid call
+    counts as homozygous (0/2).
+    """
 
     kind = "VCF"
 
     def __init__(self, path: str | Path) -> None:
-        from brainmm.data.genetics.matrix import read_vcf_dosages
+        from brainmm.data.genetics.reference import file_compression
 
         self.path = Path(path)
-        dos = read_vcf_dosages(self.path)
-        self.samples, self.variants, self._values = dos.samples, dos.variants, dos.values
-        self.multiallelic_split, self.star_alleles_skipped = dos.multiallelic_split, dos.star_alleles_skipped
+        if not self.path.is_file():
+            raise BrainmmError(f"VCF {self.path}: not found")
+        if file_compression(self.path) == "gzip":
+            raise BrainmmError(f"VCF {self.path}: gzip-compressed but not bgzip, which htslib cannot read; "
+                               "recompress it with `bgzip` (or decompress it)")
+        vcf = self._open()
+        self.samples = list(vcf.header.samples)
+        if not self.samples:
+            vcf.close()
+            raise BrainmmError(f"VCF {self.path}: no samples (no genotype columns); expected one per person")
+        vcf.subset_samples([])
+        rows = []
+        for rec in self._records(vcf):
+            alts = rec.alts or ()
+            self.multiallelic_split += len(alts) > 1
+            info = _vcf_info(rec)
+            for a, alt in enumerate(alts, 1):
+                if alt == "*":
+                    self.star_alleles_skipped += 1
+                    continue
+                rows.append((rec.chrom, rec.pos, rec.ref, alt, rec.id or "", info, a))
+        if not rows:
+            raise BrainmmError(f"VCF {self.path}: no variant records")
+        self.variants = variant_table(rows, self.path)
+        if self.multiallelic_split:
+            LOG.info("VCF %s: %d multi-allelic records split into one column per ALT allele", self.path,
+                     self.multiallelic_split)
 
-    def _read(self, samples: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return self._values[np.ix_(samples, rows)]
+    def _open(self):
+        import pysam
+
+        try:
+            return pysam.VariantFile(str(self.path))
+        except (OSError, ValueError, NotImplementedError) as err:  # plain gzip: "seek not implemented"
+            hint = (" (gzip but not bgzip? recompress with `bgzip`)" if "seek" in str(err) or "compress" in str(err)
+                    else "")
+            raise BrainmmError(f"VCF {self.path}: unreadable ({err}){hint}") from None
+
+    def _records(self, vcf):
+        try:
+            yield from vcf
+        except OSError as err:
+            raise BrainmmError(f"VCF {self.path}: unreadable ({err}); is it bgzip-compressed (not plain "
+                               "gzip)?") from None
+        finally:
+            vcf.close()
+
+    def blocks(self, samples: np.ndarray, rows: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Dosage blocks from one pass over the records (rows must be increasing)."""
+        vcf = self._open()
+        vcf.subset_samples([self.samples[i] for i in samples])
+        n = len(samples)
+        wanted = np.zeros(len(self.variants), dtype=bool)
+        wanted[rows] = True
+        out = np.empty((n, min(size, len(rows))), dtype=np.float32)
+        row = filled = start = 0
+        for rec in progress(self._records(vcf), desc="reading VCF", unit="record"):
+            if filled == len(rows):
+                break
+            alts = [a for a in (rec.alts or ()) if a != "*"]
+            if not wanted[row:row + len(alts)].any():
+                row += len(alts)
+                continue
+            flat = []
+            for call in rec.samples.values():
+                idx = call.allele_indices
+                if len(idx) == 1:
+                    idx = idx * 2  # haploid call counts as homozygous (0/2 coding)
+                elif len(idx) != 2:
+                    raise BrainmmError(f"VCF {self.path}: {rec.chrom}:{rec.pos} has a call of ploidy {len(idx)}; "
+                                       "expected diploid or haploid calls")
+                flat.extend(-1 if a is None else a for a in idx)
+            gt = np.asarray(flat, dtype=np.int16).reshape(n, 2)
+            missing = (gt < 0).any(axis=1)
+            for a, alt in enumerate(rec.alts or (), 1):
+                if alt == "*":
+                    continue
+                if wanted[row]:
+                    dosage = (gt == a).sum(axis=1).astype(np.float32)
+                    dosage[missing] = np.nan
+                    out[:, filled - start] = dosage
+                    filled += 1
+                    if filled - start == out.shape[1]:
+                        yield rows[start:filled], out
+                        start = filled
+                        out = np.empty((n, min(size, len(rows) - filled)), dtype=np.float32)
+                row += 1
 
 
 class BedSource(GenotypeSource):
