@@ -2,8 +2,8 @@
 
 A source exposes its sample ids, a variant table (one row per ALT allele: variant_id, contig, pos, ref, alt,
 rsid, info) and `blocks(samples, rows, size)`, which yields ALT-allele dosages [samples, rows in block] as
-float32 with NaN for missing calls, reading only one block of variants at a time (VCF excepted: it is read
-once, as text). Variant ids are `contig:pos:ref:alt` for every format.
+float32 with NaN for missing calls, reading only one block of variants at a time (a VCF is read twice: sites
+only, then genotypes). Variant ids are `contig:pos:ref:alt` for every format.
 """
 
 from __future__ import annotations
