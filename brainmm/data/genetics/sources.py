@@ -45,7 +45,7 @@ class GenotypeSource:
     path: Path
     samples: list[str]
     variants: pd.DataFrame
-    phased: bool = False
+    phased: bool = False  # PLINK 2: any phased hard call; BGEN: the first variant is phased
     multiallelic_split: int = 0
     star_alleles_skipped: int = 0
 
@@ -389,7 +389,8 @@ class BgenSource(GenotypeSource):
             for rec, var in enumerate(self._bgen):
                 alleles = var.alleles
                 self.multiallelic_split += len(alleles) > 2
-                self.phased |= bool(var.is_phased)
+                if rec == 0:  # reading the phase flag decompresses the variant, so only the first one
+                    self.phased = bool(var.is_phased)
                 for a, alt in enumerate(alleles[1:], 1):
                     rows.append((var.chrom, var.pos, alleles[0], alt, var.rsid or var.varid, np.nan, a))
                     self._offsets.append(rec)
