@@ -109,13 +109,6 @@ def train_rows(values: np.ndarray, is_train: np.ndarray) -> np.ndarray:
     return np.compress(is_train, values, axis=0)
 
 
-def impute(values: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Replace NaN in each column by that column's fill value (in place; returns `values`)."""
-    rows, cols = np.nonzero(np.isnan(values))
-    values[rows, cols] = fill[cols]
-    return values
-
-
 def hard_calls(values: np.ndarray, threshold: float) -> np.ndarray:
     """Round dosages within `threshold` of 0, 1 or 2; the others become missing (in place)."""
     rounded = np.rint(values)
