@@ -64,7 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=50_000)
     ap.add_argument("--variants", type=int, default=20_000)
-    ap.add_argument("--block-size", type=int, default=1000)
+    ap.add_argument("--block-size", type=int, default=None, help="default: brainmm's (~16 MiB of dosages)")
     ap.add_argument("--workdir", default=None, help="where the synthetic files go (default: a temporary folder)")
     args = ap.parse_args()
     plink2 = shutil.which("plink2")
@@ -91,8 +91,8 @@ def main() -> None:
                               "1"])
         b_s, b_rss = measure([sys.executable, "-m", "brainmm.cli", "-q", "genetics", "matrix", f"--{fmt}",
                               str(pgen.with_suffix(f".{fmt}")), "--split", str(folder / "split.csv"), "--min-maf",
-                              "0", "--max-missing", "1", "--block-size", str(args.block_size), "--out",
-                              str(folder / f"brainmm_{fmt}")], env)
+                              "0", "--max-missing", "1", "--out", str(folder / f"brainmm_{fmt}"),
+                              *(["--block-size", str(args.block_size)] if args.block_size else [])], env)
         print(f"{fmt:6} {'plink2':8} {p_s:8.1f} {p_rss:9.0f}")
         print(f"{fmt:6} {'brainmm':8} {b_s:8.1f} {b_rss:9.0f} {b_s / p_s:11.2f} {b_rss / output_mib:11.2f} "
               f"{(b_rss - base_rss) / output_mib:21.2f} {b_rss / p_rss:10.2f}")

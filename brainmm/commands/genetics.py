@@ -82,7 +82,7 @@ def _genotype_flags(p: argparse.ArgumentParser) -> None:
                    help="dosages within this of 0/1/2 are rounded, others set missing (default: keep dosages)")
     p.add_argument("--min-maf", type=float, default=None)
     p.add_argument("--max-missing", type=float, default=None)
-    p.add_argument("--block-size", type=int, default=None, help="variants read at a time (default 1000)")
+    p.add_argument("--block-size", type=int, default=None, help="variants read at a time (default: ~16 MiB of dosages)")
 
 
 def _genotype_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class GenotypeSourceConfig:
     rsid; a `.variants.tsv` works), `regions`: a BED file, `min_info`: INFO-score threshold (VCF/.pvar INFO
     field INFO, R2 or DR2). `hard_call_threshold`: dosages further than this from 0, 1 or 2 become missing,
     the others are rounded (as plink2 --hard-call-threshold); None keeps dosages. `block_size`: variants read
-    at a time.
+    at a time (None: about 16 MiB of float32 dosages, 4 Mi / samples, within 16..4096).
     """
 
     vcf: str | None = None
@@ -124,7 +124,7 @@ class GenotypeSourceConfig:
     hard_call_threshold: float | None = None
     min_maf: float = 0.01
     max_missing: float = 0.1
-    block_size: int = 1000
+    block_size: int | None = None
 
     def validate(self) -> None:
         """Value ranges."""
@@ -134,8 +134,14 @@ class GenotypeSourceConfig:
             raise ConfigError(f"config field 'max_missing': expected 0..1, got {self.max_missing}")
         if self.hard_call_threshold is not None and not 0.0 <= self.hard_call_threshold <= 0.5:
             raise ConfigError(f"config field 'hard_call_threshold': expected 0..0.5, got {self.hard_call_threshold}")
-        if self.block_size < 1:
+        if self.block_size is not None and self.block_size < 1:
             raise ConfigError(f"config field 'block_size': expected >= 1, got {self.block_size}")
+
+    def block_for(self, n_samples: int) -> int:
+        """Variants per block: `block_size`, or about 16 MiB of dosages for `n_samples`."""
+        if self.block_size is not None:
+            return self.block_size
+        return int(min(4096, max(16, (4 << 20) // max(1, n_samples))))
 
     @property
     def source_path(self) -> str:

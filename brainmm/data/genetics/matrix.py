@@ -196,7 +196,8 @@ class GenotypeInputs:
         """(variant rows, dosages [subjects, block]) with swapped alleles flipped and hard calls applied."""
         flip_all = self.selection.flip
         done = 0
-        for rows, values in self.source.blocks(self.sample_index, self.selection.rows, cfg.block_size):
+        for rows, values in self.source.blocks(self.sample_index, self.selection.rows,
+                                                 cfg.block_for(len(self.sample_index))):
             flip = flip_all[done:done + len(rows)]
             done += len(rows)
             if flip.any():
@@ -266,7 +267,7 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     pgs = PolygenicScores(cfg.pgs_weights, len(subjects)) if cfg.pgs_weights else None
     kept_parts, k, n_missing = [], 0, 0
     for rows, values in progress(inputs.blocks(cfg), desc="reading genotypes", unit="block",
-                                 total=-(-n_candidates // cfg.block_size)):
+                                 total=-(-n_candidates // cfg.block_for(len(subjects)))):
         stats = fit_genotype_stats(train_rows(values, is_train), cfg.impute, cfg.min_maf, cfg.max_missing)
         keep = np.flatnonzero(stats.keep)
         missing = np.isnan(values)
