@@ -371,3 +371,24 @@ def test_multiallelic_pgen_one_column_per_alt(tmp_path: Path) -> None:
     expected = np.stack([(pairs[j] == a).sum(axis=1) for j in range(2) for a in (1, 2)], axis=1).astype(float)
     expected[0, :2] = np.nan
     np.testing.assert_array_equal(got, expected)
+
+
+def test_ld_pruning_drops_correlated_variants_whatever_the_block_size() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.binomial(2, 0.4, size=(80, 30)).astype(np.float32)
+    values = np.repeat(base, 2, axis=1)  # each variant twice in a row: r^2 = 1 with its copy
+    values[:, 1::2][rng.random((80, 30)) < 0.02] = np.nan  # copies lightly damaged, still r^2 >> 0.5
+    variants = pd.DataFrame({"variant_id": [f"1:{i}:A:G" for i in range(60)], "contig": "1"})
+
+    def blocks_of(size: int):
+        def blocks():
+            for s in range(0, 60, size):
+                yield variants.iloc[s:s + size], values[:, s:s + size]
+        return blocks
+
+    fit = np.ones(80, dtype=bool)
+    runs = [fit_genetic_pcs(blocks_of(size), fit, 2, ld_prune_r2=0.5, ld_window=10) for size in (7, 60)]
+    for run in runs:
+        assert run.variants["variant_id"].tolist() == [f"1:{i}:A:G" for i in range(0, 60, 2)]
+        assert run.info["ld_pruned"] == 30
+    np.testing.assert_allclose(runs[0].scores, runs[1].scores, rtol=1e-10, atol=1e-10)

@@ -184,7 +184,7 @@ class GeneticPcaConfig(GenotypeSourceConfig):
     """`brainmm genetics pca`: genetic principal components (plink2 --pca standardisation) per subject.
 
     Fitted on the training subjects of `split` (others projected); without a split every sample fits.
-    `ld_prune_r2`: greedy LD pruning within windows of `ld_window` consecutive variants (None: off).
+    `ld_prune_r2`: greedy LD pruning against the last `ld_window` kept variants of the same contig (None: off).
     """
 
     split: str | None = None

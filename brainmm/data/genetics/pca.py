@@ -47,21 +47,22 @@ def standardise(values: np.ndarray, alt_freq: np.ndarray) -> np.ndarray:
     return z
 
 
-def ld_prune(z_fit: np.ndarray, contig: np.ndarray, r2: float, window: int) -> np.ndarray:
-    """Greedy pruning: walking in order, keep a variant unless its r^2 with a kept variant among the previous
-    `window` variants of the same contig exceeds `r2` (r from the standardised fitting genotypes)."""
+def ld_prune(z_fit: np.ndarray, contig: np.ndarray, r2: float, window: int, n_fixed: int = 0) -> np.ndarray:
+    """Greedy pruning in order: keep a variant unless its r^2 with one of the last `window` kept variants of the
+    same contig exceeds `r2` (r from the standardised fitting genotypes). The first `n_fixed` columns are
+    variants kept earlier (carried over from the previous block)."""
     norms = np.sqrt((z_fit ** 2).sum(axis=0))
     norms[norms == 0] = 1.0
     unit = z_fit / norms
     keep = np.zeros(z_fit.shape[1], dtype=bool)
-    for j in range(z_fit.shape[1]):
-        lo = max(0, j - window + 1)
-        prev = np.flatnonzero(keep[lo:j] & (contig[lo:j] == contig[j])) + lo
-        if prev.size:
-            r = unit[:, prev].T @ unit[:, j]
-            if (r ** 2).max() > r2:
-                continue
+    keep[:n_fixed] = True
+    kept = list(range(n_fixed))
+    for j in range(n_fixed, z_fit.shape[1]):
+        recent = [i for i in kept[-window:] if contig[i] == contig[j]]
+        if recent and ((unit[:, recent].T @ unit[:, j]) ** 2).max() > r2:
+            continue
         keep[j] = True
+        kept.append(j)
     return keep
 
 
@@ -75,6 +76,7 @@ def fit_genetic_pcs(blocks: Blocks, fit: np.ndarray, n_pcs: int, min_maf: float 
         raise BrainmmError(f"genetic PCA: {n_fit} fitting sample(s); need at least 2")
     gram = np.zeros((len(fit), n_fit))
     parts, counts = [], {"variants_read": 0, "maf_or_missing_filtered": 0, "ld_pruned": 0}
+    carry_z, carry_c = np.zeros((n_fit, 0)), np.zeros(0, dtype=object)  # last kept variants, for LD pruning
     for variants, values in blocks():
         counts["variants_read"] += values.shape[1]
         train = values[fit]
@@ -87,7 +89,11 @@ def fit_genetic_pcs(blocks: Blocks, fit: np.ndarray, n_pcs: int, min_maf: float 
         z = standardise(values[:, keep], p[keep])
         table = variants.iloc[np.flatnonzero(keep)].reset_index(drop=True).assign(alt_freq=p[keep])
         if ld_prune_r2 is not None and z.shape[1]:
-            pruned = ld_prune(z[fit], table["contig"].to_numpy(), ld_prune_r2, ld_window)
+            both_z = np.concatenate([carry_z, z[fit]], axis=1)
+            both_c = np.concatenate([carry_c, table["contig"].to_numpy(dtype=object)])
+            kept = ld_prune(both_z, both_c, ld_prune_r2, ld_window, n_fixed=carry_z.shape[1])
+            carry_z, carry_c = both_z[:, kept][:, -ld_window:], both_c[kept][-ld_window:]
+            pruned = kept[len(kept) - z.shape[1]:]
             counts["ld_pruned"] += int((~pruned).sum())
             z, table = z[:, pruned], table.iloc[np.flatnonzero(pruned)].reset_index(drop=True)
         gram += z @ z[fit].T
