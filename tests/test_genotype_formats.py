@@ -151,14 +151,14 @@ def test_pgen_dosages_selection_and_streaming(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def kg(sample_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The 1000 Genomes sample VCF converted by plink2 to .pgen and BGEN 1.2 8-bit (REF last, plink2's default)."""
+    """The 1000 Genomes sample VCF converted by plink2 to .pgen and BGEN 1.2 8-bit (REF last, stated explicitly)."""
     from brainmm.data.genetics.sample import fetch_genetics_sample
     from brainmm.data.splits import make_split, save_split
 
     vcf = fetch_genetics_sample(sample_data_dir) / "1kg.chr2.vcf.gz"
     tmp = tmp_path_factory.mktemp("kg")
     _run_plink2("--vcf", vcf, "--make-pgen", "--out", tmp / "kg")
-    _run_plink2("--vcf", vcf, "--export", "bgen-1.2", "bits=8", "--out", tmp / "kg")
+    _run_plink2("--vcf", vcf, "--export", "bgen-1.2", "bits=8", "ref-last", "--out", tmp / "kg")
     samples = open_source(pgen=str(tmp / "kg.pgen")).samples
     save_split(make_split(samples, seed=0), tmp / "split.csv")
     return {"vcf": vcf, "tmp": tmp, "split": tmp / "split.csv"}
