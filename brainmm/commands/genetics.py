@@ -35,22 +35,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
     e.set_defaults(func=_embed)
 
-    m = group.add_parser("matrix", help="SNP dosages (VCF or PLINK .bed) -> subject x variant table")
+    m = group.add_parser("matrix", help="SNP dosages (VCF, PLINK .bed/.pgen, BGEN) -> subject x variant table")
     m.add_argument("--config", default=None, help="YAML config (GenotypeMatrixConfig)")
-    src = m.add_mutually_exclusive_group()
-    src.add_argument("--vcf", default=None, help="VCF/BCF with GT")
-    src.add_argument("--bed", default=None, help="PLINK 1 .bed (with .bim/.fam beside it)")
+    _genotype_flags(m)
     m.add_argument("--split", default=None, help="split table CSV (statistics are fitted on 'train')")
-    m.add_argument("--cohort", default=None, help="cohort table mapping genotype sample ids to subject_id")
-    m.add_argument("--sample-column", default=None, help="cohort column holding the genotype sample ids")
-    m.add_argument("--drop-unmatched-samples", action="store_true", default=None)
-    m.add_argument("--min-maf", type=float, default=None)
-    m.add_argument("--max-missing", type=float, default=None)
     m.add_argument("--impute", choices=("mode", "mean"), default=None)
     m.add_argument("--pgs-weights", default=None, help="weights table for polygenic scores (extra table)")
     m.add_argument("--out", default=None, help="output table stem")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
     m.set_defaults(func=_matrix)
+
+    c = group.add_parser("pca", help="genetic principal components (plink2 --pca standardisation) per subject")
+    c.add_argument("--config", default=None, help="YAML config (GeneticPcaConfig)")
+    _genotype_flags(c)
+    c.add_argument("--split", default=None, help="split table CSV: fit on 'train', project val/test "
+                   "(default: every sample fits, with a warning)")
+    c.add_argument("--n-pcs", type=int, default=None, help="number of components (default 10)")
+    c.add_argument("--ld-prune-r2", type=float, default=None, help="greedy LD pruning at this r^2 (default off)")
+    c.add_argument("--ld-window", type=int, default=None, help="LD pruning window, in variants (default 200)")
+    c.add_argument("--out", default=None, help="output table stem")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    c.set_defaults(func=_pca)
 
     i = group.add_parser("import", help="precomputed per-subject vectors (Parquet/CSV/NPY/NPZ) -> table")
     i.add_argument("--table", required=True, help="input file")
@@ -60,8 +65,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_import)
 
 
+def _genotype_flags(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--vcf", default=None, help="VCF/BCF with GT")
+    src.add_argument("--bed", default=None, help="PLINK 1 .bed (with .bim/.fam beside it)")
+    src.add_argument("--pgen", default=None, help="PLINK 2 .pgen (with .pvar/.psam beside it)")
+    src.add_argument("--bgen", default=None, help="BGEN 1.1/1.2/1.3 (with --sample or FILE.sample beside it)")
+    p.add_argument("--sample", default=None, help="Oxford .sample file of --bgen (default: beside it)")
+    p.add_argument("--cohort", default=None, help="cohort table mapping genotype sample ids to subject_id")
+    p.add_argument("--sample-column", default=None, help="cohort column holding the genotype sample ids")
+    p.add_argument("--drop-unmatched-samples", action="store_true", default=None)
+    p.add_argument("--variants", default=None, help="variant ID list (contig:pos:ref:alt or rsid; a .variants.tsv)")
+    p.add_argument("--regions", default=None, help="BED file: keep variants inside these regions")
+    p.add_argument("--min-info", type=float, default=None, help="keep variants with INFO/R2 >= this (VCF, .pvar)")
+    p.add_argument("--hard-call-threshold", type=float, default=None,
+                   help="dosages within this of 0/1/2 are rounded, others set missing (default: keep dosages)")
+    p.add_argument("--min-maf", type=float, default=None)
+    p.add_argument("--max-missing", type=float, default=None)
+    p.add_argument("--block-size", type=int, default=None, help="variants read at a time (default: ~16 MiB of dosages)")
+
+
+def _genotype_values(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("vcf", "bed", "pgen", "bgen", "sample", "cohort", "sample_column", "drop_unmatched_samples", "variants",
+             "regions", "min_info", "hard_call_threshold", "min_maf", "max_missing", "block_size", "split", "out")
+    return {n: getattr(args, n) for n in names}
+
+
 def _sequence_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcf", default=None, help="bgzip-compressed, indexed VCF/BCF")
+    p.add_argument("--bgen", default=None, help="phased BGEN instead of --vcf (with --sample or FILE.sample beside it)")
+    p.add_argument("--sample", default=None, help="Oxford .sample file of --bgen (default: beside it)")
     p.add_argument("--fasta", default=None, help="reference FASTA (plain or bgzip; index built if missing)")
     p.add_argument("--regions", default=None, help="BED or gene table (name, contig, start, end[, strand])")
     p.add_argument("--cohort", default=None, help="cohort table with subject_id (and a sample-id column)")
@@ -92,7 +125,8 @@ def _overrides(pairs: dict[str, Any]) -> list[str]:
 
 
 def _inputs_flags(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
-    return {f"{prefix}vcf": args.vcf, f"{prefix}fasta": args.fasta, f"{prefix}regions": args.regions,
+    return {f"{prefix}vcf": args.vcf, f"{prefix}bgen": args.bgen, f"{prefix}sample": args.sample,
+            f"{prefix}fasta": args.fasta, f"{prefix}regions": args.regions,
             f"{prefix}cohort": args.cohort, f"{prefix}sample_column": args.sample_column,
             f"{prefix}drop_unmatched_samples": args.drop_unmatched_samples,
             f"{prefix}contig_aliases": _aliases(args.contig_alias)}
@@ -110,8 +144,8 @@ def _haplotypes(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in _inputs_flags(args, "").items() if v is not None}
     inputs = from_dict(SequenceInputs, flags)
     for name in ("vcf", "fasta", "regions"):
-        if not getattr(inputs, name):
-            raise BrainmmError(f"--{name}: required")
+        if not getattr(inputs, name) and not (name == "vcf" and inputs.bgen):
+            raise BrainmmError(f"--{name}: required" + (" (or --bgen)" if name == "vcf" else ""))
     plan = make_plan(inputs, "haplotypes")
     wanted = set(args.samples.split(",")) if args.samples else None
     if wanted is not None and wanted - set(plan.subjects):
@@ -160,16 +194,31 @@ def _matrix(args: argparse.Namespace) -> int:
     from brainmm.data.genetics.matrix import run_matrix
     from brainmm.runtime import log_to_file
 
-    flags = {"vcf": args.vcf, "bed": args.bed, "split": args.split, "cohort": args.cohort,
-             "sample_column": args.sample_column, "drop_unmatched_samples": args.drop_unmatched_samples,
-             "min_maf": args.min_maf, "max_missing": args.max_missing, "impute": args.impute,
-             "pgs_weights": args.pgs_weights, "out": args.out}
+    flags = {**_genotype_values(args), "impute": args.impute, "pgs_weights": args.pgs_weights}
     cfg = load_config(GenotypeMatrixConfig, args.config, _overrides(flags) + list(args.set))
     cfg.require_inputs()
     out = table_stem(cfg.out)
     log_to_file(out.parent)
     table = run_matrix(cfg)
     print(f"{out} ({len(table.ids)} subjects x {table.dim} variants)")
+    return 0
+
+
+def _pca(args: argparse.Namespace) -> int:
+    from brainmm.config import load_config
+    from brainmm.data.genetics.config import GeneticPcaConfig
+    from brainmm.data.genetics.embed import table_stem
+    from brainmm.data.genetics.pca import run_pca
+    from brainmm.runtime import log_to_file
+
+    flags = {**_genotype_values(args), "n_pcs": args.n_pcs, "ld_prune_r2": args.ld_prune_r2,
+             "ld_window": args.ld_window}
+    cfg = load_config(GeneticPcaConfig, args.config, _overrides(flags) + list(args.set))
+    cfg.require_source()
+    out = table_stem(cfg.out)
+    log_to_file(out.parent)
+    table = run_pca(cfg)
+    print(f"{out} ({len(table.ids)} subjects x {table.dim} PCs, {table.meta['variants_used']} variants)")
     return 0
 
 

@@ -191,12 +191,12 @@ def _wire_matrix(plan: Plan, split: str) -> None:
         m.split = _given(m.split)
     else:
         m.split = split
-    if m.vcf is None and m.bed is None:
+    if not any((m.vcf, m.bed, m.pgen, m.bgen)):
         if not plan.runs["simulate"]:
             raise BrainmmError("pipeline config fields 'genetics.matrix.vcf' / 'genetics.matrix.bed': give the "
-                               "genotypes (a VCF/BCF or a PLINK .bed) of the real cohort")
+                               "genotypes (a VCF/BCF, a PLINK .bed or .pgen, or a BGEN) of the real cohort")
         m.vcf = str(plan.cohort_dir / "genotypes.vcf.gz")
-    for key in ("vcf", "bed", "cohort", "pgs_weights"):
+    for key in ("vcf", "bed", "pgen", "bgen", "sample", "variants", "regions", "cohort", "pgs_weights"):
         if getattr(m, key):
             setattr(m, key, _given(getattr(m, key)))
 

@@ -12,12 +12,15 @@ from brainmm.config import ConfigError
 class SequenceInputs:
     """Where personal sequences come from: VCF/BCF + reference FASTA + regions, samples matched to a cohort.
 
-    `cohort` is a table with `subject_id` (and `sample_column` holding the VCF sample ids; None: the VCF
+    `bgen` (with `sample`, default beside it) replaces `vcf` with a phased BGEN: each haplotype carries its most
+    probable allele. `cohort` is a table with `subject_id` (and `sample_column` holding the VCF sample ids; None: the VCF
     sample ids are the subject ids). `contig_aliases` maps a FASTA/regions contig name to the VCF's name
     (e.g. {"20": "chr20"}).
     """
 
     vcf: str = ""
+    bgen: str = ""
+    sample: str | None = None
     fasta: str = ""
     regions: str = ""
     cohort: str | None = None
@@ -83,7 +86,8 @@ class GeneticsEmbedConfig:
 
     def require_inputs(self) -> None:
         """Raise naming each required field that is empty."""
-        missing = [name for name, value in (("inputs.vcf", self.inputs.vcf), ("inputs.fasta", self.inputs.fasta),
+        missing = [name for name, value in (("inputs.vcf", self.inputs.vcf or self.inputs.bgen),
+                                            ("inputs.fasta", self.inputs.fasta),
                                             ("inputs.regions", self.inputs.regions),
                                             ("encoder.path", self.encoder.path)) if not value]
         if missing:
@@ -91,26 +95,36 @@ class GeneticsEmbedConfig:
                               "the matching flags)")
 
 
-@dataclass
-class GenotypeMatrixConfig:
-    """`brainmm genetics matrix`: SNP dosages from a VCF or PLINK 1 .bed -> subject x variant table.
+SOURCE_FIELDS = ("vcf", "bed", "pgen", "bgen")
 
-    Missing calls are imputed (`impute`: per-variant mode or mean) and variants filtered (`min_maf`,
-    `max_missing`) with statistics fitted on the training split of `split` only. `pgs_weights`: optional
-    table (variant_id, effect_allele, one column per score) for polygenic scores, written as a second table.
+
+@dataclass
+class GenotypeSourceConfig:
+    """Where genotypes come from and which variants and samples are used (shared by matrix and pca).
+
+    One of `vcf`, `bed` (PLINK 1, .bim/.fam beside it), `pgen` (PLINK 2, .pvar/.psam beside it) or `bgen`
+    (`sample`: the Oxford .sample file, default beside it). `variants`: an ID list (contig:pos:ref:alt or
+    rsid; a `.variants.tsv` works), `regions`: a BED file, `min_info`: INFO-score threshold (VCF/.pvar INFO
+    field INFO, R2 or DR2). `hard_call_threshold`: dosages further than this from 0, 1 or 2 become missing,
+    the others are rounded (as plink2 --hard-call-threshold); None keeps dosages. `block_size`: variants read
+    at a time (None: about 16 MiB of float32 dosages, 4 Mi / samples, within 16..4096).
     """
 
     vcf: str | None = None
     bed: str | None = None
-    split: str = ""
+    pgen: str | None = None
+    bgen: str | None = None
+    sample: str | None = None
     cohort: str | None = None
     sample_column: str | None = None
     drop_unmatched_samples: bool = False
+    variants: str | None = None
+    regions: str | None = None
+    min_info: float | None = None
+    hard_call_threshold: float | None = None
     min_maf: float = 0.01
     max_missing: float = 0.1
-    impute: Literal["mode", "mean"] = "mode"
-    pgs_weights: str | None = None
-    out: str = "genetics/genotypes"
+    block_size: int | None = None
 
     def validate(self) -> None:
         """Value ranges."""
@@ -118,10 +132,75 @@ class GenotypeMatrixConfig:
             raise ConfigError(f"config field 'min_maf': expected 0..0.5, got {self.min_maf}")
         if not 0.0 <= self.max_missing <= 1.0:
             raise ConfigError(f"config field 'max_missing': expected 0..1, got {self.max_missing}")
+        if self.hard_call_threshold is not None and not 0.0 <= self.hard_call_threshold <= 0.5:
+            raise ConfigError(f"config field 'hard_call_threshold': expected 0..0.5, got {self.hard_call_threshold}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ConfigError(f"config field 'block_size': expected >= 1, got {self.block_size}")
+
+    def block_for(self, n_samples: int) -> int:
+        """Variants per block: `block_size`, or about 16 MiB of dosages for `n_samples`."""
+        if self.block_size is not None:
+            return self.block_size
+        return int(min(4096, max(16, (4 << 20) // max(1, n_samples))))
+
+    @property
+    def source_path(self) -> str:
+        """The one genotype path given."""
+        return next(str(getattr(self, f)) for f in SOURCE_FIELDS if getattr(self, f))
+
+    def require_source(self) -> None:
+        """Exactly one genotype source."""
+        given = [f for f in SOURCE_FIELDS if getattr(self, f)]
+        if len(given) != 1:
+            raise ConfigError("config fields 'vcf' / 'bed' / 'pgen' / 'bgen': give exactly one genotype source "
+                              f"(--vcf, --bed, --pgen or --bgen; got {given or 'none'})")
+        if self.sample and not self.bgen:
+            raise ConfigError("config field 'sample': only for a BGEN source (--bgen)")
+
+
+@dataclass
+class GenotypeMatrixConfig(GenotypeSourceConfig):
+    """`brainmm genetics matrix`: SNP dosages -> subject x variant table.
+
+    Missing calls are imputed (`impute`: per-variant mode or mean) and variants filtered (`min_maf`,
+    `max_missing`) with statistics fitted on the training split of `split` only. `pgs_weights`: optional
+    table (variant_id, effect_allele, one column per score) for polygenic scores, written as a second table.
+    """
+
+    split: str = ""
+    impute: Literal["mode", "mean"] = "mode"
+    pgs_weights: str | None = None
+    out: str = "genetics/genotypes"
 
     def require_inputs(self) -> None:
         """Exactly one genotype source and a split table."""
-        if (self.vcf is None) == (self.bed is None):
-            raise ConfigError("config fields 'vcf' / 'bed': give exactly one genotype source (--vcf or --bed)")
+        self.require_source()
         if not self.split:
             raise ConfigError("config field 'split': required (the split table; statistics are fitted on train)")
+
+
+@dataclass
+class GeneticPcaConfig(GenotypeSourceConfig):
+    """`brainmm genetics pca`: genetic principal components (plink2 --pca standardisation) per subject.
+
+    Fitted on the training subjects of `split` (others projected); without a split every sample fits.
+    `ld_prune_r2`: greedy LD pruning against the last `ld_window` kept variants of the same contig (None: off).
+    """
+
+    split: str | None = None
+    n_pcs: int = 10
+    ld_prune_r2: float | None = None
+    ld_window: int = 200
+    max_exact_samples: int = 5000
+    seed: int = 0
+    out: str = "genetics/genetic_pcs"
+
+    def validate(self) -> None:
+        """Value ranges."""
+        super().validate()
+        if self.n_pcs < 1:
+            raise ConfigError(f"config field 'n_pcs': expected >= 1, got {self.n_pcs}")
+        if self.ld_prune_r2 is not None and not 0.0 < self.ld_prune_r2 < 1.0:
+            raise ConfigError(f"config field 'ld_prune_r2': expected 0..1 (exclusive), got {self.ld_prune_r2}")
+        if self.ld_window < 2:
+            raise ConfigError(f"config field 'ld_window': expected >= 2, got {self.ld_window}")

@@ -62,7 +62,14 @@ def make_plan(inputs: SequenceInputs, mode: str) -> SequencePlan:
     """Open the VCF, FASTA and regions, match samples to subjects, and build every region's sequences."""
     regions = read_regions(inputs.regions)
     reference = Reference(inputs.fasta)
-    vcf = VariantSource(inputs.vcf, inputs.contig_aliases)
+    if inputs.bgen and inputs.vcf:
+        raise BrainmmError("inputs.vcf / inputs.bgen: give one source of haplotypes, not both")
+    if inputs.bgen:
+        from brainmm.data.genetics.bgen_variants import BgenVariantSource
+
+        vcf = BgenVariantSource(inputs.bgen, inputs.sample, inputs.contig_aliases)
+    else:
+        vcf = VariantSource(inputs.vcf, inputs.contig_aliases)
     try:
         sample_map = read_sample_map(inputs.cohort, inputs.sample_column) if inputs.cohort else None
         samples, subjects = match_samples(vcf.samples, str(vcf.path), sample_map, inputs.drop_unmatched_samples)

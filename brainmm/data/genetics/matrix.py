@@ -1,13 +1,14 @@
-"""Genotype matrices: SNP dosages from a VCF or PLINK 1 .bed -> subjects x variants EmbeddingTable.
+"""Genotype matrices: SNP dosages from a VCF, PLINK 1 .bed, PLINK 2 .pgen or BGEN -> subjects x variants table.
 
-Missing calls are imputed and variants filtered with statistics fitted on the training split only; the
-fitted statistics go to a sidecar `<stem>.variants.tsv` (one row per kept variant) and the table's meta.
-Variant ids are `contig:pos:ref:alt` for both sources (PLINK: ref = allele 2, alt = allele 1 of the .bim).
+Variants stream through in blocks (`brainmm.data.genetics.sources`): per block, missing calls are imputed and
+variants filtered with statistics fitted on the training split only, and kept columns go straight into the
+output matrix (peak memory: the output plus one block). The fitted statistics go to a sidecar
+`<stem>.variants.tsv` (one row per kept variant) and the table's meta. Variant ids are `contig:pos:ref:alt`
+for every source (PLINK 1: ref = allele 2, alt = allele 1 of the .bim; BGEN: the first allele is REF).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from brainmm.config import save_config
-from brainmm.data.genetics.config import GenotypeMatrixConfig
-from brainmm.data.genetics.embed import table_stem
+from brainmm.data.genetics.config import GenotypeMatrixConfig, GenotypeSourceConfig
+from brainmm.data.genetics.selection import Selection, select_variants
+from brainmm.data.genetics.sources import GenotypeSource, open_source
+from brainmm.data.genetics.store import save_table
 from brainmm.data.genetics.subjects import match_samples, read_sample_map
 from brainmm.data.splits import load_split
 from brainmm.embeddings import EmbeddingTable
@@ -36,103 +39,27 @@ class Dosages:
     star_alleles_skipped: int = 0
 
 
-def _variant_id(contig: str, pos: int, ref: str, alt: str) -> str:
-    return f"{contig}:{pos}:{ref}:{alt}"
-
-
-def _check_ids(variants: pd.DataFrame, source: Path) -> None:
-    dup = variants["variant_id"][variants["variant_id"].duplicated()].unique().tolist()
-    if dup:
-        raise BrainmmError(f"genotypes {source}: variant(s) {dup[:5]} appear more than once; remove duplicates "
-                           "(e.g. `bcftools norm -d exact`)")
-
-
 def read_vcf_dosages(path: str | Path) -> Dosages:
     """Dosages from a VCF/BCF's GT field; multi-allelic records become one column per ALT allele."""
-    import pysam
+    from brainmm.data.genetics.sources import VcfSource
 
-    from brainmm.data.genetics.reference import file_compression
-
-    path = Path(path)
-    if not path.is_file():
-        raise BrainmmError(f"VCF {path}: not found")
-    if file_compression(path) == "gzip":
-        raise BrainmmError(f"VCF {path}: gzip-compressed but not bgzip, which htslib cannot read; recompress it "
-                           "with `bgzip` (or decompress it)")
-    try:
-        vcf = pysam.VariantFile(str(path))
-    except (OSError, ValueError, NotImplementedError) as err:  # plain gzip: "seek not implemented"
-        hint = " (gzip but not bgzip? recompress with `bgzip`)" if "seek" in str(err) or "compress" in str(err) else ""
-        raise BrainmmError(f"VCF {path}: unreadable ({err}){hint}") from None
-    samples = list(vcf.header.samples)
-    if not samples:
-        raise BrainmmError(f"VCF {path}: no samples (no genotype columns); expected one per person")
-    n = len(samples)
-    columns: list[np.ndarray] = []
-    rows: list[tuple[str, str, int, str, str, str]] = []
-    multi = star = 0
-    try:
-        for rec in progress(vcf, desc="reading VCF", unit="record"):
-            alts = rec.alts or ()
-            if len(alts) > 1:
-                multi += 1
-            flat = []
-            for call in rec.samples.values():
-                idx = call.allele_indices
-                if len(idx) == 1:
-                    idx = idx * 2  # haploid call counts as homozygous (0/2 coding)
-                elif len(idx) != 2:
-                    raise BrainmmError(f"VCF {path}: {rec.chrom}:{rec.pos} has a call of ploidy {len(idx)}; "
-                                       "expected diploid or haploid calls")
-                flat.extend(-1 if a is None else a for a in idx)
-            gt = np.asarray(flat, dtype=np.int16).reshape(n, 2)
-            missing = (gt < 0).any(axis=1)
-            for a, alt in enumerate(alts, 1):
-                if alt == "*":
-                    star += 1
-                    continue
-                dosage = (gt == a).sum(axis=1).astype(np.float32)
-                dosage[missing] = np.nan
-                columns.append(dosage)
-                rows.append((_variant_id(rec.chrom, rec.pos, rec.ref, alt), rec.chrom, rec.pos, rec.ref, alt,
-                             rec.id or ""))
-    except OSError as err:
-        raise BrainmmError(f"VCF {path}: unreadable ({err}); is it bgzip-compressed (not plain gzip)?") from None
-    finally:
-        vcf.close()
-    if not columns:
-        raise BrainmmError(f"VCF {path}: no variant records")
-    variants = pd.DataFrame(rows, columns=["variant_id", "contig", "pos", "ref", "alt", "rsid"])
-    _check_ids(variants, path)
-    if multi:
-        LOG.info("VCF %s: %d multi-allelic records split into one column per ALT allele", path, multi)
-    return Dosages(samples, variants, np.stack(columns, axis=1), multi, star)
+    src = VcfSource(path)
+    rows = np.arange(len(src.variants))
+    _, values = next(src.blocks(np.arange(len(src.samples)), rows, len(rows)))
+    return Dosages(src.samples, src.variants, values, src.multiallelic_split, src.star_alleles_skipped)
 
 
 def read_plink_dosages(path: str | Path) -> Dosages:
     """Dosages of allele 1 (.bim column 5) from a PLINK 1 .bed/.bim/.fam trio; sample ids = IID."""
-    from bed_reader import open_bed
+    from brainmm.data.genetics.sources import BedSource
 
-    path = Path(path)
-    for ext in (".bed", ".bim", ".fam"):
-        f = path.with_suffix(ext)
-        if not f.is_file():
-            raise BrainmmError(f"PLINK genotypes {path}: {f.name} not found (expected .bed, .bim and .fam)")
+    src = BedSource(path)
     try:
-        with open_bed(path) as bed:
-            values = bed.read(dtype="float32")
-            samples = [str(s) for s in bed.iid]
-            variants = pd.DataFrame({"contig": [str(c) for c in bed.chromosome], "pos": bed.bp_position.astype(int),
-                                     "ref": [str(a) for a in bed.allele_2], "alt": [str(a) for a in bed.allele_1],
-                                     "rsid": [str(s) for s in bed.sid]})
-    except Exception as err:  # bed-reader raises ValueError/OSError/RuntimeError for broken trios
-        raise BrainmmError(f"PLINK genotypes {path}: unreadable ({err.__class__.__name__}: {err})") from None
-    if not len(variants):
-        raise BrainmmError(f"PLINK genotypes {path}: no variants")
-    variants.insert(0, "variant_id", [_variant_id(*r) for r in variants[["contig", "pos", "ref", "alt"]].itertuples(
-        index=False)])
-    _check_ids(variants, path)
-    return Dosages(samples, variants, values)
+        rows = np.arange(len(src.variants))
+        _, values = next(src.blocks(np.arange(len(src.samples)), rows, len(rows)))
+    finally:
+        src.close()
+    return Dosages(src.samples, src.variants, values)
 
 
 @dataclass
@@ -153,75 +80,101 @@ def fit_genotype_stats(train: np.ndarray, impute: str, min_maf: float, max_missi
     observed = ~np.isnan(train)
     n_obs = observed.sum(axis=0)
     missing_rate = 1.0 - n_obs / train.shape[0]
+    alt_sum = np.zeros(train.shape[1])
+    mode_counts = np.zeros((3, train.shape[1]), dtype=np.int64)
+    for c in range(0, train.shape[1], 256):  # column chunks keep the temporaries small
+        part = train[:, c:c + 256]
+        alt_sum[c:c + 256] = np.nansum(part, axis=0, dtype=np.float64)
+        if impute == "mode":  # of the rounded dosages (hard calls stay as they are)
+            rounded = np.rint(part)
+            mode_counts[:, c:c + 256] = [(rounded == d).sum(axis=0) for d in (0, 1, 2)]
     with np.errstate(invalid="ignore", divide="ignore"):
-        alt_freq = np.nansum(train, axis=0) / (2.0 * n_obs)
+        alt_freq = alt_sum / (2.0 * n_obs)
     maf = np.minimum(alt_freq, 1.0 - alt_freq)
     keep = (n_obs > 0) & (maf >= min_maf) & (missing_rate <= max_missing)
     if impute == "mean":
         fill = 2.0 * alt_freq
     elif impute == "mode":
-        counts = np.stack([(train == d).sum(axis=0) for d in (0, 1, 2)])
-        fill = counts.argmax(axis=0).astype(np.float64)
+        fill = mode_counts.argmax(axis=0).astype(np.float64)
     else:
         raise BrainmmError(f"impute {impute!r}: expected 'mode' or 'mean'")
     fill = np.where(n_obs > 0, fill, np.nan)
     return GenotypeStats(alt_freq, missing_rate, fill.astype(np.float32), keep, int(train.shape[0]))
 
 
-def impute(values: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Replace NaN in each column by that column's fill value."""
-    out = values.copy()
-    rows, cols = np.nonzero(np.isnan(out))
-    out[rows, cols] = fill[cols]
-    return out
+def train_rows(values: np.ndarray, is_train: np.ndarray) -> np.ndarray:
+    """values[is_train], gathered along the contiguous axis (variant-major blocks from pgenlib are 10x faster)."""
+    if values.flags.f_contiguous and not values.flags.c_contiguous:
+        return np.compress(is_train, values.T, axis=1).T
+    return np.compress(is_train, values, axis=0)
 
 
-def polygenic_scores(path: str | Path, variants: pd.DataFrame, dosages: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Scores [subjects, n_scores] = effect-allele dosages @ weights, from a weights table.
+def hard_calls(values: np.ndarray, threshold: float) -> np.ndarray:
+    """Round dosages within `threshold` of 0, 1 or 2; the others become missing (in place)."""
+    rounded = np.rint(values)
+    values[np.abs(values - rounded) > threshold] = np.nan
+    np.copyto(values, rounded, where=~np.isnan(values))
+    return values
+
+
+class PolygenicScores:
+    """Scores [subjects, n_scores] = effect-allele dosages @ weights, accumulated block by block.
 
     The table (CSV/TSV) has `variant_id` (contig:pos:ref:alt or the VCF/PLINK id), `effect_allele` and one
     numeric column per score. Variants absent from the genotypes are skipped (counted in the meta).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise BrainmmError(f"PGS weights {path}: not found")
-    sep = "," if path.suffix == ".csv" else "\t"
-    weights = pd.read_csv(path, sep=sep, dtype={"variant_id": str, "effect_allele": str})
-    for col in ("variant_id", "effect_allele"):
-        if col not in weights:
-            raise BrainmmError(f"PGS weights {path}: missing column {col!r} (expected variant_id, effect_allele, "
-                               "then one numeric column per score)")
-    scores = [c for c in weights.columns if c not in ("variant_id", "effect_allele")]
-    bad = [c for c in scores if not pd.api.types.is_numeric_dtype(weights[c])]
-    if not scores or bad:
-        raise BrainmmError(f"PGS weights {path}: score columns must be numeric (bad: {bad or 'none given'})")
-    index = {v: i for i, v in enumerate(variants["variant_id"])}
-    index.update({r: i for i, r in enumerate(variants["rsid"]) if r and r != "." and r not in index})
-    cols, sign_rows, w_rows = [], [], []
-    for row in weights.itertuples(index=False):
-        j = index.get(row.variant_id)
-        if j is None:
-            continue
-        effect = str(row.effect_allele).upper()
-        if effect == variants["alt"].iat[j].upper():
-            flip = False
-        elif effect == variants["ref"].iat[j].upper():
-            flip = True
-        else:
-            raise BrainmmError(f"PGS weights {path}: effect allele {row.effect_allele!r} of {row.variant_id} is "
-                               f"neither REF {variants['ref'].iat[j]!r} nor ALT {variants['alt'].iat[j]!r}")
-        cols.append(j)
-        sign_rows.append(flip)
-        w_rows.append([getattr(row, c) for c in scores])
-    if not cols:
-        raise BrainmmError(f"PGS weights {path}: none of its {len(weights)} variants is in the genotypes")
-    d = dosages[:, cols]
-    d = np.where(np.asarray(sign_rows)[None, :], 2.0 - d, d)
-    usable = ~np.isnan(d).any(axis=0)  # variants never observed in training have no fill value
-    w = np.asarray(w_rows, dtype=np.float64)
-    values = d[:, usable] @ w[usable]
-    return values.astype(np.float32), {"scores": scores, "variants_in_weights": len(weights),
-                                       "variants_used": int(usable.sum())}
+
+    def __init__(self, path: str | Path, n_subjects: int) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BrainmmError(f"PGS weights {self.path}: not found")
+        sep = "," if self.path.suffix == ".csv" else "\t"
+        weights = pd.read_csv(self.path, sep=sep, dtype={"variant_id": str, "effect_allele": str})
+        for col in ("variant_id", "effect_allele"):
+            if col not in weights:
+                raise BrainmmError(f"PGS weights {self.path}: missing column {col!r} (expected variant_id, "
+                                   "effect_allele, then one numeric column per score)")
+        self.scores = [c for c in weights.columns if c not in ("variant_id", "effect_allele")]
+        bad = [c for c in self.scores if not pd.api.types.is_numeric_dtype(weights[c])]
+        if not self.scores or bad:
+            raise BrainmmError(f"PGS weights {self.path}: score columns must be numeric (bad: {bad or 'none given'})")
+        self.weights = weights
+        self.values = np.zeros((n_subjects, len(self.scores)))
+        self.used = 0
+
+    def add(self, variants: pd.DataFrame, dosages: np.ndarray) -> None:
+        """Add the contribution of one block (imputed dosages of its variants)."""
+        index = {v: i for i, v in enumerate(variants["variant_id"])}
+        index.update({r: i for i, r in enumerate(variants["rsid"]) if r and r != "." and r not in index})
+        cols, flips, w_rows = [], [], []
+        for row in self.weights.itertuples(index=False):
+            j = index.get(row.variant_id)
+            if j is None:
+                continue
+            effect = str(row.effect_allele).upper()
+            ref, alt = variants["ref"].iat[j], variants["alt"].iat[j]
+            if effect not in (alt.upper(), ref.upper()):
+                raise BrainmmError(f"PGS weights {self.path}: effect allele {row.effect_allele!r} of "
+                                   f"{row.variant_id} is neither REF {ref!r} nor ALT {alt!r}")
+            cols.append(j)
+            flips.append(effect != alt.upper())
+            w_rows.append([getattr(row, c) for c in self.scores])
+        if not cols:
+            return
+        d = dosages[:, cols].astype(np.float64)
+        d = np.where(np.asarray(flips)[None, :], 2.0 - d, d)
+        usable = ~np.isnan(d).any(axis=0)  # variants never observed in training have no fill value
+        self.values += d[:, usable] @ np.asarray(w_rows, dtype=np.float64)[usable]
+        self.used += int(usable.sum())
+
+    def table(self, subjects: list[str], source: str, imputation: str) -> EmbeddingTable:
+        """The scores as an embedding table (error when no weighted variant was found)."""
+        if not self.used:
+            raise BrainmmError(f"PGS weights {self.path}: none of its {len(self.weights)} variants is in the "
+                               "genotypes")
+        meta = {"kind": "polygenic_scores", "weights": str(self.path), "source": source, "scores": self.scores,
+                "variants_in_weights": len(self.weights), "variants_used": self.used, "imputation": imputation}
+        return EmbeddingTable(subjects, self.values.astype(np.float32), meta)
 
 
 def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
@@ -229,72 +182,148 @@ def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, sep="\t", index=False)
 
 
+@dataclass
+class GenotypeInputs:
+    """An opened source with its samples matched to subjects and its variants selected."""
+
+    source: GenotypeSource
+    sample_index: np.ndarray  # positions in source.samples, increasing
+    samples: list[str]
+    subjects: list[str]
+    selection: Selection
+
+    def blocks(self, cfg: GenotypeSourceConfig):
+        """(variant rows, dosages [subjects, block]) with swapped alleles flipped and hard calls applied."""
+        flip_all = self.selection.flip
+        done = 0
+        for rows, values in self.source.blocks(self.sample_index, self.selection.rows,
+                                                 cfg.block_for(len(self.sample_index))):
+            flip = flip_all[done:done + len(rows)]
+            done += len(rows)
+            if flip.any():
+                values[:, flip] = 2.0 - values[:, flip]
+            if cfg.hard_call_threshold is not None:
+                hard_calls(values, cfg.hard_call_threshold)
+            yield rows, values
+            del values
+
+    def variant_rows(self, rows: np.ndarray) -> pd.DataFrame:
+        """Variant-table rows (alleles as counted: flipped rows have REF and ALT swapped)."""
+        table = self.source.variants.iloc[rows].drop(columns=["allele"]).reset_index(drop=True)
+        flip = self.selection.flip[np.searchsorted(self.selection.rows, rows)]
+        if flip.any():
+            ref = table["ref"].copy()
+            table.loc[flip, "ref"] = table.loc[flip, "alt"]
+            table.loc[flip, "alt"] = ref[flip]
+            table["variant_id"] = (table["contig"] + ":" + table["pos"].astype(str) + ":" + table["ref"] + ":"
+                                   + table["alt"])
+        return table
+
+    def meta(self) -> dict:
+        """Provenance of the source and the selection."""
+        return {"source": str(self.source.path), "source_format": self.source.kind,
+                "multiallelic_split": self.source.multiallelic_split,
+                "star_alleles_skipped": self.source.star_alleles_skipped, **self.selection.counts}
+
+
+def open_inputs(cfg: GenotypeSourceConfig, split_map: dict[str, str] | None, split_path: str | None) -> GenotypeInputs:
+    """Open the source, match its samples to subjects (cohort table or split table) and select variants."""
+    cfg.require_source()
+    src = open_source(cfg.vcf, cfg.bed, cfg.pgen, cfg.bgen, cfg.sample)
+    source = str(src.path)
+    if cfg.cohort:
+        samples, subjects = match_samples(src.samples, source, read_sample_map(cfg.cohort, cfg.sample_column),
+                                          cfg.drop_unmatched_samples)
+        extra = [s for s in subjects if split_map is not None and s not in split_map]
+        if extra:
+            raise BrainmmError(f"split table {split_path}: subjects {extra[:5]} of the cohort table are missing")
+    elif split_map is not None:
+        samples, subjects = match_samples(src.samples, source, {s: s for s in split_map},
+                                          cfg.drop_unmatched_samples, where=f"split table {split_path}")
+    else:
+        samples, subjects = match_samples(src.samples, source, None)
+    if len(set(src.samples)) != len(src.samples):
+        raise BrainmmError(f"genotypes {source}: sample ids repeat; expected one id per person")
+    position = {s: i for i, s in enumerate(src.samples)}
+    index = np.asarray([position[s] for s in samples], dtype=np.int64)
+    selection = select_variants(src.variants, source, cfg.variants, cfg.regions, cfg.min_info)
+    return GenotypeInputs(src, index, samples, subjects, selection)
+
+
 def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
-    """Read dosages, fit imputation/filters on train, write `<out>` (+ .variants.tsv, .config.yaml, `<out>_pgs`)."""
+    """Stream dosages, fit imputation/filters on train, write `<out>` (+ .variants.tsv, .config.yaml, `<out>_pgs`)."""
     cfg.require_inputs()
-    source = Path(cfg.vcf or cfg.bed)
-    dos = read_vcf_dosages(source) if cfg.vcf else read_plink_dosages(source)
     split = load_split(cfg.split)
     split_map = dict(zip(split["subject_id"].astype(str), split["split"]))
-    if cfg.cohort:
-        sample_map = read_sample_map(cfg.cohort, cfg.sample_column)
-        samples, subjects = match_samples(dos.samples, str(source), sample_map, cfg.drop_unmatched_samples)
-        extra = [s for s in subjects if s not in split_map]
-        if extra:
-            raise BrainmmError(f"split table {cfg.split}: subjects {extra[:5]} of the cohort table are missing")
-    else:
-        samples, subjects = match_samples(dos.samples, str(source), {s: s for s in split_map},
-                                          cfg.drop_unmatched_samples, where=f"split table {cfg.split}")
-    position = {s: i for i, s in enumerate(dos.samples)}
-    values = dos.values[[position[s] for s in samples]]
+    inputs = open_inputs(cfg, split_map, cfg.split)
+    subjects, source = inputs.subjects, str(inputs.source.path)
     is_train = np.array([split_map[s] == "train" for s in subjects])
-    stats = fit_genotype_stats(values[is_train], cfg.impute, cfg.min_maf, cfg.max_missing)
-    if not stats.keep.any():
+    if not is_train.any():
+        raise BrainmmError("genotype matrix: no training subjects; statistics are fitted on the 'train' split")
+    n_candidates = len(inputs.selection.rows)
+    # Kept columns fill the left of each row; pages never written are never resident, so the buffer costs
+    # about the output matrix even when the filters drop variants.
+    out_buf = np.empty((len(subjects), n_candidates), dtype=np.float32)
+    pgs = PolygenicScores(cfg.pgs_weights, len(subjects)) if cfg.pgs_weights else None
+    kept_parts, k, n_missing = [], 0, 0
+    for rows, values in progress(inputs.blocks(cfg), desc="reading genotypes", unit="block",
+                                 total=-(-n_candidates // cfg.block_for(len(subjects)))):
+        stats = fit_genotype_stats(train_rows(values, is_train), cfg.impute, cfg.min_maf, cfg.max_missing)
+        keep = np.flatnonzero(stats.keep)
+        missing = np.isnan(values)
+        n_missing += int(missing[:, keep].sum())
+        if missing.any():
+            np.copyto(values, np.broadcast_to(stats.fill, values.shape), where=missing)
+        table = inputs.variant_rows(rows)
+        if pgs is not None:
+            pgs.add(table, values)
+        out_buf[:, k:k + len(keep)] = values if len(keep) == values.shape[1] else values[:, keep]
+        k += len(keep)
+        kept_parts.append(table.iloc[keep].assign(train_alt_freq=stats.alt_freq[keep],
+                                                  train_missing_rate=stats.missing_rate[keep],
+                                                  fill=stats.fill[keep]))
+        del values, missing  # before the next block is read
+    inputs.source.close()
+    if not k:
         raise BrainmmError(f"genotype matrix {source}: no variant passes min_maf={cfg.min_maf} and "
-                           f"max_missing={cfg.max_missing} on the {stats.n_train} training subjects")
-    imputed = impute(values, stats.fill)
-    keep = np.flatnonzero(stats.keep)
+                           f"max_missing={cfg.max_missing} on the {int(is_train.sum())} training subjects")
+    vectors = out_buf[:, :k]
+    kept = pd.concat(kept_parts, ignore_index=True).drop(columns=["info"])
     out = table_stem(cfg.out)
-    kept = dos.variants.iloc[keep].reset_index(drop=True).assign(
-        train_alt_freq=stats.alt_freq[keep], train_missing_rate=stats.missing_rate[keep], fill=stats.fill[keep])
-    n_missing = int(np.isnan(values[:, keep]).sum())
     meta = {
         "kind": "genotype_matrix",
-        "source": str(source),
+        **inputs.meta(),
         "split": str(cfg.split),
         "fitted_on": "train",
-        "n_train": stats.n_train,
+        "n_train": int(is_train.sum()),
         "impute": cfg.impute,
         "min_maf": cfg.min_maf,
         "max_missing": cfg.max_missing,
-        "variants_in": int(len(dos.variants)),
-        "variants_kept": int(len(keep)),
+        "hard_call_threshold": cfg.hard_call_threshold,
+        "variants_in": n_candidates,
+        "variants_kept": k,
         "calls_imputed": n_missing,
-        "multiallelic_split": dos.multiallelic_split,
-        "star_alleles_skipped": dos.star_alleles_skipped,
         "variants_file": out.name + ".variants.tsv",
-        "dosage": "count of the ALT allele (PLINK: allele 1)",
+        "dosage": "expected count of the ALT allele (PLINK 1: allele 1; BGEN: the second allele)",
     }
-    if samples != subjects:
-        meta["genotype_samples"] = samples
-    vectors = imputed[:, keep]
-    meta["data_hash"] = hashlib.sha256(vectors.tobytes() + "\n".join(subjects).encode()).hexdigest()
+    if inputs.samples != subjects:
+        meta["genotype_samples"] = inputs.samples
     LOG.info("genotype matrix: %d subjects x %d variants (of %d; MAF >= %g, missing <= %g on %d train subjects); "
-             "%d missing calls imputed (%s)", len(subjects), len(keep), len(dos.variants), cfg.min_maf,
-             cfg.max_missing, stats.n_train, n_missing, cfg.impute)
-    pgs = None
-    if cfg.pgs_weights:  # computed (and checked) before anything is written
-        scores, info = polygenic_scores(cfg.pgs_weights, dos.variants, imputed)
-        pgs_meta = {"kind": "polygenic_scores", "weights": cfg.pgs_weights, "source": str(source), **info,
-                    "imputation": f"{cfg.impute}, fitted on train"}
-        pgs = EmbeddingTable(subjects, scores, pgs_meta)
-    table = EmbeddingTable(subjects, vectors, meta)
+             "%d missing calls imputed (%s)", len(subjects), k, n_candidates, cfg.min_maf, cfg.max_missing,
+             int(is_train.sum()), n_missing, cfg.impute)
+    pgs_table = pgs.table(subjects, source, f"{cfg.impute}, fitted on train") if pgs is not None else None
     save_config(cfg, out.with_name(out.name + ".config.yaml"))
     _write_tsv(kept, out.with_name(out.name + ".variants.tsv"))
-    if pgs is not None:
-        pgs.save(out.with_name(out.name + "_pgs"))
-    table.save(out)
-    return table
+    if pgs_table is not None:
+        pgs_table.save(out.with_name(out.name + "_pgs"))
+    save_table(out, subjects, vectors, meta)
+    return EmbeddingTable(subjects, vectors, meta)
+
+
+def table_stem(path: str | Path) -> Path:
+    """An output table path without its .safetensors/.json suffix."""
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
 def read_variant_table(stem: str | Path) -> pd.DataFrame:
