@@ -134,6 +134,7 @@ def _embed(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
     from brainmm.data.genetics.config import GeneticsEmbedConfig
     from brainmm.data.genetics.embed import run_embed, table_stem
+    from brainmm.io import run_lock
     from brainmm.runtime import log_to_file
 
     flags = _inputs_flags(args, "inputs.")
@@ -144,7 +145,8 @@ def _embed(args: argparse.Namespace) -> int:
     cfg.require_inputs()
     out = table_stem(cfg.out)
     log_to_file(out.parent if str(out.parent) else Path("."))
-    table = run_embed(cfg)
+    with run_lock(out):
+        table = run_embed(cfg)
     if table is not None:
         s = table.meta["sequences"]
         print(f"sequences: {s['requested']} requested, {s['unique']} unique, {s['cached']} already cached, "
@@ -158,6 +160,7 @@ def _matrix(args: argparse.Namespace) -> int:
     from brainmm.data.genetics.config import GenotypeMatrixConfig
     from brainmm.data.genetics.embed import table_stem
     from brainmm.data.genetics.matrix import run_matrix
+    from brainmm.io import run_lock
     from brainmm.runtime import log_to_file
 
     flags = {"vcf": args.vcf, "bed": args.bed, "split": args.split, "cohort": args.cohort,
@@ -168,7 +171,8 @@ def _matrix(args: argparse.Namespace) -> int:
     cfg.require_inputs()
     out = table_stem(cfg.out)
     log_to_file(out.parent)
-    table = run_matrix(cfg)
+    with run_lock(out):
+        table = run_matrix(cfg)
     print(f"{out} ({len(table.ids)} subjects x {table.dim} variants)")
     return 0
 
@@ -176,8 +180,10 @@ def _matrix(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from brainmm.data.genetics.embed import table_stem
     from brainmm.data.genetics.precomputed import read_precomputed
+    from brainmm.io import run_lock
 
     table = read_precomputed(args.table, args.id_column, args.ids)
-    out = table.save(table_stem(args.out))
+    with run_lock(table_stem(args.out)):
+        out = table.save(table_stem(args.out))
     print(f"{out} ({len(table.ids)} subjects x {table.dim})")
     return 0

@@ -38,7 +38,7 @@ from brainmm.data.fmri.normalise import METHODS, NormStats, RobustSampler, bad_p
 from brainmm.data.fmri.readers import Orientation, is_nifti, read_coords, read_timeseries
 from brainmm.data.splits import load_split, make_split, save_split
 from brainmm.errors import BrainmmError
-from brainmm.io import atomic_dir, atomic_write_json, sha256_file
+from brainmm.io import atomic_dir, atomic_write_json, run_lock, sha256_file
 
 LOG = logging.getLogger(__name__)
 
@@ -263,7 +263,12 @@ def _hash_json(obj: Any) -> str:
 
 
 def ingest(cohort: str | Path, out: str | Path, config: IngestConfig | None = None, overwrite: bool = False) -> Path:
-    """Build an fMRI dataset folder at `out` from a cohort table; returns `out`."""
+    """Build an fMRI dataset folder at `out` from a cohort table; returns `out` (one writer at a time)."""
+    with run_lock(out):
+        return _ingest(cohort, Path(out), config, overwrite)
+
+
+def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrite: bool) -> Path:
     from brainmm.runtime import progress
 
     cfg = config or IngestConfig()
