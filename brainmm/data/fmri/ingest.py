@@ -34,7 +34,15 @@ from brainmm.data.fmri.dataset import (
     FmriDataset,
     write_coords,
 )
-from brainmm.data.fmri.normalise import METHODS, NormStats, RobustSampler, bad_parcels, fit_robust
+from brainmm.data.fmri.normalise import (
+    METHODS,
+    REL_SPREAD,
+    NormStats,
+    RobustSampler,
+    bad_parcels,
+    fit_robust,
+    near_zero_spread,
+)
 from brainmm.data.fmri.readers import Orientation, is_nifti, read_coords, read_timeseries
 from brainmm.data.splits import load_split, make_split, save_split
 from brainmm.errors import BrainmmError
@@ -328,6 +336,13 @@ def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrit
         if n_short:
             LOG.info("dropped %d recording(s) shorter than %d time points", n_short, cfg.num_timepoints)
         trs = sorted({r.tr for r in kept if r.tr is not None})
+        unknown = [r for r in kept if r.tr is None]
+        if unknown and not trs:
+            LOG.warning("TR unknown for every recording (no 'tr' column in %s, no --tr, no NIfTI header): assuming "
+                        "all %d recordings share one TR; brainmm does not resample in time", cohort, len(kept))
+        elif unknown:
+            LOG.warning("TR unknown for %d of %d recordings (e.g. %r): assuming %g s like the others; add a 'tr' "
+                        "column to %s to be sure", len(unknown), len(kept), unknown[0].recording_id, trs[0], cohort)
         if len(trs) > 1 and not np.allclose(trs, trs[0], rtol=1e-3):
             raise BrainmmError(
                 f"cohort {cohort}: recordings have different TRs {trs} s; brainmm does not resample in time, "
@@ -353,12 +368,13 @@ def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrit
             if fit:
                 samples = sampler.samples()
                 median, iqr = fit_robust(samples)
-                flat = [i for i in range(v_src) if i not in dropped and not (iqr[i] > 0)]
+                tiny = near_zero_spread(iqr)
+                flat = [i for i in range(v_src) if i not in dropped and tiny[i]]
                 if flat and cfg.bad_parcels == "error":
                     i = flat[0]
                     raise BrainmmError(
                         f"robust normalisation: parcel {i} ({parcels.labels[i]!r}) has an interquartile range of "
-                        f"{iqr[i]} over the training split; pass --bad-parcels drop|zero, or another --normalise"
+                        f"{iqr[i]:.3g} over the training split (zero in effect, below {REL_SPREAD:g} x the typical parcel's); pass --bad-parcels drop|zero, or another --normalise"
                     )
                 if cfg.bad_parcels == "drop":
                     dropped |= set(flat)
@@ -450,6 +466,14 @@ def _write_arrow(dest: Path, work: Path, kept: list[_Recording], selection: list
             zero = [pos[i] for i in rec.bad if i in pos]
             if zero:
                 signal[zero] = 0.0
+            bad = np.flatnonzero(~np.isfinite(signal).all(axis=1))
+            if len(bad):  # never write inf/NaN into the dataset (e.g. a spread that is tiny but not zero)
+                j = int(bad[0])
+                raise BrainmmError(
+                    f"recording {rec.recording_id!r} ({rec.path}): parcel {j} ({stats.parcel_labels[j]!r}) is not "
+                    f"finite after {stats.method} normalisation ({int((~np.isfinite(signal)).sum())} values); its "
+                    "spread is too small to divide by: pass --bad-parcels drop|zero, or another --normalise"
+                )
             yield {
                 "recording_id": rec.recording_id, "subject_id": rec.subject_id, "session": rec.session,
                 "site": rec.site, "num_timepoints": rec.num_timepoints, "signal": signal.T,
