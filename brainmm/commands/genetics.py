@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--cache-dir", default=None, help="embedding cache (default <data dir>/dna-embeddings)")
     e.add_argument("--out", default=None, help="output table stem")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides (same as --set)")
     e.set_defaults(func=_embed)
 
     m = group.add_parser("matrix", help="SNP dosages (VCF or PLINK .bed) -> subject x variant table")
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--pgs-weights", default=None, help="weights table for polygenic scores (extra table)")
     m.add_argument("--out", default=None, help="output table stem")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    m.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides (same as --set)")
     m.set_defaults(func=_matrix)
 
     i = group.add_parser("import", help="precomputed per-subject vectors (Parquet/CSV/NPY/NPZ) -> table")
@@ -141,7 +143,7 @@ def _embed(args: argparse.Namespace) -> int:
     flags.update({"encoder.family": args.encoder_family, "encoder.path": args.encoder_path, "mode": args.mode,
                   "combine_regions": args.combine_regions, "cache_dir": args.cache_dir, "out": args.out,
                   "subtract_reference": False if args.keep_reference else None})
-    cfg = load_config(GeneticsEmbedConfig, args.config, _overrides(flags) + list(args.set))
+    cfg = load_config(GeneticsEmbedConfig, args.config, _overrides(flags) + list(args.set) + list(args.overrides))
     cfg.require_inputs()
     out = table_stem(cfg.out)
     log_to_file(out.parent if str(out.parent) else Path("."))
@@ -167,7 +169,7 @@ def _matrix(args: argparse.Namespace) -> int:
              "sample_column": args.sample_column, "drop_unmatched_samples": args.drop_unmatched_samples,
              "min_maf": args.min_maf, "max_missing": args.max_missing, "impute": args.impute,
              "pgs_weights": args.pgs_weights, "out": args.out}
-    cfg = load_config(GenotypeMatrixConfig, args.config, _overrides(flags) + list(args.set))
+    cfg = load_config(GenotypeMatrixConfig, args.config, _overrides(flags) + list(args.set) + list(args.overrides))
     cfg.require_inputs()
     out = table_stem(cfg.out)
     log_to_file(out.parent)

@@ -336,6 +336,11 @@ def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrit
         if n_short:
             LOG.info("dropped %d recording(s) shorter than %d time points", n_short, cfg.num_timepoints)
         trs = sorted({r.tr for r in kept if r.tr is not None})
+        if len(trs) > 1 and not np.allclose(trs, trs[0], rtol=1e-3):
+            raise BrainmmError(
+                f"cohort {cohort}: recordings have different TRs {trs} s; brainmm does not resample in time, "
+                "ingest them as separate datasets"
+            )
         unknown = [r for r in kept if r.tr is None]
         if unknown and not trs:
             LOG.warning("TR unknown for every recording (no 'tr' column in %s, no --tr, no NIfTI header): assuming "
@@ -343,11 +348,6 @@ def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrit
         elif unknown:
             LOG.warning("TR unknown for %d of %d recordings (e.g. %r): assuming %g s like the others; add a 'tr' "
                         "column to %s to be sure", len(unknown), len(kept), unknown[0].recording_id, trs[0], cohort)
-        if len(trs) > 1 and not np.allclose(trs, trs[0], rtol=1e-3):
-            raise BrainmmError(
-                f"cohort {cohort}: recordings have different TRs {trs} s; brainmm does not resample in time, "
-                "ingest them as separate datasets"
-            )
         dropped = set()
         if cfg.bad_parcels == "drop":
             dropped = {i for r in kept for i in r.bad}
