@@ -341,13 +341,7 @@ def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrit
                 f"cohort {cohort}: recordings have different TRs {trs} s; brainmm does not resample in time, "
                 "ingest them as separate datasets"
             )
-        unknown = [r for r in kept if r.tr is None]
-        if unknown and not trs:
-            LOG.warning("TR unknown for every recording (no 'tr' column in %s, no --tr, no NIfTI header): assuming "
-                        "all %d recordings share one TR; brainmm does not resample in time", cohort, len(kept))
-        elif unknown:
-            LOG.warning("TR unknown for %d of %d recordings (e.g. %r): assuming %g s like the others; add a 'tr' "
-                        "column to %s to be sure", len(unknown), len(kept), unknown[0].recording_id, trs[0], cohort)
+        unknown = [r.recording_id for r in kept if r.tr is None]  # announced once the dataset is written
         dropped = set()
         if cfg.bad_parcels == "drop":
             dropped = {i for r in kept for i in r.bad}
@@ -420,6 +414,12 @@ def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrit
         manifest["files"] = {name: sha256_file(tmp / name) for name in (COORDS_FILE, STATS_FILE, SPLIT_FILE, COHORT_FILE)}
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     LOG.info("wrote %s: %d recordings x %d parcels", out, len(kept), len(selection))
+    if unknown and not trs:
+        LOG.warning("TR unknown for every recording (no 'tr' column in %s, no --tr, no NIfTI header): assumed "
+                    "equal for all %d recordings (brainmm does not resample in time)", cohort, len(kept))
+    elif unknown:
+        LOG.warning("TR unknown for %d of %d recordings (e.g. %r): assumed %g s like the others; add a 'tr' "
+                    "column to %s to be sure", len(unknown), len(kept), unknown[0], trs[0], cohort)
     return out
 
 
@@ -490,6 +490,11 @@ def _write_arrow(dest: Path, work: Path, kept: list[_Recording], selection: list
         )
         ds.save_to_disk(str(dest))
         del ds
+    except datasets.exceptions.DatasetGenerationError as err:  # a user error raised inside rows()
+        cause = err.__cause__
+        if isinstance(cause, BrainmmError):
+            raise cause from None
+        raise
     finally:
         if enabled:
             datasets.enable_progress_bars()
