@@ -414,10 +414,15 @@ def test_mlflow_telemetry_is_off_outside_pytest(tmp_path: Path, _migrated_mlflow
     """The real CLI, without PYTEST_CURRENT_TEST (MLflow disables telemetry under pytest by itself), with sockets
     blocked: `brainmm pretrain` (MLflow run, metrics, artifacts) makes no connection and no DNS lookup."""
     env = _clean_env(tmp_path)
-    probe = ("import os, mlflow.telemetry.utils as u; print(u.is_telemetry_disabled()); import brainmm, importlib; "
-             "print(importlib.reload(u).is_telemetry_disabled())")
+    # control: without brainmm, telemetry is on in this environment, and the guard sees its host being looked up
+    probe = ("import importlib, mlflow, requests, mlflow.telemetry.utils as u\n"
+             "print(u.is_telemetry_disabled())\n"
+             "try:\n requests.get(u._get_config_url(mlflow.__version__), timeout=1)\nexcept Exception:\n pass\n"
+             "import brainmm\nprint(importlib.reload(u).is_telemetry_disabled())")
     seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
-    assert seen.stdout.split() == ["False", "True"], seen.stderr[-2000:]  # on without brainmm: the test can fail
+    assert seen.stdout.split() == ["False", "True"], seen.stderr[-2000:]
+    assert "mlflow-telemetry" in (tmp_path / "net.log").read_text()
+    (tmp_path / "net.log").unlink()
     write_fmri_cohort(tmp_path / "fmri", n_subjects=8)
     shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
     cli = [sys.executable, "-m", "brainmm.cli", "-q"]
