@@ -368,7 +368,7 @@ def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrit
                     i = flat[0]
                     raise BrainmmError(
                         f"robust normalisation: parcel {i} ({parcels.labels[i]!r}) has an interquartile range of "
-                        f"{iqr[i]:.3g} over the training split (zero in effect, below {REL_SPREAD:g} x the typical parcel's); pass --bad-parcels drop|zero, or another --normalise"
+                        f"{iqr[i]} over the training split (zero in effect, below {REL_SPREAD:g} x the typical parcel's); pass --bad-parcels drop|zero, or another --normalise"
                     )
                 if cfg.bad_parcels == "drop":
                     dropped |= set(flat)
