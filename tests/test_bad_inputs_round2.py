@@ -319,6 +319,59 @@ def test_check_param_budget() -> None:
         check_param_budget(10**12, "align config field 'head.hidden_dim'", copies=4)
 
 
+def test_checkpoint_errors_point_to_inspect(tmp_path: Path, capsys) -> None:
+    from test_bad_inputs import BRAINLM_ARCH
+
+    folder = write_brainlm(tmp_path / "wide")
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_size"] = 2 * BRAINLM_ARCH["hidden_size"]
+    (folder / "config.json").write_text(json.dumps(config))
+    from encoders.brainlm import BrainLMForPretraining
+    from encoders.errors import EncoderInputError
+
+    with pytest.raises(EncoderInputError, match=rf"; `brainmm brainlm inspect {folder}` lists them all$"):
+        BrainLMForPretraining.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------- genetics inputs
+
+
+def test_genetics_import_of_a_string_array(tmp_path: Path, capsys) -> None:
+    np.save(tmp_path / "s.npy", np.array([["a", "b"], ["c", "d"]]))
+    (tmp_path / "ids.txt").write_text("s1\ns2\n")
+    code, err = run(["-q", "genetics", "import", "--table", str(tmp_path / "s.npy"), "--ids", str(tmp_path / "ids.txt"),
+                     "--out", str(tmp_path / "out" / "t")], capsys)
+    check_error(code, err, r"embedding file .*s\.npy: expected numeric vectors, got dtype <U1 \(e\.g\. 'a'\)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ragged_pgs_weights(tmp_path: Path) -> None:
+    from brainmm.data.genetics.matrix import polygenic_scores
+    from brainmm.errors import BrainmmError
+
+    path = tmp_path / "pgs.tsv"
+    path.write_text("variant_id\teffect_allele\tpgs1\n1:60:T:A\tA\t0.5\n1:90:G:C\tC\t0.1\t9\t9\n")
+    variants = pd.DataFrame({"variant_id": ["1:60:T:A"], "rsid": ["."]})
+    with pytest.raises(BrainmmError, match=r"PGS weights .*pgs\.tsv: not a readable table \(Error tokenizing data\. "
+                                           r"C error: Expected 3 fields in line 3, saw 5\)"):
+        polygenic_scores(path, variants, np.zeros((2, 1)))
+
+
+def test_pickled_genotype_tower_names_the_blocked_global(tmp_path: Path) -> None:
+    import torch
+
+    from encoders.errors import EncoderInputError
+    from encoders.genotype import GenotypeEncoder, GenotypeEncoderConfig
+
+    folder = tmp_path / "tower"
+    GenotypeEncoder(GenotypeEncoderConfig(n_snps=5, hidden_sizes=(4,), output_size=3)).save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"weights": torch.ones(2), "payload": Path("/tmp")}, folder / "pytorch_model.bin")
+    with pytest.raises(EncoderInputError, match=r"pytorch_model\.bin cannot be read as a PyTorch state dict with "
+                                                r"weights_only=True: .*\(it needs pathlib\.PosixPath\)"):
+        GenotypeEncoder.from_pretrained(folder, local_files_only=True)
+
+
 # ------------------------------------------------------------------------------------------ CLI grammar
 
 

@@ -99,6 +99,7 @@ def check_planned_model(cls, folder: Path, weights: Path, allow_mismatch: bool) 
             raise EncoderInputError(
                 f"checkpoint {folder}: tensor {key!r} has shape {list(stored[key])} but the config gives "
                 f"{list(planned[key][0])}" + (f" (and {len(bad) - 1} more mismatched tensor(s))" if len(bad) > 1 else "")
+                + f"; `brainmm brainlm inspect {folder}` lists them all"
             )
     n_params = sum(math.prod(shape) for shape, _ in planned.values())
     n_bytes = sum(math.prod(shape) * size for shape, size in planned.values())
@@ -134,12 +135,14 @@ class CheckedFromPretrainedMixin:
             raise EncoderInputError(
                 f"checkpoint {folder}: tensor {key!r} has shape {list(found)} but the config gives {list(expected)}"
                 + (f" (and {more} more mismatched tensor(s))" if more else "")
+                + f"; `brainmm brainlm inspect {folder}` lists them all"
             )
         if info["missing_keys"] and not want_info:
             missing = sorted(info["missing_keys"])
             raise EncoderInputError(
                 f"checkpoint {folder} lacks {len(missing)} weight(s) the model needs, e.g. {missing[:5]}; "
-                "pass output_loading_info=True to load anyway with those weights freshly initialised"
+                f"`brainmm brainlm inspect {folder}` lists them all (from Python, output_loading_info=True loads the "
+                "model anyway with those weights freshly initialised)"
             )
         return (model, info) if want_info else model
 

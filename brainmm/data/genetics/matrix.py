@@ -186,7 +186,10 @@ def polygenic_scores(path: str | Path, variants: pd.DataFrame, dosages: np.ndarr
     if not path.is_file():
         raise BrainmmError(f"PGS weights {path}: not found")
     sep = "," if path.suffix == ".csv" else "\t"
-    weights = pd.read_csv(path, sep=sep, dtype={"variant_id": str, "effect_allele": str})
+    try:
+        weights = pd.read_csv(path, sep=sep, dtype={"variant_id": str, "effect_allele": str})
+    except (ValueError, UnicodeDecodeError) as err:  # ragged rows (ParserError), bad encoding, no columns
+        raise BrainmmError(f"PGS weights {path}: not a readable table ({' '.join(str(err).split())})") from None
     for col in ("variant_id", "effect_allele"):
         if col not in weights:
             raise BrainmmError(f"PGS weights {path}: missing column {col!r} (expected variant_id, effect_allele, "
