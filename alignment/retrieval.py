@@ -26,7 +26,14 @@ from alignment.ranks import (  # noqa: F401 (pair_ranks, positive_ranks, as_embe
     pair_ranks,
     positive_ranks,
 )
-from alignment.stats import bootstrap_weights, cluster_codes, flatten_records, normal_ci, percentile_ci
+from alignment.stats import (
+    bootstrap_weights,
+    cluster_codes,
+    flatten_records,
+    normal_ci,
+    percentile_ci,
+    small_n_cis,
+)
 
 DIRECTIONS = ("brain_to_genetics", "genetics_to_brain")
 KS = (1, 5, 10)
@@ -146,7 +153,9 @@ def bootstrap_rank_metrics(
         lo, hi = sorted_ranks[np.searchsorted(cum, [(total - 1) // 2, total // 2], side="right")]
         samples[b, -1] = np.floor((lo + hi) / 2) + 1  # weighted median of the expanded resample
     low, high = percentile_ci(samples, level)
-    return {name: (float(low[i]), float(high[i])) for i, name in enumerate([*means, "median_rank"])}
+    ci = {name: (float(low[i]), float(high[i])) for i, name in enumerate([*means, "median_rank"])}
+    # R@k: Wilson over subjects; MRR: bootstrap, widened at small N (alignment.stats.small_n_cis)
+    return small_n_cis(ci, rank_metrics(ranks, ks), [f"R_at_{k}" for k in ks], ["mrr"], int(codes.max()) + 1, level)
 
 
 # ------------------------------------------------------------------------------------------ K-way protocol

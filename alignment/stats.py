@@ -1,9 +1,11 @@
-"""Resampling helpers shared by retrieval, probes and baselines: cluster bootstrap weights, percentile and
-normal-approximation CIs, permutation p-values, and flattening of tidy records into MLflow-safe metric names."""
+"""Resampling helpers shared by retrieval, probes and baselines: cluster bootstrap weights, percentile,
+normal-approximation and Wilson CIs, small-N warnings, permutation p-values, and flattening of tidy records into
+MLflow-safe metric names."""
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 from alignment.errors import AlignmentInputError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+SMALL_N = 20  # below this many subjects a bootstrap interval is unreliable (and can collapse to a point)
 
 
 def cluster_codes(labels: Sequence[Any] | np.ndarray | None, n: int, what: str) -> np.ndarray:
@@ -53,6 +56,45 @@ def normal_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, fl
     mean = float(values.mean())
     half = float(norm.ppf(0.5 + level / 2) * values.std(ddof=1) / np.sqrt(values.size))
     return mean, mean - half, mean + half
+
+
+def wilson_ci(p: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `p` observed on `n` independent units (subjects).
+
+    Honest at small n (never a single point: at n = 2 and p = 1 it is [0.34, 1]); for the mean of any values in
+    [0, 1] (e.g. reciprocal ranks) it is conservative, since their variance is at most p(1 - p).
+    """
+    from scipy.stats import norm
+
+    if not 0.0 < level < 1.0:
+        raise AlignmentInputError(f"level: expected a number in (0, 1), got {level!r}")
+    if n < 1:
+        raise AlignmentInputError(f"wilson_ci: need at least 1 unit, got {n}")
+    p = min(max(float(p), 0.0), 1.0)
+    z = float(norm.ppf(0.5 + level / 2))
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def small_n_cis(
+    ci: dict[str, tuple[float, float]], point: Mapping[str, float], proportions: Sequence[str],
+    bounded: Sequence[str], n: int, level: float = 0.95, what: str = "retrieval",
+) -> dict[str, tuple[float, float]]:
+    """Intervals that stay honest at small n (subjects): Wilson for the `proportions` (R@k), and for `bounded`
+    means of values in [0, 1] (MRR) the bootstrap interval widened to contain the Wilson one when n < SMALL_N
+    (a bootstrap of 2 subjects with equal ranks would claim an exact value). Warns below SMALL_N."""
+    out = dict(ci)
+    for name in proportions:
+        out[name] = wilson_ci(point[name], n, level)
+    if n < SMALL_N:
+        warnings.warn(f"{what}: only {n} subjects; intervals are wide, and bootstrap intervals (ranks, MRR) are "
+                      f"unreliable below {SMALL_N}", UserWarning, stacklevel=3)
+        for name in bounded:
+            lo, hi = wilson_ci(point[name], n, level)
+            out[name] = (min(out[name][0], lo), max(out[name][1], hi))
+    return out
 
 
 def permutation_pvalue(observed: np.ndarray | float, null: np.ndarray) -> np.ndarray:

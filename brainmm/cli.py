@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import time
 
 from brainmm import __version__
 
@@ -22,9 +24,36 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose (sub)commands accept flags anywhere among the KEY=VALUE overrides.
+
+    `--overwrite` between two overrides ends the `nargs="*"` positional for plain argparse; parsing intermixed
+    (argparse's parse_intermixed_args) takes flags first and gives every remaining word to the positionals.
+    Parsers that hold subcommands cannot be parsed that way and parse as usual.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Intermixed where possible (see the class docstring)."""
+        if self._intermixing or not self._can_intermix():
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+    def _can_intermix(self) -> bool:
+        positionals = [a for a in self._actions if not a.option_strings]
+        if any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in positionals):
+            return False
+        return not any(a in positionals for g in self._mutually_exclusive_groups for a in g._group_actions)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="brainmm",
         description="Align brain activity (BrainLM) and genetics in one shared 512-D space.",
     )
@@ -42,8 +71,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM (kill, a batch scheduler's time limit) ends the run like Ctrl-C."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _mark_interrupted_runs(since_ms: int) -> None:
+    """End the MLflow run(s) an interrupt just closed as KILLED (MLflow itself records FAILED)."""
+    fluent = sys.modules.get("mlflow")
+    if fluent is None:
+        return
+    try:
+        while fluent.active_run() is not None:
+            fluent.end_run("KILLED")
+        run = fluent.last_active_run()
+        if run is None or run.info.end_time is None or run.info.end_time < since_ms:
+            return
+        client = fluent.MlflowClient()
+        runs = [run, *client.search_runs([run.info.experiment_id],
+                                         f"tags.mlflow.parentRunId = '{run.info.run_id}'")]
+        for r in runs:
+            if r.info.status == "FAILED" and (r.info.end_time or 0) >= since_ms:
+                client.set_terminated(r.info.run_id, "KILLED", end_time=r.info.end_time)
+    except Exception as err:  # the interrupt is what the user must see; a tracking hiccup is secondary
+        print(f"brainmm: could not mark the MLflow run as KILLED ({type(err).__name__}: {err})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted by Ctrl-C or SIGTERM)."""
     from brainmm.errors import USER_ERRORS
     from brainmm.runtime import discard_new_log, setup_logging
 
@@ -53,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    started_ms = int(time.time() * 1000)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         rc = args.func(args)
     except USER_ERRORS as err:
@@ -60,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"brainmm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        _mark_interrupted_runs(started_ms)
         print("brainmm: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
 
 

@@ -6,6 +6,7 @@ Each stage defines its own dataclass (nested dataclasses for sections); this mod
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -23,6 +24,57 @@ class ConfigError(BrainmmError):
     """A config key is unknown, has the wrong type, or a file cannot be read."""
 
 
+MAX_SHOWN = 200  # characters of a value repeated in an error message
+MAX_YAML_NODES = 100_000  # nodes of a YAML document once its aliases are expanded (a config has hundreds)
+ALLOW_NONFINITE = {"allow_nonfinite": True}  # dataclasses.field(metadata=...) of a float field that may be inf/nan
+
+
+def _short(value: Any) -> str:
+    """repr(value), cut to MAX_SHOWN characters (a config error never repeats a huge value)."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text)} characters)"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose aliases expand past MAX_YAML_NODES nodes (billion laughs)."""
+
+    def compose_document(self):  # type: ignore[override]
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], open_: set[int]) -> int:
+    """Node count with every alias expanded (memoised per node, so a shared subtree costs one visit)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise ConfigError("YAML: a recursive alias (a node that contains itself) is not a valid config")
+    size = 1
+    if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+        open_.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        for child in children:
+            size += _expanded_size(child, memo, open_)
+            if size > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"YAML: aliases expand to more than {MAX_YAML_NODES} nodes (a config has hundreds); "
+                    "refusing to expand it (nested aliases, 'billion laughs'?)"
+                )
+        open_.discard(key)
+    memo[key] = size
+    return size
+
+
+def safe_load_bounded(text: str) -> Any:
+    """yaml.safe_load with alias expansion bounded (MAX_YAML_NODES) and too-deep nesting refused."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise ConfigError("YAML: nested too deeply") from None
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -36,14 +88,17 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp` and convert it (dicts to dataclasses, ints to floats)."""
+def _convert(value: Any, tp: Any, where: str, finite: bool = True) -> Any:
+    """Check `value` against the annotation `tp` and convert it (dicts to dataclasses, ints to floats).
+
+    Floats must be finite unless `finite` is False (fields with metadata ALLOW_NONFINITE).
+    """
     origin = get_origin(tp)
     if tp is Any:
         return value
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"config field '{where}': expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"config field '{where}': expected {_type_name(tp)}, got {_short(value)}")
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -54,66 +109,72 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(value, arg, where)
+                return _convert(value, arg, where, finite)
             except ConfigError as err:
                 errors.append(err)
-        raise ConfigError(f"config field '{where}': expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config field '{where}': expected {_type_name(tp)}, got {_short(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config field '{where}': expected a list, got {value!r}")
+            raise ConfigError(f"config field '{where}': expected a list, got {_short(value)}")
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"config field '{where}': expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_convert(v, a, f"{where}[{i}]", finite) for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
-        out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        out = [_convert(v, item, f"{where}[{i}]", finite) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config field '{where}': expected a mapping, got {value!r}")
+            raise ConfigError(f"config field '{where}': expected a mapping, got {_short(value)}")
         kt, vt = get_args(tp) or (Any, Any)
-        return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+        return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}", finite) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"config section '{where}': expected a mapping, got {value!r}")
+            raise ConfigError(f"config section '{where}': expected a mapping, got {_short(value)}")
         return from_dict(tp, value, prefix=where)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config field '{where}': expected true/false, got {value!r}")
+            raise ConfigError(f"config field '{where}': expected true/false, got {_short(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config field '{where}': expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"config field '{where}': expected a number, got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if finite and not math.isfinite(number):
+            raise ConfigError(f"config field '{where}': expected a finite number, got {_short(value)}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config field '{where}': expected an integer, got {value!r}")
+            raise ConfigError(f"config field '{where}': expected an integer, got {_short(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config field '{where}': expected a string, got {value!r}")
+            raise ConfigError(f"config field '{where}': expected a string, got {_short(value)}")
         return value
     if tp is Path:
         if not isinstance(value, (str, Path)):
-            raise ConfigError(f"config field '{where}': expected a path, got {value!r}")
+            raise ConfigError(f"config field '{where}': expected a path, got {_short(value)}")
         return Path(value)
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"config field '{where}': expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config field '{where}': expected {_type_name(tp)}, got {_short(value)}")
     return value
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config{' section ' + repr(prefix) if prefix else ''}: expected a mapping, got {data!r}")
+        raise ConfigError(f"config{' section ' + repr(prefix) if prefix else ''}: expected a mapping, got {_short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -126,7 +187,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         where = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _convert(value, hints[name], where)
+        kwargs[name] = _convert(value, hints[name], where, not fields[name].metadata.get("allow_nonfinite"))
     try:
         obj = cls(**kwargs)
     except TypeError as err:  # a required field is missing
@@ -157,15 +218,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse 'a.b.c=VALUE' (VALUE read as YAML) into (['a','b','c'], value)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. model.hidden_size=256")
+        raise ConfigError(f"override {_short(text)}: expected KEY=VALUE with a dotted key, e.g. model.hidden_size=256")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: the key must be dotted names, e.g. train.lr=1e-4")
+        raise ConfigError(f"override {_short(text)}: the key must be dotted names, e.g. train.lr=1e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_bounded(raw) if raw.strip() else ""
+    except ConfigError as err:
+        raise ConfigError(f"override {_short(key)}: {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({err.__class__.__name__})") from None
+        raise ConfigError(f"override {_short(text)}: value is not valid YAML ({err.__class__.__name__})") from None
     return key.split("."), value
 
 
@@ -179,7 +242,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if child is None:
                 child = node[k] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{k}' is not a section")
+                raise ConfigError(f"override {_short(text)}: '{k}' is not a section")
             node = child
         node[keys[-1]] = value
     return data
@@ -191,7 +254,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found (expected a YAML file)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load_bounded(path.read_text())
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

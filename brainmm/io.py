@@ -1,4 +1,4 @@
-"""Atomic writes and file hashing: nothing half-written is ever left behind."""
+"""Atomic writes, run-folder locks and file hashing: nothing half-written, no two writers, modes by the umask."""
 
 from __future__ import annotations
 
@@ -12,17 +12,65 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from brainmm.errors import BrainmmError
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc on Linux, so no other thread ever sees it changed)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a mkstemp/mkdtemp result (0600/0700) the mode a plain open()/mkdir() would: 0666/0777 & ~umask."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """mkdtemp in `parent` (created if missing) with the umask's mode; unwritable parents raise BrainmmError."""
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    except OSError as err:
+        raise _unwritable(parent, err) from None
+    honour_umask(tmp, folder=True)
+    return tmp
+
+
+def _unwritable(folder: Path, err: OSError) -> BrainmmError:
+    reason = err.strerror or type(err).__name__
+    return BrainmmError(f"output folder {folder}: cannot write there ({reason}); choose a writable folder")
+
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    except OSError as err:
+        raise _unwritable(path.parent, err) from None
     os.close(fd)
+    honour_umask(name)
     return Path(name)
+
+
+def _refuse_folder_target(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        raise BrainmmError(f"output file {path}: is an existing folder (expected a file path)")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write bytes to `path` via a temp file in the same folder and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_folder_target(path)
     tmp = _tmp_sibling(path)
     try:
         with open(tmp, "wb") as fh:
@@ -53,7 +101,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     `suffix` keeps an extension on the temp name for writers that insist on one (e.g. numpy, safetensors).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_folder_target(path)
     tmp = _tmp_sibling(path, suffix)
     try:
         yield tmp
@@ -65,12 +113,17 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temp folder beside `path`; on success it replaces `path`, on failure it is removed.
+
+    The folder gets the umask's mode (mkdtemp alone would leave it 0700). An existing file at `path` is refused
+    (never replaced by a folder), as is an unwritable parent.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise BrainmmError(f"output folder {path}: is an existing file (expected a folder path)")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        raise BrainmmError(f"output folder {path} already exists (pass --overwrite to replace it)")
+    tmp = make_temp_dir(path.parent, f".{path.name}.")
     try:
         yield tmp
         if path.exists():
@@ -84,6 +137,61 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the output `path` (a run folder or a table stem) while a stage writes it.
+
+    The lock is `fcntl.flock` on `<parent>/.<name>.lock` (a sibling, so it also guards folders that
+    `atomic_dir` creates or replaces at the end); the file holds the owner's pid and is removed on release.
+    A second writer is refused at once with a BrainmmError naming the folder and the holder's pid. The lock is
+    advisory (brainmm processes honour it) and is released by the kernel when a process dies, so a crash never
+    leaves a stale lock. Every stage that writes a run folder wraps its work in it:
+    `with run_lock(cfg.output_dir): ...`.
+    """
+    import fcntl
+
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # removed again if left empty
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(path.parent, err) from None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise _unwritable(path.parent, err) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise BrainmmError(
+                f"output {path} is being written by another brainmm process (pid {holder}, lock {lock}); "
+                "wait for it to finish or choose another output folder"
+            ) from None
+        try:  # the holder before us may have removed the file after we opened it: lock the current one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)  # before unlocking, so a waiter never locks a removed file
+        os.close(fd)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

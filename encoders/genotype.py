@@ -76,6 +76,17 @@ class GenotypeEncoder(PreTrainedModel):
     base_model_prefix = "genotype"
     main_input_name = "dosages"
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a saved folder; its weight files are checked first (a pickle is refused naming the global it needs)."""
+        from pathlib import Path
+
+        from encoders.weights import check_weight_files
+
+        if Path(pretrained_model_name_or_path).is_dir():
+            check_weight_files(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def __init__(self, config: GenotypeEncoderConfig):
         super().__init__(config)
         self.register_buffer("input_mean", torch.zeros(config.input_size))

@@ -48,7 +48,8 @@ def _is_true(node: ast.expr | None) -> bool:
 
 UNPICKLERS = {"pickle.load", "pickle.loads", "cPickle.load", "cPickle.loads", "dill.load", "dill.loads",
               "joblib.load", "pd.read_pickle", "pandas.read_pickle", "shelve.open", "marshal.load", "marshal.loads"}
-SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "yaml.SafeLoader", "yaml.CSafeLoader"}
+SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "yaml.SafeLoader", "yaml.CSafeLoader",
+                     "_BoundedLoader"}  # brainmm.config's SafeLoader subclass (checked below)
 
 
 def unsafe_calls(tree: ast.AST) -> list[tuple[int, str]]:
@@ -107,6 +108,16 @@ AutoModel.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
 """
     assert [line for line, _ in unsafe_calls(ast.parse(bad))] == [3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14]
     assert unsafe_calls(ast.parse(good)) == []
+
+
+def test_the_bounded_yaml_loader_is_a_safe_loader() -> None:
+    import yaml
+
+    from brainmm.config import _BoundedLoader
+
+    assert issubclass(_BoundedLoader, yaml.SafeLoader)
+    with pytest.raises(yaml.constructor.ConstructorError):
+        yaml.load("!!python/object/apply:os.system ['true']", Loader=_BoundedLoader)  # noqa: S506
 
 
 def test_no_unsafe_deserialisation_or_code_execution_in_the_source() -> None:

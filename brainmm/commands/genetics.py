@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--cache-dir", default=None, help="embedding cache (default <data dir>/dna-embeddings)")
     e.add_argument("--out", default=None, help="output table stem")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides (same as --set)")
     e.set_defaults(func=_embed)
 
     m = group.add_parser("matrix", help="SNP dosages (VCF, PLINK .bed/.pgen, BGEN) -> subject x variant table")
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--pgs-weights", default=None, help="weights table for polygenic scores (extra table)")
     m.add_argument("--out", default=None, help="output table stem")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    m.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides (same as --set)")
     m.set_defaults(func=_matrix)
 
     c = group.add_parser("pca", help="genetic principal components (plink2 --pca standardisation) per subject")
@@ -55,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--ld-window", type=int, default=None, help="LD pruning window, in variants (default 200)")
     c.add_argument("--out", default=None, help="output table stem")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted config override")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides (same as --set)")
     c.set_defaults(func=_pca)
 
     i = group.add_parser("import", help="precomputed per-subject vectors (Parquet/CSV/NPY/NPZ) -> table")
@@ -168,17 +171,19 @@ def _embed(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
     from brainmm.data.genetics.config import GeneticsEmbedConfig
     from brainmm.data.genetics.embed import run_embed, table_stem
+    from brainmm.io import run_lock
     from brainmm.runtime import log_to_file
 
     flags = _inputs_flags(args, "inputs.")
     flags.update({"encoder.family": args.encoder_family, "encoder.path": args.encoder_path, "mode": args.mode,
                   "combine_regions": args.combine_regions, "cache_dir": args.cache_dir, "out": args.out,
                   "subtract_reference": False if args.keep_reference else None})
-    cfg = load_config(GeneticsEmbedConfig, args.config, _overrides(flags) + list(args.set))
+    cfg = load_config(GeneticsEmbedConfig, args.config, _overrides(flags) + list(args.set) + list(args.overrides))
     cfg.require_inputs()
     out = table_stem(cfg.out)
     log_to_file(out.parent if str(out.parent) else Path("."))
-    table = run_embed(cfg)
+    with run_lock(out):
+        table = run_embed(cfg)
     if table is not None:
         s = table.meta["sequences"]
         print(f"sequences: {s['requested']} requested, {s['unique']} unique, {s['cached']} already cached, "
@@ -192,14 +197,16 @@ def _matrix(args: argparse.Namespace) -> int:
     from brainmm.data.genetics.config import GenotypeMatrixConfig
     from brainmm.data.genetics.embed import table_stem
     from brainmm.data.genetics.matrix import run_matrix
+    from brainmm.io import run_lock
     from brainmm.runtime import log_to_file
 
     flags = {**_genotype_values(args), "impute": args.impute, "pgs_weights": args.pgs_weights}
-    cfg = load_config(GenotypeMatrixConfig, args.config, _overrides(flags) + list(args.set))
+    cfg = load_config(GenotypeMatrixConfig, args.config, _overrides(flags) + list(args.set) + list(args.overrides))
     cfg.require_inputs()
     out = table_stem(cfg.out)
     log_to_file(out.parent)
-    table = run_matrix(cfg)
+    with run_lock(out):
+        table = run_matrix(cfg)
     print(f"{out} ({len(table.ids)} subjects x {table.dim} variants)")
     return 0
 
@@ -209,15 +216,17 @@ def _pca(args: argparse.Namespace) -> int:
     from brainmm.data.genetics.config import GeneticPcaConfig
     from brainmm.data.genetics.embed import table_stem
     from brainmm.data.genetics.pca import run_pca
+    from brainmm.io import run_lock
     from brainmm.runtime import log_to_file
 
     flags = {**_genotype_values(args), "n_pcs": args.n_pcs, "ld_prune_r2": args.ld_prune_r2,
              "ld_window": args.ld_window}
-    cfg = load_config(GeneticPcaConfig, args.config, _overrides(flags) + list(args.set))
+    cfg = load_config(GeneticPcaConfig, args.config, _overrides(flags) + list(args.set) + list(args.overrides))
     cfg.require_source()
     out = table_stem(cfg.out)
     log_to_file(out.parent)
-    table = run_pca(cfg)
+    with run_lock(out):
+        table = run_pca(cfg)
     print(f"{out} ({len(table.ids)} subjects x {table.dim} PCs, {table.meta['variants_used']} variants)")
     return 0
 
@@ -225,8 +234,10 @@ def _pca(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from brainmm.data.genetics.embed import table_stem
     from brainmm.data.genetics.precomputed import read_precomputed
+    from brainmm.io import run_lock
 
     table = read_precomputed(args.table, args.id_column, args.ids)
-    out = table.save(table_stem(args.out))
+    with run_lock(table_stem(args.out)):
+        out = table.save(table_stem(args.out))
     print(f"{out} ({len(table.ids)} subjects x {table.dim})")
     return 0

@@ -36,7 +36,8 @@ def read_table(path: str | Path, text_columns: Iterable[str] = ID_COLUMNS) -> pd
                 if col in df:
                     df[col] = df[col].astype("str").where(df[col].notna())
         elif suffix in TEXT_SEPARATORS:
-            df = pd.read_csv(path, sep=TEXT_SEPARATORS[suffix], dtype={c: str for c in text_columns})
+            df = pd.read_csv(path, sep=TEXT_SEPARATORS[suffix], dtype={c: str for c in text_columns},
+                             encoding="utf-8-sig")  # a BOM would otherwise stick to the first column's name
         else:
             raise BrainmmError(
                 f"table {path}: unknown format {suffix!r}; expected one of "
@@ -106,7 +107,12 @@ def resolve_paths(df: pd.DataFrame, column: str, must_exist: bool = True) -> lis
     out: list[Path] = []
     for i, value in enumerate(df[column].astype("str")):
         p = Path(value.strip()).expanduser()
-        p = (p if p.is_absolute() else base / p).resolve()
+        p = p if p.is_absolute() else base / p
+        try:
+            p = p.resolve()
+        except (RuntimeError, OSError) as err:  # a symlink loop ("Symlink loop from ...", ELOOP)
+            raise BrainmmError(f"table {table_path(df)}: {row_name(i)}, column {column!r}: path {p} cannot be "
+                               f"resolved (a symbolic-link loop?): {err}") from None
         if must_exist and not p.exists():
             raise BrainmmError(f"table {table_path(df)}: {row_name(i)}, column {column!r}: file {p} does not exist")
         out.append(p)

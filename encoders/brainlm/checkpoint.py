@@ -7,6 +7,7 @@ read with `torch.load(weights_only=True)` only. Loading is local (no network).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -49,6 +50,63 @@ def check_checkpoint_folder(path: str | os.PathLike, model_type: str | None, hin
     return weights
 
 
+def available_memory() -> tuple[int, int]:
+    """(available, total) bytes of RAM: MemAvailable from /proc/meminfo on Linux, else free/total pages."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, total
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), total
+
+
+def check_memory_budget(n_bytes: int, what: str) -> None:
+    """Refuse (EncoderInputError naming `what`) to allocate more bytes than the machine has available."""
+    available, total = available_memory()
+    if n_bytes > available:
+        raise EncoderInputError(f"{what} needs about {n_bytes / 1e9:,.1f} GB, more than this machine's available "
+                                f"memory ({available / 1e9:,.1f} GB of {total / 1e9:,.1f} GB)")
+
+
+def planned_shapes(cls, config) -> dict[str, tuple[tuple[int, ...], int]]:
+    """{tensor name: (shape, bytes per element)} of `cls(config)`, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        shell = cls(config)
+    return {k: (tuple(v.shape), v.element_size()) for k, v in shell.state_dict().items()}
+
+
+def stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header (empty for other formats: they are checked after loading)."""
+    if weights.suffix != ".safetensors":
+        return {}
+    with safe_open(str(weights), framework="pt") as handle:
+        return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+
+
+def check_planned_model(cls, folder: Path, weights: Path, allow_mismatch: bool) -> None:
+    """Before anything is allocated: the config's tensor shapes against the safetensors header, and their bytes
+    against the available memory (a `hidden_size: 10000000` would otherwise try to allocate terabytes)."""
+    config = cls.config_class.from_pretrained(folder, local_files_only=True)
+    planned = planned_shapes(cls, config)
+    if not allow_mismatch:
+        stored = stored_shapes(weights)
+        bad = sorted(k for k in planned.keys() & stored.keys() if planned[k][0] != stored[k])
+        if bad:
+            key = bad[0]
+            raise EncoderInputError(
+                f"checkpoint {folder}: tensor {key!r} has shape {list(stored[key])} but the config gives "
+                f"{list(planned[key][0])}" + (f" (and {len(bad) - 1} more mismatched tensor(s))" if len(bad) > 1 else "")
+                + f"; `brainmm brainlm inspect {folder}` lists them all"
+            )
+    n_params = sum(math.prod(shape) for shape, _ in planned.values())
+    n_bytes = sum(math.prod(shape) * size for shape, size in planned.values())
+    check_memory_budget(n_bytes, f"checkpoint {folder}: the model its config.json describes "
+                                 f"({n_params:,} parameters)")
+
+
 class CheckedFromPretrainedMixin:
     """`from_pretrained` for a local folder: checks files first, then refuses shape mismatches and missing keys.
 
@@ -63,9 +121,10 @@ class CheckedFromPretrainedMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a local checkpoint folder (see the class docstring for the checks)."""
         folder = Path(pretrained_model_name_or_path) / kwargs.get("subfolder", "")
-        check_checkpoint_folder(folder, cls.checkpoint_model_type, cls.checkpoint_hint)
+        weights = check_checkpoint_folder(folder, cls.checkpoint_model_type, cls.checkpoint_hint)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+        check_planned_model(cls, folder, weights, allow_mismatch)
         kwargs["local_files_only"] = True
         with quiet_transformers():  # problems are reported below (or returned with output_loading_info)
             model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
@@ -76,12 +135,14 @@ class CheckedFromPretrainedMixin:
             raise EncoderInputError(
                 f"checkpoint {folder}: tensor {key!r} has shape {list(found)} but the config gives {list(expected)}"
                 + (f" (and {more} more mismatched tensor(s))" if more else "")
+                + f"; `brainmm brainlm inspect {folder}` lists them all"
             )
         if info["missing_keys"] and not want_info:
             missing = sorted(info["missing_keys"])
             raise EncoderInputError(
                 f"checkpoint {folder} lacks {len(missing)} weight(s) the model needs, e.g. {missing[:5]}; "
-                "pass output_loading_info=True to load anyway with those weights freshly initialised"
+                f"`brainmm brainlm inspect {folder}` lists them all (from Python, output_loading_info=True loads the "
+                "model anyway with those weights freshly initialised)"
             )
         return (model, info) if want_info else model
 

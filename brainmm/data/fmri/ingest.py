@@ -34,11 +34,19 @@ from brainmm.data.fmri.dataset import (
     FmriDataset,
     write_coords,
 )
-from brainmm.data.fmri.normalise import METHODS, NormStats, RobustSampler, bad_parcels, fit_robust
+from brainmm.data.fmri.normalise import (
+    METHODS,
+    REL_SPREAD,
+    NormStats,
+    RobustSampler,
+    bad_parcels,
+    fit_robust,
+    near_zero_spread,
+)
 from brainmm.data.fmri.readers import Orientation, is_nifti, read_coords, read_timeseries
 from brainmm.data.splits import load_split, make_split, save_split
 from brainmm.errors import BrainmmError
-from brainmm.io import atomic_dir, atomic_write_json, sha256_file
+from brainmm.io import atomic_dir, atomic_write_json, run_lock, sha256_file
 
 LOG = logging.getLogger(__name__)
 
@@ -263,7 +271,12 @@ def _hash_json(obj: Any) -> str:
 
 
 def ingest(cohort: str | Path, out: str | Path, config: IngestConfig | None = None, overwrite: bool = False) -> Path:
-    """Build an fMRI dataset folder at `out` from a cohort table; returns `out`."""
+    """Build an fMRI dataset folder at `out` from a cohort table; returns `out` (one writer at a time)."""
+    with run_lock(out):
+        return _ingest(cohort, Path(out), config, overwrite)
+
+
+def _ingest(cohort: str | Path, out: Path, config: IngestConfig | None, overwrite: bool) -> Path:
     from brainmm.runtime import progress
 
     cfg = config or IngestConfig()
@@ -328,6 +341,7 @@ def ingest(cohort: str | Path, out: str | Path, config: IngestConfig | None = No
                 f"cohort {cohort}: recordings have different TRs {trs} s; brainmm does not resample in time, "
                 "ingest them as separate datasets"
             )
+        unknown = [r.recording_id for r in kept if r.tr is None]  # announced once the dataset is written
         dropped = set()
         if cfg.bad_parcels == "drop":
             dropped = {i for r in kept for i in r.bad}
@@ -348,12 +362,13 @@ def ingest(cohort: str | Path, out: str | Path, config: IngestConfig | None = No
             if fit:
                 samples = sampler.samples()
                 median, iqr = fit_robust(samples)
-                flat = [i for i in range(v_src) if i not in dropped and not (iqr[i] > 0)]
+                tiny = near_zero_spread(iqr)
+                flat = [i for i in range(v_src) if i not in dropped and tiny[i]]
                 if flat and cfg.bad_parcels == "error":
                     i = flat[0]
                     raise BrainmmError(
                         f"robust normalisation: parcel {i} ({parcels.labels[i]!r}) has an interquartile range of "
-                        f"{iqr[i]} over the training split; pass --bad-parcels drop|zero, or another --normalise"
+                        f"{iqr[i]} over the training split (zero in effect, below {REL_SPREAD:g} x the typical parcel's); pass --bad-parcels drop|zero, or another --normalise"
                     )
                 if cfg.bad_parcels == "drop":
                     dropped |= set(flat)
@@ -399,6 +414,12 @@ def ingest(cohort: str | Path, out: str | Path, config: IngestConfig | None = No
         manifest["files"] = {name: sha256_file(tmp / name) for name in (COORDS_FILE, STATS_FILE, SPLIT_FILE, COHORT_FILE)}
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
     LOG.info("wrote %s: %d recordings x %d parcels", out, len(kept), len(selection))
+    if unknown and not trs:
+        LOG.warning("TR unknown for every recording (no 'tr' column in %s, no --tr, no NIfTI header): assumed "
+                    "equal for all %d recordings (brainmm does not resample in time)", cohort, len(kept))
+    elif unknown:
+        LOG.warning("TR unknown for %d of %d recordings (e.g. %r): assumed %g s like the others; add a 'tr' "
+                    "column to %s to be sure", len(unknown), len(kept), unknown[0], trs[0], cohort)
     return out
 
 
@@ -445,6 +466,14 @@ def _write_arrow(dest: Path, work: Path, kept: list[_Recording], selection: list
             zero = [pos[i] for i in rec.bad if i in pos]
             if zero:
                 signal[zero] = 0.0
+            bad = np.flatnonzero(~np.isfinite(signal).all(axis=1))
+            if len(bad):  # never write inf/NaN into the dataset (e.g. a spread that is tiny but not zero)
+                j = int(bad[0])
+                raise BrainmmError(
+                    f"recording {rec.recording_id!r} ({rec.path}): parcel {j} ({stats.parcel_labels[j]!r}) is not "
+                    f"finite after {stats.method} normalisation ({int((~np.isfinite(signal)).sum())} values); its "
+                    "spread is too small to divide by: pass --bad-parcels drop|zero, or another --normalise"
+                )
             yield {
                 "recording_id": rec.recording_id, "subject_id": rec.subject_id, "session": rec.session,
                 "site": rec.site, "num_timepoints": rec.num_timepoints, "signal": signal.T,
@@ -461,6 +490,11 @@ def _write_arrow(dest: Path, work: Path, kept: list[_Recording], selection: list
         )
         ds.save_to_disk(str(dest))
         del ds
+    except datasets.exceptions.DatasetGenerationError as err:  # a user error raised inside rows()
+        cause = err.__cause__
+        if isinstance(cause, BrainmmError):
+            raise cause from None
+        raise
     finally:
         if enabled:
             datasets.enable_progress_bars()

@@ -30,6 +30,20 @@ def bad_parcels(signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(~finite)[0], np.nonzero(constant)[0]
 
 
+REL_SPREAD = 1e-6  # a spread below this fraction of the typical parcel's counts as zero
+MIN_SPREAD = float(np.finfo(np.float32).tiny)  # ...and so does one float32 cannot hold as a normal number
+
+
+def near_zero_spread(spread: np.ndarray) -> np.ndarray:
+    """Which parcels' spread (IQR or std) is zero in effect: NaN, <= MIN_SPREAD, or <= REL_SPREAD x the median
+    positive spread of all parcels (dividing by it would blow values up to inf in float32)."""
+    spread = np.asarray(spread, dtype=np.float64)
+    positive = spread[np.isfinite(spread) & (spread > 0)]
+    typical = float(np.median(positive)) if positive.size else 0.0
+    limit = max(MIN_SPREAD, REL_SPREAD * typical)
+    return ~np.isfinite(spread) | (spread <= limit)
+
+
 def centre(signal: np.ndarray) -> np.ndarray:
     """Remove each parcel's temporal mean (float64; NaN rows stay NaN)."""
     x = np.asarray(signal, dtype=np.float64)
@@ -74,7 +88,7 @@ class NormStats:
         x = centre(signal)
         if self.method == "zscore":
             std = x.std(axis=1, keepdims=True)
-            x = np.divide(x, std, out=np.zeros_like(x), where=std > 0)
+            x = np.divide(x, std, out=np.zeros_like(x), where=~near_zero_spread(std))
         else:
             x = (x - self.median[:, None]) / self.iqr[:, None]
         if self.zeroed:

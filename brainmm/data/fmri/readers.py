@@ -26,7 +26,7 @@ def is_nifti(path: str | Path) -> bool:
 
 
 def _first_line(path: Path) -> str:
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:  # -sig: a BOM is no part of the first cell
         for line in fh:
             if line.strip():
                 return line
@@ -49,7 +49,8 @@ def _read_text(path: Path) -> np.ndarray:
     sep = TEXT_SUFFIXES[path.suffix.lower()]
     header = not all(_is_number(t) for t in _split(_first_line(path), sep) if t != "")
     try:
-        frame = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=np.float64, engine="c")
+        frame = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=np.float64, engine="c",
+                            encoding="utf-8-sig")
     except ValueError as err:
         raise BrainmmError(f"{path}: expected a numeric table (optionally with one header row): {err}") from err
     return frame.to_numpy()
@@ -93,8 +94,9 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     elif suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise BrainmmError(f"{path}: not a numeric .npy array ({err})") from err
+        except (ValueError, EOFError, OSError) as err:  # pickled objects, 0 bytes, a damaged header
+            reason = "the file is empty (0 bytes)" if path.stat().st_size == 0 else str(err)
+            raise BrainmmError(f"{path}: not a numeric .npy array ({reason})") from None
         if array.dtype.kind not in "iuf":
             raise BrainmmError(f"{path}: expected a numeric array, got dtype {array.dtype}")
     elif suffix == ".mat":
@@ -171,7 +173,7 @@ def read_coords(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     tokens = [t.lower() for t in _split(_first_line(path), sep)]
     header = {"x", "y", "z"} <= set(tokens)
     try:
-        frame = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=str)
+        frame = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=str, encoding="utf-8-sig")
     except ValueError as err:
         raise BrainmmError(f"coordinates file {path}: cannot be read ({err})") from err
     labels: list[str] | None = None

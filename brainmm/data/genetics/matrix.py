@@ -129,7 +129,10 @@ class PolygenicScores:
         if not self.path.is_file():
             raise BrainmmError(f"PGS weights {self.path}: not found")
         sep = "," if self.path.suffix == ".csv" else "\t"
-        weights = pd.read_csv(self.path, sep=sep, dtype={"variant_id": str, "effect_allele": str})
+        try:
+            weights = pd.read_csv(self.path, sep=sep, dtype={"variant_id": str, "effect_allele": str})
+        except (ValueError, UnicodeDecodeError) as err:  # ragged rows (ParserError), bad encoding, no columns
+            raise BrainmmError(f"PGS weights {self.path}: not a readable table ({' '.join(str(err).split())})") from None
         for col in ("variant_id", "effect_allele"):
             if col not in weights:
                 raise BrainmmError(f"PGS weights {self.path}: missing column {col!r} (expected variant_id, "

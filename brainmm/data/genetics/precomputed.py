@@ -61,6 +61,9 @@ def read_precomputed(path: str | Path, id_column: str = "subject_id", ids_path: 
     except (ValueError, OSError) as err:
         raise BrainmmError(f"embedding file {path}: unreadable ({err.__class__.__name__}: {err})") from None
     vectors = np.asarray(vectors)
+    if vectors.dtype.kind not in "biuf":
+        example = f" (e.g. {str(vectors.flat[0])[:40]!r})" if vectors.size else ""
+        raise BrainmmError(f"embedding file {path}: expected numeric vectors, got dtype {vectors.dtype}{example}")
     if vectors.ndim != 2 or vectors.shape[0] != len(ids) or vectors.shape[1] == 0:
         raise BrainmmError(f"embedding file {path}: expected {len(ids)} rows of vectors, got shape "
                            f"{list(vectors.shape)}")

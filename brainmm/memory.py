@@ -1,0 +1,48 @@
+"""Memory budget checks: refuse a model or buffer that cannot fit, before anything is allocated."""
+
+from __future__ import annotations
+
+import os
+
+from brainmm.errors import BrainmmError
+
+
+def available_memory() -> tuple[int, int]:
+    """(available, total) bytes of RAM: MemAvailable from /proc/meminfo on Linux, else free/total pages."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, total
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), total
+
+
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def check_param_budget(n_params: int, what: str, bytes_per_param: int = 4, copies: int = 1) -> int:
+    """Refuse (BrainmmError naming `what`) `n_params` parameters of `bytes_per_param` bytes, held `copies` times
+    (e.g. 4 for training with Adam: weights, gradients, two moments), when that exceeds the available memory.
+
+    Returns the estimated bytes. Call it with the parameter count of a model built on torch's meta device (or
+    computed from the config), before the real model is built: e.g. `align` for `head.hidden_dim`, `pretrain`
+    for the BrainLM config.
+    """
+    need = int(n_params) * int(bytes_per_param) * int(copies)
+    available, total = available_memory()
+    if need > available:
+        raise BrainmmError(
+            f"{what}: {int(n_params):,} parameters need about {human_bytes(need)} "
+            f"({bytes_per_param} bytes x {copies} cop{'y' if copies == 1 else 'ies'}), more than this machine's "
+            f"available memory ({human_bytes(available)} of {human_bytes(total)}); check the model sizes in the config"
+        )
+    return need
