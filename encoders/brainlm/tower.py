@@ -29,6 +29,7 @@ from encoders.errors import EncoderInputError
 
 TRAINABLE = ("frozen", "last_n", "full", "lora")
 POOLINGS = {"brainlm_mae": ("cls", "mean", "time_then_voxel"), "vit_mae": ("cls", "mean")}
+FIXED = {"brainlm_mae": (), "vit_mae": ("vit.embeddings.position_embeddings",)}  # MAE's fixed 2-D sin-cos table
 
 
 def dropout_seed(seed: int, rank: int) -> int:
@@ -69,7 +70,6 @@ class BrainLMTower(nn.Module):
         self.register_buffer("coords", coords.to(model.dtype), persistent=False)
         self.trainable, self.last_n, self.lora = "frozen", 0, None
         self.base = None  # set by finetune.load_tower: the checkpoint folder and its weights hash
-        self._fixed = {n for n, p in model.named_parameters() if not p.requires_grad}  # e.g. ViT sin-cos tables
         self.encoder.requires_grad_(False)
         self.eval()
 
@@ -122,7 +122,7 @@ class BrainLMTower(nn.Module):
         self.encoder.requires_grad_(False)
         if trainable == "full":
             for name, param in self.encoder.named_parameters():
-                param.requires_grad_(name not in self._fixed)
+                param.requires_grad_(name not in FIXED[self.model_type])
         elif trainable == "last_n":
             for module in [*self.blocks()[depth - last_n:], *self.final_modules()]:
                 module.requires_grad_(True)
@@ -146,9 +146,9 @@ class BrainLMTower(nn.Module):
     def gradient_checkpointing(self, enable: bool = True) -> None:
         """Recompute each training block in the backward pass (non-reentrant: right with frozen inputs and DDP)."""
         if enable:
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.encoder.activation_checkpointing_enable({"use_reentrant": False})
         else:
-            self.encoder.gradient_checkpointing_disable()
+            self.encoder.activation_checkpointing_disable()
 
     def train(self, mode: bool = True) -> BrainLMTower:
         """nn.Module.train, but units (embeddings, blocks, final LayerNorm) with nothing trainable stay in eval."""
