@@ -22,10 +22,14 @@ from torch import nn
 
 from encoders.errors import EncoderInputError
 
-# "the attention projections" of each architecture (names within one encoder block)
+# "the attention projections" of each architecture (names within one encoder block); the ViT-MAE names changed
+# within transformers 5 (q_proj/k_proj/v_proj/o_proj now, attention.attention.query/... before): the first set
+# present in the blocks is used
 DEFAULT_TARGETS = {
-    "brainlm_mae": ["query", "key", "value", "attention.output.dense"],
-    "vit_mae": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "brainlm_mae": [["query", "key", "value", "attention.output.dense"]],
+    "vit_mae": [["q_proj", "k_proj", "v_proj", "o_proj"],
+                ["attention.attention.query", "attention.attention.key", "attention.attention.value",
+                 "attention.output.dense"]],
 }
 FUSED = ("attention.self.query", "attention.self.key", "attention.self.value")  # read as weights (Nystromformer)
 
@@ -35,7 +39,7 @@ class LoraSettings:
     """LoRA hyper-parameters: rank r, alpha (update scale alpha / r), input dropout, target module names.
 
     `target_modules` are names within an encoder block, matched as peft does (a module whose name equals the target
-    or ends with "." + target); empty = the architecture's attention projections (`DEFAULT_TARGETS`).
+    or ends with "." + target); empty = the architecture's attention projections (`default_targets`).
     """
 
     rank: int = 8
@@ -83,6 +87,15 @@ class FusedProjection(nn.Linear):
     """Marker class: an `nn.Linear` whose parent reads `.weight` instead of calling it (dispatches `WeightLoraLinear`)."""
 
 
+def default_targets(block: nn.Module, model_type: str) -> list[str]:
+    """The attention projections of `block` (the first name set of `DEFAULT_TARGETS` that it has)."""
+    names = {n for n, _ in block.named_modules()}
+    for candidate in DEFAULT_TARGETS[model_type]:
+        if all(any(n == t or n.endswith("." + t) for n in names) for t in candidate):
+            return candidate
+    return DEFAULT_TARGETS[model_type][0]  # lora_targets then names what is missing
+
+
 def lora_targets(blocks: Sequence[nn.Module], block_names: Sequence[str], targets: Sequence[str]) -> list[str]:
     """Full module names (relative to the model) of the Linear layers in `blocks` matched by `targets`.
 
@@ -112,7 +125,8 @@ def inject_lora(model: nn.Module, blocks: Sequence[nn.Module], block_names: Sequ
     from peft import LoraConfig, inject_adapter_in_model
 
     settings.check()
-    names = lora_targets(blocks, block_names, settings.target_modules or DEFAULT_TARGETS[model_type])
+    targets = settings.target_modules or default_targets(blocks[0], model_type)
+    names = lora_targets(blocks, block_names, targets)
     fused = [n for n in names if n.endswith(FUSED)] if model_type == "brainlm_mae" else []
     if fused and settings.dropout:
         raise EncoderInputError(

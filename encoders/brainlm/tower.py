@@ -145,10 +145,12 @@ class BrainLMTower(nn.Module):
 
     def gradient_checkpointing(self, enable: bool = True) -> None:
         """Recompute each training block in the backward pass (non-reentrant: right with frozen inputs and DDP)."""
+        model = self.encoder  # transformers 5 renamed gradient_* to activation_checkpointing_* (old names deprecated)
         if enable:
-            self.encoder.activation_checkpointing_enable({"use_reentrant": False})
+            enable_fn = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable_fn({"use_reentrant": False})
         else:
-            self.encoder.activation_checkpointing_disable()
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
     def train(self, mode: bool = True) -> BrainLMTower:
         """nn.Module.train, but units (embeddings, blocks, final LayerNorm) with nothing trainable stay in eval."""
