@@ -2,7 +2,7 @@
 
 Input: windows `[B, V, T]` in the dataset's natural parcel order; the tower holds the parcel coordinates `[V, 3]`.
 The Nystromformer (`brainlm_mae`) gets them as `xyz_vectors`; the ViT-MAE (`vit_mae`) uses their Y column to
-reorder the parcels (`vit_preprocess`: stable sort by Y, then / `scale`) and pads the image as its checkpoint
+reorder the parcels (as `vit_preprocess`: stable sort by Y, then / `scale`) and pads the image as its checkpoint
 expects (`BrainLMViTForPretraining.to_pixels`). Output: the pooled embedding of `encode()` (no masking).
 
 Trainable modes: `frozen` (no gradients, eval mode), `last_n` (the last N blocks + the final LayerNorm),
@@ -23,7 +23,7 @@ from transformers import PreTrainedModel
 from encoders.brainlm.lora import LoraSettings, inject_lora
 from encoders.brainlm.modeling import BrainLMForPretraining, BrainLMModel
 from encoders.brainlm.pooling import check_pooling
-from encoders.brainlm.preprocessing import VIT_SCALE, vit_preprocess
+from encoders.brainlm.preprocessing import VIT_SCALE, sort_parcels_by_y
 from encoders.brainlm.vit import NUM_PARCELS, NUM_TIMEPOINTS, BrainLMViTForPretraining
 from encoders.errors import EncoderInputError
 
@@ -68,6 +68,8 @@ class BrainLMTower(nn.Module):
         self.encoder = model
         self.scale = scale
         self.register_buffer("coords", coords.to(model.dtype), persistent=False)
+        # the ViT's parcel order: vit_preprocess's stable sort by Y, computed once (no host sync per step)
+        self.register_buffer("order", sort_parcels_by_y(coords[:, 1]), persistent=False)
         self.trainable, self.last_n, self.lora = "frozen", 0, None
         self.base = None  # set by finetune.load_tower: the checkpoint folder and its weights hash
         self.encoder.requires_grad_(False)
@@ -175,4 +177,5 @@ class BrainLMTower(nn.Module):
             if tuple(signal.shape[1:]) != (NUM_PARCELS, NUM_TIMEPOINTS):
                 raise EncoderInputError(f"BrainLMTower (ViT-MAE): windows must be [B, {NUM_PARCELS}, {NUM_TIMEPOINTS}] "
                                         f"(424 parcels, 200 time points), got {tuple(signal.shape)}")
-            return self.encoder.encode(vit_preprocess(signal, self.coords[:, 1], self.scale), pooling=self.pooling)
+            x = signal.index_select(1, self.order)  # == vit_preprocess(signal, coords[:, 1], scale)
+            return self.encoder.encode(x / self.scale if self.scale is not None else x, pooling=self.pooling)
