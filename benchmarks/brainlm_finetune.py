@@ -6,9 +6,11 @@ head output to a random target (any loss costs the same here; batch 1 has no con
 frozen (tower without gradients), lora (rank 8 on q/k/v/o of every block), last2 (last 2 blocks + final
 LayerNorm), full; each without and with gradient checkpointing (frozen: checkpointing has nothing to recompute).
 
-Each (mode, checkpointing) runs in its own subprocess. CPU: peak = the process's `ru_maxrss` (weights, optimizer
-state and activations; "above build" subtracts the RSS after the model is built). CUDA: peak =
-`torch.cuda.max_memory_allocated` over the timed steps. Step time = median of `--steps` steps after 1 warm-up.
+Each (mode, checkpointing) runs in its own subprocess. Peak memory over the timed steps (after a warm-up step
+that allocates the optimizer state): CPU = peak RSS (Linux `VmHWM`, reset with `/proc/self/clear_refs` so the
+model build does not count; weights, optimizer state, gradients, activations); CUDA =
+`torch.cuda.max_memory_allocated`. "above pre-step" = that peak minus the memory held just before the steps
+(activations, gradients and temporaries). Step time = median of `--steps` steps after 1 warm-up.
 Ratios are against `full` without checkpointing, measured in the same run.
 
     python benchmarks/brainlm_finetune.py [--steps 2] [--batch 1] [--threads 1] [--device cuda --batch 8,32 --bf16]
@@ -19,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 SIZE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
             decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
@@ -58,7 +62,6 @@ def worker(mode: str, ckpt: bool, batch: int, steps: int, device: str, bf16: boo
     x = torch.randn(batch, 424, 200, device=dev)
     target = torch.randn(batch, 512, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    built_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -71,6 +74,9 @@ def worker(mode: str, ckpt: bool, batch: int, steps: int, device: str, bf16: boo
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        before = reset_peak_rss()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -79,12 +85,30 @@ def worker(mode: str, ckpt: bool, batch: int, steps: int, device: str, bf16: boo
         times.append(time.perf_counter() - start)
     out = {"mode": mode, "ckpt": ckpt, "batch": batch, "step_s": statistics.median(times),
            "trainable_params": sum(p.numel() for p in params)}
-    if dev.type == "cuda":
-        out["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        out["above_build_mb"] = out["peak_mb"] - built_rss
+    out["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_rss()
+    out["above_before_mb"] = out["peak_mb"] - before
     return out
+
+
+def _status(field: str) -> float:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def reset_peak_rss() -> float:
+    """Reset the process's peak RSS (Linux: clear_refs 5) and return the current RSS in MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status("VmRSS")
+    except OSError:  # no /proc: the peak then includes the model build
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss() -> float:
+    """Peak RSS in MB since `reset_peak_rss` (since the start where it cannot be reset)."""
+    try:
+        return _status("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_one(mode: str, ckpt: bool, batch: int, args: argparse.Namespace) -> dict:
@@ -121,7 +145,7 @@ def main() -> None:
         rows = [run_one(m, c, batch, args) for m in args.modes.split(",") for c in (False, True)]
         ref = next((r for r in rows if r["mode"] == "full" and not r["ckpt"] and not r.get("oom")), None)
         print(f"\n## batch {batch}  (ratios vs full without checkpointing)")
-        print(f"| mode | checkpointing | trainable params | step s | {unit} | above build MB | step ratio | "
+        print(f"| mode | checkpointing | trainable params | step s | {unit} | above pre-step MB | step ratio | "
               "memory ratio |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
@@ -131,7 +155,7 @@ def main() -> None:
             ratio_t = f"{r['step_s'] / ref['step_s']:.2f}" if ref else ""
             ratio_m = f"{r['peak_mb'] / ref['peak_mb']:.2f}" if ref else ""
             print(f"| {r['mode']} | {'on' if r['ckpt'] else 'off'} | {r['trainable_params'] / 1e6:.2f} M | "
-                  f"{r['step_s']:.2f} | {r['peak_mb']:.0f} | {r.get('above_build_mb', float('nan')):.0f} | "
+                  f"{r['step_s']:.2f} | {r['peak_mb']:.0f} | {r['above_before_mb']:.0f} | "
                   f"{ratio_t} | {ratio_m} |")
         sys.stdout.flush()
 
