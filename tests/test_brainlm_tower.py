@@ -240,3 +240,21 @@ def test_lora_learns_a_toy_contrastive_task_and_leaves_the_base_untouched(arch: 
     assert losses[-1] < 0.9 * losses[0], losses
     after = tower.state_dict()
     assert all(torch.equal(after[k], v) for k, v in base.items())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_tower_trains_under_bf16_autocast(arch: str, checkpoint) -> None:
+    """The `precision: bf16` path: outputs within bf16 rounding of float64, finite adapter gradients."""
+    tower = load_tower(checkpoint(arch), _coords(arch), pooling="mean", trainable="lora", lora=LoraSettings(rank=2))
+    _perturb(tower)
+    x = _windows(arch)
+    with torch.no_grad():
+        ref = tower.double()(x.double())
+    tower.float().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tower(x)
+    out.float().sum().backward()
+    bf16_eps = torch.finfo(torch.bfloat16).eps  # 2^-7; measured about 0.5 eps relative to the largest output
+    assert (out.double() - ref).abs().max() <= 8 * bf16_eps * ref.abs().max()
+    grads = [p.grad for p in tower.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
