@@ -181,6 +181,7 @@ def main() -> None:
     p.add_argument("--fc-pca", type=float, default=64, help="FC PCA components (or variance share) for the heads")
     p.add_argument("--pretrain", action="store_true", help="compare pretraining schedules instead (masked MSE)")
     p.add_argument("--pipeline", nargs="*", default=[], help="extra pipeline overrides (key=value)")
+    p.add_argument("--schedules", default=",".join(PRETRAIN), help="with --pretrain: comma-separated PRETRAIN names")
     args = p.parse_args()
     import torch
     from threadpoolctl import threadpool_limits
@@ -202,6 +203,8 @@ def main() -> None:
         for seed in args.seeds:
             prep = prepare(n, seed, root, uri, args.pipeline)
             tables = brain_tables(prep, args.fc_pca)
+            print(f"# stages n={n} seed={seed} {json.dumps(prep['stages'])} peak_rss_gb={_rss_gb():.2f} "
+                  f"pretrain_test={json.dumps(prep['pretrain_test'])}", flush=True)
             rows = [cca_row("cca", tables["emb"], prep["geno"], prep["split"]),
                     cca_row("fc_cca", tables["fc_raw"], prep["geno"], prep["split"])]
             for r in rows:
@@ -217,10 +220,13 @@ def main() -> None:
                     f.write(json.dumps({"n": n, "seed": seed, **r}) + "\n")
                 f.write(json.dumps({"n": n, "seed": seed, "stages": prep["stages"], "peak_rss_gb": _rss_gb(),
                                     "pretrain_test": prep["pretrain_test"]}) + "\n")
-    print("\n| N | seed | " + " | ".join(timing[0][2]) + " | peak RSS GB |")
-    for n, seed, stages, _ in timing:
+    print("\nStages, wall/CPU seconds (pretrain test masked MSE / mean / interpolation)")
+    print("| N | seed | " + " | ".join(timing[0][2]) + " | peak RSS GB | pretrain MSE |")
+    for n, seed, stages, pre in timing:
         cells = " | ".join(f"{v['wall_s']:.0f}/{v['cpu_s']:.0f}" for v in stages.values())
-        print(f"| {n} | {seed} | {cells} | {_rss_gb():.2f} |")
+        mse = "/".join(f"{pre.get(k, float('nan')):.3f}" for k in ("masked_mse", "baseline_mean_mse",
+                                                                    "baseline_interp_mse"))
+        print(f"| {n} | {seed} | {cells} | {_rss_gb():.2f} | {mse} |")
 
 
 PRETRAIN = {  # name -> pipeline overrides of the pretrain stage (the demo's tiny model)
@@ -240,13 +246,15 @@ def pretrain_schedules(args: argparse.Namespace, root: Path, uri: str) -> None:
           "|---|---|---|---|---|---|---|---|", flush=True)
     for n in args.n:
         for seed in args.seeds:
-            for name, extra in PRETRAIN.items():
+            for name in [x for x in args.schedules.split(",") if x]:
+                extra = PRETRAIN[name]
                 out = root / f"pretrain_n{n}_s{seed}_{name}"
                 cfg = load_config(PipelineConfig, None, [
                     f"output_dir={out}", f"simulate.n_subjects={n}", f"simulate.seed={seed}",
                     f"pretrain.train.seed={1234 + seed}", "stages.embed=false", "stages.genetics=false",
                     "stages.align=false", "stages.evaluate=false", "align.data.brain=unused",
-                    "align.data.genetics={g: unused}", f"tracking.uri={uri}", "tracking.experiment=recipes", *extra])
+                    "align.data.genetics={g: unused}", f"tracking.uri={uri}", "tracking.experiment=recipes",
+                    *args.pipeline, *extra])
                 res = run_pipeline(cfg, overwrite=True)
                 m = json.loads((out / "pretrain" / "metrics.json").read_text())["test"]
                 print(f"| {n} | {seed} | {name} | {m['masked_mse']:.3f} | {m['baseline_mean_mse']:.3f} | "
