@@ -40,6 +40,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fc_lin_b128": ("fc", ["head.kind=linear", "train.batch_size=128"]),
     "fc_lin_t03": ("fc", ["head.kind=linear", "loss.init_logit_scale=1.204"]),  # temperature 0.3 at start
     "emb_lin": ("emb", ["head.kind=linear"]),
+    "fc_lin_gtab_d16": ("fc", ["head.kind=linear", "genotype_table", "head.out_dim=16"]),
+    "concat_lin_gtab_d16": ("concat", ["head.kind=linear", "genotype_table", "head.out_dim=16"]),
+    "fc_lin_gtab_b128": ("fc", ["head.kind=linear", "genotype_table", "train.batch_size=128"]),
 }
 
 
