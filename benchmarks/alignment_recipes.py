@@ -50,7 +50,7 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def prepare(n: int, seed: int, root: Path, uri: str, overrides: list[str]) -> dict[str, Any]:
+def prepare(n: int, seed: int, root: Path, uri: str, overrides: list[str], reuse: bool = False) -> dict[str, Any]:
     """Run simulate..genetics of the demo pipeline; returns the paths and per-stage seconds / peak RSS."""
     from brainmm.config import load_config
     from brainmm.pipeline import PipelineConfig, run_pipeline
@@ -60,8 +60,12 @@ def prepare(n: int, seed: int, root: Path, uri: str, overrides: list[str]) -> di
         f"output_dir={out}", f"simulate.n_subjects={n}", f"simulate.seed={seed}", f"pretrain.train.seed={1234 + seed}",
         "stages.align=false", "stages.evaluate=false", f"tracking.uri={uri}", "tracking.experiment=recipes",
         *overrides])
-    result = run_pipeline(cfg, overwrite=True)
-    stages = {s: {"wall_s": r.seconds, "cpu_s": r.cpu_seconds} for s, r in result.stages.items()}
+    state = json.loads((out / "pipeline.json").read_text()) if (out / "pipeline.json").is_file() else {}
+    if reuse and state.get("status") == "finished":  # same N, seed and overrides: reuse its stage outputs
+        stages = {s: {"wall_s": r["seconds"], "cpu_s": r["cpu_seconds"]} for s, r in state["records"].items()}
+    else:
+        result = run_pipeline(cfg, overwrite=True)
+        stages = {s: {"wall_s": r.seconds, "cpu_s": r.cpu_seconds} for s, r in result.stages.items()}
     pre = json.loads((out / "pretrain" / "metrics.json").read_text()).get("test", {})
     return {"out": out, "fmri": out / "fmri", "emb": out / "embed" / "brain", "geno": out / "genetics" / "genotypes",
             "split": out / "fmri" / "split.csv", "stages": stages, "pretrain_test": pre, "cfg": cfg}
@@ -182,6 +186,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/recipes")
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated names of RECIPES")
     p.add_argument("--fc-pca", type=float, default=64, help="FC PCA components (or variance share) for the heads")
+    p.add_argument("--reuse", action="store_true", help="reuse a finished pipeline folder of the same N/seed in --out")
+    p.add_argument("--baselines", default="cca,fc_cca", help="comma-separated: cca, fc_cca (or none)")
     p.add_argument("--pretrain", action="store_true", help="compare pretraining schedules instead (masked MSE)")
     p.add_argument("--pipeline", nargs="*", default=[], help="extra pipeline overrides (key=value)")
     p.add_argument("--schedules", default=",".join(PRETRAIN), help="with --pretrain: comma-separated PRETRAIN names")
@@ -204,12 +210,13 @@ def main() -> None:
     timing = []
     for n in args.n:
         for seed in args.seeds:
-            prep = prepare(n, seed, root, uri, args.pipeline)
+            prep = prepare(n, seed, root, uri, args.pipeline, args.reuse)
             tables = brain_tables(prep, args.fc_pca)
             print(f"# stages n={n} seed={seed} {json.dumps(prep['stages'])} peak_rss_gb={_rss_gb():.2f} "
                   f"pretrain_test={json.dumps(prep['pretrain_test'])}", flush=True)
-            rows = [cca_row("cca", tables["emb"], prep["geno"], prep["split"]),
-                    cca_row("fc_cca", tables["fc_raw"], prep["geno"], prep["split"])]
+            baselines = {"cca": "emb", "fc_cca": "fc_raw"}
+            rows = [cca_row(b, tables[baselines[b]], prep["geno"], prep["split"])
+                    for b in args.baselines.split(",") if b in baselines]
             for r in rows:
                 print(fmt(n, seed, r), flush=True)
             for name in names:
