@@ -71,7 +71,10 @@ class ConnectivityConfig:
 
 
 def _measure(cfg: ConnectivityConfig):
-    from nilearn.connectome import ConnectivityMeasure
+    try:
+        from nilearn.connectome import ConnectivityMeasure
+    except ImportError:
+        raise BrainmmError("fmri connectivity needs nilearn: pip install 'brainmm[fmri]'") from None
     from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
     est = EmpiricalCovariance() if cfg.covariance == "empirical" else LedoitWolf(store_precision=False)
