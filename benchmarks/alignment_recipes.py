@@ -61,7 +61,9 @@ def prepare(n: int, seed: int, root: Path, uri: str, overrides: list[str], reuse
         "stages.align=false", "stages.evaluate=false", f"tracking.uri={uri}", "tracking.experiment=recipes",
         *overrides])
     state = json.loads((out / "pipeline.json").read_text()) if (out / "pipeline.json").is_file() else {}
-    if reuse and state.get("status") == "finished":  # same N, seed and overrides: reuse its stage outputs
+    if reuse and state and state.get("status") != "finished":
+        raise SystemExit(f"{out}: pipeline status {state.get('status')!r} (still running?); --reuse needs a finished one")
+    if reuse and state:  # same N, seed and overrides: reuse its stage outputs
         stages = {s: {"wall_s": r["seconds"], "cpu_s": r["cpu_seconds"]} for s, r in state["records"].items()}
     else:
         result = run_pipeline(cfg, overwrite=True)
