@@ -77,7 +77,7 @@ def brain_tables(prep: dict[str, Any], fc_pca: float) -> dict[str, Any]:
     """FC (no PCA, for fc_cca), FC PCA (for heads) and concat(BrainLM, FC PCA) subject tables; times the FC stage."""
     from brainmm.data.fmri.connectivity import ConnectivityConfig, connectivity_table
     from brainmm.embeddings import EmbeddingTable
-    from brainmm.train.align import table_subjects
+    from brainmm.align import table_subjects
 
     out = prep["out"] / "fc"
     t0, c0 = time.perf_counter(), time.process_time()
@@ -98,14 +98,14 @@ def _split_rows(table, split_csv: Path) -> dict[str, list[str]]:
 
     split = pd.read_csv(split_csv, dtype={"subject_id": str})
     of = dict(zip(split["subject_id"], split["split"]))
-    from brainmm.train.align import table_subjects
+    from brainmm.align import table_subjects
 
     subjects = list(dict.fromkeys(table_subjects(table, "brain")))
     return {s: [x for x in subjects if of.get(x) == s] for s in ("train", "val", "test")}
 
 
 def _subject_matrix(table, subjects: list[str]) -> np.ndarray:
-    from brainmm.train.align import table_subjects
+    from brainmm.align import table_subjects
 
     subj = np.array(table_subjects(table, "t"))
     return np.stack([table.vectors[subj == s].mean(0) for s in subjects]).astype(np.float64)
@@ -118,7 +118,7 @@ def test_metrics(brain: np.ndarray, geno: np.ndarray) -> dict[str, float]:
     rep = retrieval_report(brain, geno, kway=None, n_boot=1000, seed=0)
     out = {}
     for r in rep.records:
-        if r["direction"] == "brain_to_dna" and r["metric"] in ("R@1", "R_at_1", "mrr"):
+        if r["direction"] == "brain_to_genetics" and r["metric"] in ("R@1", "R_at_1", "mrr"):
             key = "r1" if r["metric"] != "mrr" else "mrr"
             out.update({key: r["value"], f"{key}_lo": r["ci_low"], f"{key}_hi": r["ci_high"],
                         f"{key}_chance": r["chance"]})
@@ -138,7 +138,7 @@ def cca_row(name: str, brain_path: Any, geno_path: Path, split_csv: Path) -> dic
     u, v = model.transform(*mat["test"])
     sel = model.selection_
     return {"method": name, "val": sel["val_mrr"], "val_kind": "mrr",
-            "detail": f"pca {int(sel['pca_brain'])}/{int(sel['pca_dna'])}, {int(sel['n_components'])} pairs",
+            "detail": f"pca {int(sel['pca_brain'])}/{int(sel['pca_genetics'])}, {int(sel['n_components'])} pairs",
             **test_metrics(u, v), "seconds": time.perf_counter() - t0}
 
 
@@ -147,7 +147,7 @@ def align_row(name: str, brain_path: Any, prep: dict[str, Any], uri: str, overri
     """`run_align` on table inputs (the demo's align section + overrides), test metrics of the best-val epoch."""
     from brainmm.config import apply_overrides, from_dict, to_dict
     from brainmm.embeddings import EmbeddingTable
-    from brainmm.train.align import AlignConfig, run_align
+    from brainmm.align import AlignConfig, run_align
 
     cfg = prep["cfg"]
     data = to_dict(cfg.align)

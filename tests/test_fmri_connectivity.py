@@ -143,7 +143,7 @@ def test_test_subjects_do_not_change_the_fit(tmp_path, kind) -> None:
 
 
 def test_table_is_a_brain_table_for_align(dataset, tmp_path) -> None:
-    from brainmm.train.align import AlignDataConfig, load_align_data
+    from brainmm.align import AlignDataConfig, load_align_data
 
     stem = connectivity_table(dataset, tmp_path / "fc", ConnectivityConfig(pca=3))
     ids = dataset.split["subject_id"].astype(str).tolist()
