@@ -75,9 +75,9 @@ def prepare(n: int, seed: int, root: Path, uri: str, overrides: list[str], reuse
 
 def brain_tables(prep: dict[str, Any], fc_pca: float) -> dict[str, Any]:
     """FC (no PCA, for fc_cca), FC PCA (for heads) and concat(BrainLM, FC PCA) subject tables; times the FC stage."""
+    from brainmm.align import table_subjects
     from brainmm.data.fmri.connectivity import ConnectivityConfig, connectivity_table
     from brainmm.embeddings import EmbeddingTable
-    from brainmm.align import table_subjects
 
     out = prep["out"] / "fc"
     t0, c0 = time.perf_counter(), time.process_time()
@@ -145,9 +145,9 @@ def cca_row(name: str, brain_path: Any, geno_path: Path, split_csv: Path) -> dic
 def align_row(name: str, brain_path: Any, prep: dict[str, Any], uri: str, overrides: list[str],
               seed: int) -> dict[str, Any]:
     """`run_align` on table inputs (the demo's align section + overrides), test metrics of the best-val epoch."""
+    from brainmm.align import AlignConfig, run_align
     from brainmm.config import apply_overrides, from_dict, to_dict
     from brainmm.embeddings import EmbeddingTable
-    from brainmm.align import AlignConfig, run_align
 
     cfg = prep["cfg"]
     data = to_dict(cfg.align)
