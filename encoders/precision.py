@@ -33,6 +33,31 @@ def cpu_capabilities() -> dict[str, object]:
         return {}
 
 
+def cpu_vendor() -> str:
+    """`GenuineIntel`, `AuthenticAMD`, ... from /proc/cpuinfo (Linux); else guessed from torch's CPU name."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    name = str(cpu_capabilities().get("cpu_name", ""))
+    return "GenuineIntel" if "Intel" in name else "AuthenticAMD" if "AMD" in name else name or "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo `model name`, else torch's CPU name)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return str(cpu_capabilities().get("cpu_name", "unknown CPU"))
+
+
 def cpu_fast_bf16(caps: dict[str, object] | None = None) -> bool:
     """Whether the CPU has bf16 hardware (AMX-BF16 tiles or AVX512_BF16 dot products)."""
     caps = cpu_capabilities() if caps is None else caps
