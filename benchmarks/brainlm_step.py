@@ -375,7 +375,8 @@ def main() -> None:
 
     gpu = f", {torch.cuda.get_device_name()}" if DEVICE.type == "cuda" else ""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs{gpu}; "
-          f"{'bf16 autocast' if BF16 else 'fp32'}; batch {BATCH}, "
+          f"{'bf16 autocast' if BF16 else 'ours fp32 vs ours bf16' if args.precision == 'bf16' else 'fp32'}; "
+          f"batch {BATCH}, "
           f"old_13M size; rounds {args.rounds}", flush=True)
     if DEVICE.type == "cpu":
         print(machine(), flush=True)
