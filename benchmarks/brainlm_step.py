@@ -22,6 +22,7 @@ kernels (default: chosen per CPU, `encoders.brainlm.onednn.cpu_kernels`).
     python benchmarks/brainlm_step.py [--rounds 3] [--steps 2] [--embed-batches 3] [--threads N] [--device cuda] [--bf16]
     python benchmarks/brainlm_step.py --precision bf16 [--rounds 1]
     python benchmarks/brainlm_step.py --loss-curve 100
+    python benchmarks/brainlm_step.py --kernel-check [--rounds 3]
 """
 
 from __future__ import annotations
@@ -283,6 +284,28 @@ def bf16_agreement() -> dict:
             "dtypes": f"{e16.dtype}/{l16.dtype}"}
 
 
+def bf16_interleaved(pairs: int) -> dict:
+    """fp32 and bf16 `encode` (CLS) alternated call by call in one process: on a shared machine both see the same
+    load, so the median of the per-pair time ratios is the robust speed-up."""
+    ours, cfg = build("ours")
+    ours.eval()
+    signal, xyz, _ = inputs(cfg)
+    ratios, t32, t16 = [], [], []
+    with torch.no_grad():
+        for i in range(pairs + 1):
+            t0 = time.perf_counter()
+            ours.encode(signal, xyz)
+            t1 = time.perf_counter()
+            with autocast("ours_bf16"):
+                ours.encode(signal, xyz)
+            t2 = time.perf_counter()
+            if i:  # the first pair warms up
+                t32.append(t1 - t0)
+                t16.append(t2 - t1)
+                ratios.append((t1 - t0) / (t2 - t1))
+    return {"fp32": t32, "bf16": t16, "ratios": ratios}
+
+
 CURVE = dict(SIZE, num_timepoints_per_voxel=40, hidden_size=256, intermediate_size=512, decoder_hidden_size=256,
              decoder_intermediate_size=512, num_hidden_layers=2, decoder_num_hidden_layers=1, num_attention_heads=2,
              decoder_num_attention_heads=2)  # 424 x 40 (848 tokens), heads of 128 as in old_13M
@@ -323,6 +346,34 @@ def loss_curve(steps: int) -> None:
           f"bf16 {times['bf16']:.1f} s -> {times['fp32'] / times['bf16']:.2f}x")
 
 
+def kernel_check(rounds: int) -> None:
+    """oneDNN vs torch (MKL / SDPA) fp32 kernels on old_13M shapes, interleaved: what `cpu_kernels` should pick."""
+    import torch.nn.functional as F
+
+    from encoders.brainlm import onednn
+
+    torch.manual_seed(0)
+    x = torch.randn(BATCH * 4241, 512, requires_grad=True)
+    w, b = torch.randn(1536, 512, requires_grad=True), torch.randn(1536, requires_grad=True)
+    q, k, v = (torch.randn(BATCH, 4241, 4, 128, requires_grad=True) for _ in range(3))
+
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    cases = {"linear fwd+bwd [B*4241, 512] x [512, 1536]": (onednn._Linear.apply, F.linear, (x, w, b)),
+             "attention fwd+bwd [B, 4241, 4 heads, 128]": (onednn._Attention.apply, sdpa, (q, k, v))}
+    for name, (ours, theirs, args) in cases.items():
+        times: dict[str, list[float]] = {"oneDNN": [], "torch": []}
+        for _ in range(rounds):
+            for label, fn in (("oneDNN", ours), ("torch", theirs)):
+                t0 = time.perf_counter()
+                fn(*args).sum().backward()
+                times[label].append(time.perf_counter() - t0)
+        a, t = min(times["oneDNN"]), min(times["torch"])
+        print(f"{name}: oneDNN {fmt(a)}, torch {fmt(t)} -> torch/oneDNN time {t / a:.2f} "
+              f"({'torch' if t < a else 'oneDNN'} faster)", flush=True)
+
+
 def fmt(seconds: float) -> str:
     """Seconds as '1.23 s', or '12.3 ms' below one second (GPU steps)."""
     return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.1f} ms"
@@ -354,6 +405,7 @@ def main() -> None:
                     help="bf16: time our model under bf16 autocast against our fp32 model (not the reference)")
     ap.add_argument("--loss-curve", type=int, default=0, metavar="STEPS", help="fp32 vs bf16 loss curve only")
     ap.add_argument("--kernels", choices=("onednn", "torch"), default=None, help="force the fp32 CPU kernels")
+    ap.add_argument("--kernel-check", action="store_true", help="time oneDNN vs torch fp32 kernels only")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "TASK", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -366,7 +418,14 @@ def main() -> None:
     if args.worker:
         variant, task, steps = args.worker
         jobs = {"agreement": agreement, "bf16_agreement": bf16_agreement}
+        if task == "bf16_interleaved":
+            print(json.dumps(bf16_interleaved(int(steps))))
+            return
         print(json.dumps(jobs[task]() if task in jobs else worker(variant, task, int(steps))))
+        return
+    if args.kernel_check:
+        print(machine(), flush=True)
+        kernel_check(args.rounds)
         return
     if args.loss_curve:
         print(machine(), flush=True)
@@ -385,6 +444,11 @@ def main() -> None:
         agree = run_worker("ours", "bf16_agreement", 0, args.threads)
         print(f"bf16 vs fp32 (ours, same weights): CLS cosine min {agree['cls_cosine_min']:.6f}, loss relative "
               f"difference {agree['loss_rel']:.2e}, output dtypes {agree['dtypes']}", flush=True)
+    if bf16_mode:
+        inter = run_worker("ours", "bf16_interleaved", max(args.embed_batches, 2), args.threads)
+        print("embedding (CLS), fp32 and bf16 calls alternated in one process: fp32 " +
+              " ".join(fmt(t) for t in inter["fp32"]) + ", bf16 " + " ".join(fmt(t) for t in inter["bf16"]) +
+              f" -> median per-pair speed-up {statistics.median(inter['ratios']):.2f}x", flush=True)
     elif not args.skip_agreement:  # in a subprocess too: ru_maxrss is inherited by the workers started after it
         agree = run_worker("both", "agreement", 0, args.threads)
         print("max |ours - reference| (eval, same weights and noise): " +
