@@ -470,6 +470,8 @@ def main() -> None:
             return statistics.median(t for res in results[(variant, task)] for t in res["times"])
         return statistics.median(res[key] for res in results[(variant, task)])
 
+    if not results:  # --rounds 0: the agreement (and, with --precision bf16, the interleaved timing) only
+        return
     mem = "peak GPU memory" if DEVICE.type == "cuda" else "peak RSS"
     print("\nmedians")
     if bf16_mode:
