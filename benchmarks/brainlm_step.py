@@ -23,6 +23,7 @@ kernels (default: chosen per CPU, `encoders.brainlm.onednn.cpu_kernels`).
     python benchmarks/brainlm_step.py --precision bf16 [--rounds 1]
     python benchmarks/brainlm_step.py --loss-curve 100
     python benchmarks/brainlm_step.py --kernel-check [--rounds 3]
+    python benchmarks/brainlm_step.py --interleaved 2     # ours vs reference alternated step by step
 """
 
 from __future__ import annotations
@@ -306,6 +307,38 @@ def bf16_interleaved(pairs: int) -> dict:
     return {"fp32": t32, "bf16": t16, "ratios": ratios}
 
 
+def interleaved(pairs: int) -> dict:
+    """Ours and the reference alternated step by step (and embedding batch by batch) in one process: both see the
+    same machine load, so the median of the per-pair ratios is the robust speed-up on a shared machine."""
+    ours, cfg = build("ours")
+    ref, _ = build("reference")
+    signal, xyz, noise = inputs(cfg)
+    out: dict[str, list[float]] = {}
+
+    def timed(key: str, fn) -> None:
+        t0 = time.perf_counter()
+        fn()
+        out.setdefault(key, []).append(time.perf_counter() - t0)
+
+    def step(model, variant):
+        loss = model(signal, xyz, noise=noise).loss if variant == "ours" else model(signal, xyz, noise)[0]
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    ours.train()
+    ref.train()
+    for _ in range(pairs + 1):
+        timed("train_ours", lambda: step(ours, "ours"))
+        timed("train_reference", lambda: step(ref, "reference"))
+    ours.eval()
+    ref.eval()
+    with torch.no_grad():
+        for i in range(pairs + 1):
+            timed("embed_ours", lambda: ours.encode(signal, xyz))
+            timed("embed_reference", lambda: ref.embed(signal, xyz))
+    return {k: v[1:] for k, v in out.items()}  # the first pair warms up
+
+
 CURVE = dict(SIZE, num_timepoints_per_voxel=40, hidden_size=256, intermediate_size=512, decoder_hidden_size=256,
              decoder_intermediate_size=512, num_hidden_layers=2, decoder_num_hidden_layers=1, num_attention_heads=2,
              decoder_num_attention_heads=2)  # 424 x 40 (848 tokens), heads of 128 as in old_13M
@@ -406,6 +439,8 @@ def main() -> None:
     ap.add_argument("--loss-curve", type=int, default=0, metavar="STEPS", help="fp32 vs bf16 loss curve only")
     ap.add_argument("--kernels", choices=("onednn", "torch"), default=None, help="force the fp32 CPU kernels")
     ap.add_argument("--kernel-check", action="store_true", help="time oneDNN vs torch fp32 kernels only")
+    ap.add_argument("--interleaved", type=int, default=0, metavar="PAIRS",
+                    help="ours and the reference alternated in one process (shared machines); timing only")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "TASK", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -418,8 +453,8 @@ def main() -> None:
     if args.worker:
         variant, task, steps = args.worker
         jobs = {"agreement": agreement, "bf16_agreement": bf16_agreement}
-        if task == "bf16_interleaved":
-            print(json.dumps(bf16_interleaved(int(steps))))
+        if task in ("bf16_interleaved", "interleaved"):
+            print(json.dumps((bf16_interleaved if task == "bf16_interleaved" else interleaved)(int(steps))))
             return
         print(json.dumps(jobs[task]() if task in jobs else worker(variant, task, int(steps))))
         return
@@ -449,6 +484,14 @@ def main() -> None:
         print("embedding (CLS), fp32 and bf16 calls alternated in one process: fp32 " +
               " ".join(fmt(t) for t in inter["fp32"]) + ", bf16 " + " ".join(fmt(t) for t in inter["bf16"]) +
               f" -> median per-pair speed-up {statistics.median(inter['ratios']):.2f}x", flush=True)
+    elif args.interleaved:
+        res = run_worker("both", "interleaved", args.interleaved, args.threads)
+        for task in ("train", "embed"):
+            o, r = res[f"{task}_ours"], res[f"{task}_reference"]
+            ratio = statistics.median(b / a for a, b in zip(o, r))
+            print(f"{task} (alternated in one process): ours " + " ".join(fmt(t) for t in o) + ", reference " +
+                  " ".join(fmt(t) for t in r) + f" -> median per-pair speed-up {ratio:.2f}x", flush=True)
+        return
     elif not args.skip_agreement:  # in a subprocess too: ru_maxrss is inherited by the workers started after it
         agree = run_worker("both", "agreement", 0, args.threads)
         print("max |ours - reference| (eval, same weights and noise): " +
