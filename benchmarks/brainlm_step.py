@@ -333,7 +333,7 @@ def interleaved(pairs: int) -> dict:
     ours.eval()
     ref.eval()
     with torch.no_grad():
-        for i in range(pairs + 1):
+        for _ in range(pairs + 1):
             timed("embed_ours", lambda: ours.encode(signal, xyz))
             timed("embed_reference", lambda: ref.embed(signal, xyz))
     return {k: v[1:] for k, v in out.items()}  # the first pair warms up
