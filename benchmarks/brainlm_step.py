@@ -294,11 +294,14 @@ def bf16_interleaved(pairs: int) -> dict:
     ratios, t32, t16 = [], [], []
     with torch.no_grad():
         for i in range(pairs + 1):
+            sync()
             t0 = time.perf_counter()
             ours.encode(signal, xyz)
+            sync()  # GPU calls are asynchronous: without this each time is the other call's wait
             t1 = time.perf_counter()
             with autocast("ours_bf16"):
                 ours.encode(signal, xyz)
+            sync()
             t2 = time.perf_counter()
             if i:  # the first pair warms up
                 t32.append(t1 - t0)
