@@ -194,6 +194,21 @@ def run_lock(path: str | os.PathLike) -> Iterator[Path]:
                 break
 
 
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Refuse a run folder that is an existing file or an existing folder this process cannot write (one line)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BrainmmError(f"output folder {path}: is an existing file (expected a folder path)")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise BrainmmError(f"output folder {path}: cannot write there (Permission denied); choose a writable folder")
+    return path
+
+
+def main_process_lock(path: str | os.PathLike, is_main: bool) -> contextlib.AbstractContextManager:
+    """`run_lock(path)` in the main process of a torchrun job (other ranks write nothing of their own)."""
+    return run_lock(path) if is_main else contextlib.nullcontext()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()

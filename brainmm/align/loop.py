@@ -141,7 +141,9 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
 
 def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
     """Train the heads (or continue with `resume`), then write heads, metrics, model card and embeddings."""
-    with distributed(cfg.train.device) as info:
+    from brainmm.io import main_process_lock
+
+    with distributed(cfg.train.device) as info, main_process_lock(cfg.output_dir, info.is_main):
         return _run(cfg, resume, info)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from brainmm.embed.model import (
     read_model_config,
 )
 from brainmm.errors import BrainmmError
-from brainmm.io import atomic_file, atomic_write_json
+from brainmm.io import atomic_file, atomic_write_json, main_process_lock, make_temp_dir
 
 LOG = logging.getLogger("brainmm.embed")
 MERGE_ROWS = 4096  # rows per block when merging part files
@@ -76,7 +75,7 @@ def run_brain_embed(cfg: EmbedConfig) -> EmbedResult | None:
             raise BrainmmError(f"embed config field '{name}': expected a folder, got nothing")
         if not Path(value).is_dir():
             raise BrainmmError(f"embed config field '{name}': {value} is not a folder")
-    with distributed(cfg.device) as info:
+    with distributed(cfg.device) as info, main_process_lock(_stem(cfg.out), info.is_main):
         return _run(cfg, info)
 
 
@@ -140,8 +139,7 @@ def _window(cfg: EmbedConfig, frozen: FrozenBrainLM, ds) -> int:
 
 
 def _workdir(cache_dir: Path, key: str) -> str:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{key[:24]}.", suffix=".tmp", dir=cache_dir)
+    return str(make_temp_dir(cache_dir, f".{key[:24]}."))  # the umask's mode, like every other output
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:

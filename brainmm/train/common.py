@@ -217,7 +217,9 @@ def check_run_dir(run_dir: str | Path, config: Any, resume: bool, stage: str,
     """A fresh run needs a run folder without `markers`; a resumed one needs the same resolved config."""
     from brainmm.config import flatten, read_yaml, to_dict
 
-    run_dir = Path(run_dir)
+    from brainmm.io import check_output_folder
+
+    run_dir = check_output_folder(run_dir)
     if not resume:
         found = [m for m in markers if (run_dir / m).exists()]
         if found:

@@ -185,7 +185,9 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False, stop_at_step: int | None = None) -> PretrainResult:
     """Train (or with `resume` continue) a BrainLM MAE; `stop_at_step` checkpoints and returns early (time-boxed jobs)."""
-    with distributed(cfg.train.device) as info:
+    from brainmm.io import main_process_lock
+
+    with distributed(cfg.train.device) as info, main_process_lock(cfg.output_dir, info.is_main):
         return _run(cfg, resume, stop_at_step, info)
 
 
