@@ -11,6 +11,9 @@ SPLITS = ("train", "val", "test")
 SPLIT_FIX = ("give the short split(s) more subjects: ingest again with other `--split-fractions TRAIN,VAL,TEST` "
              "(e.g. 0.5,0.25,0.25), or with `--split-from SPLIT.csv` (your own table of subject_id,split), "
              "or add subjects")
+PIPELINE_SPLIT_FIX = ("give the short split(s) more subjects: set ingest.split_fractions (e.g. [0.5, 0.25, 0.25]) or "
+                      "ingest.split_from (your own table of subject_id,split; `brainmm fmri ingest --split-from`), "
+                      "or add subjects")
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,26 @@ def split_sizes(n_groups: int, fractions: tuple[float, float, float] = (0.7, 0.1
 
 
 def shortfalls(counts: Mapping[str, int], needs: Iterable[Need]) -> list[str]:
-    """One phrase per unmet need: 'val has 1 subject; align (...) needs >= 2'."""
-    out = []
+    """One phrase per short split: 'val has 1 subject; align (...) needs >= 2, evaluate (...) needs >= 2'."""
+    by_split: dict[str, list[Need]] = {}
     for need in needs:
-        have = int(counts.get(need.split, 0))
-        if have < need.minimum:
-            out.append(f"{need.split} has {have} subject{'' if have == 1 else 's'}, {need.why} needs >= {need.minimum}")
-    return list(dict.fromkeys(out))
+        if int(counts.get(need.split, 0)) < need.minimum:
+            by_split.setdefault(need.split, []).append(need)
+    out = []
+    for split, unmet in by_split.items():
+        have = int(counts.get(split, 0))
+        whys = ", ".join(dict.fromkeys(f"{n.why} needs >= {n.minimum}" for n in unmet))
+        out.append(f"{split} has {have} subject{'' if have == 1 else 's'} ({whys})")
+    return out
+
+
+def minimum_total(needs: Iterable[Need]) -> str:
+    """'at least 6 subjects in all (train 2, val 2, test 2)': the smallest cohort meeting every need."""
+    most = {s: 0 for s in SPLITS}
+    for need in needs:
+        most[need.split] = max(most.get(need.split, 0), need.minimum)
+    parts = ", ".join(f"{s} {n}" for s, n in most.items() if n)
+    return f"at least {sum(most.values())} subjects in all ({parts})"
 
 
 def describe(counts: Mapping[str, int]) -> str:
@@ -57,6 +73,8 @@ def describe(counts: Mapping[str, int]) -> str:
 
 def check_sizes(counts: Mapping[str, int], needs: Iterable[Need], where: str, fix: str = SPLIT_FIX) -> None:
     """Raise one BrainmmError listing every unmet need of `counts` (subjects per split), the sizes and the fix."""
+    needs = list(needs)
     short = shortfalls(counts, needs)
     if short:
-        raise BrainmmError(f"{where}: too few subjects ({describe(counts)}): {'; '.join(short)}; {fix}")
+        raise BrainmmError(f"{where}: too few subjects ({describe(counts)}): {'; '.join(short)}; this needs "
+                           f"{minimum_total(needs)}; {fix}")

@@ -13,9 +13,10 @@ from brainmm.pipeline.plan import Plan
 from brainmm.preflight import (
     ALIGN_NEEDS,
     BASELINE_NEEDS,
-    SPLIT_FIX,
+    PIPELINE_SPLIT_FIX,
     SPLITS,
     describe,
+    minimum_total,
     retrieval_needs,
     shortfalls,
     split_sizes,
@@ -82,10 +83,7 @@ def check_plan(plan: Plan) -> None:
         needs = [*(ALIGN_NEEDS if plan.runs["align"] else ()),
                  *(retrieval_needs(cfg.evaluate.retrieval.splits) if plan.runs["evaluate"] else ())]
         problems += shortfalls(counts, needs)
-        if plan.runs["evaluate"] and cfg.evaluate.baselines.methods and (short := shortfalls(counts, BASELINE_NEEDS)):
-            LOG.warning("pipeline: the evaluation will skip baselines %s (%s): %s", cfg.evaluate.baselines.methods,
-                        describe(counts), "; ".join(short))
-    fix = [SPLIT_FIX] if problems else []
+    fix = [f"this run needs {minimum_total(needs)}; {PIPELINE_SPLIT_FIX}"] if problems else []
     v = cfg.evaluate
     wanted = list(dict.fromkeys([*v.probes.targets, *([v.probes.group_col] if v.probes.group_col else []),
                                  *([v.figures.color_by] if v.figures.color_by else [])]))
@@ -99,3 +97,7 @@ def check_plan(plan: Plan) -> None:
         sizes = f"subjects per split: {describe(counts)} from {source}; " if counts is not None else ""
         raise BrainmmError(f"pipeline: the stages cannot run on this data ({sizes}nothing was run): "
                            f"{'; '.join(problems)}; {'; '.join(fix)}")
+    if counts is not None and plan.runs["evaluate"] and cfg.evaluate.baselines.methods:
+        if short := shortfalls(counts, BASELINE_NEEDS):
+            LOG.warning("pipeline: the evaluation will skip baselines %s (%s): %s", cfg.evaluate.baselines.methods,
+                        describe(counts), "; ".join(short))

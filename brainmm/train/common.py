@@ -216,7 +216,6 @@ def check_run_dir(run_dir: str | Path, config: Any, resume: bool, stage: str,
                   markers: tuple[str, ...] = ("checkpoints", "metrics.json")) -> None:
     """A fresh run needs a run folder without `markers`; a resumed one needs the same resolved config."""
     from brainmm.config import flatten, read_yaml, to_dict
-
     from brainmm.io import check_output_folder
 
     run_dir = check_output_folder(run_dir)
