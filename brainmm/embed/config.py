@@ -16,6 +16,8 @@ class EmbedConfig:
     `cache_dir` null: `<data dir>/brain-embeddings` ($BRAINMM_DATA_DIR or ~/.cache/brainmm).
     `out`: table stem; writes `<out>.safetensors/.json` (one row per recording), `<out>_subjects.*` (mean over a
     subject's recordings) and `<out>.config.yaml`.
+    `allow_split_mismatch`: a model pretrained by `brainmm pretrain` records its dataset and split; embedding a
+    dataset whose val/test subjects were in that train split is an error unless this is true.
     """
 
     model: str = ""
@@ -27,6 +29,7 @@ class EmbedConfig:
     device: str = "auto"
     cache_dir: str | None = None
     out: str = "embeddings/brain"
+    allow_split_mismatch: bool = False  # embed val/test subjects the model was pretrained on (a warning, not an error)
 
     def validate(self) -> None:
         """Range checks (paths are checked when the stage runs)."""

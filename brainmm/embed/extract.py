@@ -81,8 +81,11 @@ def run_brain_embed(cfg: EmbedConfig) -> EmbedResult | None:
 
 def _run(cfg: EmbedConfig, info: DistInfo) -> EmbedResult | None:
     from brainmm.data.fmri import FmriDataset
+    from brainmm.data.fmri.provenance import check_pretraining_split
 
     ds = FmriDataset.load(cfg.dataset)
+    if info.is_main:
+        check_pretraining_split(cfg.model, ds, cfg.allow_split_mismatch)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     fields = None
     if info.is_main:

@@ -395,6 +395,7 @@ def _non_finite(what: str, batch: dict, prog: _Progress) -> Callable[[], str]:
 def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Progress, run_eval, lr: float,
             info: DistInfo) -> PretrainResult:
     """Final val (unless just done) and test evaluation, figure, model folder, metrics.json, MLflow artifacts."""
+    from brainmm.data.fmri.provenance import PRETRAINING_FILE, pretraining_record
     from brainmm.io import atomic_dir, atomic_write_json
 
     run_dir = Path(cfg.output_dir)
@@ -414,6 +415,7 @@ def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Pro
     if info.is_main:
         with atomic_dir(model_dir, overwrite=True) as tmp, quiet_transformers():
             core.save_pretrained(tmp)
+            atomic_write_json(tmp / PRETRAINING_FILE, pretraining_record(ds))  # checked by `brainmm embed`
         atomic_write_json(run_dir / "metrics.json", final)
         if run.run_id is not None:
             import mlflow
