@@ -14,6 +14,8 @@ from typing import Any
 
 from brainmm.errors import BrainmmError
 
+LOCK_PARENTS_LEFT: list[Path] = []  # folders a failed locked run made and could not remove yet (innermost first)
+
 
 def current_umask() -> int:
     """The process umask (read from /proc on Linux, so no other thread ever sees it changed)."""
@@ -105,6 +107,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = _tmp_sibling(path, suffix)
     try:
         yield tmp
+        honour_umask(tmp)  # again: some writers (safetensors) replace the file with a 0600 one of their own
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -180,18 +183,39 @@ def run_lock(path: str | os.PathLike) -> Iterator[Path]:
         if same:
             break
         os.close(fd)
+    failed = False
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield lock
+    except BaseException:
+        failed = True
+        raise
     finally:
         lock.unlink(missing_ok=True)  # before unlocking, so a waiter never locks a removed file
         os.close(fd)
-        for folder in made:
+        for i, folder in enumerate(made):
             try:
                 folder.rmdir()
             except OSError:
+                if failed:  # the run's own files go later (runtime.discard_new_log): these folders go with them
+                    LOCK_PARENTS_LEFT.extend(made[i:])
                 break
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Refuse a run folder that is an existing file or an existing folder this process cannot write (one line)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BrainmmError(f"output folder {path}: is an existing file (expected a folder path)")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise BrainmmError(f"output folder {path}: cannot write there (Permission denied); choose a writable folder")
+    return path
+
+
+def main_process_lock(path: str | os.PathLike, is_main: bool) -> contextlib.AbstractContextManager:
+    """`run_lock(path)` in the main process of a torchrun job (other ranks write nothing of their own)."""
+    return run_lock(path) if is_main else contextlib.nullcontext()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

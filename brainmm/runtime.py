@@ -137,6 +137,8 @@ def discard_new_log() -> None:
     The CLI calls this after a user error, so that a run refused for bad input leaves no files behind
     (a resumed run's existing log is kept).
     """
+    from brainmm.io import LOCK_PARENTS_LEFT
+
     _close_log_file()
     for path in _LOG_CREATED:
         try:
@@ -147,6 +149,12 @@ def discard_new_log() -> None:
         except OSError:
             break
     _LOG_CREATED.clear()
+    for folder in LOCK_PARENTS_LEFT:  # the parents of a refused run's locked folder (brainmm.io.run_lock)
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+    LOCK_PARENTS_LEFT.clear()
 
 
 def seed_everything(seed: int) -> None:

@@ -521,7 +521,7 @@ MODEL_CASES = [
                                                                      _truncate("model.safetensors")))],
          r"corrupt/model\.safetensors is not a readable safetensors file"),
     Case("config-unknown-key", lambda w, out: embed(w, out, None, "colour=blue"),
-         r"unknown config key\(s\) 'colour' at top level; valid keys: batch_size, cache_dir, dataset"),
+         r"unknown config key\(s\) 'colour' at top level; valid keys: allow_split_mismatch, batch_size, cache_dir"),
     Case("config-wrong-type", lambda w, out: embed(w, out, None, "batch_size=many"),
          r"config field 'batch_size': expected an integer, got 'many'"),
     Case("config-not-in-choices", lambda w, out: embed(w, out, None, "pooling=median"),

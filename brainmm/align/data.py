@@ -12,6 +12,7 @@ import torch
 from brainmm.align.config import AlignDataConfig
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
+from brainmm.preflight import ALIGN_NEEDS, check_sizes
 from brainmm.train.towers import (
     BrainDataset,
     BrainWindows,
@@ -172,13 +173,9 @@ def load_align_data(cfg: AlignDataConfig, brain: BrainRows | None = None,
                                  torch.tensor([label_of[s] for s in subjects], dtype=torch.long))
         counts[f"{name}_pairs"] = len(rows)
         counts[f"{name}_subjects"] = len(set(subjects))
-    if len(splits["train"]) < 2:
-        raise BrainmmError(f"align: the train split has {len(splits['train'])} brain rows with genetics; need >= 2")
-    if counts["val_subjects"] < 2:
-        raise BrainmmError(
-            f"align: the val split has {counts['val_subjects']} subjects with brain and genetics; validation "
-            "retrieval (early stopping) needs >= 2"
-        )
+    sizes = {"train": min(len(splits["train"]), counts["train_subjects"]), "val": counts["val_subjects"],
+             "test": counts["test_subjects"]}
+    check_sizes(sizes, ALIGN_NEEDS, f"align (subjects with brain and genetics inputs in split table {cfg.split})")
     return AlignData(brain, genetics, genetics_subjects, split_of, splits, recording_keyed, counts)
 
 

@@ -42,6 +42,7 @@ from brainmm.train.common import (
     check_finite,
     check_run_dir,
     check_tracking,
+    load_matching_state,
     precision_of,
     restore_rng_state,
     tracked_run,
@@ -123,6 +124,7 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
             split.genetics[m][~split.masks[m]] = fill
 
     dims = {m: (genetics_towers[m].out_dim if m in genetics_towers else t.dim) for m, t in data.genetics.items()}
+    _check_head_budget(cfg, data.brain.dim, dims)
     core = DualEncoder(data.brain.dim, dims, cfg.head, brain_tower=brain_tower, genetics_towers=genetics_towers,
                        init_logit_scale=cfg.loss.logit_scale_init(), init_logit_bias=cfg.loss.logit_bias_init())
     core.to(info.device).train()
@@ -139,9 +141,22 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     return data, core, tower_lr
 
 
+def _check_head_budget(cfg: AlignConfig, brain_dim: int, dims: dict[str, int]) -> None:
+    """Refuse heads whose training state (weights, gradients, two AdamW moments) cannot fit, before allocating."""
+    from brainmm.memory import check_param_budget
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        heads = DualEncoder(brain_dim, dims, cfg.head)
+    n = sum(p.numel() for p in heads.parameters())
+    check_param_budget(n, f"align config field 'head' (hidden_dim {cfg.head.hidden_dim}, out_dim {cfg.head.out_dim})",
+                       copies=4)
+
+
 def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
     """Train the heads (or continue with `resume`), then write heads, metrics, model card and embeddings."""
-    with distributed(cfg.train.device) as info:
+    from brainmm.io import main_process_lock
+
+    with distributed(cfg.train.device) as info, main_process_lock(cfg.output_dir, info.is_main):
         return _run(cfg, resume, info)
 
 
@@ -185,7 +200,7 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
     prog, best_state = Progress(), None
     if resume:
         ckpt = ckpts.load_latest(info.device)
-        core.load_state_dict(ckpt["model"])
+        load_matching_state(core, ckpt["model"], f"align --resume ({run_dir / CHECKPOINTS})")
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         loss_fn.load_state_dict(ckpt["loss"])

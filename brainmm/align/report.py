@@ -170,7 +170,9 @@ def _model_card(cfg: AlignConfig, data: AlignData, metrics: dict[str, Any], core
     lines += [f"- split table: `{cfg.data.split}`", "", "## Split sizes", "",
               "| split | pairs (brain rows) | subjects |", "|---|---|---|"]
     lines += [f"| {s} | {c[f'{s}_pairs']} | {c[f'{s}_subjects']} |" for s in ("train", "val", "test")]
-    lines += ["", "## Validation retrieval (best epoch)", "",
+    lines += ["", "## Validation retrieval (best epoch; used for model selection)", "",
+              "These val numbers chose the epoch (and early stopping), so they are optimistic: report the test split "
+              "(`brainmm evaluate`). "
               f"Best step {metrics['best_step']} (epoch {metrics['best_epoch']}); stopped early: "
               f"{metrics['stopped_early']}. Recordings of one subject are averaged; chance R@k = k/N.", "",
               "| direction | R@1 [95% CI] | chance R@1 | R@10 [95% CI] | chance R@10 | median rank (chance) |",

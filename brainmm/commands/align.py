@@ -28,5 +28,5 @@ def _align(args: argparse.Namespace) -> int:
     result = run_align(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # one line per job under torchrun
         val = result.metrics["val"]
-        print(f"{result.run_dir} (val mean R@1 {val.get('score', float('nan')):.3f}, mlflow run {result.run_id})")
+        print(f"{result.run_dir} (val mean R@1 {val.get('score', float('nan')):.3f}, used for model selection; mlflow run {result.run_id})")
     return 0

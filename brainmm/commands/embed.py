@@ -9,6 +9,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `embed` command."""
     p = sub.add_parser("embed", help="frozen BrainLM -> recording and subject embedding tables (cached on disk)")
     p.add_argument("--config", default=None, help="YAML config (EmbedConfig; see configs/embed_*.yaml)")
+    p.add_argument("--allow-split-mismatch", action="store_true",
+                   help="embed even when val/test subjects were in the model's pretraining train split")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. pooling=mean")
     p.set_defaults(func=_embed)
 
@@ -17,7 +19,8 @@ def _embed(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
     from brainmm.embed import EmbedConfig, run_brain_embed
 
-    cfg = load_config(EmbedConfig, args.config, args.overrides)
+    overrides = [*args.overrides, *(["allow_split_mismatch=true"] if args.allow_split_mismatch else [])]
+    cfg = load_config(EmbedConfig, args.config, overrides)
     result = run_brain_embed(cfg)
     if result is not None:  # rank 0
         state = "cached" if result.cache_hit else "computed"

@@ -9,6 +9,7 @@ import pandas as pd
 
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file
+from brainmm.preflight import split_sizes
 
 SPLITS = ("train", "val", "test")
 
@@ -40,13 +41,14 @@ def make_split(
         raise BrainmmError(f"split fractions {fractions}: expected three non-negative numbers summing to 1")
     unique_groups = np.array(sorted(table["group"].unique()))
     if len(unique_groups) < 3:
-        raise BrainmmError(f"split: need at least 3 subjects/groups for train/val/test, got {len(unique_groups)}")
+        raise BrainmmError(f"split: need at least 3 subjects/groups for train/val/test, got {len(unique_groups)}; add "
+                           "subjects, or give your own assignment with `brainmm fmri ingest --split-from SPLIT.csv` "
+                           "(a table of subject_id,split)")
     rng = np.random.default_rng(seed)
     order = unique_groups[rng.permutation(len(unique_groups))]
     n = len(order)
-    n_val = max(1, int(round(fractions[1] * n))) if fractions[1] > 0 else 0
-    n_test = max(1, int(round(fractions[2] * n))) if fractions[2] > 0 else 0
-    n_train = n - n_val - n_test
+    sizes = split_sizes(n, tuple(fractions))
+    n_train, n_val = sizes["train"], sizes["val"]
     if n_train < 1:
         raise BrainmmError(f"split: {n} subjects/groups are too few for fractions {fractions}")
     assign = {g: "train" for g in order[:n_train]}

@@ -18,6 +18,8 @@ class EmbedConfig:
     subject's recordings) and `<out>.config.yaml`.
     `precision`: `auto` (bf16 autocast on a GPU with bf16 or a CPU with AMX/AVX512_BF16, else fp32), `fp32` or
     `bf16` (`encoders.precision`); the resolved value is part of the cache key and the tables' meta.
+    `allow_split_mismatch`: a model pretrained by `brainmm pretrain` records its dataset and split; embedding a
+    dataset whose val/test subjects were in that train split is an error unless this is true.
     """
 
     model: str = ""
@@ -30,6 +32,7 @@ class EmbedConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     cache_dir: str | None = None
     out: str = "embeddings/brain"
+    allow_split_mismatch: bool = False  # embed val/test subjects the model was pretrained on (a warning, not an error)
 
     def validate(self) -> None:
         """Range checks (paths are checked when the stage runs)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from brainmm.embed.model import (
     read_model_config,
 )
 from brainmm.errors import BrainmmError
-from brainmm.io import atomic_file, atomic_write_json
+from brainmm.io import atomic_file, atomic_write_json, main_process_lock, make_temp_dir
 from encoders.precision import autocast, resolve_precision
 
 LOG = logging.getLogger("brainmm.embed")
@@ -77,14 +76,17 @@ def run_brain_embed(cfg: EmbedConfig) -> EmbedResult | None:
             raise BrainmmError(f"embed config field '{name}': expected a folder, got nothing")
         if not Path(value).is_dir():
             raise BrainmmError(f"embed config field '{name}': {value} is not a folder")
-    with distributed(cfg.device) as info:
+    with distributed(cfg.device) as info, main_process_lock(_stem(cfg.out), info.is_main):
         return _run(cfg, info)
 
 
 def _run(cfg: EmbedConfig, info: DistInfo) -> EmbedResult | None:
     from brainmm.data.fmri import FmriDataset
+    from brainmm.data.fmri.provenance import check_pretraining_split
 
     ds = FmriDataset.load(cfg.dataset)
+    if info.is_main:
+        check_pretraining_split(cfg.model, ds, cfg.allow_split_mismatch)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     fields = None
     if info.is_main:
@@ -142,8 +144,7 @@ def _window(cfg: EmbedConfig, frozen: FrozenBrainLM, ds) -> int:
 
 
 def _workdir(cache_dir: Path, key: str) -> str:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{key[:24]}.", suffix=".tmp", dir=cache_dir)
+    return str(make_temp_dir(cache_dir, f".{key[:24]}."))  # the umask's mode, like every other output
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -54,7 +54,12 @@ def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, 
         return []
     inputs.input_brain("baselines (baselines.methods)")
     records: list[dict[str, Any]] = []
+    from brainmm.evaluate.preflight import baseline_shortfall, skip_warning
+
     for m in inputs.modalities:
+        if short := baseline_shortfall(inputs, m):
+            skip_warning(f"baselines {cfg.baselines.methods} for {m!r}", short)
+            continue
         _, b_train, g_train = _pairs(inputs, "train", m)
         _, b_test, g_test = _pairs(inputs, "test", m)
         _, b_val, g_val = inputs.pairs("val", m, shared=False)  # CCA/PLS choose their sizes on val when it has >= 3

@@ -74,12 +74,13 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     from brainmm.config import save_config
     from brainmm.evaluate.baselines import baseline_records, shuffled_pair_run
     from brainmm.evaluate.inputs import load_inputs, resolve_align_run
+    from brainmm.evaluate.preflight import check_retrieval_sizes, shuffled_shortfall, skip_warning
     from brainmm.evaluate.probes import probe_data, probe_records
     from brainmm.evaluate.publish import publish, refuse_second_evaluation
     from brainmm.evaluate.records import flat_metrics, metric_parts, metrics_table
     from brainmm.evaluate.retrieval import retrieval_records
     from brainmm.evaluate.summary import render_summary
-    from brainmm.io import atomic_dir, atomic_file, atomic_write_json, atomic_write_text
+    from brainmm.io import atomic_dir, atomic_file, atomic_write_json, atomic_write_text, run_lock
     from brainmm.runtime import log_to_file
 
     run = resolve_align_run(cfg)
@@ -87,9 +88,11 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     if cfg.mlflow_run == "same":
         refuse_second_evaluation(run.run_id, run.tracking_uri)
     inputs = load_inputs(cfg, run)
+    check_retrieval_sizes(inputs, cfg)  # every too-small split in one message, before any work
+    shuffled_short = shuffled_shortfall(inputs) if cfg.baselines.shuffled_pairs else []
     counts: dict[str, Any] = data_counts(inputs)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else run.run_dir / "evaluation"
-    with atomic_dir(out_dir, overwrite=True) as stage:
+    with run_lock(out_dir), atomic_dir(out_dir, overwrite=True) as stage:
         log_to_file(stage)
         LOG.info("evaluate: align run %s (%s) -> %s", run.run_id, run.run_dir, out_dir)
         records: list[dict[str, Any]] = []
@@ -106,7 +109,9 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         records += retrieval
         records += baseline_records(inputs, cfg)
         shuffled_run_id = None
-        if cfg.baselines.shuffled_pairs:
+        if shuffled_short:
+            skip_warning("baselines.shuffled_pairs", shuffled_short)
+        elif cfg.baselines.shuffled_pairs:
             shuffled, shuffled_run_id = shuffled_pair_run(inputs, cfg, stage / "shuffled_pairs")
             records += shuffled
             log_to_file(stage)  # run_align moved the log file to its own folder

@@ -68,8 +68,11 @@ def render_summary(table: pd.DataFrame, counts: dict[str, Any], context: dict[st
 
     retrieval = table[table["section"] == "retrieval"]
     for split in dict.fromkeys(retrieval["split"]):
-        lines += ["", f"## Retrieval ({split} split, shared space, cosine similarity)", "",
-                  "Subject level: recordings of a subject averaged, one candidate per subject. Recording level: every "
+        selection = (" The val split chose the model (best epoch, early stopping): its numbers are optimistic; "
+                     "report the test split." if split == "val" else "")
+        lines += ["", f"## Retrieval ({split} split{', used for model selection' if split == 'val' else ''}, shared "
+                      "space, cosine similarity)", "",
+                  selection.lstrip() + (" " if selection else "") + "Subject level: recordings of a subject averaged, one candidate per subject. Recording level: every "
                   "recording is a query (brain_to_*), a hit is any recording of the subject (*_to_brain). "
                   "K-way: top-1 among K random subjects, mean over repeats.", ""]
         lines += _retrieval_table(retrieval[retrieval["split"] == split], ks)

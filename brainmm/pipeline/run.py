@@ -15,7 +15,7 @@ from typing import Any
 
 from brainmm.config import save_config
 from brainmm.errors import BrainmmError
-from brainmm.io import atomic_write_json, atomic_write_text
+from brainmm.io import atomic_write_json, atomic_write_text, run_lock
 from brainmm.pipeline.config import PipelineConfig
 from brainmm.pipeline.plan import Plan, make_plan
 from brainmm.pipeline.tracking import PipelineRun
@@ -67,9 +67,8 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
 def run_pipeline(cfg: PipelineConfig, overwrite: bool = False) -> PipelineResult:
     """Run the pipeline of `cfg` (see docs/pipeline.md); returns the result after printing nothing (the CLI prints)."""
     import mlflow
-    import torch
 
-    from brainmm.runtime import log_to_file
+    from brainmm.pipeline.preflight import check_plan
     from brainmm.tracking import check_tracking_server
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -80,6 +79,17 @@ def run_pipeline(cfg: PipelineConfig, overwrite: bool = False) -> PipelineResult
     if mlflow.active_run() is not None:
         raise BrainmmError(f"an MLflow run ({mlflow.active_run().info.run_id}) is active; end it before running the "
                            "pipeline (its stages start their own runs)")
+    check_plan(plan)  # every stage's config against the data, before the first stage starts
+    with run_lock(plan.out):
+        return _run_locked(cfg, plan, overwrite)
+
+
+def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool) -> PipelineResult:
+    """`run_pipeline` once the output folder is locked."""
+    import torch
+
+    from brainmm.runtime import log_to_file
+
     out = plan.out
     _prepare_output(out, overwrite)
     threads_before = torch.get_num_threads()

@@ -47,6 +47,7 @@ __all__ = [
     "check_tracking",
     "eval_mode",
     "load_checkpoint",
+    "load_matching_state",
     "precision_of",
     "restore_rng_state",
     "save_checkpoint",
@@ -216,8 +217,9 @@ def check_run_dir(run_dir: str | Path, config: Any, resume: bool, stage: str,
                   markers: tuple[str, ...] = ("checkpoints", "metrics.json")) -> None:
     """A fresh run needs a run folder without `markers`; a resumed one needs the same resolved config."""
     from brainmm.config import flatten, read_yaml, to_dict
+    from brainmm.io import check_output_folder
 
-    run_dir = Path(run_dir)
+    run_dir = check_output_folder(run_dir)
     if not resume:
         found = [m for m in markers if (run_dir / m).exists()]
         if found:
@@ -236,6 +238,24 @@ def check_run_dir(run_dir: str | Path, config: Any, resume: bool, stage: str,
         raise BrainmmError(
             f"{stage} --resume: the config differs from the saved {saved} in {diff[:8]}; resume with --config {saved}"
         )
+
+
+def load_matching_state(module: torch.nn.Module, state: dict[str, Any], where: str) -> None:
+    """`module.load_state_dict(state)`, or one BrainmmError naming the first tensor whose shape (or presence)
+    differs between the checkpoint and the model this run built (e.g. a head size or an input width changed)."""
+    own = module.state_dict()
+    for name in [*own, *(k for k in state if k not in own)]:
+        old, new = state.get(name), own.get(name)
+        old_shape = "absent" if old is None else list(getattr(old, "shape", []))
+        new_shape = "absent" if new is None else list(new.shape)
+        if old_shape != new_shape:
+            raise BrainmmError(
+                f"{where}: the checkpoint does not fit the model this run builds: tensor {name!r} is {old_shape} in "
+                f"the checkpoint, {new_shape} now (a model size in the config or the width "
+                "of an input table changed since the checkpoint was written); resume with that run's inputs and "
+                "config, or start a new run in another output_dir"
+            )
+    module.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------- tracking

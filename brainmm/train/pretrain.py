@@ -35,6 +35,7 @@ from brainmm.train.common import (
     check_finite,
     check_run_dir,
     check_tracking,
+    load_matching_state,
     precision_of,
     restore_rng_state,
     tracked_run,
@@ -76,6 +77,17 @@ def model_config(cfg: PretrainModelConfig, num_parcels: int, num_timepoints: int
             f"timepoint_patching_size {config.timepoint_patching_size}"
         )
     return config
+
+
+def check_model_budget(config) -> int:
+    """Refuse a BrainLM of `config` whose training state (weights, gradients, two AdamW moments) cannot fit."""
+    from brainmm.memory import check_param_budget
+    from encoders.brainlm import BrainLMForPretraining
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        n = sum(p.numel() for p in BrainLMForPretraining(config).parameters())
+    return check_param_budget(n, f"pretrain model (model.arch: hidden_size {config.hidden_size}, num_hidden_layers "
+                                 f"{config.num_hidden_layers}, intermediate_size {config.intermediate_size})", copies=4)
 
 
 def build_model(cfg: PretrainModelConfig, config):
@@ -185,7 +197,9 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False, stop_at_step: int | None = None) -> PretrainResult:
     """Train (or with `resume` continue) a BrainLM MAE; `stop_at_step` checkpoints and returns early (time-boxed jobs)."""
-    with distributed(cfg.train.device) as info:
+    from brainmm.io import main_process_lock
+
+    with distributed(cfg.train.device) as info, main_process_lock(cfg.output_dir, info.is_main):
         return _run(cfg, resume, stop_at_step, info)
 
 
@@ -206,6 +220,8 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
     run_dir = Path(cfg.output_dir)
     check_run_dir(run_dir, cfg, resume, "pretrain")
     mc = model_config(cfg.model, ds.num_parcels, ds.num_timepoints)
+    if not cfg.model.init_from:  # a checkpoint's sizes are checked against its header and the memory when it loads
+        check_model_budget(mc)
     check_compatible(ds, mc.num_brain_voxels, mc.num_timepoints_per_voxel)
     num_t = mc.num_timepoints_per_voxel
 
@@ -251,7 +267,7 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
     prog = _Progress()
     if resume:
         state = ckpts.load_latest(map_location=info.device)
-        core.load_state_dict(state["model"])
+        load_matching_state(core, state["model"], f"pretrain --resume ({run_dir / 'checkpoints'})")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         prog = _Progress(**state["progress"])
@@ -379,6 +395,7 @@ def _non_finite(what: str, batch: dict, prog: _Progress) -> Callable[[], str]:
 def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Progress, run_eval, lr: float,
             info: DistInfo) -> PretrainResult:
     """Final val (unless just done) and test evaluation, figure, model folder, metrics.json, MLflow artifacts."""
+    from brainmm.data.fmri.provenance import PRETRAINING_FILE, pretraining_record
     from brainmm.io import atomic_dir, atomic_write_json
 
     run_dir = Path(cfg.output_dir)
@@ -398,6 +415,7 @@ def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Pro
     if info.is_main:
         with atomic_dir(model_dir, overwrite=True) as tmp, quiet_transformers():
             core.save_pretrained(tmp)
+            atomic_write_json(tmp / PRETRAINING_FILE, pretraining_record(ds))  # checked by `brainmm embed`
         atomic_write_json(run_dir / "metrics.json", final)
         if run.run_id is not None:
             import mlflow

@@ -550,3 +550,9 @@ def _manifest(cfg, cohort, parcels, selection, labels, order, method, stats, rec
         "zeroed": zeroed, "num_timepoints": cfg.num_timepoints,
     })
     return manifest
+
+
+def planned_split(cohort: str | Path, cfg: IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cohort table, split table) that ingesting `cohort` with `cfg` will use, without reading any recording."""
+    df, _ = _read_cohort(Path(cohort), cfg)
+    return df, _load_split(cfg, df)[0]
