@@ -50,6 +50,7 @@ from brainmm.train.towers import (
     BrainWindows,
     tower_param_groups,
 )
+from encoders.brainlm.tower import dropout_seed
 
 LOG = logging.getLogger("brainmm.align")
 CHECKPOINTS = "checkpoints"  # step-numbered checkpoints (CheckpointDir) in the run folder
@@ -134,6 +135,7 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
             core.genetics_heads[m].fit_standardizer(tower_outputs(core.genetics_towers[m], x))
     if not cfg.loss.learnable_temperature:
         core.logit_scale.requires_grad_(False)  # PML losses use their fixed temperature
+    torch.manual_seed(dropout_seed(cfg.train.seed, info.rank))  # every torchrun rank draws its own dropout masks
     tower_lr = {"brain": brain_cfg.lr or cfg.train.lr}
     tower_lr.update({m: towers.genetics_tower(m).lr or cfg.train.lr for m in data.genetics})
     return data, core, tower_lr
