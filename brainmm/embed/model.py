@@ -96,7 +96,7 @@ class FrozenBrainLM:
     @property
     def dim(self) -> int:
         """Embedding width (hidden size)."""
-        return int(self.model.config.hidden_size)
+        return int(self.model.out_dim if self.tower else self.model.config.hidden_size)
 
     @torch.inference_mode()
     def encode(self, signal: torch.Tensor, xyz: torch.Tensor, pooling: str) -> torch.Tensor:
