@@ -96,6 +96,7 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     from brainmm.runtime import seed_everything
     towers = cfg.towers
     brain_cfg = towers.brain
+    seed_everything(cfg.train.seed)  # the brain tower's own initialisation (LoRA A matrices) is seeded too
     side = tower_kind(brain_cfg.kind, "brain").build_brain(cfg, cfg.train.device)
     brain_rows, brain_tower, brain_data = side.rows, side.tower, side.dataset
     data = load_align_data(cfg.data, brain_rows, cfg.train.seed if cfg.train.shuffle_pairs else None)
