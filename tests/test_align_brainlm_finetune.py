@@ -126,6 +126,16 @@ def test_vit_lora_saves_adapters_and_embed_and_evaluate_reload_them(inputs, tmp_
         z = torch.nn.functional.normalize(model.brain_head(torch.from_numpy(table.vectors[rows]).float()), dim=-1)
     assert np.allclose(z.numpy(), val.vectors, atol=1e-5)
 
+    # `brainmm evaluate --align-dir`: the input brain features (baselines, probes) are the tuned tower's, via embed
+    from brainmm.evaluate import EvaluateConfig
+    from brainmm.evaluate.inputs import load_inputs, resolve_align_run
+
+    ecfg = EvaluateConfig(align_dir=str(out))
+    inputs_ = load_inputs(ecfg, resolve_align_run(ecfg))
+    assert inputs_.brain is None and inputs_.brain_tower == "brainlm"
+    side = inputs_.input_brain("probes")
+    assert side.table.ids == table.ids and np.array_equal(side.table.vectors, table.vectors)
+
     # the base checkpoint changed after the run: embed and evaluate refuse the tower with one line each
     weights = load_file(str(base / "model.safetensors"))
     from safetensors.torch import save_file
