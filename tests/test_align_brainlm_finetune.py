@@ -166,7 +166,11 @@ def test_bad_finetune_settings_give_one_cli_line_each(inputs, tmp_path: Path, ml
          r"parcels x 200 time points\)"),
         (vit, ["towers.brain.num_timepoints=100"],
          r"'towers.brain.num_timepoints': a ViT-MAE BrainLM .* takes windows of exactly 200 time points, got 100"),
-        (vit, ["towers.brain.pooling=time_then_voxel"], r"pooling .*time_then_voxel"),
+        (vit, ["towers.brain.pooling=time_then_voxel"],
+         r"'towers.brain.pooling': 'time_then_voxel' is not available for a vit_mae BrainLM .*expected one of "
+         r"\['cls', 'mean'\]"),
+        (vit, ["towers.brain.trainable=frozen", "towers.brain.lora.rank=8", "towers.brain.pooling=time_then_voxel"],
+         r"'towers.brain.pooling': 'time_then_voxel' is not available for a vit_mae BrainLM"),
     ]
     for k, (paths, extra, message) in enumerate(cases):
         out = tmp_path / f"run{k}"

@@ -24,6 +24,7 @@ from brainmm.train.towers import (
     GenotypeTower,
     build_brainlm_tower,
     build_genotype_tower,
+    check_brainlm_pooling,
     check_dosages,
     check_split_agrees,
     frozen_brain_table,
@@ -202,6 +203,7 @@ class BrainLMKind(TowerKind):
         from brainmm.align.data import BrainRows, check_table_finite
 
         b = cfg.towers.brain
+        check_brainlm_pooling(b)
         dataset = open_brain_dataset(b)
         if not cfg.data.split:
             raise BrainmmError("align config field 'data.split': expected the split table CSV (e.g. the fMRI "
@@ -209,7 +211,6 @@ class BrainLMKind(TowerKind):
         check_split_agrees(dataset, cfg.data.split)
         source = f"BrainLM {b.checkpoint} on {b.dataset}"
         if b.trainable == "frozen":
-            build_brainlm_tower(b, dataset)  # the same checks (pooling, architecture) as a trainable tower
             table = frozen_brain_table(b, dataset, device)
             check_table_finite(table, f"frozen BrainLM embeddings ({source})")
             return BrainSide(BrainRows.from_table(table, source), None, dataset)

@@ -166,16 +166,30 @@ def tiled_features(tower: BrainLMTower, windows: FmriWindows, positions: Sequenc
     return (sums / counts.clamp_min(1).unsqueeze(1)).float().cpu()
 
 
+def check_brainlm_pooling(cfg: BrainTowerConfig) -> str:
+    """`towers.brain.pooling` must exist for the checkpoint's architecture; returns its model_type."""
+    from brainmm.embed.model import read_model_config
+    from encoders.brainlm.tower import POOLINGS
+
+    model_type = read_model_config(cfg.checkpoint, "align config field 'towers.brain.checkpoint'")["model_type"]
+    if cfg.pooling not in POOLINGS[model_type]:
+        raise BrainmmError(f"align config field 'towers.brain.pooling': {cfg.pooling!r} is not available for a "
+                           f"{model_type} BrainLM ({cfg.checkpoint}); expected one of {list(POOLINGS[model_type])}")
+    return model_type
+
+
 def build_brainlm_tower(cfg: BrainTowerConfig, data: BrainDataset) -> BrainLMTower:
     """The align tower of `towers.brain` (either architecture, its trainable mode set) on `data`'s parcels."""
     from encoders.brainlm.finetune import load_tower
     from encoders.errors import EncoderInputError
 
     where = "align config field 'towers.brain"
+    check_brainlm_pooling(cfg)
     try:
-        tower = load_tower(cfg.checkpoint, data.dataset.coords, cfg.pooling)
+        with quiet_transformers():
+            tower = load_tower(cfg.checkpoint, data.dataset.coords, cfg.pooling)
     except EncoderInputError as err:
-        raise BrainmmError(f"{where}.pooling' / '.checkpoint': {err}") from None
+        raise BrainmmError(f"{where}.checkpoint': {err}") from None
     depth = len(tower.blocks())
     if cfg.trainable == "last_n" and cfg.last_n > depth:
         raise BrainmmError(f"{where}.last_n': {cfg.last_n} is more than the {depth} blocks of the "
