@@ -346,15 +346,14 @@ def test_genetics_import_of_a_string_array(tmp_path: Path, capsys) -> None:
 
 
 def test_ragged_pgs_weights(tmp_path: Path) -> None:
-    from brainmm.data.genetics.matrix import polygenic_scores
+    from brainmm.data.genetics.matrix import PolygenicScores
     from brainmm.errors import BrainmmError
 
     path = tmp_path / "pgs.tsv"
     path.write_text("variant_id\teffect_allele\tpgs1\n1:60:T:A\tA\t0.5\n1:90:G:C\tC\t0.1\t9\t9\n")
-    variants = pd.DataFrame({"variant_id": ["1:60:T:A"], "rsid": ["."]})
     with pytest.raises(BrainmmError, match=r"PGS weights .*pgs\.tsv: not a readable table \(Error tokenizing data\. "
                                            r"C error: Expected 3 fields in line 3, saw 5\)"):
-        polygenic_scores(path, variants, np.zeros((2, 1)))
+        PolygenicScores(path, n_subjects=2)
 
 
 def test_pickled_genotype_tower_names_the_blocked_global(tmp_path: Path) -> None:

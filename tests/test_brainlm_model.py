@@ -141,6 +141,7 @@ def test_loss_is_over_masked_tokens_only(tiny):
 def test_gradient_checkpointing_covers_encoder_and_decoder_with_equal_gradients(tiny, monkeypatch, onednn_attention):
     model, signal, xyz = tiny
     if onednn_attention:  # the tiny heads (16) are below MIN_HEAD_DIM: force the blockwise oneDNN attention on
+        monkeypatch.setattr(onednn, "KERNELS", "onednn")
         monkeypatch.setattr(onednn, "MIN_HEAD_DIM", 1)
         monkeypatch.setattr(onednn, "BLOCK", 16)
     noise = torch.rand(2, 48, generator=torch.Generator().manual_seed(4))

@@ -15,6 +15,7 @@ from encoders.brainlm.testing import random_brainlm_inputs, tiny_brainlm_config
 @pytest.fixture
 def counted(monkeypatch):
     """Count oneDNN products (so a test fails if the fast path is silently not taken)."""
+    monkeypatch.setattr(onednn, "KERNELS", "onednn")  # the path under test, whatever this CPU's default
     calls = []
     real = onednn._nt
 
@@ -91,6 +92,7 @@ def test_blockwise_attention_matches_float64_sdpa(monkeypatch, counted, queries)
 def test_cls_embedding_computes_one_row_in_the_last_layer_with_equal_gradients(monkeypatch):
     """encode(pooling='cls') runs the last layer for the CLS row only: same vector and gradients as the full run."""
     torch.manual_seed(0)
+    monkeypatch.setattr(onednn, "KERNELS", "onednn")
     config = tiny_brainlm_config(num_brain_voxels=40)  # 161 tokens: several attention blocks of 64
     monkeypatch.setattr(onednn, "BLOCK", 64)
     monkeypatch.setattr(onednn, "MIN_HEAD_DIM", 8)
@@ -112,11 +114,27 @@ def test_cls_embedding_computes_one_row_in_the_last_layer_with_equal_gradients(m
             torch.testing.assert_close(p.grad, ref[name].grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_kernels_are_chosen_per_cpu_vendor(monkeypatch):
+    import encoders.precision as precision
+
+    for vendor, avx512, expected in (("GenuineIntel", True, "torch"), ("GenuineIntel", False, "onednn"),
+                                     ("AuthenticAMD", True, "onednn")):
+        monkeypatch.setattr(precision, "cpu_vendor", lambda v=vendor: v)
+        monkeypatch.setattr(precision, "cpu_capabilities", lambda a=avx512: {"avx512_f": a})
+        onednn._cpu_default.cache_clear()
+        assert onednn.cpu_kernels() == expected
+        assert onednn.use_onednn(torch.ones(2)) == (expected == "onednn")
+    onednn._cpu_default.cache_clear()
+    monkeypatch.setattr(onednn, "KERNELS", "onednn")
+    assert onednn.cpu_kernels() == "onednn"
+
+
 def test_model_without_the_onednn_op_gives_the_same_outputs(monkeypatch):
     """If a torch build lacks the private oneDNN op, the layers fall back to F.linear/SDPA: both paths are as close
     to float64 as fp32 allows (the bound comes from the fp32 fallback's own error against float64, not from one
     CPU's rounding, so it holds on AVX2 and AVX-512/AMX machines alike)."""
     torch.manual_seed(0)
+    monkeypatch.setattr(onednn, "KERNELS", "onednn")
     config = tiny_brainlm_config(hidden_size=128, num_attention_heads=2, decoder_hidden_size=128,
                                  decoder_num_attention_heads=2)  # heads of 64: the oneDNN attention is on
     model = BrainLMForPretraining(config).eval()

@@ -40,6 +40,7 @@ def attention_path(request, monkeypatch):
     """Both attention paths: the fixtures' heads (12-16) are below `onednn.MIN_HEAD_DIM`, so the oneDNN blocks
     are forced on, with blocks of 32 rows (several blocks over the fixtures' 41-81 tokens, a partial last one)."""
     if request.param == "onednn_attention":
+        monkeypatch.setattr(onednn, "KERNELS", "onednn")
         monkeypatch.setattr(onednn, "MIN_HEAD_DIM", 1)
         monkeypatch.setattr(onednn, "BLOCK", 32)
     return request.param

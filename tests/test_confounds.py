@@ -111,8 +111,8 @@ def test_residualising_removes_group_driven_retrieval_and_keeps_a_real_link() ->
         rb, rg = adj_b.transform(brain, cov), adj_g.transform(genes, cov)
         mapped = rg[te] @ np.linalg.lstsq(rg[tr], rb[tr], rcond=None)[0]  # linear map fitted on train only
         adj = retrieval_report(rb[te], mapped, kway=None, n_boot=200)
-        unadj_mrr = next(r for r in raw.records if r["metric"] == "mrr" and r["direction"] == "brain_to_dna")
-        adj_mrr = next(r for r in adj.records if r["metric"] == "mrr" and r["direction"] == "brain_to_dna")
+        unadj_mrr = next(r for r in raw.records if r["metric"] == "mrr" and r["direction"] == "brain_to_genetics")
+        adj_mrr = next(r for r in adj.records if r["metric"] == "mrr" and r["direction"] == "brain_to_genetics")
         assert unadj_mrr["ci_low"] > unadj_mrr["chance"]  # the shared group alone lifts retrieval
         assert (adj_mrr["ci_low"] > adj_mrr["chance"]) == adjusted_above_chance
         if not adjusted_above_chance:
@@ -123,7 +123,7 @@ def test_confounds_only_baseline_scores_what_the_confounds_explain() -> None:
     brain, genes, cov = _confounded(300, 1)
     records = confounds_only_records(brain[:200], genes[:200], cov.iloc[:200], brain[200:], genes[200:],
                                      ["group"], kway=None, n_boot=200)
-    mean_rank = next(r for r in records if r["metric"] == "mean_rank" and r["direction"] == "brain_to_dna")
+    mean_rank = next(r for r in records if r["metric"] == "mean_rank" and r["direction"] == "brain_to_genetics")
     assert mean_rank["model"] == "confounds_only" and mean_rank["ci_high"] < 0.8 * mean_rank["chance"]
     # Modalities that carry no confound: predictions are noise, retrieval stays at chance.
     rng = np.random.default_rng(2)
@@ -155,22 +155,22 @@ def test_within_stratum_retrieval_ranks_only_inside_the_stratum() -> None:
     for g in np.unique(strata):
         idx = np.flatnonzero(strata == g)
         fwd, bwd = pair_ranks(brain[idx], other[idx])
-        np.testing.assert_array_equal(report.ranks[("brain_to_dna", "within_site")][idx], fwd)
-        np.testing.assert_array_equal(report.ranks[("dna_to_brain", "within_site")][idx], bwd)
+        np.testing.assert_array_equal(report.ranks[("brain_to_genetics", "within_site")][idx], fwd)
+        np.testing.assert_array_equal(report.ranks[("genetics_to_brain", "within_site")][idx], bwd)
     rec = {(r["direction"], r["metric"]): r for r in report.records}
     sizes = np.bincount(np.unique(strata, return_inverse=True)[1])
-    assert rec[("brain_to_dna", "R_at_1")]["chance"] == pytest.approx(np.sum(sizes * (1 / sizes)) / 240)
-    assert rec[("brain_to_dna", "R_at_1")]["value"] == rank_metrics(report.ranks[("brain_to_dna", "within_site")])[
+    assert rec[("brain_to_genetics", "R_at_1")]["chance"] == pytest.approx(np.sum(sizes * (1 / sizes)) / 240)
+    assert rec[("brain_to_genetics", "R_at_1")]["value"] == rank_metrics(report.ranks[("brain_to_genetics", "within_site")])[
         "R_at_1"]
-    assert "brain_to_dna/within_site/R_at_1_chance" in report.flat()
+    assert "brain_to_genetics/within_site/R_at_1_chance" in report.flat()
     # Embeddings that encode only the group: above chance over the full pool, at chance within the group.
     onehot = pd.get_dummies(strata).to_numpy(float) + 1e-3 * np.random.default_rng(0).normal(size=(240, 3))
     onehot2 = pd.get_dummies(strata).to_numpy(float) + 1e-3 * np.random.default_rng(1).normal(size=(240, 3))
     within = {(r["direction"], r["metric"]): r for r in within_stratum_report(onehot, onehot2, strata).records}
-    mrr = within[("brain_to_dna", "mrr")]
+    mrr = within[("brain_to_genetics", "mrr")]
     assert abs(mrr["value"] - mrr["chance"]) < mrr["ci_high"] - mrr["ci_low"]  # within ~2 standard errors
     full = next(r for r in retrieval_report(onehot, onehot2, kway=None).records
-                if r["metric"] == "mrr" and r["direction"] == "brain_to_dna")
+                if r["metric"] == "mrr" and r["direction"] == "brain_to_genetics")
     assert full["ci_low"] > full["chance"]
 
 

@@ -35,6 +35,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def config(setup: dict[str, Path], name: str, **kw) -> EmbedConfig:
     kw.setdefault("cache_dir", str(setup["root"] / "cache"))
+    kw.setdefault("precision", "fp32")  # compared with fp32 encode below ("auto" is bf16 on AMX/AVX512_BF16 CPUs)
     return EmbedConfig(model=str(setup["model"]), dataset=str(setup["dataset"]), batch_size=3,
                        out=str(setup["root"] / name / "brain"), **kw)
 
@@ -85,6 +86,27 @@ def test_second_call_reads_the_cache_without_running_the_model(setup, monkeypatc
     assert run_brain_embed(config(setup, "c2", num_timepoints=WINDOW)).cache_entry == first.cache_entry
     with pytest.raises(AssertionError, match="must not be loaded"):  # another pooling is another key
         run_brain_embed(config(setup, "d", pooling="time_then_voxel"))
+    with pytest.raises(AssertionError, match="must not be loaded"):  # another precision is another key
+        run_brain_embed(config(setup, "d2", precision="bf16"))
+
+
+def test_bf16_precision_is_its_own_cache_entry_recorded_in_meta_and_close_to_fp32(setup, monkeypatch):
+    import encoders.precision as precision
+
+    fp32 = run_brain_embed(config(setup, "p32"))
+    bf16 = run_brain_embed(config(setup, "p16", precision="bf16"))
+    assert bf16.cache_entry != fp32.cache_entry and not bf16.cache_hit
+    a, b = EmbeddingTable.load(fp32.recordings), EmbeddingTable.load(bf16.recordings)
+    assert a.meta["precision"] == "fp32" and b.meta["precision"] == "bf16" and a.ids == b.ids
+    assert yaml.safe_load((setup["root"] / "p16" / "brain.config.yaml").read_text())["precision"] == "bf16"
+    rel = np.linalg.norm(b.vectors - a.vectors, axis=1) / np.linalg.norm(a.vectors, axis=1)
+    assert 0 < rel.max() < 96 * 2.0**-8  # bf16 really ran; bound derived in tests/test_precision.py
+    # auto resolves per machine and shares the entry of what it resolved to
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx2": True})
+    assert run_brain_embed(config(setup, "pa", precision="auto")).cache_entry == fp32.cache_entry
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx2": True, "amx_bf16": True})
+    auto = run_brain_embed(config(setup, "pb", precision="auto"))
+    assert auto.cache_entry == bf16.cache_entry and auto.cache_hit
 
 
 def test_two_torchrun_processes_give_the_one_process_table(setup, tmp_path):
@@ -138,7 +160,7 @@ def test_vit_checkpoint_needs_y_ordered_424_parcels_and_embeds(tmp_path):
     big = ingest(src / "cohort.csv", tmp_path / "big", IngestConfig(coords=src / "coords.tsv", num_timepoints=200,
                                                                     parcel_order="y", tr=0.72))
     result = run_brain_embed(EmbedConfig(model=str(tmp_path / "vit"), dataset=str(big), pooling="mean", batch_size=4,
-                                   cache_dir=str(tmp_path / "c"), out=str(tmp_path / "o" / "vit")))
+                                   precision="fp32", cache_dir=str(tmp_path / "c"), out=str(tmp_path / "o" / "vit")))
     table = EmbeddingTable.load(result.recordings)
     assert table.vectors.shape == (5, 16) and table.meta["model_type"] == "vit_mae"
     from brainmm.data.fmri import FmriDataset

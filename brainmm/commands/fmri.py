@@ -1,4 +1,5 @@
-"""`brainmm fmri ingest|info`: build a normalised fMRI dataset from a cohort table, and describe one."""
+"""`brainmm fmri ingest|info|connectivity`: build a normalised fMRI dataset from a cohort table, describe one, and
+turn one into a subject table of functional-connectivity features."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _columns(text: str) -> list[str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `fmri` command group."""
-    p = sub.add_parser("fmri", help="fMRI data: ingest a cohort into a dataset, describe a dataset")
+    p = sub.add_parser("fmri", help="fMRI data: ingest a cohort into a dataset, describe a dataset, connectivity")
     group = p.add_subparsers(dest="fmri_command", metavar="ACTION")
 
     g = group.add_parser("ingest", help="cohort table + time series (or 4-D NIfTI + atlas) -> normalised dataset")
@@ -56,6 +57,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = group.add_parser("info", help="describe an fMRI dataset")
     i.add_argument("dataset", help="dataset folder")
     i.set_defaults(func=_info)
+
+    c = group.add_parser("connectivity", help="fMRI dataset -> subject table of connectivity features (+ PCA on train)",
+                         description="Functional connectivity per recording with nilearn's ConnectivityMeasure "
+                         "(upper triangle), averaged per subject, optional PCA fitted on the training subjects; "
+                         "writes an embedding table usable as a brain table (docs/fmri-data.md).")
+    c.add_argument("dataset", help="fMRI dataset folder (`brainmm fmri ingest` output)")
+    c.add_argument("--out", required=True, help="output table stem (writes STEM.safetensors and STEM.json)")
+    c.add_argument("--kind", choices=["correlation", "partial correlation", "tangent"], default="correlation",
+                   help="correlation (Pearson, Fisher z; default), partial correlation (Ledoit-Wolf precision, "
+                   "Fisher z) or tangent (reference fitted on train)")
+    c.add_argument("--estimator", choices=["auto", "empirical", "ledoit_wolf"], default="auto",
+                   help="covariance estimator (auto: empirical for correlation, Ledoit-Wolf otherwise)")
+    c.add_argument("--no-fisher-z", action="store_true", help="keep (partial) correlations as r instead of arctanh(r)")
+    c.add_argument("--pca", type=float, default=0.0,
+                   help="PCA fitted on train: N >= 1 components, or a share in (0, 1) of the variance (default 0: none)")
+    c.add_argument("--pca-max-components", type=int, default=256, help="cap for a variance share (default 256)")
+    c.add_argument("--tangent-fit-max", type=int, default=1000,
+                   help="training recordings used for the tangent reference (default 1000; a seeded subsample)")
+    c.add_argument("--batch-size", type=int, default=64, help="subjects per batch (default 64)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the randomized PCA and the tangent subsample")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing table")
+    c.set_defaults(func=_connectivity)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -116,4 +139,22 @@ def describe(path: str) -> str:
 
 def _info(args: argparse.Namespace) -> int:
     print(describe(args.dataset))
+    return 0
+
+
+def _connectivity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from brainmm.data.fmri.connectivity import ConnectivityConfig, connectivity_table
+    from brainmm.errors import BrainmmError
+
+    stem = Path(args.out)
+    stem = stem.with_suffix("") if stem.suffix in (".safetensors", ".json") else stem
+    existing = [p for p in (stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")) if p.exists()]
+    if existing and not args.overwrite:
+        raise BrainmmError(f"--out {args.out}: {existing[0]} already exists; pass --overwrite to replace it")
+    cfg = ConnectivityConfig(kind=args.kind, estimator=args.estimator, fisher_z=not args.no_fisher_z, pca=args.pca,
+                             pca_max_components=args.pca_max_components, tangent_fit_max=args.tangent_fit_max,
+                             batch_size=args.batch_size, seed=args.seed)
+    print(connectivity_table(args.dataset, stem, cfg))
     return 0

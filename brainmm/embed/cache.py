@@ -2,8 +2,8 @@
 
 An entry is the folder `<cache_dir>/<key[:24]>/` holding `recordings.{safetensors,json}`, `subjects.{...}` and
 `key.json` (what the key was computed from). The key hashes the model (config + weight bytes), the dataset
-(manifest + normalisation statistics), the pooling and the window. Entries appear by one atomic folder rename,
-so a reader sees a complete entry or none.
+(manifest + normalisation statistics), the pooling, the window and the resolved precision (fp32 / bf16).
+Entries appear by one atomic folder rename, so a reader sees a complete entry or none.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ class EmbedConfig:
     `cache_dir` null: `<data dir>/brain-embeddings` ($BRAINMM_DATA_DIR or ~/.cache/brainmm).
     `out`: table stem; writes `<out>.safetensors/.json` (one row per recording), `<out>_subjects.*` (mean over a
     subject's recordings) and `<out>.config.yaml`.
+    `precision`: `auto` (bf16 autocast on a GPU with bf16 or a CPU with AMX/AVX512_BF16, else fp32), `fp32` or
+    `bf16` (`encoders.precision`); the resolved value is part of the cache key and the tables' meta.
     """
 
     model: str = ""
@@ -25,6 +27,7 @@ class EmbedConfig:
     batch_size: int = 32
     num_workers: int = 0
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     cache_dir: str | None = None
     out: str = "embeddings/brain"
 

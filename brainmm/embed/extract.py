@@ -39,6 +39,7 @@ from brainmm.embed.model import (
 )
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json
+from encoders.precision import autocast, resolve_precision
 
 LOG = logging.getLogger("brainmm.embed")
 MERGE_ROWS = 4096  # rows per block when merging part files
@@ -97,7 +98,8 @@ def _run(cfg: EmbedConfig, info: DistInfo) -> EmbedResult | None:
                    else default_window(read_model_config(cfg.model)))
         window = cfg.num_timepoints or default  # null and explicit: one key
         fields = {"model": model_hash(cfg.model), "dataset": dataset_hash(cfg.dataset), "pooling": cfg.pooling,
-                  "num_timepoints": window, "windows": "tiled", "aggregate": "mean"}
+                  "num_timepoints": window, "windows": "tiled", "aggregate": "mean",
+                  "precision": resolve_precision(cfg.precision, info.device)}
     fields = broadcast_object(fields)
     key = cache_key(fields)
     entry = entry_dir(cache_dir, key)
@@ -202,8 +204,9 @@ def _embed_part(frozen: FrozenBrainLM, windows, recordings: range, cfg: EmbedCon
 
         batches = progress(loader, desc="embed", total=len(loader), unit="batch") if info.is_main else loader
         for batch in batches:
-            vectors = frozen.encode(batch["signal_vectors"].to(info.device, non_blocking=True),
-                                    batch["xyz_vectors"].to(info.device, non_blocking=True), cfg.pooling)
+            with autocast(cfg.precision, info.device):  # bf16: products in bf16, the vectors come back float32
+                vectors = frozen.encode(batch["signal_vectors"].to(info.device, non_blocking=True),
+                                        batch["xyz_vectors"].to(info.device, non_blocking=True), cfg.pooling)
             vectors = vectors.double().cpu().numpy()
             if not np.isfinite(vectors).all():
                 raise BrainmmError(f"embed: the model returned NaN/inf for recording(s) at positions "
@@ -226,6 +229,7 @@ def _meta(cfg: EmbedConfig, frozen: FrozenBrainLM, ds, fields: dict[str, Any], k
     return {
         "kind": "brain_embeddings", "model": str(cfg.model), "model_type": frozen.kind,
         "model_hash": fields["model"], "layer": "encoder final LayerNorm", "pooling": cfg.pooling,
+        "precision": fields["precision"],
         "dataset": str(cfg.dataset), "data_hash": fields["dataset"], "cache_key": key,
         "window": {"num_timepoints": num_t, "mode": "tiled", "aggregate": "mean of window vectors"},
         "input_scale": "signal / 5.6430855 (BrainLM tutorials)" if frozen.kind == "vit_mae" else None,

@@ -94,7 +94,9 @@ def _pretrain() -> PretrainConfig:
 
 
 def _embed() -> EmbedConfig:
-    return EmbedConfig(pooling="mean", batch_size=64, cache_dir="cache/brain-embeddings", out="embed/brain")
+    # fp32: the demo's numbers (and its acceptance margins) are the same on every CPU; `precision=auto` opts in
+    return EmbedConfig(pooling="mean", batch_size=64, precision="fp32", cache_dir="cache/brain-embeddings",
+                       out="embed/brain")
 
 
 def _align() -> AlignConfig:

@@ -184,7 +184,8 @@ class BrainLMDecoder(nn.Module):
         y = self.decoder_pred2(F.leaky_relu(self.decoder_pred1(h), 0.1))
         if self.use_tanh:
             y = torch.tanh(y)
-        return y.view(batch, voxels, patches, -1)
+        # float32 logits (and loss) under bf16 autocast too; float64 stays float64
+        return y.to(torch.promote_types(y.dtype, torch.float32)).view(batch, voxels, patches, -1)
 
 
 class BrainLMPreTrainedModel(CheckedFromPretrainedMixin, PreTrainedModel):

@@ -2,8 +2,12 @@
 
 On CPU, torch's fp32 `F.linear`, `matmul` and SDPA run their products in MKL sgemm, which takes its AVX2 path on
 AMD processors; oneDNN's inner-product kernel (`torch.ops.mkldnn._linear_pointwise`, the op inductor emits)
-uses AVX-512 there and runs about 1.8x faster (benchmarks/brainlm_step.md). `linear` and `attention` use it for
-float32 CPU tensors outside autocast and fall back to `F.linear` / `scaled_dot_product_attention` otherwise.
+uses AVX-512 there and runs about 1.8x faster (benchmarks/brainlm_step.md). On Intel CPUs with AVX-512, MKL
+already runs its AVX-512 code and SDPA's fused flash kernel beats these blocks several times (the [256, L]
+score blocks overflow a 2 MB L2), so the kernels are chosen per CPU (`cpu_kernels`). `linear` and `attention`
+use oneDNN for float32 CPU tensors outside autocast when `cpu_kernels() == "onednn"` and fall back to
+`F.linear` / `scaled_dot_product_attention` otherwise (under bf16 autocast those run oneDNN's bf16 kernels,
+AMX where the CPU has it, with fp32 softmax statistics inside SDPA).
 Attention never stores an L x L matrix: the forward keeps the log-sum-exp of each query row and the backward
 recomputes the probabilities one block of keys at a time (the FlashAttention recipe, with blocks of a few
 hundred rows so that each product is a large GEMM).
@@ -18,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+KERNELS: str | None = None  # "onednn" or "torch" forces a path (benchmarks, tests); None: chosen per CPU
 BLOCK = 256  # query / key rows per block: [BLOCK, L] scores stay in the L2/L3 cache
 MIN_HEAD_DIM = 64  # below this the per-head products are too small to beat SDPA's fused kernel (16: 0.7-0.9x)
 
@@ -32,10 +37,24 @@ def _onednn_available() -> bool:
         return False
 
 
+@functools.cache
+def _cpu_default() -> str:
+    """`torch` where MKL sgemm has its AVX-512 code (Intel with AVX-512), `onednn` elsewhere (AMD: MKL uses AVX2)."""
+    from encoders.precision import cpu_capabilities, cpu_vendor
+
+    return "torch" if cpu_vendor() == "GenuineIntel" and cpu_capabilities().get("avx512_f") else "onednn"
+
+
+def cpu_kernels() -> str:
+    """Which fp32 CPU kernels the BrainLM layers use: `onednn` (this module) or `torch` (MKL linears, SDPA)."""
+    return KERNELS or _cpu_default()
+
+
 def use_onednn(x: torch.Tensor) -> bool:
-    """True for float32 CPU tensors outside CPU autocast when oneDNN's linear is available."""
+    """True for float32 CPU tensors outside CPU autocast on a CPU where oneDNN is the faster path (`cpu_kernels`)
+    and oneDNN's linear op is available."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and _onednn_available())
+            and cpu_kernels() == "onednn" and _onednn_available())
 
 
 def _nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -169,7 +169,8 @@ class BrainLMViTForPretraining(CheckedFromPretrainedMixin, ViTMAEForPreTraining)
         grid = PADDED_SIZE[self.config.patch_size] // self.config.patch_size
         check_noise(noise, signal.shape[0], grid * grid)
         enc = self.vit(self.to_pixels(signal), noise=noise, output_hidden_states=output_hidden_states)
-        logits = self.from_patches(self.decoder(enc.last_hidden_state, enc.ids_restore).logits)
+        logits = self.decoder(enc.last_hidden_state, enc.ids_restore).logits
+        logits = self.from_patches(logits.to(torch.promote_types(logits.dtype, torch.float32)))  # fp32 under bf16
         mask = self.pixel_mask(enc.mask)
         err = (logits - signal).square()
         nothing_masked = enc.last_hidden_state.shape[1] - 1 == grid * grid  # from shapes: no device sync

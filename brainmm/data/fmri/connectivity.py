@@ -1,0 +1,244 @@
+"""Functional connectivity as a subject table: nilearn `ConnectivityMeasure` per recording, upper triangle, mean per
+subject, optional PCA fitted on the training subjects, written as a brain `EmbeddingTable`.
+
+    from brainmm.data.fmri.connectivity import ConnectivityConfig, connectivity_table
+    connectivity_table("data/fmri", "data/fc", ConnectivityConfig(kind="correlation", pca=64))
+
+Kinds (nilearn `ConnectivityMeasure(kind=..., vectorize=True, discard_diagonal=True)`):
+  * `correlation`: Pearson correlation (empirical covariance of the standardised series), Fisher z (arctanh);
+  * `partial correlation`: from the Ledoit-Wolf shrunk precision, Fisher z;
+  * `tangent`: tangent-space embedding (Varoquaux et al. 2010) around the geometric mean of the Ledoit-Wolf
+    covariances of training recordings (at most `tangent_fit_max` of them, an even subsample when there are more).
+Several recordings of a subject: the mean of their vectors (in Fisher-z / tangent space). Memory: recordings are
+processed in batches of `batch_size` subjects into a float32 memory map beside the output, so only the [N, F]
+features (and, with PCA, the fitted components) are held at once; PCA above `pca_in_memory_gb` of training
+features uses `IncrementalPCA` over row batches.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainmm.errors import BrainmmError
+
+KINDS = ("correlation", "partial correlation", "tangent")
+ESTIMATORS = ("auto", "empirical", "ledoit_wolf")
+CLIP = 1.0 - 1e-7  # |r| bound before arctanh (a perfect off-diagonal correlation would give inf)
+
+
+@dataclass
+class ConnectivityConfig:
+    """Settings of `brainmm fmri connectivity` (see the module docstring)."""
+
+    kind: str = "correlation"  # correlation | partial correlation | tangent
+    estimator: str = "auto"  # covariance: auto (empirical for correlation, Ledoit-Wolf otherwise) | empirical | ledoit_wolf
+    fisher_z: bool = True  # arctanh of (partial) correlations; ignored for tangent
+    pca: float = 0.0  # 0: no PCA; >= 1: that many components; in (0, 1): share of the training variance kept
+    pca_max_components: int = 256  # cap when `pca` is a variance share (and never above n_train - 1)
+    pca_in_memory_gb: float = 1.0  # float32 training features up to this size: PCA in memory; above: IncrementalPCA
+    tangent_fit_max: int = 1000  # training recordings used to fit the tangent reference (geometric mean)
+    batch_size: int = 64  # subjects per batch
+    seed: int = 0  # PCA randomized solver / tangent subsample
+
+    def validate(self) -> None:
+        """One BrainmmError per bad field."""
+        if self.kind not in KINDS:
+            raise BrainmmError(f"connectivity field 'kind': expected one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.estimator not in ESTIMATORS:
+            raise BrainmmError(f"connectivity field 'estimator': expected one of {', '.join(ESTIMATORS)}, "
+                               f"got {self.estimator!r}")
+        if self.pca < 0 or (self.pca >= 1 and self.pca != int(self.pca)):
+            raise BrainmmError(f"connectivity field 'pca': expected 0, an integer >= 1 (components) or a share in "
+                               f"(0, 1) (variance kept), got {self.pca!r}")
+        for name in ("pca_max_components", "tangent_fit_max", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise BrainmmError(f"connectivity field '{name}': expected a positive integer, got {getattr(self, name)!r}")
+        if self.pca_in_memory_gb <= 0:
+            raise BrainmmError(f"connectivity field 'pca_in_memory_gb': expected > 0, got {self.pca_in_memory_gb!r}")
+
+    @property
+    def covariance(self) -> str:
+        """The covariance estimator actually used."""
+        if self.estimator != "auto":
+            return self.estimator
+        return "empirical" if self.kind == "correlation" else "ledoit_wolf"
+
+
+def _measure(cfg: ConnectivityConfig):
+    try:
+        from nilearn.connectome import ConnectivityMeasure
+    except ImportError:
+        raise BrainmmError("fmri connectivity needs nilearn: pip install 'brainmm[fmri]'") from None
+    from sklearn.covariance import EmpiricalCovariance, LedoitWolf
+
+    est = EmpiricalCovariance() if cfg.covariance == "empirical" else LedoitWolf(store_precision=False)
+    return ConnectivityMeasure(cov_estimator=est, kind=cfg.kind, vectorize=True, discard_diagonal=True,
+                               standardize="zscore_sample")
+
+
+def _subjects(ds) -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
+    """Subjects in storage order, their recordings, their split."""
+    rec = ds.recordings
+    if rec["split"].isna().any():
+        bad = rec.loc[rec["split"].isna(), "subject_id"].iloc[0]
+        raise BrainmmError(f"fMRI dataset {ds.path}: subject {bad!r} is not in split.csv")
+    order = list(dict.fromkeys(rec["subject_id"].astype(str)))
+    recordings: dict[str, list[str]] = {s: [] for s in order}
+    for rid, sid in zip(rec["recording_id"], rec["subject_id"].astype(str)):
+        recordings[sid].append(rid)
+    split = dict(zip(rec["subject_id"].astype(str), rec["split"].astype(str)))
+    return order, recordings, split
+
+
+def _series(ds, recording_ids: list[str]) -> list[np.ndarray]:
+    """[T, V] float64 series (nilearn's orientation) of the given recordings."""
+    return [ds.signal(r).T.astype(np.float64) for r in recording_ids]
+
+
+def _vectors(measure, series: list[np.ndarray], cfg: ConnectivityConfig, fitted: bool) -> np.ndarray:
+    """[n, V(V-1)/2] connectivity vectors of the series (Fisher z for (partial) correlations)."""
+    if fitted:  # nilearn refuses to transform a single recording into tangent space: pair it with itself
+        vec = measure.transform(series * 2)[: len(series)] if len(series) == 1 else measure.transform(series)
+    else:
+        vec = measure.fit_transform(series)
+    vec = np.asarray(vec, dtype=np.float64)
+    if cfg.kind != "tangent" and cfg.fisher_z:
+        vec = np.arctanh(np.clip(vec, -CLIP, CLIP))
+    if not np.isfinite(vec).all():
+        raise BrainmmError("connectivity: non-finite values (a constant or duplicated parcel series?); "
+                           "ingest with --bad-parcels drop or use kind tangent / partial correlation")
+    return vec
+
+
+def _fit_tangent(ds, cfg: ConnectivityConfig, train_recordings: list[str]):
+    """ConnectivityMeasure(kind='tangent') fitted on training recordings only (subsampled above tangent_fit_max)."""
+    ids = list(train_recordings)
+    if len(ids) > cfg.tangent_fit_max:
+        rng = np.random.default_rng(cfg.seed)
+        ids = [ids[i] for i in sorted(rng.choice(len(ids), cfg.tangent_fit_max, replace=False))]
+    if len(ids) < 2:
+        raise BrainmmError(f"connectivity kind tangent: need at least 2 training recordings, got {len(ids)}")
+    measure = _measure(cfg)
+    measure.fit(_series(ds, ids))
+    return measure, len(ids)
+
+
+def _batches(order: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(order), size):
+        yield order[i : i + size]
+
+
+def subject_features(ds, cfg: ConnectivityConfig, out: np.ndarray) -> dict[str, Any]:
+    """Fill `out` [N_subjects, V(V-1)/2] (storage order of subjects) with per-subject connectivity; returns meta."""
+    from brainmm.runtime import progress
+
+    order, recordings, split = _subjects(ds)
+    info: dict[str, Any] = {}
+    fitted = False
+    measure = _measure(cfg)
+    if cfg.kind == "tangent":
+        train = [r for s in order if split[s] == "train" for r in recordings[s]]
+        measure, n_fit = _fit_tangent(ds, cfg, train)
+        fitted = True
+        info["tangent_reference"] = {"fitted_on": "train", "recordings": n_fit}
+    row = 0
+    for batch in progress(list(_batches(order, cfg.batch_size)), desc="connectivity", unit="batch"):
+        rec_ids = [r for s in batch for r in recordings[s]]
+        vec = _vectors(measure, _series(ds, rec_ids), cfg, fitted)
+        owner = np.repeat(np.arange(len(batch)), [len(recordings[s]) for s in batch])
+        sums = np.zeros((len(batch), vec.shape[1]))
+        np.add.at(sums, owner, vec)
+        out[row : row + len(batch)] = sums / np.bincount(owner, minlength=len(batch))[:, None]
+        row += len(batch)
+    return info
+
+
+def fit_pca(features: np.ndarray, train_rows: np.ndarray, cfg: ConnectivityConfig) -> dict[str, np.ndarray]:
+    """PCA of the training rows: mean, components [k, F], explained variance ratio (randomized or incremental)."""
+    from sklearn.decomposition import PCA, IncrementalPCA
+
+    n, f = len(train_rows), features.shape[1]
+    if n < 2:
+        raise BrainmmError(f"connectivity field 'pca': need at least 2 training subjects, got {n}")
+    want = int(cfg.pca) if cfg.pca >= 1 else cfg.pca_max_components
+    k_fit = max(1, min(want, n - 1, f))
+    if cfg.pca >= 1 and want > k_fit:
+        raise BrainmmError(f"connectivity field 'pca': {want} components asked, but the {n} training subjects and "
+                           f"{f} features allow at most {k_fit}")
+    in_memory = n * f * 4 / 2**30 <= cfg.pca_in_memory_gb
+    if in_memory:
+        x = np.asarray(features[train_rows], dtype=np.float64)
+        model = PCA(n_components=k_fit, svd_solver="randomized" if k_fit < min(n, f) // 2 else "full",
+                    random_state=cfg.seed).fit(x)
+        mean = model.mean_
+    else:
+        step = max(2 * k_fit, min(1024, n))
+        model = IncrementalPCA(n_components=k_fit)
+        starts = list(range(0, n, step))
+        if len(starts) > 1 and n - starts[-1] < k_fit:  # each batch needs >= n_components rows: merge the tail
+            starts.pop()
+        for i, start in enumerate(starts):
+            stop = starts[i + 1] if i + 1 < len(starts) else n
+            model.partial_fit(np.asarray(features[train_rows[start:stop]], dtype=np.float64))
+        mean = model.mean_
+    ratio = np.asarray(model.explained_variance_ratio_, dtype=np.float64)
+    k = k_fit if cfg.pca >= 1 else int(min(k_fit, np.searchsorted(np.cumsum(ratio), cfg.pca) + 1))
+    return {"mean": np.asarray(mean, np.float64), "components": np.asarray(model.components_[:k], np.float64),
+            "explained_variance_ratio": ratio[:k], "solver": np.array("randomized" if in_memory else "incremental")}
+
+
+def pca_transform(features: np.ndarray, pca: dict[str, np.ndarray], batch: int = 1024) -> np.ndarray:
+    """Scores [N, k] of all rows, in row batches (float64 arithmetic)."""
+    out = np.empty((len(features), len(pca["components"])))
+    for i in range(0, len(features), batch):
+        out[i : i + batch] = (np.asarray(features[i : i + batch], np.float64) - pca["mean"]) @ pca["components"].T
+    return out
+
+
+def connectivity_table(dataset: str | Path, out: str | Path, cfg: ConnectivityConfig | None = None) -> Path:
+    """Compute the subject connectivity table of an ingested fMRI dataset and write it to `out` (a table stem);
+    returns the stem. PCA (when asked) and the tangent reference are fitted on the training subjects only."""
+    from brainmm.data.fmri.dataset import FmriDataset
+    from brainmm.embeddings import EmbeddingTable
+
+    cfg = cfg or ConnectivityConfig()
+    cfg.validate()
+    ds = dataset if isinstance(dataset, FmriDataset) else FmriDataset.load(dataset)
+    order, recordings, split = _subjects(ds)
+    v = ds.num_parcels
+    if v < 2:
+        raise BrainmmError(f"fMRI dataset {ds.path}: connectivity needs at least 2 parcels, got {v}")
+    n_feat = v * (v - 1) // 2
+    stem = Path(out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=stem.parent, prefix=f".{stem.name}.") as tmp:
+        features = np.lib.format.open_memmap(Path(tmp) / "features.npy", mode="w+", dtype=np.float32,
+                                             shape=(len(order), n_feat))
+        info = subject_features(ds, cfg, features)
+        features.flush()
+        meta: dict[str, Any] = {
+            "kind": "connectivity", "connectivity": cfg.kind, "covariance": cfg.covariance,
+            "fisher_z": bool(cfg.fisher_z and cfg.kind != "tangent"), "vectorize": "upper triangle, no diagonal",
+            "num_parcels": v, "num_features": n_feat, "recordings_per_subject": "mean of per-recording vectors",
+            "num_recordings": {s: len(recordings[s]) for s in order}, "dataset": str(ds.path),
+            "data_hash": ds.manifest["data_hash"], "split": {s: split[s] for s in order}, "level": "subject",
+            "config": asdict(cfg), "pca": None, **info,
+        }
+        if cfg.pca:
+            train_rows = np.array([i for i, s in enumerate(order) if split[s] == "train"], dtype=np.int64)
+            pca = fit_pca(features, train_rows, cfg)
+            vectors = pca_transform(features, pca)
+            meta["pca"] = {"fitted_on": "train", "subjects": len(train_rows), "components": len(pca["components"]),
+                           "solver": str(pca["solver"]),
+                           "explained_variance": float(pca["explained_variance_ratio"].sum())}
+        else:
+            vectors = np.asarray(features)
+        table = EmbeddingTable(order, vectors, meta)
+        del features
+        return table.save(stem)
