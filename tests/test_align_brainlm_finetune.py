@@ -118,7 +118,7 @@ def test_vit_lora_saves_adapters_and_embed_and_evaluate_reload_them(inputs, tmp_
     # `brainmm embed model=<align run>`: the fine-tuned tower's features (mean over tiled windows) of every recording
     emb = tmp_path / "emb" / "brain"
     assert main(["-q", "embed", f"model={out}", f"dataset={paths['dataset']}", f"out={emb}",
-                 f"cache_dir={tmp_path / 'cache'}", "device=cpu"]) == 0
+                 f"cache_dir={tmp_path / 'cache'}", "device=cpu", "precision=fp32"]) == 0
     table = EmbeddingTable.load(emb)
     assert table.meta["pooling"] == "mean"  # the tower's pooling, whatever the embed config says
     rows = [table.ids.index(r) for r in val.ids]

@@ -303,6 +303,7 @@ def _tower_features(run: AlignRun) -> Callable[[], Side]:
     embeds its fMRI dataset with it (`brainmm embed model=<align run>`: tiled windows, mean per recording; cached)."""
     from brainmm.embed import EmbedConfig, run_brain_embed
     from brainmm.embed.model import brain_tower_folder, check_tower_base
+    from brainmm.train.towers import tower_precision
 
     check_tower_base(brain_tower_folder(run.run_dir))
     b = run.config.towers.brain
@@ -311,6 +312,7 @@ def _tower_features(run: AlignRun) -> Callable[[], Side]:
         with tempfile.TemporaryDirectory() as tmp:  # the cache entry stays; the published copy is not needed
             result = run_brain_embed(EmbedConfig(model=str(run.run_dir), dataset=b.dataset, batch_size=b.eval_batch_size,
                                                  device="auto", cache_dir=b.cache_dir or None,
+                                                 precision=tower_precision(run.config.train.amp),
                                                  out=str(Path(tmp) / "brain")))
         return _side(str(result.cache_entry / "recordings"), f"BrainLM tower features of align run {run.run_dir}")
 

@@ -324,7 +324,16 @@ class BrainWindows:
         return tiled_features(tower, self.tiled, self.positions, self.batch_size, precision_of(self.amp))
 
 
-def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = "auto") -> EmbeddingTable:
+def tower_precision(amp: bool, device: str = "auto") -> str:
+    """The embed `precision` that matches the training core's `autocast(device, precision_of(amp))`: bf16 on CUDA
+    with `amp`, else fp32 (embed's own `auto` would also pick bf16 on an AMX / AVX512_BF16 CPU)."""
+    from brainmm.distributed import resolve_device
+
+    return "bf16" if amp and resolve_device(device).type == "cuda" else "fp32"
+
+
+def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = "auto",
+                       amp: bool = True) -> EmbeddingTable:
     """Embeddings of every recording of `data` by the frozen `cfg.checkpoint`, from the `brainmm embed` cache.
 
     One vector per recording: the mean over its tiled windows (the embedding the trainable tower uses for
@@ -339,7 +348,7 @@ def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = 
         result = run_brain_embed(EmbedConfig(
             model=str(cfg.checkpoint), dataset=str(cfg.dataset), pooling=cfg.pooling,
             num_timepoints=data.num_timepoints, batch_size=cfg.eval_batch_size, device=device,
-            cache_dir=cfg.cache_dir or None, out=str(Path(tmp) / "brain")))
+            precision=tower_precision(amp, device), cache_dir=cfg.cache_dir or None, out=str(Path(tmp) / "brain")))
     entry = broadcast_object(None if result is None else str(result.cache_entry))  # rank 0 has the result
     return EmbeddingTable.load(Path(entry) / "recordings")
 
