@@ -100,7 +100,9 @@ def watch_steps(monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
+    """The saved tensors of a tower folder (a BrainLM tower: what fine-tuning changed, names relative to the tower)."""
+    name = "brainlm_finetune.safetensors" if (folder / "brainlm_finetune.json").is_file() else "model.safetensors"
+    return load_file(str(folder / name))
 
 
 def test_last_n_and_full_train_only_their_blocks_at_the_tower_lr(inputs, tmp_path: Path, mlflow_uri: str,
@@ -132,13 +134,15 @@ def test_last_n_and_full_train_only_their_blocks_at_the_tower_lr(inputs, tmp_pat
         else:
             assert grad is None, name
 
-    # saved towers: only layer 1 + final LayerNorm of BrainLM moved; every genotype MLP tensor moved
+    # saved towers: BrainLM saves only layer 1 + final LayerNorm (all moved); every genotype MLP tensor moved
     before = seen["before"]
     brain = tensors(out / "towers" / "brain")
-    assert brain.keys() == {k[len("brain_tower.encoder."):] for k in before if k.startswith("brain_tower.encoder.")}
+    assert brain.keys() == {k[len("brain_tower."):] for k in before
+                            if k.startswith(("brain_tower.encoder.encoder.layer.1.", "brain_tower.encoder.layernorm."))}
     for key, value in brain.items():
-        moved = not torch.equal(value, before["brain_tower.encoder." + key])
-        assert moved == key.startswith(("encoder.layer.1.", "layernorm.")), key
+        assert not torch.equal(value, before["brain_tower." + key]), key
+    manifest = json.loads((out / "towers" / "brain" / "brainlm_finetune.json").read_text())
+    assert manifest["base"]["folder"] == str(Path(inputs["checkpoint"]).resolve()) and manifest["last_n"] == 1
     geno = GenotypeTower.load(out / "towers" / "genotype").state_dict()
     for key, value in geno.items():
         if key.startswith("encoder.mlp.") and not key.endswith("num_batches_tracked"):
@@ -166,8 +170,8 @@ def test_last_n_and_full_train_only_their_blocks_at_the_tower_lr(inputs, tmp_pat
                                       "towers.genetics.genotype.trainable=frozen")))
     assert {g[0] for g in seen["groups"]} == {"heads", "heads_no_decay", "tower_brain", "tower_brain_no_decay"}
     params = {n for n in seen["names"].values() if n.startswith("brain_tower.")}
-    saved = {"brain_tower.encoder." + k: v for k, v in tensors(out2 / "towers" / "brain").items()}
-    assert params < saved.keys()  # + the fixed sinusoidal tables (buffers)
+    saved = {"brain_tower." + k: v for k, v in tensors(out2 / "towers" / "brain").items()}
+    assert params == saved.keys()
     for key in params:
         assert not torch.equal(saved[key], seen["before"][key]), key
     frozen = GenotypeTower.load(out2 / "towers" / "genotype").state_dict()
@@ -201,9 +205,11 @@ def test_frozen_brainlm_embeds_each_recording_once_and_caches(inputs, tmp_path: 
     assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == json.loads(
         (tmp_path / "b" / "metrics.json").read_text())
 
-    # the run folder names the frozen checkpoint; the rebuilt model projects new data like the run did
+    # the run folder names the frozen checkpoint (no tensors); the rebuilt model projects new data like the run did
     folder = tmp_path / "a" / "towers" / "brain"
-    assert sorted(p.name for p in folder.iterdir()) == ["tower.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["brainlm_finetune.json", "brainlm_finetune.safetensors",
+                                                        "tower.json"]
+    assert tensors(folder) == {}
     model = align.load_model(tmp_path / "a")
     val = EmbeddingTable.load(result.embeddings["val"]["brain"])
     assert np.allclose(align.project_fmri(model, inputs["dataset"], "val").vectors, val.vectors, atol=1e-5)
@@ -232,7 +238,7 @@ def test_resume_with_trainable_towers_is_bit_exact(inputs, tmp_path: Path, mlflo
     assert len(ckpt["optimizer"]["state"]) == sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"])
     resumed = align.run_align(cfg, resume=True)
 
-    for rel in ("heads.safetensors", "towers/brain/model.safetensors", "towers/genotype/model.safetensors"):
+    for rel in ("heads.safetensors", "towers/brain/brainlm_finetune.safetensors", "towers/genotype/model.safetensors"):
         a, b = load_file(str(tmp_path / "a" / rel)), load_file(str(tmp_path / "b" / rel))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
     assert straight.metrics == resumed.metrics

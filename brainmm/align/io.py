@@ -19,7 +19,7 @@ from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.train.towers import (
     BrainLMTower,
-    Tower,
+    tiled_features,
 )
 
 # ------------------------------------------------------------------------------------------------ heads
@@ -51,14 +51,15 @@ def project_table(model: DualEncoder, table: EmbeddingTable, modality: str, meta
 def load_towers(run_dir: str | Path, only: list[str] | None = None) -> dict[str, nn.Module]:
     """The BrainLM / genotype towers of an align run folder ('brain' and modality names), in eval mode.
 
-    Trained towers are read from `towers/<name>/`; a frozen BrainLM tower from the checkpoint its tower.json names.
+    Towers are read from `towers/<name>/`; a BrainLM tower is its base checkpoint (refused when its weights hash
+    changed) + the tensors fine-tuning changed.
     Sides that used a table have no tower and are left out.
     """
     run_dir = Path(run_dir)
     path = run_dir / "heads.json"
     if not path.is_file():
         raise BrainmmError(f"align heads {path}: not found (expected an align run folder)")
-    towers: dict[str, Tower] = {}
+    towers: dict[str, nn.Module] = {}
     for name, record in json.loads(path.read_text()).get("towers", {}).items():
         if only is not None and name not in only:
             continue
@@ -83,7 +84,7 @@ def load_model(run_dir: str | Path) -> DualEncoder:
 
 
 def project_fmri(model: DualEncoder, dataset: str | Path, split: str | None = None,
-                 batch_size: int = 64) -> EmbeddingTable:
+                 batch_size: int = 64, precision: str = "fp32") -> EmbeddingTable:
     """Shared-space embeddings of an fMRI dataset's recordings (one split or all) through the model's BrainLM tower:
     the tower's output averaged over each recording's tiled windows, then the brain head."""
     from brainmm.data.fmri import FmriDataset, check_compatible
@@ -91,12 +92,13 @@ def project_fmri(model: DualEncoder, dataset: str | Path, split: str | None = No
     tower = model.brain_tower
     if not isinstance(tower, BrainLMTower):
         raise BrainmmError("project_fmri: the model has no BrainLM brain tower (load it with load_model(run_dir))")
-    ds = check_compatible(FmriDataset.load(dataset), tower.encoder.config.num_brain_voxels, tower.num_timepoints)
-    if ds.coords.shape != tuple(tower.xyz.shape) or not np.allclose(ds.coords, tower.xyz.cpu().numpy(), atol=1e-3):
+    coords = tower.coords.double().cpu().numpy()
+    ds = check_compatible(FmriDataset.load(dataset), coords.shape[0], tower.num_timepoints)
+    if ds.coords.shape != coords.shape or not np.allclose(ds.coords, coords, atol=1e-3):
         raise BrainmmError(f"fMRI dataset {ds.path}: its parcel coordinates differ from those the tower was trained "
                            "with (another atlas or parcel order?)")
     windows = ds.windows(split, tower.num_timepoints, mode="tiled")
-    z = project_brain_features(model, tower.tiled_features(windows, batch_size=batch_size))
+    z = project_brain_features(model, tiled_features(tower, windows, batch_size=batch_size, precision=precision))
     subjects = dict(zip(windows.recording_ids, windows.subject_ids))
     meta = {"model": "brainmm.align", "space": "shared", "modality": "brain", "source": str(dataset),
             "split": split or "all", "subject_id": subjects}

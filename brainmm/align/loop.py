@@ -51,6 +51,7 @@ from brainmm.train.towers import (
     BrainWindows,
     tower_param_groups,
 )
+from encoders.brainlm.tower import dropout_seed
 
 LOG = logging.getLogger("brainmm.align")
 CHECKPOINTS = "checkpoints"  # step-numbered checkpoints (CheckpointDir) in the run folder
@@ -96,6 +97,7 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     from brainmm.runtime import seed_everything
     towers = cfg.towers
     brain_cfg = towers.brain
+    seed_everything(cfg.train.seed)  # the brain tower's own initialisation (LoRA A matrices) is seeded too
     side = tower_kind(brain_cfg.kind, "brain").build_brain(cfg, cfg.train.device)
     brain_rows, brain_tower, brain_data = side.rows, side.tower, side.dataset
     data = load_align_data(cfg.data, brain_rows, cfg.train.seed if cfg.train.shuffle_pairs else None)
@@ -136,6 +138,7 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
             core.genetics_heads[m].fit_standardizer(tower_outputs(core.genetics_towers[m], x))
     if not cfg.loss.learnable_temperature:
         core.logit_scale.requires_grad_(False)  # PML losses use their fixed temperature
+    torch.manual_seed(dropout_seed(cfg.train.seed, info.rank))  # every torchrun rank draws its own dropout masks
     tower_lr = {"brain": brain_cfg.lr or cfg.train.lr}
     tower_lr.update({m: towers.genetics_tower(m).lr or cfg.train.lr for m in data.genetics})
     return data, core, tower_lr

@@ -22,12 +22,14 @@ from brainmm.train.towers import (
     BrainDataset,
     BrainLMTower,
     GenotypeTower,
+    build_brainlm_tower,
     build_genotype_tower,
+    check_brainlm_pooling,
     check_dosages,
     check_split_agrees,
     frozen_brain_table,
-    load_brainlm_encoder,
     open_brain_dataset,
+    save_brainlm_tower,
     set_trainable,
 )
 
@@ -172,11 +174,14 @@ class TableTower(TowerKind):
 
 @register_tower("brainlm", sides=("brain",))
 class BrainLMKind(TowerKind):
-    """A BrainLM encoder on an fMRI dataset: frozen (its embeddings computed once), last N layers or full."""
+    """A BrainLM encoder (Nystromformer or ViT-MAE, from the checkpoint's model_type) on an fMRI dataset: frozen
+    (its embeddings computed once), last N blocks, full, or LoRA adapters (peft)."""
 
     tower_class = BrainLMTower
 
     def check(self, cfg: Any, side: str, where: str) -> None:
+        from encoders.errors import EncoderInputError
+
         for name in ("checkpoint", "dataset"):
             if not getattr(cfg, name):
                 raise BrainmmError(f"align config field '{where}.{name}': kind brainlm needs it, got nothing")
@@ -186,54 +191,61 @@ class BrainLMKind(TowerKind):
         if cfg.eval_batch_size < 1:
             raise BrainmmError(f"align config field '{where}.eval_batch_size': expected >= 1, got {cfg.eval_batch_size}")
         _check_trainable(cfg.trainable, cfg.last_n, cfg.lr, where)
+        try:
+            cfg.lora.check()
+        except EncoderInputError as err:
+            raise BrainmmError(f"align config field '{where}.{err}'") from None
+        if cfg.trainable != "lora" and cfg.lora != type(cfg.lora)():
+            raise BrainmmError(f"align config field '{where}.lora': only used with trainable: lora (got trainable: "
+                               f"{cfg.trainable}); remove it or set trainable: lora")
 
     def build_brain(self, cfg: Any, device: str) -> BrainSide:
         from brainmm.align.data import BrainRows, check_table_finite
 
         b = cfg.towers.brain
-        encoder = load_brainlm_encoder(b.checkpoint)
-        dataset = open_brain_dataset(b, encoder)
+        check_brainlm_pooling(b)
+        dataset = open_brain_dataset(b)
         if not cfg.data.split:
             raise BrainmmError("align config field 'data.split': expected the split table CSV (e.g. the fMRI "
                                f"dataset's {Path(b.dataset) / 'split.csv'}), got nothing")
         check_split_agrees(dataset, cfg.data.split)
         source = f"BrainLM {b.checkpoint} on {b.dataset}"
         if b.trainable == "frozen":
-            table = frozen_brain_table(b, dataset, device)
+            table = frozen_brain_table(b, dataset, device, cfg.train.amp)  # the precision the training core uses
             check_table_finite(table, f"frozen BrainLM embeddings ({source})")
             return BrainSide(BrainRows.from_table(table, source), None, dataset)
-        tower = BrainLMTower(encoder, dataset.dataset.coords, b.pooling, dataset.num_timepoints)
-        trainable = set_trainable(tower, b.trainable, b.last_n, "towers.brain")
-        LOG.info("align: BrainLM tower %s, %d trainable tensors", b.trainable, len(trainable))
-        if b.gradient_checkpointing:
-            encoder.activation_checkpointing_enable()
-        meta = {"model": str(b.checkpoint), "pooling": b.pooling, "dataset": str(b.dataset),
-                "num_timepoints": dataset.num_timepoints}
+        tower = build_brainlm_tower(b, dataset)
+        LOG.info("align: BrainLM tower (%s) %s, %d trainable tensors", tower.model_type, b.trainable,
+                 len(tower.trainable_names()))
+        meta = {"model": str(b.checkpoint), "model_type": tower.model_type, "pooling": b.pooling,
+                "dataset": str(b.dataset), "num_timepoints": dataset.num_timepoints}
         rows = BrainRows(dataset.recording_ids, dataset.subjects, None, tower.out_dim, meta, source)
         return BrainSide(rows, tower, dataset)
 
     def save(self, cfg: Any, name: str, tower: nn.Module | None, data: Any, folder: Path) -> dict[str, str] | None:
         b = cfg.towers.brain
-        meta = {"trainable": b.trainable, "checkpoint": str(Path(b.checkpoint).resolve()),
-                "dataset": str(Path(b.dataset).resolve())}
         if not isinstance(tower, BrainLMTower):  # frozen: the heads were trained on its cached embeddings
-            tower = BrainLMTower(load_brainlm_encoder(b.checkpoint), data.brain_dataset.dataset.coords, b.pooling,
-                                 data.brain_dataset.num_timepoints)
-        tower.save(folder / name, meta, weights=b.trainable != "frozen")
+            tower = build_brainlm_tower(b, data.brain_dataset)
+        save_brainlm_tower(tower, folder / name, {"trainable": b.trainable, "dataset": str(Path(b.dataset).resolve())})
         return {"kind": self.name, "trainable": b.trainable, "path": f"towers/{name}"}
 
     def load(self, folder: Path) -> nn.Module:
-        return BrainLMTower.load(folder)
+        from brainmm.embed.model import load_brainlm_tower
+
+        return load_brainlm_tower(folder)
 
     def describe(self, cfg: Any, data: Any, name: str) -> str:
         c, b = data.counts, cfg.towers.brain
         train_how = ("heads trained on its tiled-window means, computed once" if b.trainable == "frozen" else
                      "one random window per recording per step; evaluation: mean over tiled windows")
-        trainable = f"last {b.last_n} layers + final LayerNorm" if b.trainable == "last_n" else b.trainable
-        return (f"- brain tower: BrainLM `{b.checkpoint}` ({trainable}, {b.pooling} pooling, windows of "
+        trainable = {"last_n": f"last {b.last_n} blocks + final LayerNorm",
+                     "lora": f"LoRA rank {b.lora.rank}, alpha {b.lora.alpha:g} on "
+                             f"{b.lora.target_modules or 'the attention projections'}"}.get(b.trainable, b.trainable)
+        model_type = data.brain.meta.get("model_type", "BrainLM")
+        return (f"- brain tower: BrainLM `{b.checkpoint}` ({model_type}; {trainable}, {b.pooling} pooling, windows of "
                 f"{data.brain.meta.get('num_timepoints', data.brain_dataset.num_timepoints)} time points; "
                 f"{train_how}) on fMRI dataset `{b.dataset}` ({data.brain.dim}-D, {c['brain_rows']} recordings, "
-                f"{c['brain_subjects']} subjects)")
+                f"{c['brain_subjects']} subjects); saved as what changed + the base checkpoint's sha256")
 
 
 @register_tower("genotype_mlp", sides=("genetics",))

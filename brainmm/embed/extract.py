@@ -29,10 +29,12 @@ from brainmm.embed.cache import StreamingTable, cache_key, dataset_hash, entry_d
 from brainmm.embed.config import EmbedConfig
 from brainmm.embed.model import (
     FrozenBrainLM,
+    brain_tower_folder,
     default_window,
     load_frozen_brainlm,
     model_hash,
     read_model_config,
+    read_tower_info,
 )
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json, main_process_lock, make_temp_dir
@@ -76,6 +78,9 @@ def run_brain_embed(cfg: EmbedConfig) -> EmbedResult | None:
             raise BrainmmError(f"embed config field '{name}': expected a folder, got nothing")
         if not Path(value).is_dir():
             raise BrainmmError(f"embed config field '{name}': {value} is not a folder")
+    tower = brain_tower_folder(cfg.model)
+    if tower is not None:  # an align run's BrainLM tower embeds with the pooling it was trained with
+        cfg = replace(cfg, pooling=read_tower_info(tower)["pooling"])
     with distributed(cfg.device) as info, main_process_lock(_stem(cfg.out), info.is_main):
         return _run(cfg, info)
 
@@ -90,7 +95,10 @@ def _run(cfg: EmbedConfig, info: DistInfo) -> EmbedResult | None:
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     fields = None
     if info.is_main:
-        window = cfg.num_timepoints or default_window(read_model_config(cfg.model))  # null and explicit: one key
+        tower = brain_tower_folder(cfg.model)
+        default = (read_tower_info(tower)["num_timepoints"] if tower is not None
+                   else default_window(read_model_config(cfg.model)))
+        window = cfg.num_timepoints or default  # null and explicit: one key
         fields = {"model": model_hash(cfg.model), "dataset": dataset_hash(cfg.dataset), "pooling": cfg.pooling,
                   "num_timepoints": window, "windows": "tiled", "aggregate": "mean",
                   "precision": resolve_precision(cfg.precision, info.device)}
@@ -128,8 +136,14 @@ def _window(cfg: EmbedConfig, frozen: FrozenBrainLM, ds) -> int:
     from brainmm.data.fmri import check_compatible
 
     num_t = cfg.num_timepoints or frozen.num_timepoints
-    if frozen.kind == "vit_mae" and num_t != frozen.num_timepoints:
-        raise BrainmmError(f"embed config field 'num_timepoints': a ViT-MAE BrainLM takes windows of exactly "
+    if frozen.tower:
+        check_compatible(ds, frozen.num_parcels, ds.num_timepoints)
+        coords = frozen.model.coords.double().cpu().numpy()
+        if not np.allclose(np.asarray(ds.coords, dtype=np.float64), coords, atol=1e-3):
+            raise BrainmmError(f"fMRI dataset {ds.path}: its parcel coordinates differ from those the BrainLM tower "
+                               f"in {cfg.model} was trained with (another atlas or parcel order?)")
+    if (frozen.kind == "vit_mae" or frozen.tower) and num_t != frozen.num_timepoints:
+        raise BrainmmError(f"embed config field 'num_timepoints': {cfg.model} takes windows of exactly "
                            f"{frozen.num_timepoints} time points, got {num_t}")
     if frozen.patch_size and num_t % frozen.patch_size:
         raise BrainmmError(f"embed config field 'num_timepoints': {num_t} is not a multiple of the model's "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +178,7 @@ class EvalInputs:
     cohort_path: str | None
     group_of: dict[str, str]  # subject -> CV group (family/site or the subject)
     brain_tower: str | None = None  # kind of the brain tower ('brainlm') when the brain side had one
+    tower_features: Callable[[], Side] | None = None  # a BrainLM tower's input features, computed when first needed
 
     def subjects(self, split: str, modality: str, shared: bool = True) -> list[str]:
         """Sorted subjects of `split` with a brain row and a `modality` row (shared-space or input tables)."""
@@ -198,7 +201,10 @@ class EvalInputs:
         return subjects, b.subject_level(subjects, shared), g.subject_level(subjects, shared)
 
     def input_brain(self, what: str) -> Side:
-        """The input brain table, or an error saying how to provide one (runs whose brain side is a BrainLM tower)."""
+        """The input brain table (a BrainLM tower without data.brain: its features on its fMRI dataset, by `brainmm
+        embed` of the align run, cached), or an error saying how to provide one."""
+        if self.brain is None and self.tower_features is not None:
+            self.brain = self.tower_features()
         if self.brain is None:
             raise BrainmmError(
                 f"{what} need the brain input embeddings, but align run {self.run.run_id} read fMRI through a "
@@ -287,8 +293,30 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
         group_of.update({s: str(g) for s, g in column.items() if pd.notna(g)})
     elif "group" in split.columns:
         group_of.update({s: str(g) for s, g in zip(split_subjects, split["group"]) if pd.notna(g)})
+    features = _tower_features(run) if brain is None and brain_tower == "brainlm" else None
     return EvalInputs(run, modalities, split, str(split_path), split_of, brain, genetics, shared, heads, projectors,
-                      phenotypes, cohort_path, group_of, brain_tower)
+                      phenotypes, cohort_path, group_of, brain_tower, features)
+
+
+def _tower_features(run: AlignRun) -> Callable[[], Side]:
+    """The align run's BrainLM tower (base checkpoint checked against its recorded hash now) and a function that
+    embeds its fMRI dataset with it (`brainmm embed model=<align run>`: tiled windows, mean per recording; cached)."""
+    from brainmm.embed import EmbedConfig, run_brain_embed
+    from brainmm.embed.model import brain_tower_folder, check_tower_base
+    from brainmm.train.towers import tower_precision
+
+    check_tower_base(brain_tower_folder(run.run_dir))
+    b = run.config.towers.brain
+
+    def features() -> Side:
+        with tempfile.TemporaryDirectory() as tmp:  # the cache entry stays; the published copy is not needed
+            result = run_brain_embed(EmbedConfig(model=str(run.run_dir), dataset=b.dataset, batch_size=b.eval_batch_size,
+                                                 device="auto", cache_dir=b.cache_dir or None,
+                                                 precision=tower_precision(run.config.train.amp),
+                                                 out=str(Path(tmp) / "brain")))
+        return _side(str(result.cache_entry / "recordings"), f"BrainLM tower features of align run {run.run_dir}")
+
+    return features
 
 
 def _projectors(run_dir: Path, heads: Any) -> tuple[dict[str, nn.Module], str | None]:

@@ -1,9 +1,10 @@
 """Towers for `brainmm align`, built from the `towers` config section: BrainLM on fMRI windows, a genotype MLP on
-dosages, or `table` (precomputed embeddings, identity tower); what each trains (frozen / last N blocks / full).
+dosages, or `table` (precomputed embeddings, identity tower); what each trains (frozen / last N blocks / full / LoRA).
 
-- `BrainLMTower`: a BrainLM encoder (`brainlm_mae` checkpoint) that embeds `[B, V, T]` windows of one fMRI dataset
-  (its parcel coordinates are held by the tower). Training reads one random window per recording per step;
-  evaluation averages the embeddings of the tiled windows of each recording (`BrainWindows`).
+- `BrainLMTower` (`encoders.brainlm.tower`): a BrainLM encoder of either architecture (Nystromformer `brainlm_mae`
+  or ViT-MAE `vit_mae`) that embeds `[B, V, T]` windows of one fMRI dataset (its parcel coordinates are held by the
+  tower). Training reads one random window per recording per step; evaluation averages the embeddings of the tiled
+  windows of each recording (`BrainWindows`). Saved as what fine-tuning changed + the base checkpoint's hash.
 - A frozen BrainLM tower is never run during training: `frozen_brain_table` gets the embedding of every recording
   (tiled windows, mean per recording) from the `brainmm embed` stage's cache (keyed by model hash, dataset hash,
   pooling and window length; computed once), and the heads train on that table.
@@ -25,19 +26,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainmm.embed.model import load_brainlm_encoder
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_dir, atomic_write_json
 from brainmm.train.common import autocast, eval_mode, precision_of
+from encoders.brainlm.lora import LoraSettings
+from encoders.brainlm.tower import BrainLMTower
 from encoders.weights import quiet_transformers
 
 if TYPE_CHECKING:
     from brainmm.data.fmri import FmriDataset, FmriWindows
-    from encoders.brainlm import BrainLMModel
     from encoders.genotype import GenotypeEncoder
 
 Trainable = Literal["frozen", "last_n", "full"]
+BrainTrainable = Literal["frozen", "last_n", "full", "lora"]
 TOWER_FILE = "tower.json"
 
 
@@ -49,12 +51,13 @@ class BrainTowerConfig:
     """Brain side: `table` (data.brain, precomputed) or `brainlm` (a checkpoint run on an fMRI dataset's windows)."""
 
     kind: Literal["table", "brainlm"] = "table"
-    checkpoint: str = ""  # BrainLM checkpoint folder (model_type brainlm_mae)
+    checkpoint: str = ""  # BrainLM checkpoint folder (model_type brainlm_mae or vit_mae)
     dataset: str = ""  # fMRI dataset folder (`brainmm fmri ingest`)
-    pooling: Literal["cls", "mean", "time_then_voxel"] = "cls"
-    num_timepoints: int = 0  # window length; 0 = the dataset's
-    trainable: Trainable = "frozen"
+    pooling: Literal["cls", "mean", "time_then_voxel"] = "cls"  # ViT-MAE: cls | mean
+    num_timepoints: int = 0  # window length; 0 = the dataset's (ViT-MAE: always 200)
+    trainable: BrainTrainable = "frozen"
     last_n: int = 0  # with trainable: last_n, the last N encoder layers (+ the final LayerNorm) train
+    lora: LoraSettings = field(default_factory=LoraSettings)  # with trainable: lora (rank, alpha, dropout, targets)
     lr: float | None = None  # tower learning rate (null: train.lr)
     gradient_checkpointing: bool = False  # recompute encoder layers in the backward pass (less memory)
     eval_batch_size: int = 64  # windows per forward pass when embedding tiled windows
@@ -137,90 +140,81 @@ def set_trainable(tower: Tower, trainable: str, last_n: int, where: str) -> list
 # ------------------------------------------------------------------------------------------- BrainLM
 
 
-class BrainLMTower(Tower):
-    """BrainLM encoder + the dataset's parcel coordinates: windows `[B, V, T]` -> pooled embeddings `[B, H]`.
+def tiled_features(tower: BrainLMTower, windows: FmriWindows, positions: Sequence[int] | None = None,
+                   batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:
+    """Mean tower embedding over the tiled windows of each recording at `positions` of `windows` (default: all).
 
-    `num_timepoints` is the window length it was trained with (recorded for projecting new data).
+    Runs in eval mode without gradients (the mode is restored); returns float32 `[len(positions), H]` on CPU.
     """
+    if windows.mode != "tiled":
+        raise BrainmmError(f"tiled_features: expected tiled windows, got mode {windows.mode!r}")
+    positions = list(range(len(windows.recording_ids))) if positions is None else list(positions)
+    slot = {p: i for i, p in enumerate(positions)}
+    items = [j for j in range(len(windows)) if int(windows.items[j, 0]) in slot]
+    device = tower.coords.device
+    sums = torch.zeros(len(positions), tower.out_dim, dtype=torch.float64, device=device)
+    counts = torch.zeros(len(positions), dtype=torch.float64, device=device)
+    with eval_mode(tower):
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            signal = torch.stack([windows[j]["signal_vectors"] for j in chunk]).to(device, non_blocking=True)
+            with autocast(device, precision):
+                h = tower(signal)
+            rows = torch.tensor([slot[int(windows.items[j, 0])] for j in chunk], device=device)
+            sums.index_add_(0, rows, h.double())  # on the device: no host sync per batch
+            counts.index_add_(0, rows, torch.ones(len(chunk), dtype=torch.float64, device=device))
+    return (sums / counts.clamp_min(1).unsqueeze(1)).float().cpu()
 
-    def __init__(self, encoder: BrainLMModel, xyz: np.ndarray | torch.Tensor, pooling: str = "cls",
-                 num_timepoints: int = 0) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.pooling = pooling
-        self.num_timepoints = int(num_timepoints)
-        self.register_buffer("xyz", torch.as_tensor(np.asarray(xyz, dtype=np.float32)), persistent=False)
 
-    @property
-    def out_dim(self) -> int:
-        """Embedding width (the encoder's hidden size)."""
-        return int(self.encoder.config.hidden_size)
+def check_brainlm_pooling(cfg: BrainTowerConfig) -> str:
+    """`towers.brain.pooling` must exist for the checkpoint's architecture; returns its model_type."""
+    from brainmm.embed.model import read_model_config
+    from encoders.brainlm.tower import POOLINGS
 
-    def blocks(self) -> list[nn.Module]:
-        """The encoder layers."""
-        return list(self.encoder.encoder.layer)
+    model_type = read_model_config(cfg.checkpoint, "align config field 'towers.brain.checkpoint'")["model_type"]
+    if cfg.pooling not in POOLINGS[model_type]:
+        raise BrainmmError(f"align config field 'towers.brain.pooling': {cfg.pooling!r} is not available for a "
+                           f"{model_type} BrainLM ({cfg.checkpoint}); expected one of {list(POOLINGS[model_type])}")
+    return model_type
 
-    def final_modules(self) -> list[nn.Module]:
-        """The final LayerNorm (applied to every pooled vector)."""
-        return [self.encoder.layernorm]
 
-    def forward(self, signal: torch.Tensor) -> torch.Tensor:
-        """signal `[B, V, T]` (the dataset's parcels, normalised) -> `[B, H]`."""
-        xyz = self.xyz.expand(signal.shape[0], -1, -1)
-        return self.encoder.encode(signal, xyz, pooling=self.pooling)
+def build_brainlm_tower(cfg: BrainTowerConfig, data: BrainDataset) -> BrainLMTower:
+    """The align tower of `towers.brain` (either architecture, its trainable mode set) on `data`'s parcels."""
+    from encoders.brainlm.finetune import load_tower
+    from encoders.errors import EncoderInputError
 
-    @torch.no_grad()
-    def tiled_features(self, windows: FmriWindows, positions: Sequence[int] | None = None, batch_size: int = 64,
-                       amp: bool = False) -> torch.Tensor:
-        """Mean embedding over the tiled windows of each recording at `positions` of `windows` (default: all).
+    where = "align config field 'towers.brain"
+    check_brainlm_pooling(cfg)
+    try:
+        with quiet_transformers():
+            tower = load_tower(cfg.checkpoint, data.dataset.coords, cfg.pooling)
+    except EncoderInputError as err:
+        raise BrainmmError(f"{where}.checkpoint': {err}") from None
+    depth = len(tower.blocks())
+    if cfg.trainable == "last_n" and cfg.last_n > depth:
+        raise BrainmmError(f"{where}.last_n': {cfg.last_n} is more than the {depth} blocks of the "
+                           f"{tower.model_type} encoder in {cfg.checkpoint}")
+    try:
+        tower.set_trainable(cfg.trainable, cfg.last_n, cfg.lora if cfg.trainable == "lora" else None)
+    except EncoderInputError as err:
+        raise BrainmmError(f"{where}.{'lora' if cfg.trainable == 'lora' else 'trainable'}': {err}") from None
+    tower.gradient_checkpointing(cfg.gradient_checkpointing)
+    tower.num_timepoints = data.num_timepoints
+    return tower.eval()
 
-        Runs in eval mode without gradients (the mode is restored); returns float32 `[len(positions), H]` on CPU.
-        """
-        if windows.mode != "tiled":
-            raise BrainmmError(f"tiled_features: expected tiled windows, got mode {windows.mode!r}")
-        positions = list(range(len(windows.recording_ids))) if positions is None else list(positions)
-        slot = {p: i for i, p in enumerate(positions)}
-        items = [j for j in range(len(windows)) if int(windows.items[j, 0]) in slot]
-        device = self.xyz.device
-        sums = torch.zeros(len(positions), self.out_dim, dtype=torch.float64, device=device)
-        counts = torch.zeros(len(positions), dtype=torch.float64, device=device)
-        with eval_mode(self):
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
-                signal = torch.stack([windows[j]["signal_vectors"] for j in chunk]).to(device, non_blocking=True)
-                with autocast(device, precision_of(amp)):
-                    h = self(signal)
-                rows = torch.tensor([slot[int(windows.items[j, 0])] for j in chunk], device=device)
-                sums.index_add_(0, rows, h.double())  # on the device: no host sync per batch
-                counts.index_add_(0, rows, torch.ones(len(chunk), dtype=torch.float64, device=device))
-        return (sums / counts.clamp_min(1).unsqueeze(1)).float().cpu()
 
-    def save(self, folder: str | Path, meta: dict[str, Any] | None = None, weights: bool = True) -> Path:
-        """Write tower.json (pooling, window length, coordinates, `meta`) and, with `weights`, the encoder
-        (save_pretrained: config.json + model.safetensors), atomically. Without weights, `meta["checkpoint"]`
-        must name the (frozen) checkpoint folder to load them from."""
-        folder = Path(folder)
-        if not weights and not (meta or {}).get("checkpoint"):
-            raise BrainmmError(f"tower folder {folder}: saving without weights needs meta['checkpoint']")
-        with atomic_dir(folder, overwrite=True) as tmp:
-            if weights:
-                with quiet_transformers():
-                    self.encoder.save_pretrained(tmp)
-            atomic_write_json(tmp / TOWER_FILE, {"kind": "brainlm", "pooling": self.pooling,
-                                                 "num_timepoints": self.num_timepoints,
-                                                 "xyz": self.xyz.cpu().tolist(), **(meta or {})})
-        return folder
+def save_brainlm_tower(tower: BrainLMTower, folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Write what fine-tuning changed (`encoders.brainlm.finetune.save_finetuned`: the trainable tensors, the base
+    folder and its weights hash) and tower.json (kind, window length, `meta`), as one atomic folder."""
+    from encoders.brainlm.finetune import save_finetuned
 
-    @classmethod
-    def load(cls, folder: str | Path) -> BrainLMTower:
-        """Rebuild a tower written by `save` (eval mode): its own weights, else those of its `checkpoint`."""
-        folder = Path(folder)
-        info = _read_tower_file(folder, "brainlm")
-        source = folder if (folder / "config.json").is_file() else info.get("checkpoint")
-        if not source:
-            raise BrainmmError(f"tower folder {folder}: no weights and no checkpoint named in {TOWER_FILE}")
-        encoder = load_brainlm_encoder(source, where=f"tower {folder}")
-        return cls(encoder, np.asarray(info["xyz"]), info["pooling"], info.get("num_timepoints", 0)).eval()
+    folder = Path(folder)
+    with atomic_dir(folder, overwrite=True) as tmp:
+        save_finetuned(tower, tmp)
+        atomic_write_json(tmp / TOWER_FILE, {"kind": "brainlm", "model_type": tower.model_type,
+                                             "pooling": tower.pooling,
+                                             "num_timepoints": int(getattr(tower, "num_timepoints", 0)), **meta})
+    return folder
 
 
 def _read_tower_file(folder: Path, kind: str) -> dict[str, Any]:
@@ -251,18 +245,34 @@ class BrainDataset:
         return [str(s) for s in self.dataset.recordings["subject_id"]]
 
 
-def open_brain_dataset(cfg: BrainTowerConfig, encoder: BrainLMModel) -> BrainDataset:
-    """Load `towers.brain.dataset` and check it fits the encoder (parcels, window length, patch size)."""
-    from brainmm.data.fmri import FmriDataset, check_compatible
+def open_brain_dataset(cfg: BrainTowerConfig) -> BrainDataset:
+    """Load `towers.brain.dataset` and check it fits the checkpoint (parcels, window length, time patch).
 
+    A ViT-MAE checkpoint takes windows of exactly 424 parcels x 200 time points (its tower sorts the parcels by Y
+    itself, so any parcel order of the dataset works); a Nystromformer one the parcel count of its config and
+    windows that are a multiple of its time patch.
+    """
+    from brainmm.data.fmri import FmriDataset, check_compatible
+    from brainmm.embed.model import read_model_config
+    from encoders.brainlm import BrainLMConfig
+    from encoders.brainlm.vit import NUM_PARCELS, NUM_TIMEPOINTS
+
+    config = read_model_config(cfg.checkpoint, "align config field 'towers.brain.checkpoint'")
+    vit = config["model_type"] == "vit_mae"
+    if vit and cfg.num_timepoints not in (0, NUM_TIMEPOINTS):
+        raise BrainmmError(f"align config field 'towers.brain.num_timepoints': a ViT-MAE BrainLM ({cfg.checkpoint}) "
+                           f"takes windows of exactly {NUM_TIMEPOINTS} time points, got {cfg.num_timepoints}")
+    defaults = BrainLMConfig()
+    parcels = NUM_PARCELS if vit else int(config.get("num_brain_voxels", defaults.num_brain_voxels))
     try:
         ds = FmriDataset.load(cfg.dataset)
-        t = cfg.num_timepoints or ds.num_timepoints
-        check_compatible(ds, encoder.config.num_brain_voxels, t)
+        t = NUM_TIMEPOINTS if vit else (cfg.num_timepoints or ds.num_timepoints)
+        check_compatible(ds, parcels, t)
     except BrainmmError as err:
-        raise BrainmmError(f"align config field 'towers.brain.dataset': {err}") from None
-    patch = encoder.config.timepoint_patching_size
-    if t % patch:
+        what = f" (a ViT-MAE BrainLM takes windows of {NUM_PARCELS} parcels x {NUM_TIMEPOINTS} time points)" if vit else ""
+        raise BrainmmError(f"align config field 'towers.brain.dataset': {err}{what}") from None
+    patch = None if vit else int(config.get("timepoint_patching_size", defaults.timepoint_patching_size))
+    if patch and t % patch:
         raise BrainmmError(f"align config field 'towers.brain.num_timepoints': windows of {t} time points are not a "
                            f"multiple of the checkpoint's timepoint_patching_size={patch}")
     return BrainDataset(ds, t)
@@ -299,7 +309,7 @@ class BrainWindows:
         self.tiled = data.dataset.windows(split, data.num_timepoints, mode="tiled", seed=seed)
         position = {r: i for i, r in enumerate(self.random.recording_ids)}
         self.positions = [position[r] for r in recording_ids]
-        self.batch_size, self.amp = batch_size, amp  # tiled embedding: windows per forward pass, bf16 on GPU
+        self.batch_size, self.amp = batch_size, amp  # tiled embedding: windows per forward pass, train.amp
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -311,10 +321,19 @@ class BrainWindows:
 
     def features(self, tower: BrainLMTower) -> torch.Tensor:
         """Tower embeddings `[rows, H]`: the mean over each recording's tiled windows (eval mode, no gradients)."""
-        return tower.tiled_features(self.tiled, self.positions, self.batch_size, self.amp)
+        return tiled_features(tower, self.tiled, self.positions, self.batch_size, precision_of(self.amp))
 
 
-def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = "auto") -> EmbeddingTable:
+def tower_precision(amp: bool, device: str = "auto") -> str:
+    """The embed `precision` that matches the training core's `autocast(device, precision_of(amp))`: bf16 on CUDA
+    with `amp`, else fp32 (embed's own `auto` would also pick bf16 on an AMX / AVX512_BF16 CPU)."""
+    from brainmm.distributed import resolve_device
+
+    return "bf16" if amp and resolve_device(device).type == "cuda" else "fp32"
+
+
+def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = "auto",
+                       amp: bool = True) -> EmbeddingTable:
     """Embeddings of every recording of `data` by the frozen `cfg.checkpoint`, from the `brainmm embed` cache.
 
     One vector per recording: the mean over its tiled windows (the embedding the trainable tower uses for
@@ -329,7 +348,7 @@ def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = 
         result = run_brain_embed(EmbedConfig(
             model=str(cfg.checkpoint), dataset=str(cfg.dataset), pooling=cfg.pooling,
             num_timepoints=data.num_timepoints, batch_size=cfg.eval_batch_size, device=device,
-            cache_dir=cfg.cache_dir or None, out=str(Path(tmp) / "brain")))
+            precision=tower_precision(amp, device), cache_dir=cfg.cache_dir or None, out=str(Path(tmp) / "brain")))
     entry = broadcast_object(None if result is None else str(result.cache_entry))  # rank 0 has the result
     return EmbeddingTable.load(Path(entry) / "recordings")
 
