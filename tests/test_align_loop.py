@@ -258,7 +258,7 @@ def test_shipped_configs_load(name: str) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_run_with_bf16_autocast(tmp_path: Path, mlflow_uri: str) -> None:
     paths = make_inputs(tmp_path)
-    result = align.run_align(config(*tiny(paths, tmp_path / "gpu", mlflow_uri, "train.device=cuda", "train.amp=true"),
+    result = align.run_align(config(*tiny(paths, tmp_path / "gpu", mlflow_uri, "train.device=cuda", "train.precision=auto"),
                                     name="align_siglip.yaml"))
     assert np.isfinite(result.metrics["val"]["score"])
     assert np.allclose(np.linalg.norm(EmbeddingTable.load(result.embeddings["val"]["brain"]).vectors, axis=1), 1,

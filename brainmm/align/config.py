@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from alignment import (
     HeadConfig,
@@ -45,7 +45,7 @@ class AlignTrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 disables
-    amp: bool = True  # bf16 autocast, used on GPU only
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast where the device runs it fast (encoders.precision)
     device: str = "auto"
     seed: int = 0
     log_every: int = 10  # steps between train-metric logs

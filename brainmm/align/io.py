@@ -84,9 +84,10 @@ def load_model(run_dir: str | Path) -> DualEncoder:
 
 
 def project_fmri(model: DualEncoder, dataset: str | Path, split: str | None = None,
-                 batch_size: int = 64, precision: str = "fp32") -> EmbeddingTable:
+                 batch_size: int = 64, precision: str = "auto") -> EmbeddingTable:
     """Shared-space embeddings of an fMRI dataset's recordings (one split or all) through the model's BrainLM tower:
-    the tower's output averaged over each recording's tiled windows, then the brain head."""
+    the tower's output averaged over each recording's tiled windows, then the brain head. `precision`: the run's
+    `train.precision` (default `auto`, like the training default), so the vectors equal the run's own."""
     from brainmm.data.fmri import FmriDataset, check_compatible
 
     tower = model.brain_tower

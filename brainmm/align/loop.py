@@ -43,7 +43,6 @@ from brainmm.train.common import (
     check_run_dir,
     check_tracking,
     load_matching_state,
-    precision_of,
     restore_rng_state,
     tracked_run,
 )
@@ -52,6 +51,7 @@ from brainmm.train.towers import (
     tower_param_groups,
 )
 from encoders.brainlm.tower import dropout_seed
+from encoders.precision import resolve_precision
 
 LOG = logging.getLogger("brainmm.align")
 CHECKPOINTS = "checkpoints"  # step-numbered checkpoints (CheckpointDir) in the run folder
@@ -71,11 +71,11 @@ def _non_finite(subjects: list[str], batch: torch.Tensor, prog: Progress, ckpts:
 
 
 def _train_step(model: nn.Module, core: DualEncoder, loss_fn: AlignmentLoss, optimizer: torch.optim.Optimizer,
-                scheduler: Any, batch: tuple, amp: bool, grad_clip: float, info: DistInfo,
+                scheduler: Any, batch: tuple, precision: str, grad_clip: float, info: DistInfo,
                 non_finite: Callable[[], str]) -> tuple[torch.Tensor, dict]:
     """One optimiser step; returns the (rank-local) loss and per-modality terms; raises on a non-finite loss."""
     brain, genetics, masks, labels = batch
-    with autocast(info.device, precision_of(amp)):
+    with autocast(info.device, precision):
         out = model(brain, genetics)
     result = loss_fn(out, labels, masks)
     check_finite(result.loss, info.world_size, non_finite)
@@ -111,7 +111,7 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
         for name in ("train", "val"):
             split = data.splits[name]
             split.windows = BrainWindows(brain_data, name, split.row_ids, cfg.train.seed, brain_cfg.eval_batch_size,
-                                         cfg.train.amp)
+                                         cfg.train.precision)
 
     seed_everything(cfg.train.seed)  # model init must not depend on what loading the data drew (e.g. a DataLoader)
     genetics_towers: dict[str, nn.Module] = {}
@@ -229,7 +229,8 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
         if info.is_main and not resume:
             import mlflow
 
-            mlflow.log_params({f"data.{k}": v for k, v in data.counts.items()})
+            mlflow.log_params({**{f"data.{k}": v for k, v in data.counts.items()},
+                               "precision": resolve_precision(cfg.train.precision, info.device)})
 
         first_epoch = prog.epoch
         while not prog.done:
@@ -248,7 +249,7 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
                 batch = (brain, {m: g[idx] for m, g in train_gen.items()},
                          {m: k[idx] for m, k in train_masks.items()} if any_missing else None,
                          train_labels[idx] if use_labels else None)
-                loss, terms = _train_step(model, core, loss_fn, optimizer, scheduler, batch, cfg.train.amp,
+                loss, terms = _train_step(model, core, loss_fn, optimizer, scheduler, batch, cfg.train.precision,
                                           cfg.train.grad_clip, info, _non_finite(train.subjects, batches[b], prog, ckpts))
                 prog.step += 1
                 prog.batch = b + 1

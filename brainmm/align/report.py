@@ -84,7 +84,7 @@ def _brain_embeddings(cfg: AlignConfig, core: DualEncoder, data: AlignData, spli
         z = project(core, "brain", torch.from_numpy(brain.vectors[rows]))
     else:
         windows = BrainWindows(data.brain_dataset, split, ids, cfg.train.seed, cfg.towers.brain.eval_batch_size,
-                               cfg.train.amp)
+                               cfg.train.precision)
         z = project_brain_features(core, windows.features(core.brain_tower))
     meta = {k: v for k, v in brain.meta.items() if k != "subject_id"}
     if "subject_id" in brain.meta or brain.ids != brain.subjects:  # keep the row -> subject map of the subset

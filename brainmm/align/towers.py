@@ -211,7 +211,7 @@ class BrainLMKind(TowerKind):
         check_split_agrees(dataset, cfg.data.split)
         source = f"BrainLM {b.checkpoint} on {b.dataset}"
         if b.trainable == "frozen":
-            table = frozen_brain_table(b, dataset, device, cfg.train.amp)  # the precision the training core uses
+            table = frozen_brain_table(b, dataset, device, cfg.train.precision)  # the precision the training core uses
             check_table_finite(table, f"frozen BrainLM embeddings ({source})")
             return BrainSide(BrainRows.from_table(table, source), None, dataset)
         tower = build_brainlm_tower(b, dataset)

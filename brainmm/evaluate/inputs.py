@@ -312,7 +312,7 @@ def _tower_features(run: AlignRun) -> Callable[[], Side]:
         with tempfile.TemporaryDirectory() as tmp:  # the cache entry stays; the published copy is not needed
             result = run_brain_embed(EmbedConfig(model=str(run.run_dir), dataset=b.dataset, batch_size=b.eval_batch_size,
                                                  device="auto", cache_dir=b.cache_dir or None,
-                                                 precision=tower_precision(run.config.train.amp),
+                                                 precision=tower_precision(run.config.train.precision),
                                                  out=str(Path(tmp) / "brain")))
         return _side(str(result.cache_entry / "recordings"), f"BrainLM tower features of align run {run.run_dir}")
 

@@ -89,7 +89,8 @@ def _pretrain() -> PretrainConfig:
                              decoder_intermediate_size=128, timepoint_patching_size=10, xyz_init_scale=0.02)
     return PretrainConfig(
         name="pretrain", output_dir="pretrain", model=PretrainModelConfig(arch=arch),
-        train=PretrainTrainConfig(max_steps=100, batch_size=16, base_lr=0.1, log_every=10, checkpoint_every=100),
+        train=PretrainTrainConfig(max_steps=100, batch_size=16, base_lr=0.1, log_every=10, checkpoint_every=100,
+                                  precision="fp32"),  # fp32 like embed: the same demo on every CPU
         eval=PretrainEvalConfig(every=0, batch_size=16, max_windows=32))
 
 
@@ -104,7 +105,8 @@ def _align() -> AlignConfig:
 
     return AlignConfig(
         name="align", output_dir="align", head=HeadConfig(dropout=0.3, standardize=True),
-        train=AlignTrainConfig(batch_size=32, epochs=200, warmup_steps=20, checkpoint_every=1000, patience=60))
+        train=AlignTrainConfig(batch_size=32, epochs=200, warmup_steps=20, checkpoint_every=1000, patience=60,
+                               precision="fp32"))
 
 
 def _evaluate() -> EvaluateConfig:

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from alignment.optim import WarmupCosine, warmup_cosine
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json
+from encoders.precision import autocast as precision_autocast
 
 LOG = logging.getLogger("brainmm.train")
 
@@ -48,7 +49,6 @@ __all__ = [
     "eval_mode",
     "load_checkpoint",
     "load_matching_state",
-    "precision_of",
     "restore_rng_state",
     "save_checkpoint",
     "tracked_run",
@@ -100,19 +100,12 @@ def _as_tuple(value: Any) -> Any:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def precision_of(amp: bool) -> str:
-    """The precision a config's `amp` switch means: 'auto' (bf16 on GPU, fp32 on CPU) or 'fp32'."""
-    return "auto" if amp else "fp32"
-
-
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """The compute-precision context of a forward pass: 'auto' = bf16 autocast on CUDA, fp32 elsewhere;
-    'fp32' = no autocast; 'bf16' = bf16 autocast on any device."""
+    """The compute-precision context of a forward pass (`encoders.precision`): 'auto' = bf16 autocast where the
+    device runs it fast (CUDA with bf16, a CPU with AMX or AVX512_BF16), fp32 elsewhere; 'fp32'; 'bf16'."""
     if precision not in PRECISIONS:
         raise BrainmmError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return precision_autocast(precision, device)
 
 
 def check_finite(value: torch.Tensor, world_size: int, message: Callable[[], str]) -> None:

@@ -36,7 +36,6 @@ from brainmm.train.common import (
     check_run_dir,
     check_tracking,
     load_matching_state,
-    precision_of,
     restore_rng_state,
     tracked_run,
     warmup_cosine,
@@ -47,6 +46,7 @@ from brainmm.train.pretrain_config import (
     PretrainTrainConfig,
 )
 from brainmm.train.pretrain_eval import evaluate, example_window, reconstruction_figure
+from encoders.precision import resolve_precision
 from encoders.weights import quiet_transformers
 
 LOG = logging.getLogger("brainmm.pretrain")
@@ -292,7 +292,7 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
         barrier()
 
     def run_eval(split: str, windows) -> dict[str, float]:
-        metrics = evaluate(core, windows, mean, cfg.eval, info, t.amp)
+        metrics = evaluate(core, windows, mean, cfg.eval, info, t.precision)
         if info.is_main:
             LOG.info("pretrain: step %d %s masked_mse %.4f (mean baseline %.4f, interpolation %.4f), r2 %.4f",
                      prog.step, split, metrics["masked_mse"], metrics["baseline_mean_mse"],
@@ -309,7 +309,7 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
                 "pretrain.lr": lr, "pretrain.base_lr": t.base_lr, "pretrain.global_batch_size": t.batch_size,
                 "pretrain.world_size": info.world_size, "pretrain.micro_batch_size": micro,
                 "pretrain.grad_accum_steps": accum, "pretrain.warmup_steps": warmup_steps,
-                "pretrain.num_parameters": num_params, "data.hash": ds.manifest["data_hash"][:16],
+                "pretrain.num_parameters": num_params, "precision": resolve_precision(t.precision, info.device), "data.hash": ds.manifest["data_hash"][:16],
                 **{f"data.{s}_recordings": len(ds.recording_ids(s)) for s in ("train", "val", "test")},
                 **{f"brainlm.{k}": mc.to_dict()[k] for k in ("hidden_size", "num_hidden_layers",
                    "timepoint_patching_size", "num_brain_voxels", "num_timepoints_per_voxel")},
@@ -367,7 +367,7 @@ def _train_step(model: nn.Module, core: nn.Module, optimizer: torch.optim.Optimi
         sync = i == len(micro_batches) - 1 or info.world_size == 1
         ctx = contextlib.nullcontext() if sync else model.no_sync()
         with ctx:
-            with autocast(info.device, precision_of(t.amp)):
+            with autocast(info.device, t.precision):
                 out = model(signal_vectors=batch["signal_vectors"].to(info.device, non_blocking=True),
                             xyz_vectors=batch["xyz_vectors"].to(info.device, non_blocking=True))
             loss = out.loss.float()
@@ -423,7 +423,7 @@ def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Pro
             if val is not None:
                 import matplotlib.pyplot as plt
 
-                example = example_window(core, val, cfg.eval, info.device, cfg.train.amp)
+                example = example_window(core, val, cfg.eval, info.device, cfg.train.precision)
                 fig = reconstruction_figure(example, cfg.eval.figure_parcels, ds.manifest.get("parcel_labels"), ds.tr)
                 mlflow.log_figure(fig, "pretrain/reconstruction_val.png")
                 plt.close(fig)

@@ -77,7 +77,7 @@ class PretrainTrainConfig:
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
-    amp: bool = True  # bf16 autocast, on GPU only
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 autocast where the device runs it fast (encoders.precision)
     device: str = "auto"
     seed: int = 1234
     log_every: int = 10

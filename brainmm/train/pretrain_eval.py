@@ -14,7 +14,6 @@ from brainmm.distributed import DistInfo, all_reduce_sum, shard_range
 from brainmm.train.common import (
     autocast,
     eval_mode,
-    precision_of,
 )
 from brainmm.train.pretrain_config import PretrainEvalConfig
 
@@ -95,7 +94,7 @@ class Example:
 
 
 def _reconstruct(model: nn.Module, windows: Dataset, idx: list[int], cfg: PretrainEvalConfig, device: torch.device,
-                 amp: bool) -> tuple[list[dict], torch.Tensor, torch.Tensor, torch.Tensor]:
+                 precision: str) -> tuple[list[dict], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Windows `idx` with their fixed noise through the model: (items, signal, prediction, masked), [B, V, T]."""
     mc = model.config
     length = mc.num_brain_voxels * (mc.num_timepoints_per_voxel // mc.timepoint_patching_size)
@@ -103,7 +102,7 @@ def _reconstruct(model: nn.Module, windows: Dataset, idx: list[int], cfg: Pretra
     signal = torch.stack([it["signal_vectors"] for it in items]).to(device)
     xyz = torch.stack([it["xyz_vectors"] for it in items]).to(device)
     noise = torch.stack([eval_noise(cfg.seed, i, length) for i in idx]).to(device)
-    with autocast(device, precision_of(amp)):
+    with autocast(device, precision):
         out = model(signal_vectors=signal, xyz_vectors=xyz, noise=noise)
     b, v, t = signal.shape
     pred = out.logits.float().reshape(b, v, t)
@@ -113,14 +112,14 @@ def _reconstruct(model: nn.Module, windows: Dataset, idx: list[int], cfg: Pretra
 
 @torch.no_grad()
 def evaluate(model: nn.Module, windows: Dataset, mean: torch.Tensor, cfg: PretrainEvalConfig, info: DistInfo,
-             amp: bool) -> dict[str, float]:
+             precision: str) -> dict[str, float]:
     """Masked-reconstruction metrics and baselines over `windows` (sharded over ranks, sums all-reduced)."""
     mine = list(shard_range(len(windows), info.rank, info.world_size))
     sums = torch.zeros(len(SUMS), dtype=torch.float64, device=info.device)
     with eval_mode(model):
         for start in range(0, len(mine), cfg.batch_size):
             _, signal, pred, masked = _reconstruct(model, windows, mine[start : start + cfg.batch_size], cfg,
-                                                   info.device, amp)
+                                                   info.device, precision)
             sums += masked_sums(signal, pred, masked, mean)
     metrics = metrics_from_sums(all_reduce_sum(sums))
     metrics["num_windows"] = float(len(windows))
@@ -129,10 +128,10 @@ def evaluate(model: nn.Module, windows: Dataset, mean: torch.Tensor, cfg: Pretra
 
 @torch.no_grad()
 def example_window(model: nn.Module, windows: Dataset, cfg: PretrainEvalConfig, device: torch.device,
-                   amp: bool) -> Example:
+                   precision: str) -> Example:
     """Window 0 of `windows` reconstructed with its evaluation noise (for the figure)."""
     with eval_mode(model):
-        items, signal, pred, masked = _reconstruct(model, windows, [0], cfg, device, amp)
+        items, signal, pred, masked = _reconstruct(model, windows, [0], cfg, device, precision)
     return Example(items[0]["recording_id"], int(items[0]["start"]), signal[0].cpu().numpy(), pred[0].cpu().numpy(),
                    masked[0].cpu().numpy())
 

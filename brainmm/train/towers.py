@@ -29,9 +29,10 @@ from torch import nn
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_dir, atomic_write_json
-from brainmm.train.common import autocast, eval_mode, precision_of
+from brainmm.train.common import autocast, eval_mode
 from encoders.brainlm.lora import LoraSettings
 from encoders.brainlm.tower import BrainLMTower
+from encoders.precision import resolve_precision
 from encoders.weights import quiet_transformers
 
 if TYPE_CHECKING:
@@ -304,12 +305,12 @@ class BrainWindows:
     """
 
     def __init__(self, data: BrainDataset, split: str | None, recording_ids: Sequence[str], seed: int,
-                 batch_size: int = 64, amp: bool = False) -> None:
+                 batch_size: int = 64, precision: str = "fp32") -> None:
         self.random = data.dataset.windows(split, data.num_timepoints, mode="random", seed=seed)
         self.tiled = data.dataset.windows(split, data.num_timepoints, mode="tiled", seed=seed)
         position = {r: i for i, r in enumerate(self.random.recording_ids)}
         self.positions = [position[r] for r in recording_ids]
-        self.batch_size, self.amp = batch_size, amp  # tiled embedding: windows per forward pass, train.amp
+        self.batch_size, self.precision = batch_size, precision  # tiled embedding: windows per pass, train.precision
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -321,19 +322,18 @@ class BrainWindows:
 
     def features(self, tower: BrainLMTower) -> torch.Tensor:
         """Tower embeddings `[rows, H]`: the mean over each recording's tiled windows (eval mode, no gradients)."""
-        return tiled_features(tower, self.tiled, self.positions, self.batch_size, precision_of(self.amp))
+        return tiled_features(tower, self.tiled, self.positions, self.batch_size, self.precision)
 
 
-def tower_precision(amp: bool, device: str = "auto") -> str:
-    """The embed `precision` that matches the training core's `autocast(device, precision_of(amp))`: bf16 on CUDA
-    with `amp`, else fp32 (embed's own `auto` would also pick bf16 on an AMX / AVX512_BF16 CPU)."""
+def tower_precision(precision: str, device: str = "auto") -> str:
+    """The embed `precision` that matches the training core's `autocast(device, precision)` on `device`."""
     from brainmm.distributed import resolve_device
 
-    return "bf16" if amp and resolve_device(device).type == "cuda" else "fp32"
+    return resolve_precision(precision, resolve_device(device))
 
 
 def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = "auto",
-                       amp: bool = True) -> EmbeddingTable:
+                       precision: str = "auto") -> EmbeddingTable:
     """Embeddings of every recording of `data` by the frozen `cfg.checkpoint`, from the `brainmm embed` cache.
 
     One vector per recording: the mean over its tiled windows (the embedding the trainable tower uses for
@@ -348,7 +348,7 @@ def frozen_brain_table(cfg: BrainTowerConfig, data: BrainDataset, device: str = 
         result = run_brain_embed(EmbedConfig(
             model=str(cfg.checkpoint), dataset=str(cfg.dataset), pooling=cfg.pooling,
             num_timepoints=data.num_timepoints, batch_size=cfg.eval_batch_size, device=device,
-            precision=tower_precision(amp, device), cache_dir=cfg.cache_dir or None, out=str(Path(tmp) / "brain")))
+            precision=tower_precision(precision, device), cache_dir=cfg.cache_dir or None, out=str(Path(tmp) / "brain")))
     entry = broadcast_object(None if result is None else str(result.cache_entry))  # rank 0 has the result
     return EmbeddingTable.load(Path(entry) / "recordings")
 
