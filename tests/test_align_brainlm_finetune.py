@@ -74,7 +74,7 @@ def overrides(paths: dict[str, str], out: Path, uri: str, *extra: str) -> list[s
             f"towers.brain.cache_dir={out.parent / 'cache'}", "towers.genetics={}", f"output_dir={out}",
             "head.hidden_dim=16", "head.out_dim=8", "head.dropout=0.0", "train.batch_size=4", "train.epochs=1",
             "train.warmup_steps=1", "train.lr=0.003", "train.log_every=1", "train.checkpoint_every=100",
-            "train.device=cpu", f"tracking.uri={uri}", "tracking.experiment=finetune", *extra]
+            "train.device=cpu", "train.precision=fp32", f"tracking.uri={uri}", "tracking.experiment=finetune", *extra]
 
 
 def config(*args: str) -> align.AlignConfig:

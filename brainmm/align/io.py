@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from alignment import (
@@ -80,14 +81,19 @@ def load_model(run_dir: str | Path) -> DualEncoder:
             model.brain_tower = tower
         else:
             model.genetics_towers[name] = tower
+    config = Path(run_dir) / "config.yaml"
+    if config.is_file():  # the precision the run computed its tower features in (project_fmri reuses it)
+        train = (yaml.safe_load(config.read_text()) or {}).get("train") or {}
+        model.train_precision = str(train.get("precision", "auto"))
     return model.eval()
 
 
 def project_fmri(model: DualEncoder, dataset: str | Path, split: str | None = None,
-                 batch_size: int = 64, precision: str = "auto") -> EmbeddingTable:
+                 batch_size: int = 64, precision: str | None = None) -> EmbeddingTable:
     """Shared-space embeddings of an fMRI dataset's recordings (one split or all) through the model's BrainLM tower:
-    the tower's output averaged over each recording's tiled windows, then the brain head. `precision`: the run's
-    `train.precision` (default `auto`, like the training default), so the vectors equal the run's own."""
+    the tower's output averaged over each recording's tiled windows, then the brain head. `precision` None: the
+    run's `train.precision` (recorded by `load_model`), so the vectors equal the run's own."""
+    precision = precision or getattr(model, "train_precision", "auto")
     from brainmm.data.fmri import FmriDataset, check_compatible
 
     tower = model.brain_tower
