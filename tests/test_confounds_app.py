@@ -9,12 +9,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from brainmm.align import AlignConfig, ConfoundsConfig, covariate_table, run_align
+from brainmm.align import AlignConfig
 from brainmm.config import load_config
 from brainmm.embeddings import EmbeddingTable
-from brainmm.errors import BrainmmError
 
 CONFOUNDING = ["population.n_groups=3", "population.fst=0.1", "population.site_association=0.9",
                "population.brain_effect=1.0", "sites.n_sites=3"]
@@ -32,7 +30,7 @@ def build_inputs(folder: Path, seed: int, effect: float, n_subjects: int = 200, 
     from brainmm.data.simulate.power import recording_features
     from brainmm.data.splits import make_split
 
-    sim = load_config(SimulationConfig, None, [f"seed={seed}", f"n_subjects={n_subjects}", "brain.n_timepoints=400",
+    sim = load_config(SimulationConfig, None, [f"seed={seed}", f"n_subjects={n_subjects}", "brain.n_timepoints=400", "genotypes.n_blocks=16", "factors.h2=0.9", "factors.n_causal=2",
                                                 f"effects.effect_size={effect}", *confounding])
     cohort_dir = simulate_cohort(sim, folder / "cohort")
     cohort = pd.read_csv(cohort_dir / "cohort.csv", dtype={"subject_id": str, "site": str, "family": str})
