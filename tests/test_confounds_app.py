@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from brainmm.align import AlignConfig
+from brainmm.align import AlignConfig, ConfoundsConfig, covariate_table, run_align
 from brainmm.config import load_config
 from brainmm.embeddings import EmbeddingTable
+from brainmm.errors import BrainmmError
 
 CONFOUNDING = ["population.n_groups=3", "population.fst=0.1", "population.site_association=0.9",
                "population.brain_effect=1.0", "sites.n_sites=3"]
@@ -70,3 +72,88 @@ def test_ranks(result: Any) -> np.ndarray:
 
 
 test_ranks.__test__ = False  # a helper, not a test
+
+
+# ------------------------------------------------------------------------------------------- small inputs
+
+
+def small_inputs(folder: Path, n: int = 40, seed: int = 0) -> dict[str, Any]:
+    """Random tables (brain features, dosages), a split, a cohort table whose site shifts the brain features."""
+    rng = np.random.default_rng(seed)
+    subjects = [f"s{i:02d}" for i in range(n)]
+    site = np.array(["A", "B"])[np.arange(n) % 2]
+    age = rng.uniform(20, 80, n)
+    brain = rng.normal(size=(n, 6)) + 3.0 * (site == "B")[:, None] + 0.05 * age[:, None]
+    dosages = rng.integers(0, 3, size=(n, 10)).astype(np.float32)
+    EmbeddingTable(subjects, brain, {"kind": "brain_features"}).save(folder / "brain")
+    EmbeddingTable(subjects, dosages, {"kind": "genotype_matrix"}).save(folder / "genotypes")
+    split = np.where(np.arange(n) < 0.6 * n, "train", np.where(np.arange(n) < 0.8 * n, "val", "test"))
+    pd.DataFrame({"subject_id": subjects, "group": subjects, "split": split}).to_csv(folder / "split.csv", index=False)
+    cohort = pd.DataFrame({"subject_id": subjects, "site": site, "age": age, "scanner": "X", "motion": age / 100})
+    cohort.loc[3, "motion"] = np.nan
+    cohort.to_csv(folder / "cohort.csv", index=False)
+    return {"folder": folder, "cohort": str(folder / "cohort.csv"), "split": str(folder / "split.csv"),
+            "brain": str(folder / "brain"), "genotype": str(folder / "genotypes"), "subjects": subjects,
+            "site": site, "age": age, "brain_x": brain}
+
+
+def test_align_residualises_both_inputs_on_train_fitted_confounds(tmp_path: Path, mlflow_uri: str) -> None:
+    inputs = small_inputs(tmp_path)
+    cfg = align_config(inputs, False, mlflow_uri, epochs=2)
+    cfg.train.batch_size = 8
+    cfg.confounds = ConfoundsConfig(covariates=["site", "age"], cohort=inputs["cohort"])
+    result = run_align(cfg)
+    r2 = result.metrics["counts"]["confounds_r2"]
+    assert r2["brain"] > 0.5 and 0 <= r2["genotype"] < 0.5  # the site shift dominates the brain features
+    # the adjustment is a least-squares fit on the 24 train subjects only (float64 reference)
+    train = np.arange(24)
+    x = np.column_stack([np.ones(40), (inputs["site"] == "B").astype(float), inputs["age"]])
+    beta = np.linalg.lstsq(x[train], inputs["brain_x"][train], rcond=None)[0]
+    expected = inputs["brain_x"] - x @ beta
+    from brainmm.align import load_align_data
+    from brainmm.align.confounds import input_adjuster  # noqa: PLC0415 (the hook run_align installs)
+
+    data = load_align_data(cfg.data, adjust=input_adjuster(cfg.confounds, {}))
+    got = np.concatenate([data.splits[s].brain.numpy() for s in ("train", "val", "test")])
+    order = np.concatenate([[int(s[1:]) for s in data.splits[s].subjects] for s in ("train", "val", "test")])
+    np.testing.assert_allclose(got, expected[order], atol=1e-5 * np.abs(expected).max())
+    assert abs(np.corrcoef(got[: len(train)][:, 0], x[order[: len(train)], 1])[0, 1]) < 1e-6
+    genes = data.splits["train"].genetics["genotype"].numpy()
+    assert genes.min() >= 0 and genes.max() <= 2  # dosages for a genotype tower stay in [0, 2]
+    card = (result.run_dir / "model_card.md").read_text()
+    assert "confounds: inputs residualised on site, age" in card
+
+
+@pytest.mark.parametrize(("covariate", "message"), [
+    ("height", r"confound column 'height' \(confounds.covariates\): not in the cohort table .*cohort.csv"),
+    ("scanner", r"confound column 'scanner': constant \('X'\) over the 40 subjects"),
+    ("motion", r"confound column 'motion': 1 subject\(s\) have a missing value, e.g. \['s03'\]"),
+])
+def test_bad_confound_column_is_one_line_and_writes_nothing(tmp_path: Path, mlflow_uri: str, capsys: Any,
+                                                            covariate: str, message: str) -> None:
+    from test_bad_inputs import check_error
+
+    from brainmm.cli import main
+
+    inputs = small_inputs(tmp_path)
+    (tmp_path / "align.yaml").write_text("train: {epochs: 1, batch_size: 8}\n")
+    out = tmp_path / "run"
+    capsys.readouterr()
+    code = main(["-q", "align", "--config", str(tmp_path / "align.yaml"), f"output_dir={out}",
+                 f"data.brain={inputs['brain']}", f"data.genetics={{genotype: {inputs['genotype']}}}",
+                 f"data.split={inputs['split']}", f"tracking.uri={mlflow_uri}", f"confounds.covariates=[{covariate}]",
+                 f"confounds.cohort={inputs['cohort']}"])
+    check_error(code, capsys.readouterr().err, message)
+    assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+
+
+def test_confounds_config_checks() -> None:
+    with pytest.raises(BrainmmError, match="'confounds.categorical': \\['x'\\] are not in confounds.covariates"):
+        load_config(AlignConfig, None, ["confounds.covariates=[age]", "confounds.categorical=[x]"])
+    with pytest.raises(BrainmmError, match="'confounds.genetic_pcs': expected an integer >= 0"):
+        load_config(AlignConfig, None, ["confounds.genetic_pcs=-1"])
+    with pytest.raises(BrainmmError, match="clash with the genetic PC columns"):
+        load_config(AlignConfig, None, ["confounds.covariates=[pc1]", "confounds.genetic_pcs=2"])
+    cfg = ConfoundsConfig(covariates=["age"], genetic_pcs=2)
+    with pytest.raises(BrainmmError, match="'confounds.cohort': confounds.covariates \\['age'\\] need the cohort"):
+        covariate_table(cfg, ["s1"], "align")

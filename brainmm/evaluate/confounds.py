@@ -66,7 +66,7 @@ def prepare_confounds(cfg: EvaluateConfig, inputs: EvalInputs) -> Confounds | No
             required |= set(split_sides["brain"].subjects)
     in_split = sorted(required) + [s for side in sides for s in side.subjects if s in inputs.split_of]
     cov = covariate_table(conf, in_split, "evaluate", set(in_split) - required)
-    strata = [c for c in conf.covariates if cov[c].dtype == object]
+    strata = [c for c in conf.covariates if c in conf.categorical or not pd.api.types.is_numeric_dtype(cov[c])]
     out = Confounds(conf, cov, strata)
     if inputs.brain is not None:
         out.records = _confounds_only(inputs, out, cfg)
