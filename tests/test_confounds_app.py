@@ -157,3 +157,66 @@ def test_confounds_config_checks() -> None:
     cfg = ConfoundsConfig(covariates=["age"], genetic_pcs=2)
     with pytest.raises(BrainmmError, match="'confounds.cohort': confounds.covariates \\['age'\\] need the cohort"):
         covariate_table(cfg, ["s1"], "align")
+
+
+def test_evaluate_reports_adjusted_unadjusted_confounds_only_and_within_stratum(tmp_path: Path,
+                                                                                mlflow_uri: str) -> None:
+    import mlflow
+
+    from brainmm.evaluate import EvaluateConfig, run_evaluate
+
+    inputs = small_inputs(tmp_path)
+    pcs = np.random.default_rng(1).normal(size=(40, 3)) + 4.0 * (inputs["site"] == "B")[:, None]
+    EmbeddingTable(inputs["subjects"], pcs, {"kind": "genetic_pcs"}).save(tmp_path / "pcs")
+    cfg = align_config(inputs, False, mlflow_uri, epochs=2)
+    cfg.train.batch_size = 8
+    cfg.confounds = ConfoundsConfig(covariates=["site", "age"], genetic_pcs=2, pcs=str(tmp_path / "pcs"),
+                                    cohort=inputs["cohort"])
+    align = run_align(cfg)
+    ev = load_config(EvaluateConfig, None, [f"align_dir={align.run_dir}", "retrieval.n_boot=50", "retrieval.kway=0",
+                                            "baselines.methods=[cca]", "baselines.n_permutations=10",
+                                            "model.log=false", "figures.enabled=false"])
+    result = run_evaluate(ev)
+    m, t = result.metrics, result.table.set_index("name")
+    for d in ("brain_to_genotype", "genotype_to_brain"):
+        for name in (f"retrieval/{d}/R_at_1", f"retrieval/unadjusted/{d}/R_at_1", f"retrieval/within_site/{d}/R_at_1",
+                     f"retrieval/within_ancestry_cluster/{d}/R_at_1", f"retrieval/unadjusted/within_site/{d}/mrr",
+                     f"baseline/confounds_only/{d}/R_at_1", f"baseline/cca/{d}/R_at_1"):
+            assert name in m and f"{name}_chance" in m and f"{name}_ci_low" in m, name
+    # within-site chance: 8 test subjects, 4 per site -> mean 1/4 (the whole test split: 1/8)
+    assert m["retrieval/within_site/brain_to_genotype/R_at_1_chance"] == pytest.approx(0.25)
+    assert m["retrieval/brain_to_genotype/R_at_1_chance"] == pytest.approx(1 / 8)
+    assert t.loc["retrieval/unadjusted/brain_to_genotype/R_at_1", "model"] == "aligned_unadjusted"
+    # the unadjusted comparison is its own align run, trained without confounds, tagged with the adjusted one
+    client = mlflow.MlflowClient(mlflow_uri)
+    unadjusted = client.get_run(result.unadjusted_run_id)
+    assert unadjusted.data.tags["brainmm.unadjusted_of"] == align.run_id
+    assert (result.output_dir / "unadjusted" / "align" / "config.yaml").read_text().count("covariates: []") == 1
+    logged = client.get_run(result.run_id).data.metrics
+    assert logged["retrieval/unadjusted/brain_to_genotype/R_at_1"] == pytest.approx(
+        m["retrieval/unadjusted/brain_to_genotype/R_at_1"])
+    summary = (result.output_dir / "summary.md").read_text()
+    assert "## Confounds (test split, subject level)" in summary and "| within_site | brain_to_genotype |" in summary
+    # evaluate's own confounds section must agree with the align run's
+    bad = load_config(EvaluateConfig, None, [f"align_dir={align.run_dir}", "confounds.covariates=[age]",
+                                             f"output_dir={tmp_path / 'other'}"])
+    with pytest.raises(BrainmmError, match="'confounds': .* differs from the align run's"):
+        run_evaluate(bad)
+    assert not (tmp_path / "other").exists()
+
+
+def test_pipeline_passes_confounds_and_computes_the_pcs(tmp_path: Path) -> None:
+    from brainmm.pipeline import PipelineConfig, make_plan
+
+    cfg = load_config(PipelineConfig, None, [f"output_dir={tmp_path}", "confounds.covariates=[site]",
+                                             "confounds.genetic_pcs=5"])
+    plan = make_plan(cfg)
+    a, v = plan.config.align.confounds, plan.config.evaluate.confounds
+    assert a == v and a.covariates == ["site"] and a.genetic_pcs == 5 and plan.genetic_pcs
+    assert a.cohort == str(tmp_path / "fmri") and a.pcs == str(tmp_path / "genetics" / "genetic_pcs")
+    with pytest.raises(BrainmmError, match="'align.confounds': set by the pipeline from 'confounds'"):
+        load_config(PipelineConfig, None, ["align.confounds.genetic_pcs=2"])
+    with pytest.raises(BrainmmError, match="'confounds.pcs': confounds.genetic_pcs needs genetic PCs"):
+        make_plan(load_config(PipelineConfig, None, [f"output_dir={tmp_path}", "confounds.genetic_pcs=2",
+                                                     "genetics.kind=dna", "genetics.dna.encoder.path=/x",
+                                                     "simulate.write_sequences=true"]))
