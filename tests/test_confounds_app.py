@@ -220,3 +220,67 @@ def test_pipeline_passes_confounds_and_computes_the_pcs(tmp_path: Path) -> None:
         make_plan(load_config(PipelineConfig, None, [f"output_dir={tmp_path}", "confounds.genetic_pcs=2",
                                                      "genetics.kind=dna", "genetics.dna.encoder.path=/x",
                                                      "simulate.write_sequences=true"]))
+
+
+# ------------------------------------------------------------------------------------------- acceptance
+
+SEEDS = range(5)
+
+
+def pooled(ranks: list[np.ndarray], n_boot: int = 2000) -> dict[str, Any]:
+    """R@1 and MRR of all seeds' test queries together, bootstrap CI over (seed, subject), chance = mean 1/N."""
+    from alignment.retrieval import bootstrap_rank_metrics, rank_metrics
+
+    r = np.concatenate(ranks)
+    point, ci = rank_metrics(r), bootstrap_rank_metrics(r, None, n_boot=n_boot, seed=0)
+    sizes = np.concatenate([np.full(len(x), len(x)) for x in ranks])
+    from alignment.stratified import stratum_chance
+
+    chance = stratum_chance(sizes)
+    return {m: (point[m], *ci[m], chance[m]) for m in ("R_at_1", "mrr")}
+
+
+@pytest.fixture(scope="module")
+def acceptance(tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path) -> dict[str, Any]:
+    """Per effect (0: none, 1: default) and seed: a strongly confounded cohort (3 ancestry groups, F_ST 0.1, site
+    association 0.9, group effect on the brain 1.0; 400 subjects, ~78 test subjects), aligned by `brainmm align`
+    (heads only) on unadjusted and on adjusted inputs (age, sex, site, 5 genetic PCs fitted on train)."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("acceptance")
+    shutil.copy(_migrated_mlflow_db, base / "mlflow.db")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    out: dict[str, Any] = {}
+    for effect, kinds in ((0.0, (False, True)), (1.0, (True,))):
+        for seed in SEEDS:
+            inputs = build_inputs(base / f"e{effect}_s{seed}", seed, effect, n_subjects=400)
+            for adjusted in kinds:
+                ranks = test_ranks(run_align(align_config(inputs, adjusted, uri, epochs=100)))
+                out.setdefault((effect, adjusted), []).append(ranks)
+    return {k: pooled(v) for k, v in out.items()}
+
+
+@pytest.mark.slow
+def test_confounding_alone_is_retrieved_unadjusted_and_removed_by_adjustment(acceptance: dict) -> None:
+    """No genetic effect: the unadjusted pooled R@1 and MRR CIs lie above chance (population structure alone),
+    the adjusted ones hold chance."""
+    for metric in ("R_at_1", "mrr"):
+        value, low, high, chance = acceptance[(0.0, False)][metric]
+        assert low > chance, (metric, value, low, chance)
+        value, low, high, chance = acceptance[(0.0, True)][metric]
+        assert low <= chance <= high, (metric, value, low, high, chance)
+
+
+@pytest.mark.slow
+def test_planted_genetic_effect_survives_adjustment(acceptance: dict) -> None:
+    """Default effect, same confounding: the adjusted pooled R@1 CI lies above chance."""
+    value, low, high, chance = acceptance[(1.0, True)]["R_at_1"]
+    assert low > chance, (value, low, chance)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 14 asks for adjusted R@1 >= 10x chance; the heads-only model reaches "
+                                       "about 4-6x (docs/confounds.md, acceptance table)")
+def test_adjusted_r1_reaches_ten_times_chance(acceptance: dict) -> None:
+    value, low, high, chance = acceptance[(1.0, True)]["R_at_1"]
+    assert value >= 10 * chance, (value, chance)
