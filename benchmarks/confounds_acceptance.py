@@ -15,7 +15,8 @@ over (seed, subject), chance = mean over queries of 1/N.
     OMP_NUM_THREADS=1 python benchmarks/confounds_acceptance.py [--subjects 400] [--seeds 5] [--pcs 10]
         [--effects 0 1] [--no-population]
 
-`--app`: the same scenario through the application instead: per seed and effect, `brainmm demo` with
+`--heads`: the acceptance test's procedure (tests/test_confounds_app.py: `brainmm align`, heads only, on a brain
+feature table and a genotype-matrix table; 5 PCs by default there). `--app`: the same scenario through the application instead: per seed and effect, `brainmm demo` with
 `confounds.covariates=[age,sex,site] confounds.genetic_pcs=<pcs>` (PCs computed by the pipeline, fitted on train;
 the trained contrastive model on frozen BrainLM embeddings and a genotype MLP tower; evaluate's unadjusted
 comparison run, confounds_only and within-stratum retrieval). Pooled rows from the test embeddings of the adjusted
@@ -172,6 +173,38 @@ def app_rows(folder: Path, seed: int) -> list[dict]:
     return rows
 
 
+def run_heads(args: argparse.Namespace) -> None:
+    """`--heads`: the procedure of tests/test_confounds_app.py (the `brainmm align` heads-only path on a brain
+    feature table and a genotype-matrix table; adjusted = age, sex, site + `--pcs` genetic PCs fitted on train)."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_confounds_app import align_config, build_inputs, test_ranks
+
+    from brainmm.align import run_align
+
+    base = Path(tempfile.mkdtemp(prefix="confounds-heads-"))
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    try:
+        for effect in args.effects:
+            rows = []
+            for seed in range(args.seeds):
+                inputs = build_inputs(base / f"e{effect}_s{seed}", seed, effect, args.subjects, args.pcs)
+                for adjusted in (False, True):
+                    ranks = test_ranks(run_align(align_config(inputs, adjusted, uri, epochs=100)))
+                    rows.append({"seed": seed, "kind": "adjusted" if adjusted else "unadjusted", "ranks": ranks,
+                                 "chance": chance_metrics(len(ranks))})
+            print(f"\n## heads-only app path: effects.effect_size={effect}, {args.subjects} subjects, "
+                  f"seeds 0-{args.seeds - 1}, {args.pcs} PCs\n")
+            table = summarise(rows, args.boot)
+            print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+            for values in table.itertuples(index=False):
+                print("| " + " | ".join(str(x) for x in values) + " |", flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def run_app(args: argparse.Namespace) -> None:
     """`--app`: one `brainmm demo` per seed and effect, pooled like the library rows."""
     from brainmm.pipeline import PipelineConfig, run_pipeline
@@ -209,8 +242,13 @@ def main() -> None:
                         help="reference: same cohorts without population structure (1 group, 3 sites)")
     parser.add_argument("--app", action="store_true", help="through `brainmm demo` with confounds (see above)")
     parser.add_argument("--set", nargs="*", default=[], help="extra demo overrides (with --app)")
+    parser.add_argument("--heads", action="store_true", help="the acceptance test's heads-only `brainmm align` path")
     args = parser.parse_args()
     start = time.perf_counter()
+    if args.heads:
+        run_heads(args)
+        print(f"\n{time.perf_counter() - start:.0f} s")
+        return
     if args.app:
         run_app(args)
         print(f"\n{time.perf_counter() - start:.0f} s")
