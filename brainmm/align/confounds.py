@@ -115,7 +115,8 @@ def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optio
                 raise BrainmmError(f"confound column {col!r} (confounds.covariates): not in the cohort table "
                                    f"{cfg.cohort} (columns: {have})")
         rows = cohort[cohort["subject_id"].isin(set(wanted))]
-        absent = [s for s in wanted if s not in set(rows["subject_id"])]
+        present = set(rows["subject_id"])
+        absent = [s for s in wanted if s not in present]
         if absent:
             raise BrainmmError(f"confounds cohort table {cfg.cohort}: {len(absent)} subject(s) have no row, e.g. "
                                f"{absent[:5]}")
@@ -130,12 +131,15 @@ def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optio
             if numeric and col not in cfg.categorical:
                 out[col] = grouped[col].mean().reindex(wanted).to_numpy(dtype=np.float64)
             else:
-                levels = grouped[col].agg(lambda v: sorted(set(v.astype(str))))
-                clash = levels[levels.map(len) > 1]
-                if len(clash):
-                    raise BrainmmError(f"confound column {col!r}: subject {clash.index[0]!r} has different values "
-                                       f"{clash.iloc[0]} on its rows in {cfg.cohort}; expected one per subject")
-                out[col] = levels.map(lambda v: v[0]).reindex(wanted).to_numpy(dtype=object)
+                text = rows.assign(**{col: values.astype(str)})
+                counts = text.groupby("subject_id", sort=False)[col].nunique()
+                if (counts > 1).any():
+                    bad = counts.index[counts > 1][0]
+                    found = sorted(set(text.loc[text["subject_id"] == bad, col]))
+                    raise BrainmmError(f"confound column {col!r}: subject {bad!r} has different values {found} on "
+                                       f"its rows in {cfg.cohort}; expected one per subject")
+                first = text.drop_duplicates("subject_id").set_index("subject_id")[col]
+                out[col] = first.reindex(wanted).to_numpy(dtype=object)
             if out[col].nunique() < 2:
                 raise BrainmmError(f"confound column {col!r}: constant ({out[col].iloc[0]!r}) over the "
                                    f"{len(wanted)} subjects in {cfg.cohort}; drop it")
