@@ -284,3 +284,38 @@ def test_planted_genetic_effect_survives_adjustment(acceptance: dict) -> None:
 def test_adjusted_r1_reaches_ten_times_chance(acceptance: dict) -> None:
     value, low, high, chance = acceptance[(1.0, True)]["R_at_1"]
     assert value >= 10 * chance, (value, chance)
+
+
+@pytest.mark.slow
+def test_demo_with_confounds(tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: Any) -> None:
+    """`brainmm demo 'confounds.covariates=[site]' confounds.genetic_pcs=5` (shrunk to seconds): PCs computed in
+    the genetics stage (fitted on train), adjusted and unadjusted rows in the printed summary and in MLflow."""
+    import shutil
+
+    import mlflow
+    from test_pipeline import TINY
+
+    from brainmm.cli import main
+
+    shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    capsys.readouterr()
+    assert main(["demo", "--quiet", "--out", "out", *TINY, "confounds.covariates=[site]",
+                 "confounds.genetic_pcs=5"]) == 0
+    stdout = capsys.readouterr().out
+    assert "Confounds, test split" in stdout and "within_site" in stdout and "unadjusted" in stdout
+    assert "confounds_only" in stdout
+    pcs = EmbeddingTable.load(tmp_path / "out" / "genetics" / "genetic_pcs")
+    assert pcs.dim == 5 and pcs.meta["fitted_on"] == "train"
+    table = pd.read_csv(tmp_path / "out" / "evaluate" / "metrics.csv").set_index("name")
+    for name in ("retrieval/brain_to_genotype/R_at_1", "retrieval/unadjusted/brain_to_genotype/R_at_1",
+                 "retrieval/within_site/brain_to_genotype/R_at_1", "baseline/confounds_only/brain_to_genotype/R_at_1"):
+        assert name in table.index, name
+    align_cfg = (tmp_path / "out" / "align" / "config.yaml").read_text()
+    assert "covariates:\n  - site" in align_cfg and "genetic_pcs: 5" in align_cfg
+    state = __import__("json").loads((tmp_path / "out" / "pipeline.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(state["mlflow_run_id"]).data.metrics
+    assert "retrieval/unadjusted/brain_to_genotype/R_at_1" in parent
