@@ -151,12 +151,14 @@ def summarise(rows: list[dict], n_boot: int) -> pd.DataFrame:
 
 def app_rows(folder: Path, seed: int) -> list[dict]:
     """Pooled-table rows of one finished demo: adjusted / unadjusted test ranks, within-stratum ranks, confounds_only."""
+    from brainmm.align import table_subjects
     from brainmm.embeddings import EmbeddingTable
 
     rows: list[dict] = []
     for kind, run in (("unadjusted", folder / "evaluate" / "unadjusted" / "align"), ("adjusted", folder / "align")):
-        brain = EmbeddingTable.load(run / "embeddings" / "test" / "brain")
-        genes = EmbeddingTable.load(run / "embeddings" / "test" / "genotype").subset(brain.ids)
+        brain = EmbeddingTable.load(run / "embeddings" / "test" / "brain")  # one recording per subject (demo)
+        genes = EmbeddingTable.load(run / "embeddings" / "test" / "genotype")
+        genes = genes.subset(table_subjects(brain, "brain"))
         rows.append({"seed": seed, "kind": kind, "ranks": pair_ranks(brain.vectors, genes.vectors)[0],
                      "chance": chance_metrics(len(brain.ids))})
     table = pd.read_csv(folder / "evaluate" / "metrics.csv").set_index("name")
@@ -213,7 +215,7 @@ def run_app(args: argparse.Namespace) -> None:
     scenario = [f"simulate.{x}" for x in CONFOUNDING]
     for effect in args.effects:
         rows = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             out = base / f"e{effect}_s{seed}"
             cfg = load_config(PipelineConfig, None, [
                 f"output_dir={out}", f"tracking.uri=sqlite:///{base / 'mlflow.db'}", f"simulate.seed={seed}",
@@ -223,7 +225,8 @@ def run_app(args: argparse.Namespace) -> None:
             run_pipeline(cfg)
             rows += app_rows(out, seed)
             print(f"effect {effect} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
-        print(f"\n## app: effects.effect_size={effect}, {args.subjects} subjects, seeds 0-{args.seeds - 1}, "
+        print(f"\n## app: effects.effect_size={effect}, {args.subjects} subjects, seeds {args.first_seed}-"
+              f"{args.first_seed + args.seeds - 1}, "
               f"{args.pcs} PCs\n")
         table = summarise(rows, args.boot)
         print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
@@ -242,6 +245,7 @@ def main() -> None:
                         help="reference: same cohorts without population structure (1 group, 3 sites)")
     parser.add_argument("--app", action="store_true", help="through `brainmm demo` with confounds (see above)")
     parser.add_argument("--set", nargs="*", default=[], help="extra demo overrides (with --app)")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed (with --app)")
     parser.add_argument("--heads", action="store_true", help="the acceptance test's heads-only `brainmm align` path")
     args = parser.parse_args()
     start = time.perf_counter()
