@@ -14,6 +14,13 @@ over (seed, subject), chance = mean over queries of 1/N.
 
     OMP_NUM_THREADS=1 python benchmarks/confounds_acceptance.py [--subjects 400] [--seeds 5] [--pcs 10]
         [--effects 0 1] [--no-population]
+
+`--heads`: the acceptance test's procedure (tests/test_confounds_app.py: `brainmm align`, heads only, on a brain
+feature table and a genotype-matrix table; 5 PCs by default there). `--app`: the same scenario through the application instead: per seed and effect, `brainmm demo` with
+`confounds.covariates=[age,sex,site] confounds.genetic_pcs=<pcs>` (PCs computed by the pipeline, fitted on train;
+the trained contrastive model on frozen BrainLM embeddings and a genotype MLP tower; evaluate's unadjusted
+comparison run, confounds_only and within-stratum retrieval). Pooled rows from the test embeddings of the adjusted
+align run and of the unadjusted run. Extra demo overrides: `--set key=value ...`.
 """
 
 from __future__ import annotations
@@ -135,10 +142,96 @@ def summarise(rows: list[dict], n_boot: int) -> pd.DataFrame:
             "chance": f"{chance:.3f}",
             "x chance": f"{point['R_at_1'] / chance:.1f}",
             "above chance": ci["R_at_1"][0] > chance,
-            "pooled MRR": f"{point['mrr']:.3f} [{ci['mrr'][0]:.3f}, {ci['mrr'][1]:.3f}]",
+            "pooled MRR": "-" if "summary only" in kind else
+            f"{point['mrr']:.3f} [{ci['mrr'][0]:.3f}, {ci['mrr'][1]:.3f}]",
             "MRR chance": f"{chance_mrr:.3f}",
         })
     return pd.DataFrame(out)
+
+
+def app_rows(folder: Path, seed: int) -> list[dict]:
+    """Pooled-table rows of one finished demo: adjusted / unadjusted test ranks, within-stratum ranks, confounds_only."""
+    from brainmm.align import table_subjects
+    from brainmm.embeddings import EmbeddingTable
+
+    rows: list[dict] = []
+    for kind, run in (("unadjusted", folder / "evaluate" / "unadjusted" / "align"), ("adjusted", folder / "align")):
+        brain = EmbeddingTable.load(run / "embeddings" / "test" / "brain")  # one recording per subject (demo)
+        genes = EmbeddingTable.load(run / "embeddings" / "test" / "genotype")
+        genes = genes.subset(table_subjects(brain, "brain"))
+        rows.append({"seed": seed, "kind": kind, "ranks": pair_ranks(brain.vectors, genes.vectors)[0],
+                     "chance": chance_metrics(len(brain.ids))})
+    table = pd.read_csv(folder / "evaluate" / "metrics.csv").set_index("name")
+    for name, kind in (("baseline/confounds_only/brain_to_genotype", "confounds_only (summary only)"),
+                       ("retrieval/within_site/brain_to_genotype", "adjusted within site (summary only)"),
+                       ("retrieval/unadjusted/within_site/brain_to_genotype", "unadjusted within site (summary only)"),
+                       ("retrieval/within_ancestry_cluster/brain_to_genotype",
+                        "adjusted within ancestry_cluster (summary only)")):
+        if f"{name}/R_at_1" in table.index:
+            r1, n = table.loc[f"{name}/R_at_1"], int(table.loc[f"{name}/R_at_1", "n"])
+            hits = int(round(r1["value"] * n))  # R@1 is a share of queries: rebuild 0/1 "ranks" for pooling
+            rows.append({"seed": seed, "kind": kind, "ranks": np.r_[np.zeros(hits, int), np.full(n - hits, 10**6)],
+                         "chance": {"R_at_1": r1["chance"], "mrr": table.loc[f"{name}/mrr", "chance"]}})
+    return rows
+
+
+def run_heads(args: argparse.Namespace) -> None:
+    """`--heads`: the procedure of tests/test_confounds_app.py (the `brainmm align` heads-only path on a brain
+    feature table and a genotype-matrix table; adjusted = age, sex, site + `--pcs` genetic PCs fitted on train)."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_confounds_app import align_config, build_inputs, test_ranks
+
+    from brainmm.align import run_align
+
+    base = Path(tempfile.mkdtemp(prefix="confounds-heads-"))
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    try:
+        for effect in args.effects:
+            rows = []
+            for seed in range(args.seeds):
+                inputs = build_inputs(base / f"e{effect}_s{seed}", seed, effect, args.subjects, args.pcs)
+                for adjusted in (False, True):
+                    ranks = test_ranks(run_align(align_config(inputs, adjusted, uri, epochs=100)))
+                    rows.append({"seed": seed, "kind": "adjusted" if adjusted else "unadjusted", "ranks": ranks,
+                                 "chance": chance_metrics(len(ranks))})
+            print(f"\n## heads-only app path: effects.effect_size={effect}, {args.subjects} subjects, "
+                  f"seeds 0-{args.seeds - 1}, {args.pcs} PCs\n")
+            table = summarise(rows, args.boot)
+            print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+            for values in table.itertuples(index=False):
+                print("| " + " | ".join(str(x) for x in values) + " |", flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_app(args: argparse.Namespace) -> None:
+    """`--app`: one `brainmm demo` per seed and effect, pooled like the library rows."""
+    from brainmm.pipeline import PipelineConfig, run_pipeline
+
+    base = Path(tempfile.mkdtemp(prefix="confounds-app-"))
+    scenario = [f"simulate.{x}" for x in CONFOUNDING]
+    for effect in args.effects:
+        rows = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            out = base / f"e{effect}_s{seed}"
+            cfg = load_config(PipelineConfig, None, [
+                f"output_dir={out}", f"tracking.uri=sqlite:///{base / 'mlflow.db'}", f"simulate.seed={seed}",
+                f"simulate.n_subjects={args.subjects}", f"simulate.effects.effect_size={effect}", *scenario,
+                "confounds.covariates=[age,sex,site]", f"confounds.genetic_pcs={args.pcs}", *args.set])
+            t0 = time.perf_counter()
+            run_pipeline(cfg)
+            rows += app_rows(out, seed)
+            print(f"effect {effect} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"\n## app: effects.effect_size={effect}, {args.subjects} subjects, seeds {args.first_seed}-"
+              f"{args.first_seed + args.seeds - 1}, "
+              f"{args.pcs} PCs\n")
+        table = summarise(rows, args.boot)
+        print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+        for values in table.itertuples(index=False):
+            print("| " + " | ".join(str(x) for x in values) + " |", flush=True)
 
 
 def main() -> None:
@@ -150,8 +243,20 @@ def main() -> None:
     parser.add_argument("--effects", type=float, nargs="+", default=[0.0, 1.0])
     parser.add_argument("--no-population", action="store_true",
                         help="reference: same cohorts without population structure (1 group, 3 sites)")
+    parser.add_argument("--app", action="store_true", help="through `brainmm demo` with confounds (see above)")
+    parser.add_argument("--set", nargs="*", default=[], help="extra demo overrides (with --app)")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed (with --app)")
+    parser.add_argument("--heads", action="store_true", help="the acceptance test's heads-only `brainmm align` path")
     args = parser.parse_args()
     start = time.perf_counter()
+    if args.heads:
+        run_heads(args)
+        print(f"\n{time.perf_counter() - start:.0f} s")
+        return
+    if args.app:
+        run_app(args)
+        print(f"\n{time.perf_counter() - start:.0f} s")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         scenario = ["sites.n_sites=3"] if args.no_population else CONFOUNDING
         for effect in args.effects:

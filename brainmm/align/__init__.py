@@ -5,10 +5,11 @@
     model = load_model(result.run_dir)                      # heads + towers, eval mode
 
 Modules: config (typed config), data (tables, split, pairs), project (eval-mode projection, validation retrieval),
-towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
+confounds (input residualisation), towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
 """
 
 from brainmm.align.config import AlignConfig, AlignDataConfig, AlignTrainConfig
+from brainmm.align.confounds import ConfoundsConfig, covariate_table, residualise_rows, to_dosage_range
 from brainmm.align.data import AlignData, BrainRows, SplitData, load_align_data, table_subjects
 from brainmm.align.io import load_heads, load_model, load_towers, project_fmri, project_table, save_heads
 from brainmm.align.loop import CHECKPOINTS, run_align
@@ -24,8 +25,10 @@ __all__ = [
     "AlignResult",
     "AlignTrainConfig",
     "BrainRows",
+    "ConfoundsConfig",
     "SplitData",
     "TowerKind",
+    "covariate_table",
     "evaluate_split",
     "kind_of",
     "list_towers",
@@ -37,8 +40,10 @@ __all__ = [
     "project_fmri",
     "project_table",
     "register_tower",
+    "residualise_rows",
     "run_align",
     "save_heads",
     "table_subjects",
+    "to_dosage_range",
     "tower_kind",
 ]

@@ -10,6 +10,7 @@ from alignment import (
     HeadConfig,
     LossConfig,
 )
+from brainmm.align.confounds import ConfoundsConfig
 from brainmm.align.towers import check_towers, tower_kind
 from brainmm.errors import BrainmmError
 from brainmm.tracking import TrackingConfig
@@ -65,6 +66,7 @@ class AlignConfig:
     towers: TowersConfig = field(default_factory=TowersConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: AlignTrainConfig = field(default_factory=AlignTrainConfig)
+    confounds: ConfoundsConfig = field(default_factory=ConfoundsConfig)  # residualise the inputs (train fit)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from brainmm.train.towers import (
 )
 
 LOG = logging.getLogger("brainmm.align")
+Adjust = Callable[["BrainRows", dict[str, EmbeddingTable], dict[str, str]], dict[str, EmbeddingTable]]
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -104,12 +106,13 @@ class AlignData:
 
 
 def load_align_data(cfg: AlignDataConfig, brain: BrainRows | None = None,
-                    shuffle_seed: int | None = None) -> AlignData:
+                    shuffle_seed: int | None = None, adjust: Adjust | None = None) -> AlignData:
     """Read the tables and the split, check overlap and leakage, and build row-aligned pairs per split.
 
     `brain` replaces the `cfg.brain` table (frozen-tower embeddings, or the recordings of a trainable tower).
     `shuffle_seed` (a shuffled-pair null run) pairs every train subject with the genetics of another train subject
     (a seeded permutation without fixed points, per modality); val and test keep their true pairs.
+    `adjust` (confounds) replaces the brain vectors and the genetics tables before the pairs are built.
     """
     from brainmm.data.splits import SPLITS, load_split
 
@@ -141,6 +144,10 @@ def load_align_data(cfg: AlignDataConfig, brain: BrainRows | None = None,
             )
         genetics[m], genetics_subjects[m] = table, subjects
         gen_row[m] = {s: i for i, s in enumerate(subjects)}
+    if adjust is not None:
+        genetics = adjust(brain, genetics, split_of)
+        genetics_subjects = {m: table_subjects(t, f"genetics table {cfg.genetics[m]}") for m, t in genetics.items()}
+        gen_row = {m: {s: i for i, s in enumerate(subjects)} for m, subjects in genetics_subjects.items()}
     if shuffle_seed is not None:
         for k, m in enumerate(genetics):
             gen_row[m] = _shuffled_train_rows(gen_row[m], brain_set, split_of, shuffle_seed + k, m)

@@ -28,6 +28,7 @@ from alignment import (
     warmup_cosine,
 )
 from brainmm.align.config import AlignConfig
+from brainmm.align.confounds import input_adjuster
 from brainmm.align.data import AlignData, first_rows, load_align_data
 from brainmm.align.project import evaluate_split, tower_outputs
 from brainmm.align.report import AlignResult, Progress, finalize, tower_summary
@@ -100,7 +101,11 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     seed_everything(cfg.train.seed)  # the brain tower's own initialisation (LoRA A matrices) is seeded too
     side = tower_kind(brain_cfg.kind, "brain").build_brain(cfg, cfg.train.device)
     brain_rows, brain_tower, brain_data = side.rows, side.tower, side.dataset
-    data = load_align_data(cfg.data, brain_rows, cfg.train.seed if cfg.train.shuffle_pairs else None)
+    adjusted: dict[str, Any] = {}
+    adjust = input_adjuster(cfg.confounds, adjusted) if cfg.confounds.enabled else None
+    data = load_align_data(cfg.data, brain_rows, cfg.train.seed if cfg.train.shuffle_pairs else None, adjust)
+    if adjusted:
+        data.counts["confounds_r2"] = {side: v["r2"] for side, v in adjusted.items()}
     if cfg.train.shuffle_pairs:
         LOG.info("align: train.shuffle_pairs: every train subject is paired with another train subject's genetics "
                  "(seed %d); val and test keep their true pairs", cfg.train.seed)

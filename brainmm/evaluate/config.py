@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from brainmm.align import ConfoundsConfig
 from brainmm.errors import BrainmmError
 
 BASELINE_METHODS = ("cca", "pls", "ridge", "random_head")
@@ -93,6 +94,7 @@ class EvaluateConfig:
     baselines: BaselineSection = field(default_factory=BaselineSection)
     figures: FigureSection = field(default_factory=FigureSection)
     model: ModelSection = field(default_factory=ModelSection)
+    confounds: ConfoundsConfig = field(default_factory=ConfoundsConfig)  # empty: the align run's
 
     def validate(self) -> None:
         """Cross-field checks (paths and columns are checked when the run starts)."""

@@ -30,6 +30,7 @@ class EvaluateResult:
     models: dict[str, dict[str, str]] = field(default_factory=dict)  # side -> {"uri", "id"} of the logged heads
     counts: dict[str, Any] = field(default_factory=dict)
     shuffled_run_id: str | None = None
+    unadjusted_run_id: str | None = None  # the alignment trained without confounds (confounds set)
 
 
 def data_counts(inputs: EvalInputs) -> dict[str, int]:
@@ -73,6 +74,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     <output_dir> atomically and log to MLflow (nothing is logged when a computation fails)."""
     from brainmm.config import save_config
     from brainmm.evaluate.baselines import baseline_records, shuffled_pair_run
+    from brainmm.evaluate.confounds import prepare_confounds, stratified_records, unadjusted_run
     from brainmm.evaluate.inputs import load_inputs, resolve_align_run
     from brainmm.evaluate.preflight import check_retrieval_sizes, shuffled_shortfall, skip_warning
     from brainmm.evaluate.probes import probe_data, probe_records
@@ -88,6 +90,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     if cfg.mlflow_run == "same":
         refuse_second_evaluation(run.run_id, run.tracking_uri)
     inputs = load_inputs(cfg, run)
+    confounds = prepare_confounds(cfg, inputs)  # residualises the inputs; bad covariates fail before any output
     check_retrieval_sizes(inputs, cfg)  # every too-small split in one message, before any work
     shuffled_short = shuffled_shortfall(inputs) if cfg.baselines.shuffled_pairs else []
     counts: dict[str, Any] = data_counts(inputs)
@@ -108,6 +111,12 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         retrieval, ranks = retrieval_records(inputs, cfg)
         records += retrieval
         records += baseline_records(inputs, cfg)
+        unadjusted_run_id = None
+        if confounds is not None:
+            records += confounds.records + stratified_records(inputs, confounds, cfg)
+            unadjusted, unadjusted_run_id = unadjusted_run(inputs, confounds, cfg, stage / "unadjusted")
+            records += unadjusted
+            log_to_file(stage)  # run_align moved the log file to its own folder
         shuffled_run_id = None
         if shuffled_short:
             skip_warning("baselines.shuffled_pairs", shuffled_short)
@@ -135,16 +144,24 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         tags = {"brainmm.align_run_id": run.run_id}
         if shuffled_run_id:
             tags["evaluate.shuffled_pairs_run_id"] = shuffled_run_id
+        if unadjusted_run_id:
+            tags["evaluate.unadjusted_run_id"] = unadjusted_run_id
         run_id, models = publish(cfg, inputs, stage, table, flat, figures, summary, counts, tags)
         atomic_write_json(stage / "result.json", {
             "mlflow_run_id": run_id, "align_run_id": run.run_id, "tracking_uri": run.tracking_uri,
             "mlflow_run": cfg.mlflow_run, "models": models, "shuffled_pairs_run_id": shuffled_run_id,
-            "counts": counts,
+            "unadjusted_run_id": unadjusted_run_id, "counts": counts,
         })
     if shuffled_run_id:  # the shuffled-pair run was trained in the staging folder: point its tag at the final one
         import mlflow
 
         mlflow.MlflowClient(run.tracking_uri).set_tag(
             shuffled_run_id, "brainmm.run_dir", str((out_dir / "shuffled_pairs" / "align").resolve()))
+    if unadjusted_run_id:
+        import mlflow
+
+        mlflow.MlflowClient(run.tracking_uri).set_tag(
+            unadjusted_run_id, "brainmm.run_dir", str((out_dir / "unadjusted" / "align").resolve()))
     LOG.info("evaluate: wrote %s (MLflow run %s)", out_dir, run_id)
-    return EvaluateResult(out_dir, run_id, run.run_id, flat, table, summary, models, counts, shuffled_run_id)
+    return EvaluateResult(out_dir, run_id, run.run_id, flat, table, summary, models, counts, shuffled_run_id,
+                          unadjusted_run_id)

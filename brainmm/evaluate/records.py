@@ -19,6 +19,7 @@ from brainmm.tracking import sanitize_metric_name
 COLUMNS = (
     "name", "section", "split", "model", "direction", "representation", "target", "task", "level", "metric",
     "value", "ci_low", "ci_high", "chance", "perm_mean", "perm_std", "p_value", "n", "n_candidates", "n_dropped",
+    "variant",
 )
 FIELDS = ("ci_low", "ci_high", "chance", "perm_mean", "perm_std", "p_value")
 MAX_NAME = 250  # MLflow's key length limit
@@ -54,9 +55,12 @@ def metric_parts(values: Iterable[Any], where: str) -> dict[str, str]:
 def record_name(record: Mapping[str, Any]) -> str:
     """MLflow name of a record:
     retrieval/[<split>/]<direction>/[<level>/]<metric>  (split omitted for test, level for subject level),
+    retrieval/<variant>/<direction>/<metric> (test split, confounds: unadjusted, within_site, ...),
     probe/<representation>/<target>/<metric>, baseline/<model>/<direction or modality>/[<level>/]<metric>."""
     section, level = record["section"], record.get("level")
-    if section == "retrieval":
+    if section == "retrieval" and record.get("variant"):
+        parts = ["retrieval", record["variant"], record["direction"], record["metric"]]
+    elif section == "retrieval":
         split = None if record["split"] == "test" else record["split"]
         parts = ["retrieval", split, record["direction"], None if level == "subject" else level, record["metric"]]
     elif section == "probe":

@@ -48,6 +48,29 @@ def _retrieval_table(rows: pd.DataFrame, ks: list[int]) -> list[str]:
     return lines
 
 
+def confound_lines(table: pd.DataFrame) -> list[str]:
+    """Adjusted vs unadjusted test retrieval, within-stratum retrieval and `confounds_only` (confounds set)."""
+    variants = table[(table["section"] == "retrieval") & table["variant"].notna()]
+    if not len(variants):
+        return []
+    adjusted = table[(table["section"] == "retrieval") & table["variant"].isna() & (table["split"] == "test")
+                     & (table["level"] == "subject")].assign(variant="adjusted")
+    only = table[(table["model"] == "confounds_only") & (table["level"] == "subject")].assign(variant="confounds_only")
+    lines = ["", "## Confounds (test split, subject level)", "",
+             "Adjusted: inputs residualised on the confounds (fitted on train) before alignment; unadjusted: the same "
+             "alignment trained without adjustment; within_<stratum>: candidates restricted to the query's stratum "
+             "(chance = mean 1/stratum size); confounds_only: retrieval from what each modality reveals about the "
+             "confounds.", "",
+             "| retrieval | direction | R@1 [95% CI] | chance | MRR [95% CI] | chance |", "|---|---|---|---|---|---|"]
+    for (variant, direction), group in pd.concat([adjusted, variants, only]).groupby(["variant", "direction"],
+                                                                                     sort=False):
+        r1, mrr = _pick(group, metric="R_at_1"), _pick(group, metric="mrr")
+        if r1 is not None and mrr is not None:
+            lines.append(f"| {variant} | {direction} | {_ci(r1)} | {_num(r1['chance'])} | {_ci(mrr)} | "
+                         f"{_num(mrr['chance'])} |")
+    return lines
+
+
 def render_summary(table: pd.DataFrame, counts: dict[str, Any], context: dict[str, Any], ks: list[int]) -> str:
     """Markdown summary: data sizes, retrieval per split, probes and baselines (values with CI and chance)."""
     level_pct = round(100 * context["level"])
@@ -66,7 +89,7 @@ def render_summary(table: pd.DataFrame, counts: dict[str, Any], context: dict[st
             cells += [str(counts.get(f"{split}/{m}_subjects", 0)), str(counts.get(f"{split}/paired_{m}", 0))]
         lines.append("| " + " | ".join(cells) + " |")
 
-    retrieval = table[table["section"] == "retrieval"]
+    retrieval = table[(table["section"] == "retrieval") & table["variant"].isna()]
     for split in dict.fromkeys(retrieval["split"]):
         selection = (" The val split chose the model (best epoch, early stopping): its numbers are optimistic; "
                      "report the test split." if split == "val" else "")
@@ -77,6 +100,7 @@ def render_summary(table: pd.DataFrame, counts: dict[str, Any], context: dict[st
                   "K-way: top-1 among K random subjects, mean over repeats.", ""]
         lines += _retrieval_table(retrieval[retrieval["split"] == split], ks)
 
+    lines += confound_lines(table)
     probes = table[table["section"] == "probe"]
     if len(probes):
         lines += ["", f"## Linear probes (subjects of {probes['split'].iloc[0]}; grouped cross-validation)", "",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from brainmm.align import AlignConfig, AlignTrainConfig
+from brainmm.align import AlignConfig, AlignTrainConfig, ConfoundsConfig
 from brainmm.data.fmri.ingest import IngestConfig
 from brainmm.data.genetics.config import GeneticsEmbedConfig, GenotypeMatrixConfig
 from brainmm.data.simulate.config import BrainConfig, FactorConfig, GenotypeConfig, SimulationConfig
@@ -131,6 +131,8 @@ class PipelineConfig:
     genetics: GeneticsSection = field(default_factory=GeneticsSection)
     align: AlignConfig = field(default_factory=_align)
     evaluate: EvaluateConfig = field(default_factory=_evaluate)
+    # passed to align and evaluate; cohort empty: the fMRI dataset; pcs empty: computed in the genetics stage
+    confounds: ConfoundsConfig = field(default_factory=ConfoundsConfig)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="brainmm"))
 
     def validate(self) -> None:
@@ -153,6 +155,10 @@ class PipelineConfig:
             if value:
                 raise BrainmmError(f"pipeline config field '{key}': set by the pipeline (the align stage's run); "
                                    "leave it empty, or run `brainmm evaluate` on its own")
+        for section in ("align", "evaluate"):
+            if getattr(self, section).confounds != ConfoundsConfig():
+                raise BrainmmError(f"pipeline config field '{section}.confounds': set by the pipeline from 'confounds' "
+                                   "(align and evaluate adjust for the same confounds); set it there")
         if self.evaluate.mlflow_run != "nested":
             raise BrainmmError("pipeline config field 'evaluate.mlflow_run': the pipeline logs the evaluation as a "
                                f"child of the align run ('nested'), got {self.evaluate.mlflow_run!r}")

@@ -20,6 +20,7 @@ from brainmm.pipeline.config import STAGES, PipelineConfig
 
 COHORT_DIR = "cohort"  # the simulated cohort, inside output_dir
 FMRI_DIR = "fmri"  # the ingested fMRI dataset, inside output_dir
+PCS_OUT = "genetics/genetic_pcs"  # the confounds' genetic PCs, when the pipeline computes them
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Plan:
     fmri_cohort: Path | None = None  # the cohort table ingest reads
     fmri_dataset: Path | None = None
     brain_model: Path | None = None  # the BrainLM checkpoint folder embed reads
+    genetic_pcs: bool = False  # the genetics stage also computes the confounds' genetic PCs (confounds.pcs)
 
     @property
     def stages(self) -> list[str]:
@@ -182,7 +184,29 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     v.data.cohort = _given(v.data.cohort) if v.data.cohort else dataset
     if not table_tower and not v.data.brain and runs["embed"]:
         v.data.brain = e.out  # the baselines and probes read the frozen model's features
+    _wire_confounds(plan, dataset)
     return plan
+
+
+def _wire_confounds(plan: Plan, dataset: str) -> None:
+    """Copy `confounds` into align and evaluate: the cohort defaults to the fMRI dataset, and the genetic PCs are
+    computed in the genetics stage (fitted on train) unless a `genetics pca` table is given."""
+    cfg = plan.config
+    k = copy.deepcopy(cfg.confounds)
+    if not k.enabled:
+        return
+    k.cohort = _given(k.cohort) if k.cohort else dataset
+    if k.pcs:
+        k.pcs = _given(k.pcs)
+    elif k.genetic_pcs:
+        if not (plan.runs["genetics"] and cfg.genetics.kind == "genotype_matrix"):
+            raise BrainmmError("pipeline config field 'confounds.pcs': confounds.genetic_pcs needs genetic PCs; the "
+                               "pipeline computes them only in the genetics stage with genetics.kind "
+                               "genotype_matrix, so give a `brainmm genetics pca` table here")
+        k.pcs = _inside(plan.out, PCS_OUT)
+        plan.genetic_pcs = True
+    cfg.confounds = k
+    cfg.align.confounds, cfg.evaluate.confounds = copy.deepcopy(k), copy.deepcopy(k)
 
 
 def _wire_matrix(plan: Plan, split: str) -> None:

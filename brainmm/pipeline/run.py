@@ -202,9 +202,23 @@ def _adopt(parent: PipelineRun, plan: Plan, record: StageRecord) -> None:
         record.run_id = json.loads((Path(folder) / "run.json").read_text()).get("mlflow_run_id")
     if record.run_id:  # the evaluate run stays a child of its align run
         parent.adopt(record.run_id, record.stage, nest=record.stage != "evaluate")
-    shuffled = record.extra.get("shuffled_pairs_run_id")
-    if shuffled:
-        parent.adopt(shuffled, "shuffled_pairs")
+    for key, name in (("shuffled_pairs_run_id", "shuffled_pairs"), ("unadjusted_run_id", "unadjusted")):
+        if record.extra.get(key):
+            parent.adopt(record.extra[key], name)
+
+
+def _genetic_pcs(c: PipelineConfig) -> str:
+    """`genetics pca` on the genetics stage's genotypes, fitted on the train subjects of its split: the confounds'
+    PC table (c.confounds.pcs)."""
+    import dataclasses
+
+    from brainmm.data.genetics.config import GeneticPcaConfig, GenotypeSourceConfig
+    from brainmm.data.genetics.pca import run_pca
+
+    m = c.genetics.matrix
+    source = {f.name: getattr(m, f.name) for f in dataclasses.fields(GenotypeSourceConfig)}
+    run_pca(GeneticPcaConfig(**source, split=m.split, n_pcs=c.confounds.genetic_pcs, out=c.confounds.pcs))
+    return c.confounds.pcs
 
 
 def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
@@ -249,12 +263,14 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
 
             rec.output = g.matrix.out
             table = run_matrix(g.matrix)
+            if plan.genetic_pcs:
+                rec.extra["genetic_pcs"] = _genetic_pcs(c)
         else:
             from brainmm.data.genetics import run_embed as run_genetics_embed
 
             rec.output = g.dna.out
             table = run_genetics_embed(g.dna)
-        rec.extra = {"subjects": len(table.ids), "dim": table.dim}
+        rec.extra.update({"subjects": len(table.ids), "dim": table.dim})
         return table
 
     def align(rec: StageRecord) -> Any:
@@ -272,7 +288,7 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
         rec.output = c.evaluate.output_dir
         result = run_evaluate(c.evaluate)
         rec.run_id = result.run_id
-        rec.extra = {"shuffled_pairs_run_id": result.shuffled_run_id}
+        rec.extra = {"shuffled_pairs_run_id": result.shuffled_run_id, "unadjusted_run_id": result.unadjusted_run_id}
         return result
 
     return {"simulate": simulate, "ingest": ingest, "pretrain": pretrain, "embed": embed, "genetics": genetics,

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from brainmm.pipeline.run import PipelineResult
 
 RETRIEVAL_METRICS = ("R_at_1", "R_at_5", "R_at_10", "mrr", "median_rank")
+CONFOUND_VARIANTS = ("unadjusted", "within_site", "within_ancestry_cluster")
 
 
 def ui_command(uri: str) -> str:
@@ -40,7 +41,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def retrieval_lines(table: pd.DataFrame, modalities: list[str]) -> list[str]:
     """Test-split, subject-level retrieval of the trained model, both directions, with CI and chance."""
-    t = table[(table["section"] == "retrieval") & (table["split"] == "test") & (table["level"] == "subject")]
+    t = table[(table["section"] == "retrieval") & (table["split"] == "test") & (table["level"] == "subject")
+              & table["variant"].isna()]
     rows = []
     for m in modalities:
         for direction in (f"brain_to_{m}", f"{m}_to_brain"):
@@ -66,7 +68,7 @@ def baseline_lines(table: pd.DataFrame, modalities: list[str]) -> list[str]:
     for m in modalities:
         direction = f"brain_to_{m}"
         trained = table[(table["section"] == "retrieval") & (table["split"] == "test") & (table["level"] == "subject")
-                        & (table["direction"] == direction)]
+                        & (table["direction"] == direction) & table["variant"].isna()]
         base = table[(table["section"] == "baseline") & (table["direction"] == direction)]
         groups = [("trained model", trained)] + [(name, base[base["model"] == name])
                                                  for name in dict.fromkeys(base["model"])]
@@ -88,12 +90,29 @@ def probe_lines(table: pd.DataFrame) -> list[str]:
     return _table(["target", "representation", "metric", "value [95% CI]", "chance", "permuted"], rows)
 
 
+def confound_lines(table: pd.DataFrame) -> list[str]:
+    """R@1 and MRR of the unadjusted and within-stratum retrieval variants (confounds set), with CI and chance."""
+    t = table[(table["section"] == "retrieval") & table["variant"].notna()]
+    rows = []
+    for (variant, direction), group in t.groupby(["variant", "direction"], sort=False):
+        d = group.set_index("metric")
+        if "R_at_1" not in d.index or "mrr" not in d.index:
+            continue
+        r1, mrr = d.loc["R_at_1"], d.loc["mrr"]
+        rows.append([variant, direction.replace("_to_", " -> "), _cell(r1), _fmt(r1["chance"]), _cell(mrr),
+                     _fmt(mrr["chance"])])
+    return _table(["retrieval", "direction", "R@1 [95% CI]", "chance", "MRR [95% CI]", "chance"], rows)
+
+
 def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The evaluation metrics copied to the pipeline's parent run: test retrieval and the baselines' R@1 / MRR."""
     keep = {}
     for name, value in metrics.items():
         head = name.split("/")
         if head[0] == "retrieval" and len(head) == 3 and head[2].split("_ci")[0].split("_chance")[0] in RETRIEVAL_METRICS:
+            keep[name] = value
+        elif head[0] == "retrieval" and len(head) >= 4 and head[1] in CONFOUND_VARIANTS \
+                and head[-1].split("_ci")[0].split("_chance")[0] in ("R_at_1", "mrr"):
             keep[name] = value
         elif head[0] == "baseline" and len(head) == 4 and head[3].startswith(("R_at_1", "mrr")):
             keep[name] = value
@@ -115,6 +134,10 @@ def render_summary(result: PipelineResult) -> str:
             lines += ["", "Linear probes (val + test subjects, grouped CV): value [95% CI], chance, permuted-label mean",
                       *probes]
         lines += ["", "Baselines, test split (fitted on train)", *baseline_lines(ev.table, modalities)]
+        confounds = confound_lines(ev.table)
+        if len(confounds) > 2:
+            lines += ["", "Confounds, test split: adjusted (inputs residualised, the rows above) vs unadjusted, "
+                      "within-stratum retrieval", *confounds]
     lines += ["", "Stages (wall / CPU seconds): " + ", ".join(
         f"{s} {r.seconds:.0f}/{r.cpu_seconds:.0f}" for s, r in result.stages.items())
         + f"; total {result.seconds:.0f}/{result.cpu_seconds:.0f}"]

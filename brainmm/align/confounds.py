@@ -1,0 +1,239 @@
+"""Confound adjustment of the input features (docs/confounds.md): the `confounds` config section, the per-subject
+covariate table (cohort columns + genetic PCs) and residualisation of a table's rows fitted on training subjects."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from brainmm.errors import BrainmmError
+
+LOG = logging.getLogger("brainmm.align")
+
+
+@dataclass
+class ConfoundsConfig:
+    """Covariates regressed out of both modalities' inputs (fitted on train subjects) before alignment, baselines
+    and probes. `covariates`: cohort-table columns (text columns, and those in `categorical`, one-hot);
+    `genetic_pcs`: the first K columns of `pcs` (a `brainmm genetics pca` table; the pipeline computes it from the
+    cohort's genotypes fitted on train when empty); `cohort`: an fMRI dataset folder or a CSV/TSV/Parquet table
+    with subject_id and the covariates (the pipeline: its fMRI dataset)."""
+
+    covariates: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    genetic_pcs: int = 0
+    pcs: str = ""
+    cohort: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any confound is set."""
+        return bool(self.covariates) or self.genetic_pcs > 0
+
+    @property
+    def pc_names(self) -> list[str]:
+        """Design column names of the genetic PCs."""
+        return [f"pc{i + 1}" for i in range(self.genetic_pcs)]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every covariate column of the design: the cohort columns, then the PCs."""
+        return [*self.covariates, *self.pc_names]
+
+    def validate(self) -> None:
+        """Field checks that need no files."""
+        if self.genetic_pcs < 0:
+            raise BrainmmError(f"config field 'confounds.genetic_pcs': expected an integer >= 0, got {self.genetic_pcs}")
+        if len(set(self.covariates)) != len(self.covariates):
+            raise BrainmmError(f"config field 'confounds.covariates': repeated columns in {self.covariates}")
+        clash = [c for c in self.covariates if c in self.pc_names or c == "subject_id"]
+        if clash:
+            raise BrainmmError(f"config field 'confounds.covariates': {clash} clash with the genetic PC columns "
+                               "(pc1..) or the subject id; rename them in the cohort table")
+        unknown = sorted(set(self.categorical) - set(self.covariates))
+        if unknown:
+            raise BrainmmError(f"config field 'confounds.categorical': {unknown} are not in confounds.covariates "
+                               f"{self.covariates}")
+
+    def require_sources(self, where: str) -> None:
+        """The cohort table (with covariates) and the PC table (with genetic_pcs) must be given."""
+        if self.covariates and not self.cohort:
+            raise BrainmmError(f"{where} config field 'confounds.cohort': confounds.covariates {self.covariates} need "
+                               "the cohort table (an fMRI dataset folder or a CSV/TSV/Parquet table with subject_id)")
+        if self.genetic_pcs and not self.pcs:
+            raise BrainmmError(f"{where} config field 'confounds.pcs': confounds.genetic_pcs={self.genetic_pcs} needs "
+                               "a `brainmm genetics pca` table (fitted on the train subjects of the same split)")
+
+
+def _read_cohort(path: str) -> pd.DataFrame:
+    from brainmm.data.cohort import read_table
+
+    p = Path(path)
+    if p.is_dir():
+        from brainmm.data.fmri import FmriDataset
+
+        cohort = FmriDataset.load(p).cohort
+    else:
+        cohort = read_table(p)
+    if "subject_id" not in cohort.columns:
+        raise BrainmmError(f"confounds cohort table {path}: no subject_id column")
+    cohort = cohort.copy()
+    cohort["subject_id"] = cohort["subject_id"].astype(str)
+    return cohort
+
+
+def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optional: set[str] = frozenset()) \
+        -> pd.DataFrame:
+    """One row per subject of `subjects` (index subject_id, that order): the cohort covariates (numeric columns
+    averaged over a subject's rows, others one value per subject) and pc1..pcK. A column missing from the
+    cohort table, a missing value, a subject without a row or PCs, or a constant column is an error naming it;
+    subjects in `optional` without a cohort row or PCs are left out instead."""
+    cfg.require_sources(where)
+    wanted = list(dict.fromkeys(subjects))
+    cohort = _read_cohort(cfg.cohort) if cfg.covariates else None
+    pcs_table = None
+    if cfg.genetic_pcs:
+        from brainmm.embeddings import EmbeddingTable
+
+        pcs_table = EmbeddingTable.load(cfg.pcs)
+    if optional:
+        known = set(cohort["subject_id"]) if cohort is not None else None
+        if pcs_table is not None:
+            known = set(pcs_table.ids) if known is None else known & set(pcs_table.ids)
+        wanted = [s for s in wanted if s not in optional or s in known]
+    out = pd.DataFrame(index=pd.Index(wanted, name="subject_id"))
+    if cohort is not None:
+        have = [c for c in cohort.columns if c != "subject_id"]
+        for col in cfg.covariates:
+            if col not in cohort.columns:
+                raise BrainmmError(f"confound column {col!r} (confounds.covariates): not in the cohort table "
+                                   f"{cfg.cohort} (columns: {have})")
+        rows = cohort[cohort["subject_id"].isin(set(wanted))]
+        present = set(rows["subject_id"])
+        absent = [s for s in wanted if s not in present]
+        if absent:
+            raise BrainmmError(f"confounds cohort table {cfg.cohort}: {len(absent)} subject(s) have no row, e.g. "
+                               f"{absent[:5]}")
+        grouped = rows.groupby("subject_id", sort=False)
+        for col in cfg.covariates:
+            values = rows[col]
+            if values.isna().any():
+                bad = sorted(set(rows.loc[values.isna(), "subject_id"]))
+                raise BrainmmError(f"confound column {col!r}: {len(bad)} subject(s) have a missing value, e.g. "
+                                   f"{bad[:5]} in {cfg.cohort} (impute or drop those subjects first)")
+            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+            if numeric and col not in cfg.categorical:
+                out[col] = grouped[col].mean().reindex(wanted).to_numpy(dtype=np.float64)
+            else:
+                text = rows.assign(**{col: values.astype(str)})
+                counts = text.groupby("subject_id", sort=False)[col].nunique()
+                if (counts > 1).any():
+                    bad = counts.index[counts > 1][0]
+                    found = sorted(set(text.loc[text["subject_id"] == bad, col]))
+                    raise BrainmmError(f"confound column {col!r}: subject {bad!r} has different values {found} on "
+                                       f"its rows in {cfg.cohort}; expected one per subject")
+                first = text.drop_duplicates("subject_id").set_index("subject_id")[col]
+                out[col] = first.reindex(wanted).to_numpy(dtype=object)
+            if out[col].nunique() < 2:
+                raise BrainmmError(f"confound column {col!r}: constant ({out[col].iloc[0]!r}) over the "
+                                   f"{len(wanted)} subjects in {cfg.cohort}; drop it")
+    if pcs_table is not None:
+        table = pcs_table
+        if table.dim < cfg.genetic_pcs:
+            raise BrainmmError(f"confounds.pcs {cfg.pcs}: {table.dim} PCs, fewer than confounds.genetic_pcs="
+                               f"{cfg.genetic_pcs}")
+        index = {s: i for i, s in enumerate(table.ids)}
+        absent = [s for s in wanted if s not in index]
+        if absent:
+            raise BrainmmError(f"confounds.pcs {cfg.pcs}: {len(absent)} subject(s) have no PCs, e.g. {absent[:5]}")
+        pcs = table.vectors[[index[s] for s in wanted], : cfg.genetic_pcs].astype(np.float64)
+        if not np.isfinite(pcs).all():
+            raise BrainmmError(f"confounds.pcs {cfg.pcs}: NaN/inf values")
+        for i, name in enumerate(cfg.pc_names):
+            out[name] = pcs[:, i]
+    return out
+
+
+@dataclass
+class Adjusted:
+    """Residualised rows of one table and what the fit explained."""
+
+    vectors: np.ndarray  # float32 [rows, dim]
+    r2: float  # share of the training rows' feature variance the confounds explain
+    n_train: int  # training rows the regression was fitted on
+
+
+def residualise_rows(cfg: ConfoundsConfig, covariates: pd.DataFrame, vectors: np.ndarray, subjects: list[str],
+                     train: set[str], what: str) -> Adjusted:
+    """Residuals of every row of `vectors` (subject `subjects[i]`, covariates by subject) under the least-squares
+    fit on the rows of `train` subjects (`alignment.confounds.Residualiser`)."""
+    from alignment.confounds import Residualiser
+
+    rows = covariates.loc[subjects]
+    fit = np.array([s in train for s in subjects], dtype=bool)
+    if fit.sum() < 2:
+        raise BrainmmError(f"confounds ({what}): {int(fit.sum())} training rows; need more")
+    res = Residualiser(cfg.columns, cfg.categorical).fit(vectors[fit], rows.iloc[np.flatnonzero(fit)])
+    out = res.transform(vectors, rows).astype(np.float32)
+    LOG.info("confounds: %s residualised on %s (fitted on %d train rows; R^2 %.3f)", what, ", ".join(cfg.columns),
+             int(fit.sum()), res.r2_)
+    return Adjusted(out, float(res.r2_), int(fit.sum()))
+
+
+def input_adjuster(cfg: ConfoundsConfig, report: dict) -> Callable:
+    """The `adjust` hook of `load_align_data`: residualise the brain rows and every genetics table on the
+    confounds, fitted on the train subjects of the split; `report` receives R^2 and row counts per side."""
+    from brainmm.align.data import table_subjects
+    from brainmm.embeddings import EmbeddingTable
+
+    def adjust(brain: Any, genetics: dict[str, EmbeddingTable], split_of: dict[str, str]) -> dict[str, EmbeddingTable]:
+        if brain.vectors is None:
+            raise BrainmmError("align config field 'confounds': a trainable BrainLM tower reads fMRI windows, which "
+                               "cannot be residualised; use a brain table or a frozen tower (trainable: frozen)")
+        train = {s for s, name in split_of.items() if name == "train"}
+        brain_rows = [i for i, s in enumerate(brain.subjects) if s in split_of]
+        gen_subjects = {m: table_subjects(t, f"genetics table {m}") for m, t in genetics.items()}
+        optional = {s for subjects in gen_subjects.values() for s in subjects} - set(brain.subjects)
+        every = [brain.subjects[i] for i in brain_rows]
+        every += [s for subjects in gen_subjects.values() for s in subjects if s in split_of]
+        cov = covariate_table(cfg, every, "align", optional)
+        vectors = np.array(brain.vectors, dtype=np.float32, copy=True)
+        fit = residualise_rows(cfg, cov, vectors[brain_rows], [brain.subjects[i] for i in brain_rows], train,
+                               "brain inputs")
+        vectors[brain_rows] = fit.vectors
+        brain.vectors = vectors
+        report["brain"] = {"r2": fit.r2, "train_rows": fit.n_train}
+        out = {}
+        for m, table in genetics.items():
+            keep = [i for i, s in enumerate(gen_subjects[m]) if s in split_of and s in cov.index]
+            dropped = sum(s in split_of for s in gen_subjects[m]) - len(keep)
+            if dropped:
+                LOG.warning("confounds: %d subject(s) of genetics table %r (no brain rows) have no covariates and are "
+                            "left out", dropped, m)
+            subjects = [gen_subjects[m][i] for i in keep]
+            fit = residualise_rows(cfg, cov, table.vectors[keep], subjects, train, f"{m} inputs")
+            if table.meta.get("kind") == "genotype_matrix":  # a genotype tower takes dosages in [0, 2]
+                fit.vectors = to_dosage_range(fit.vectors, np.array([s in train for s in subjects]))
+            part = table.subset([table.ids[i] for i in keep])
+            if "subject_id" in table.meta:
+                part.meta["subject_id"] = {table.ids[i]: gen_subjects[m][i] for i in keep}
+            out[m] = EmbeddingTable(part.ids, fit.vectors, part.meta)
+            report[m] = {"r2": fit.r2, "train_rows": fit.n_train}
+        return out
+
+    return adjust
+
+
+def to_dosage_range(residuals: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Per column, the affine map of the training rows' residual range onto [0, 2] (other rows clipped to it):
+    a genotype tower takes dosages in [0, 2] and standardises its inputs, so on the training rows this changes
+    nothing but the scale; the residuals stay uncorrelated with the confounds."""
+    lo, hi = residuals[train].min(axis=0), residuals[train].max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return np.clip(2.0 * (residuals - lo) / span, 0.0, 2.0).astype(np.float32)
