@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from brainmm.align import AlignConfig, AlignTrainConfig
+from brainmm.data.fmri.connectivity import ConnectivityConfig
 from brainmm.data.fmri.ingest import IngestConfig
 from brainmm.data.genetics.config import GeneticsEmbedConfig, GenotypeMatrixConfig
 from brainmm.data.simulate.config import BrainConfig, FactorConfig, GenotypeConfig, SimulationConfig
@@ -28,7 +29,7 @@ from brainmm.train.pretrain_config import (
 )
 from brainmm.train.towers import GeneticsTowerConfig
 
-STAGES = ("simulate", "ingest", "pretrain", "embed", "genetics", "align", "evaluate")
+STAGES = ("simulate", "ingest", "connectivity", "pretrain", "embed", "genetics", "align", "evaluate")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class StageSwitches:
 
     simulate: bool | None = None  # null: when data.fmri_cohort and data.fmri_dataset are empty
     ingest: bool | None = None  # null: when data.fmri_dataset is empty
+    connectivity: bool | None = None  # null: when evaluate asks fc_* baselines and evaluate.data.brain_fc is empty
     pretrain: bool | None = None  # null: when embed.model (a BrainLM checkpoint) is empty
     embed: bool | None = None  # null: when align.data.brain is empty (and the brain tower is a table)
     genetics: bool | None = None  # null: when align.data.genetics is empty
@@ -113,7 +115,7 @@ def _evaluate() -> EvaluateConfig:
 
 @dataclass
 class PipelineConfig:
-    """`brainmm run` / `brainmm demo`: simulate -> ingest -> pretrain -> embed -> genetics -> align -> evaluate."""
+    """`brainmm run` / `brainmm demo`: simulate -> ingest -> connectivity -> pretrain -> embed -> genetics -> align -> evaluate."""
 
     name: str = "demo"  # MLflow name of the pipeline's parent run
     output_dir: str = "runs/demo"  # every stage writes a folder inside it
@@ -122,6 +124,7 @@ class PipelineConfig:
     data: PipelineData = field(default_factory=PipelineData)
     simulate: SimulationConfig = field(default_factory=_simulate)
     ingest: IngestConfig = field(default_factory=_ingest)
+    connectivity: ConnectivityConfig = field(default_factory=ConnectivityConfig)  # -> connectivity/fc (fc_* baselines)
     pretrain: PretrainConfig = field(default_factory=_pretrain)
     embed: EmbedConfig = field(default_factory=_embed)
     genetics: GeneticsSection = field(default_factory=GeneticsSection)
