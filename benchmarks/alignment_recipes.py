@@ -43,6 +43,10 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fc_lin_gtab_d16": ("fc", ["head.kind=linear", "genotype_table", "head.out_dim=16"]),
     "concat_lin_gtab_d16": ("concat", ["head.kind=linear", "genotype_table", "head.out_dim=16"]),
     "fc_lin_gtab_b128": ("fc", ["head.kind=linear", "genotype_table", "train.batch_size=128"]),
+    # linear heads started from the train-fitted PCA -> CCA solution (head.init cca; epoch 0 = CCA, chosen on val)
+    "cca_init_emb": ("emb", ["head.kind=linear", "genotype_table", "head.init=cca"]),
+    "cca_init_concat": ("concat", ["head.kind=linear", "genotype_table", "head.init=cca"]),
+    "cca_init_fc": ("fc", ["head.kind=linear", "genotype_table", "head.init=cca"]),
 }
 
 

@@ -1,5 +1,6 @@
 """Cohort-size benchmark of the whole pipeline (issue 13): simulate -> ingest -> connectivity -> pretrain -> embed ->
-genetics -> align -> evaluate, one `brainmm demo` subprocess per (N, seed), each logging to its own MLflow experiment.
+genetics -> align -> evaluate, one `brainmm demo` subprocess per (N, seed), each logging to its own MLflow experiment
+in its own sqlite file (<out>/mlflow-n<N>-s<seed>.db: parallel runs must not create one database at once).
 
 Per run: test R@1 / MRR [95% CI] (brain -> genotype, subject level) of brainmm's default recipe and of every baseline
 (cca, pls, ridge, fc_cca, fc_pls, fc_ridge, random_head, shuffled_pairs) read from evaluate/metrics.json; the paired
@@ -44,7 +45,7 @@ def run_one(n: int, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "brainmm.cli", "-q", "demo", "--out", str(folder), "--overwrite",
            f"simulate.n_subjects={n}", f"simulate.seed={seed}", f"pretrain.train.seed={1234 + seed}",
            f"align.train.seed={seed}", f"name=scaling-n{n}-s{seed}", f"tracking.experiment=scaling-n{n}-s{seed}",
-           f"tracking.uri=sqlite:///{(out / 'mlflow.db').resolve()}", "evaluate.model.log=false", *extra]
+           f"tracking.uri=sqlite:///{(out / f'mlflow-n{n}-s{seed}.db').resolve()}", "evaluate.model.log=false", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
