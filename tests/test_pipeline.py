@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from brainmm.cli import main
 from brainmm.config import ConfigError, load_config, read_yaml, to_dict
+from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.pipeline import PipelineConfig, make_plan
 
@@ -133,6 +135,8 @@ def test_real_data_config_skips_simulate_and_pretrain(tmp_path: Path) -> None:
     (["stages.pretrain=false"], "'stages.pretrain': false, so set embed.model"),
     (["stages.align=false"], "'stages.evaluate': the pipeline evaluates its own align run"),
     (["stages.connectivity=true", "evaluate.data.brain_fc=fc"], "'stages.connectivity': true, but evaluate.data.brain_fc"),
+    (["brain_inputs=[connectivity]", "align.data.brain=b"], "'brain_inputs': \\['connectivity'\\] builds the align"),
+    (["brain_inputs=[fc]"], "'brain_inputs': expected distinct entries"),
     (["genetics.kind=dna", "genetics.dna.encoder.path=m"], "'genetics.dna.inputs.vcf': required .*write_sequences: true"),
     (["genetics.kind=dna", "simulate.write_sequences=true"], "'genetics.dna.encoder.path': genetics.kind dna needs"),
     (["data.fmri_dataset=d", "embed.model=m"], "'genetics.matrix.vcf' / 'genetics.matrix.bed': give the genotypes"),
@@ -256,9 +260,15 @@ def test_rerun_refuses_the_folder_then_reuses_outputs_and_skips_stages(tiny_run:
     reuse = [f"data.fmri_dataset={out / 'fmri'}", f"embed.model={out / 'pretrain' / 'model'}",
              f"align.data.genetics={{genotype: {out / 'genetics' / 'genotypes'}}}",
              f"evaluate.data.brain_fc={out / 'connectivity' / 'fc'}"]
-    assert main(["demo", "--quiet", "--out", "again", *TINY, *reuse, "threads=1"]) == 0
+    mixed = ["brain_inputs=[brainlm, connectivity]", "brain_fc_pca=4"]  # align on [BrainLM, FC PCA-4 (train fit)]
+    assert main(["demo", "--quiet", "--out", "again", *TINY, *reuse, *mixed, "threads=1"]) == 0
     state = json.loads((work / "again" / "pipeline.json").read_text())
     assert state["stages"] == ["embed", "align", "evaluate"]
+    table = EmbeddingTable.load(work / "again" / "embed" / "brain_inputs")
+    emb = EmbeddingTable.load(work / "again" / "embed" / "brain")
+    assert table.ids == emb.ids and table.dim == emb.dim + 4 and table.meta["connectivity_pca"]["fitted_on"] == "train"
+    assert np.array_equal(table.vectors[:, :emb.dim], emb.vectors)
+    assert load_config(PipelineConfig, work / "again" / "config.yaml").brain_inputs == ["brainlm", "connectivity"]
     assert not (work / "again" / "pretrain").exists() and not (work / "again" / "cohort").exists()
     # a failing stage (align: batch larger than the training set) leaves the parent run FAILED
     bad = main(["demo", "--quiet", "--out", "again", "--overwrite", *TINY, *reuse, "align.train.batch_size=500"])

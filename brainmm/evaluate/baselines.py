@@ -66,6 +66,12 @@ def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, 
     return records
 
 
+def _head_for(head: Any, rows: np.ndarray) -> Any:
+    """The trained brain head when it takes these rows (random_head re-initialises it); else None (Gaussian random
+    projections): data.brain may be another table than the one the heads were trained on (pipeline brain_inputs)."""
+    return head if getattr(head, "in_dim", rows.shape[1]) == rows.shape[1] else None
+
+
 def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], brain: Side,
                    prefix: str) -> list[dict[str, Any]]:
     """The library baselines `names` on one brain table, model names prefixed with `prefix`."""
@@ -81,7 +87,7 @@ def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], br
         report = run_baselines(
             b_train, g_train, b_test, g_test, brain_val=val[0], genetics_val=val[1], baselines=names,
             n_components=cfg.baselines.n_components,
-            n_permutations=cfg.baselines.n_permutations, brain_head=inputs.projectors["brain"],
+            n_permutations=cfg.baselines.n_permutations, brain_head=_head_for(inputs.projectors["brain"], b_train),
             genetics_head=inputs.projectors[m], out_dim=inputs.heads.embed_dim, seed=cfg.seed,
             retrieval_kw=retrieval_kwargs(cfg),
         )

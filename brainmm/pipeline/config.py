@@ -120,6 +120,8 @@ class PipelineConfig:
     name: str = "demo"  # MLflow name of the pipeline's parent run
     output_dir: str = "runs/demo"  # every stage writes a folder inside it
     threads: int = 1  # torch and BLAS CPU threads (tiny models: 1 is fastest on shared cores); 0 = their defaults
+    brain_inputs: list[str] = field(default_factory=lambda: ["brainlm"])  # align's brain table: brainlm, connectivity
+    brain_fc_pca: int = 64  # connectivity PCA components (fitted on train) when brain_inputs has connectivity
     stages: StageSwitches = field(default_factory=StageSwitches)
     data: PipelineData = field(default_factory=PipelineData)
     simulate: SimulationConfig = field(default_factory=_simulate)
@@ -137,6 +139,14 @@ class PipelineConfig:
         if self.threads < 0:
             raise BrainmmError(f"pipeline config field 'threads': expected 0 (torch's default) or a positive integer, got "
                                f"{self.threads}")
+        from brainmm.pipeline.brain_inputs import BRAIN_INPUTS
+
+        bad = [x for x in self.brain_inputs if x not in BRAIN_INPUTS]
+        if bad or not self.brain_inputs or len(set(self.brain_inputs)) != len(self.brain_inputs):
+            raise BrainmmError(f"pipeline config field 'brain_inputs': expected distinct entries of {list(BRAIN_INPUTS)}, "
+                               f"got {self.brain_inputs}")
+        if self.brain_fc_pca < 1:
+            raise BrainmmError(f"pipeline config field 'brain_fc_pca': expected an integer >= 1, got {self.brain_fc_pca}")
         if not self.output_dir:
             raise BrainmmError("pipeline config field 'output_dir': expected a folder, got nothing")
         default = TrackingConfig()

@@ -21,6 +21,7 @@ from brainmm.pipeline.config import STAGES, PipelineConfig
 COHORT_DIR = "cohort"  # the simulated cohort, inside output_dir
 FMRI_DIR = "fmri"  # the ingested fMRI dataset, inside output_dir
 FC_TABLE = "connectivity/fc"  # the connectivity table (fc_* baselines), inside output_dir
+BRAIN_TABLE = "embed/brain_inputs"  # align's brain table when brain_inputs is not [brainlm]
 
 
 @dataclass
@@ -98,7 +99,11 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     if sw.connectivity and cfg.evaluate.data.brain_fc:
         raise BrainmmError("pipeline config field 'stages.connectivity': true, but evaluate.data.brain_fc is given, "
                            "which replaces this stage's output; leave the switch null or remove that input")
-    runs["connectivity"] = (fc_wanted and not cfg.evaluate.data.brain_fc if sw.connectivity is None
+    fc_input = "connectivity" in cfg.brain_inputs
+    if fc_input and sw.connectivity is False and not cfg.evaluate.data.brain_fc:
+        raise BrainmmError("pipeline config field 'stages.connectivity': false, but brain_inputs has connectivity; "
+                           "set evaluate.data.brain_fc (a connectivity table) or turn the stage on")
+    runs["connectivity"] = ((fc_wanted or fc_input) and not cfg.evaluate.data.brain_fc if sw.connectivity is None
                             else sw.connectivity)
     runs["pretrain"] = _switch("pretrain", sw.pretrain, not cfg.embed.model, "embed.model",
                                "set embed.model (a BrainLM checkpoint folder)")
@@ -161,7 +166,13 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     # align
     a = cfg.align
     a.output_dir = _inside(out, a.output_dir)
-    if runs["embed"] and table_tower:
+    mixed = cfg.brain_inputs != ["brainlm"]
+    if mixed and (not table_tower or not runs["embed"]):
+        raise BrainmmError(f"pipeline config field 'brain_inputs': {cfg.brain_inputs} builds the align stage's brain "
+                           "table from the embed stage (a table brain tower, align.data.brain empty)")
+    if mixed:
+        a.data.brain = str(out / BRAIN_TABLE)
+    elif runs["embed"] and table_tower:
         a.data.brain = e.out
     elif a.data.brain:
         a.data.brain = _given(a.data.brain)
@@ -191,7 +202,7 @@ def make_plan(cfg: PipelineConfig) -> Plan:
         v.data.brain_fc = str(out / FC_TABLE)
     elif v.data.brain_fc:
         v.data.brain_fc = _given(v.data.brain_fc)
-    if not table_tower and not v.data.brain and runs["embed"]:
+    if (mixed or not table_tower) and not v.data.brain and runs["embed"]:
         v.data.brain = e.out  # the baselines and probes read the frozen model's features
     return plan
 

@@ -281,6 +281,11 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
         from brainmm.align import run_align
 
         rec.output = c.align.output_dir
+        if c.brain_inputs != ["brainlm"]:
+            from brainmm.pipeline.brain_inputs import brain_input_table
+
+            brain_input_table(c.brain_inputs, c.embed.out, c.evaluate.data.brain_fc, c.align.data.split,
+                              c.brain_fc_pca, c.align.data.brain)
         result = run_align(c.align)
         rec.run_id = result.run_id
         rec.extra = {"val_score": result.metrics["val"].get("score"), "best_epoch": result.metrics["best_epoch"]}
