@@ -105,14 +105,16 @@ def test_plan_wires_every_stage_inside_the_output_folder(tmp_path: Path) -> None
     assert c.embed.model == str(out / "pretrain" / "model") and c.embed.out == str(out / "embed" / "brain")
     assert c.genetics.matrix.vcf == str(out / "cohort" / "genotypes.vcf.gz")
     assert c.genetics.matrix.split == str(out / "fmri" / "split.csv")
-    assert c.align.data.brain == c.embed.out and c.align.data.split == str(out / "fmri" / "split.csv")
+    assert c.align.data.split == str(out / "fmri" / "split.csv")
     assert c.align.data.genetics == {"genotype": str(out / "genetics" / "genotypes")}
-    assert c.align.towers.genetics["genotype"].kind == "genotype_mlp"
+    assert c.align.towers.genetics["genotype"].kind == "table"  # the CCA-initialised linear head sees the dosages
+    assert c.align.data.brain == str(out / "embed" / "brain_inputs") and c.evaluate.data.brain == c.embed.out
     assert c.align.tracking.uri == c.pretrain.tracking.uri == plan.tracking_uri
     assert c.evaluate.align_dir == str(out / "align") and c.evaluate.data.cohort == str(out / "fmri")
     assert c.evaluate.data.brain_fc == str(out / "connectivity" / "fc")  # the fc_* baselines' table
-    # no fc_* baselines asked: no connectivity stage, no table
-    plain = make_plan(load_config(PipelineConfig, None, [f"output_dir={out}", "evaluate.baselines.methods=[cca]"]))
+    # neither fc_* baselines nor a connectivity brain input: no connectivity stage, no table
+    plain = make_plan(load_config(PipelineConfig, None, [f"output_dir={out}", "evaluate.baselines.methods=[cca]",
+                                                        "brain_inputs=[brainlm]"]))
     assert "connectivity" not in plain.stages and plain.config.evaluate.data.brain_fc == ""
     assert cfg.embed.model == "" and cfg.align.data.genetics == {}  # the user's config is left as it was
 
@@ -207,7 +209,7 @@ def test_tiny_demo_run_tree_outputs_and_summary(tiny_run: dict) -> None:
     assert all(r.data.tags["brainmm.pipeline_run_id"] == parent.info.run_id for r in runs.values())
     assert runs["align"].data.tags["brainmm.run_dir"] == str(out / "align")
     align_params = runs["align"].data.params
-    assert align_params["data.brain"] == str(out / "embed" / "brain")  # the stage logged its wired config
+    assert align_params["data.brain"] == str(out / "embed" / "brain_inputs")  # the stage logged its wired config
     assert json.loads((out / "align" / "run.json").read_text())["tracking_uri"] == f"sqlite:///{db}"
 
 

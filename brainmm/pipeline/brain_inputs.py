@@ -14,7 +14,8 @@ BRAIN_INPUTS = ("brainlm", "connectivity")
 
 def brain_input_table(inputs: list[str], embed: str, fc: str, split_csv: str, pca: int, out: str | Path) -> Path:
     """Write the brain table of `inputs` (in that order) to `out`: rows of the BrainLM table (recordings or
-    subjects), each with its subject's connectivity PCA scores; returns the stem."""
+    subjects), each with its subject's first `pca` connectivity PCA scores (fewer below pca + 1 training subjects);
+    returns the stem."""
     from brainmm.align import table_subjects
     from brainmm.data.fmri.connectivity import ConnectivityConfig, fit_pca, pca_transform
     from brainmm.data.splits import load_split
@@ -32,7 +33,8 @@ def brain_input_table(inputs: list[str], embed: str, fc: str, split_csv: str, pc
         split = load_split(split_csv)
         train = set(split.loc[split["split"] == "train", "subject_id"].astype(str))
         rows = np.array([i for i, s in enumerate(table.ids) if s in train], dtype=np.int64)
-        fitted = fit_pca(table.vectors, rows, ConnectivityConfig(pca=pca))
+        k = max(1, min(pca, len(rows) - 1, table.dim))  # small cohorts: at most n_train - 1 components
+        fitted = fit_pca(table.vectors, rows, ConnectivityConfig(pca=k))
         scores = pca_transform(table.vectors, fitted)
         index = {s: i for i, s in enumerate(table.ids)}
         missing = sorted({s for s in subjects if s not in index})

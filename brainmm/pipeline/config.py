@@ -65,9 +65,10 @@ class GeneticsSection:
     kind: Literal["genotype_matrix", "dna"] = "genotype_matrix"
     modality: str = ""  # name in the shared space and in the metric names; "" = genotype / dna
     matrix: GenotypeMatrixConfig = field(default_factory=lambda: GenotypeMatrixConfig(out="genetics/genotypes"))
-    # the tower in front of a genotype matrix (kind genotype_matrix); align.towers.genetics.<modality> replaces it
+    # the tower in front of a genotype matrix (kind genotype_matrix); align.towers.genetics.<modality> replaces it.
+    # Default `table` (the linear CCA-initialised head sees the dosages); kind genotype_mlp: 256 hidden, 128 out
     genotype_mlp: GeneticsTowerConfig = field(default_factory=lambda: GeneticsTowerConfig(
-        kind="genotype_mlp", hidden_sizes=[256], output_size=128, dropout=0.5))
+        kind="table", hidden_sizes=[256], output_size=128, dropout=0.5))
     dna: GeneticsEmbedConfig = field(default_factory=lambda: GeneticsEmbedConfig(out="genetics/dna"))
 
     @property
@@ -103,7 +104,7 @@ def _align() -> AlignConfig:
     from alignment import HeadConfig
 
     return AlignConfig(
-        name="align", output_dir="align", head=HeadConfig(dropout=0.3, standardize=True),
+        name="align", output_dir="align", head=HeadConfig(kind="linear", dropout=0.3, standardize=True, init="cca"),
         train=AlignTrainConfig(batch_size=32, epochs=200, warmup_steps=20, checkpoint_every=1000, patience=60))
 
 
@@ -120,7 +121,7 @@ class PipelineConfig:
     name: str = "demo"  # MLflow name of the pipeline's parent run
     output_dir: str = "runs/demo"  # every stage writes a folder inside it
     threads: int = 1  # torch and BLAS CPU threads (tiny models: 1 is fastest on shared cores); 0 = their defaults
-    brain_inputs: list[str] = field(default_factory=lambda: ["brainlm"])  # align's brain table: brainlm, connectivity
+    brain_inputs: list[str] = field(default_factory=lambda: ["brainlm", "connectivity"])  # align's brain table
     brain_fc_pca: int = 64  # connectivity PCA components (fitted on train) when brain_inputs has connectivity
     stages: StageSwitches = field(default_factory=StageSwitches)
     data: PipelineData = field(default_factory=PipelineData)
