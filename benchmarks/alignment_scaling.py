@@ -49,13 +49,13 @@ def run_one(n: int, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    log_path = out / f"n{n}_s{seed}.log"
+    with open(log_path, "w") as log:  # a file, not a pipe: a full pipe buffer would block the child
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    log = proc.stdout.read() if proc.stdout else ""
-    (out / f"n{n}_s{seed}.log").write_text(log)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"run n={n} seed={seed} failed; see {out / f'n{n}_s{seed}.log'}:\n{log[-2000:]}")
+        raise SystemExit(f"run n={n} seed={seed} failed; see {log_path}:\n{log_path.read_text()[-2000:]}")
     return {"folder": folder, "child_cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": wall,
             "child_peak_rss_mb": usage.ru_maxrss / 1024, "reused": False}
 
