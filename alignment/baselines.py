@@ -57,12 +57,12 @@ def pca_components(x: np.ndarray, variance: float = 0.9, max_components: int = 1
     (and `max_components`, n_features, n_train - 1), at least 1."""
     n, d = x.shape
     cap = max(1, min(max_components, n // 10, d, n - 1))
-    explained = PCA(n_components=cap).fit(x).explained_variance_ratio_
+    explained = PCA(n_components=cap, random_state=0).fit(x).explained_variance_ratio_
     return int(min(cap, np.searchsorted(np.cumsum(explained), variance) + 1))
 
 
 class CCABaseline:
-    """Per-view PCA (fitted on train) -> CCA (`method="cca"`, correlation) or PLSCanonical (`"pls"`, covariance of
+    """Per-view PCA (fitted on train; seeded, so a refit is identical) -> CCA (`method="cca"`, correlation) or PLSCanonical (`"pls"`, covariance of
     the unscaled PCA scores); the shared space is the score pairs standardised with the training scores' mean/std."""
 
     def __init__(
@@ -83,8 +83,8 @@ class CCABaseline:
         b, d = _paired(brain, genetics, "train")
         if len(b) < 3:
             raise AlignmentInputError(f"{self.method}: need at least 3 training rows, got {len(b)}")
-        self.pca_brain_ = PCA(n_components=pca_components(b, self.variance, self.max_pca_components)).fit(b)
-        self.pca_genetics_ = PCA(n_components=pca_components(d, self.variance, self.max_pca_components)).fit(d)
+        self.pca_brain_ = PCA(n_components=pca_components(b, self.variance, self.max_pca_components), random_state=0).fit(b)
+        self.pca_genetics_ = PCA(n_components=pca_components(d, self.variance, self.max_pca_components), random_state=0).fit(d)
         m = min(self.n_components, self.pca_brain_.n_components_, self.pca_genetics_.n_components_)
         # PLS keeps the PCA variances (scale=False): standardised PCA scores are white and PLS would equal CCA.
         model = (

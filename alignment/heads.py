@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,7 +18,8 @@ class HeadConfig:
     -> LayerNorm(512). `kind: linear` is a single Linear(in, out_dim) (no norm, no dropout).
 
     `standardize` adds a fixed per-feature (x - mean) / std in front (statistics set with `fit_standardizer`
-    on the training split and saved with the head's weights).
+    on the training split and saved with the head's weights). `init: cca` (linear heads only) starts both heads from
+    the train-fitted PCA -> CCA solution (`init_heads_from_cca`), so training can only refine the classical fit.
     """
 
     kind: Literal["mlp", "linear"] = "mlp"
@@ -27,6 +29,7 @@ class HeadConfig:
     dropout: float = 0.1
     layer_norm: bool = True
     standardize: bool = False
+    init: Literal["random", "cca"] = "random"
 
     def validate(self) -> None:
         """Raise AlignmentInputError for impossible shapes."""
@@ -38,6 +41,11 @@ class HeadConfig:
             raise AlignmentInputError(f"head.dropout: expected a number in [0, 1), got {self.dropout!r}")
         if self.kind not in ("mlp", "linear"):
             raise AlignmentInputError(f"head.kind: expected 'mlp' or 'linear', got {self.kind!r}")
+        if self.init not in ("random", "cca"):
+            raise AlignmentInputError(f"head.init: expected 'random' or 'cca', got {self.init!r}")
+        if self.init == "cca" and self.kind != "linear":
+            raise AlignmentInputError(f"head.init: 'cca' needs head.kind 'linear' (a CCA solution is linear), got "
+                                      f"{self.kind!r}")
 
 
 class ProjectionHead(nn.Module):
@@ -104,3 +112,45 @@ class ProjectionHead(nn.Module):
             return cls(in_dim, HeadConfig(**cfg))
         except TypeError as err:
             raise AlignmentInputError(f"head config {cfg}: {err}") from None
+
+
+def _standardised(head: ProjectionHead, x: torch.Tensor) -> np.ndarray:
+    x = x.detach().to(torch.float64).cpu()
+    if head.config.standardize:
+        x = (x - head.input_mean.double().cpu()) / head.input_std.double().cpu()
+    return x.numpy()
+
+
+@torch.no_grad()
+def init_heads_from_cca(
+    brain_head: ProjectionHead,
+    genetics_head: ProjectionHead,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    max_components: int = 8,
+) -> dict[str, float]:
+    """Set two linear heads to the PCA -> CCA solution of their (standardised) paired training inputs, its PCA size
+    and number of pairs chosen on the validation pairs (`alignment.baselines.select_cca`): the first k outputs are
+    the standardised canonical scores (the `cca` baseline's space), the other outputs 0. Returns the selection."""
+    from alignment.baselines import select_cca
+
+    heads = (brain_head, genetics_head)
+    for head in heads:
+        if head.config.kind != "linear":
+            raise AlignmentInputError("init_heads_from_cca: needs linear heads (head.kind linear)")
+    tb, tg = (_standardised(h, x) for h, x in zip(heads, train))
+    vb, vg = (_standardised(h, x) for h, x in zip(heads, val))
+    model = select_cca("cca", tb, tg, vb, vg, max_components)
+    k = int(model.model_.n_components)
+    for side, head in enumerate(heads):
+        if head.out_dim < k:
+            raise AlignmentInputError(f"init_heads_from_cca: head.out_dim {head.out_dim} < {k} canonical pairs")
+        probe = np.vstack([np.zeros(head.in_dim), np.eye(head.in_dim)])  # the map is affine: read it off a basis
+        other = np.zeros((len(probe), heads[1 - side].in_dim))
+        scores = model.transform(*((probe, other) if side == 0 else (other, probe)))[side]
+        linear = head.net[0]
+        linear.weight.zero_()
+        linear.bias.zero_()
+        linear.weight[:k] = torch.as_tensor((scores[1:] - scores[0]).T, dtype=linear.weight.dtype)
+        linear.bias[:k] = torch.as_tensor(scores[0], dtype=linear.bias.dtype)
+    return {**model.selection_, "components": float(k)}

@@ -43,6 +43,10 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fc_lin_gtab_d16": ("fc", ["head.kind=linear", "genotype_table", "head.out_dim=16"]),
     "concat_lin_gtab_d16": ("concat", ["head.kind=linear", "genotype_table", "head.out_dim=16"]),
     "fc_lin_gtab_b128": ("fc", ["head.kind=linear", "genotype_table", "train.batch_size=128"]),
+    # linear heads started from the train-fitted PCA -> CCA solution (head.init cca; epoch 0 = CCA, chosen on val)
+    "cca_init_emb": ("emb", ["head.kind=linear", "genotype_table", "head.init=cca"]),
+    "cca_init_concat": ("concat", ["head.kind=linear", "genotype_table", "head.init=cca"]),
+    "cca_init_fc": ("fc", ["head.kind=linear", "genotype_table", "head.init=cca"]),
 }
 
 
@@ -134,11 +138,15 @@ def cca_row(name: str, brain_path: Any, geno_path: Path, split_csv: Path) -> dic
     b, g = EmbeddingTable.load(brain_path), EmbeddingTable.load(geno_path)
     rows = _split_rows(b, split_csv)
     mat = {s: (_subject_matrix(b, ids), g.subset(ids).vectors.astype(np.float64)) for s, ids in rows.items()}
+    from alignment.retrieval import pair_ranks
+
     model = select_cca("cca", *mat["train"], *mat["val"], max_components=8)
     u, v = model.transform(*mat["test"])
     sel = model.selection_
+    val_r1 = float(np.mean([(r == 0).mean() for r in pair_ranks(*model.transform(*mat["val"]))]))
     return {"method": name, "val": sel["val_mrr"], "val_kind": "mrr",
-            "detail": f"pca {int(sel['pca_brain'])}/{int(sel['pca_genetics'])}, {int(sel['n_components'])} pairs",
+            "detail": f"pca {int(sel['pca_brain'])}/{int(sel['pca_genetics'])}, {int(sel['n_components'])} pairs, "
+                      f"val R@1 {val_r1:.3f}",
             **test_metrics(u, v), "seconds": time.perf_counter() - t0}
 
 

@@ -172,6 +172,31 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path, mlflow_uri: str) ->
     assert result.metrics["val"]["score"] == result.metrics["history"][0]["score"]
 
 
+def test_cca_initialised_heads_start_at_the_cca_solution(tmp_path: Path, mlflow_uri: str) -> None:
+    from alignment.baselines import select_cca
+    from alignment.ranks import pair_ranks
+
+    paths = make_inputs(tmp_path, n=120)
+    # lr this small: training cannot move the heads, so the kept state is epoch 0 = the CCA solution
+    cfg = config(*tiny(paths, tmp_path / "run", mlflow_uri, "head.kind=linear", "head.init=cca", "train.lr=1.0e-12",
+                       "train.epochs=4", "train.patience=2", "train.log_every=50"))
+    result = align.run_align(cfg)
+    split = pd.read_csv(paths["split"], dtype=str).set_index("subject_id")["split"]
+    brain, dna = EmbeddingTable.load(paths["brain"]), EmbeddingTable.load(paths["dna"])
+    rows = {name: [s for s in brain.ids if split[s] == name] for name in ("train", "val")}
+    b = {k: brain.subset(v).vectors.astype(np.float64) for k, v in rows.items()}
+    d = {k: dna.subset(v).vectors.astype(np.float64) for k, v in rows.items()}
+    sb = {k: (x - b["train"].mean(0)) / b["train"].std(0) for k, x in b.items()}
+    sd = {k: (x - d["train"].mean(0)) / d["train"].std(0) for k, x in d.items()}
+    u, v = select_cca("cca", sb["train"], sd["train"], sb["val"], sd["val"]).transform(sb["val"], sd["val"])
+    expected = float(np.mean([(r == 0).mean() for r in pair_ranks(u, v)]))  # val score: mean R@1, both directions
+    assert result.metrics["val"]["score"] == pytest.approx(expected)
+    assert all(h["score"] <= expected + 1e-9 for h in result.metrics["history"])
+    with pytest.raises(BrainmmError, match="'head.init': 'cca' needs table inputs on both sides"):
+        align.run_align(config(*tiny(paths, tmp_path / "run2", mlflow_uri, "head.kind=linear", "head.init=cca",
+                                     f"data.genetics={{dna: {paths['dna']}, genotype: {paths['genotype']}}}")))
+
+
 def test_a_kill_during_checkpoint_save_leaves_the_previous_one(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "checkpoints" / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(2)}, "progress": {"step": 4}})

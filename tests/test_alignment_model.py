@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -198,3 +199,32 @@ def test_save_pretrained_round_trip_and_reads_the_previous_writer(tmp_path) -> N
         DualEncoder.from_pretrained(old)
     with pytest.raises(AlignmentInputError, match="not found"):
         DualEncoder.from_pretrained(tmp_path / "missing")
+
+
+def test_heads_initialised_from_cca_reproduce_the_cca_baseline() -> None:
+    from alignment.baselines import select_cca
+    from alignment.heads import init_heads_from_cca
+
+    rng = np.random.default_rng(0)
+    n = 300
+    z = rng.normal(size=(n, 4))
+    b = z @ rng.normal(size=(4, 20)) + 0.5 * rng.normal(size=(n, 20))
+    g = z @ rng.normal(size=(4, 15)) + 0.5 * rng.normal(size=(n, 15))
+    tr, va, te = slice(0, 200), slice(200, 250), slice(250, 300)
+    cfg = HeadConfig(kind="linear", out_dim=16, standardize=True, init="cca")
+    hb, hg = ProjectionHead(20, cfg).double(), ProjectionHead(15, cfg).double()
+    t = torch.from_numpy
+    hb.fit_standardizer(t(b[tr]))
+    hg.fit_standardizer(t(g[tr]))
+    sel = init_heads_from_cca(hb, hg, (t(b[tr]), t(g[tr])), (t(b[va]), t(g[va])))
+    # the reference: select_cca on the same standardised inputs, in float64
+    sb, sg = ((x - x[tr].mean(0)) / x[tr].std(0) for x in (b, g))
+    u, v = select_cca("cca", sb[tr], sg[tr], sb[va], sg[va]).transform(sb[te], sg[te])
+    k = int(sel["components"])
+    with torch.no_grad():
+        ub, vg = hb(t(b[te])).numpy(), hg(t(g[te])).numpy()
+    scale = np.abs(u).max()
+    assert np.allclose(ub[:, :k], u, atol=1e-9 * scale) and np.allclose(vg[:, :k], v, atol=1e-9 * scale)
+    assert not ub[:, k:].any() and not vg[:, k:].any()  # the remaining outputs start at 0
+    with pytest.raises(AlignmentInputError, match="head.init: 'cca' needs head.kind 'linear'"):
+        HeadConfig(kind="mlp", init="cca").validate()

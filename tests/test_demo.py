@@ -1,5 +1,6 @@
 """Acceptance: `brainmm demo` with no arguments (the default settings of configs/demo.yaml, shuffled-pair baseline on)
-recovers the planted brain-genetics link on held-out subjects, beats CCA, and its shuffled-pair run sits at chance.
+recovers the planted brain-genetics link on held-out subjects, beats CCA on its own BrainLM embeddings, reports the
+classical connectivity pipeline (fc_cca, fc_pls, fc_ridge), and its shuffled-pair run sits at chance.
 
 One demo run (~1.5-2.5 min on 2 CPU cores) gives every number; the margins over seeds are in docs/pipeline.md."""
 
@@ -45,6 +46,17 @@ def test_planted_link_is_found_on_test_subjects(demo: dict) -> None:
     # the summary shows the same numbers, and how to open MLflow
     assert f"{r1['value']:.3f} [{r1['ci_low']:.3f}, {r1['ci_high']:.3f}] ({r1['chance']:.3f})" in demo["stdout"]
     assert f"mlflow ui --backend-store-uri sqlite:///{(demo['work'] / 'mlflow.db').resolve()}" in demo["stdout"]
+
+
+def test_classical_connectivity_pipeline_is_reported(demo: dict) -> None:
+    """The fc_* rows (PCA -> CCA / PLS / ridge on Fisher-z connectivity, sizes chosen on val) are in the metrics and
+    in the printed table: the comparison a user knows. It finds the planted link too (its CI clears chance)."""
+    t = demo["table"]
+    for model in ("fc_cca", "fc_pls", "fc_ridge_brain_to_genotype", "fc_ridge_genotype_to_brain"):
+        r1 = t.loc[f"baseline/{model}/brain_to_genotype/R_at_1"]
+        assert f"\n{model} " in demo["stdout"] and f"{r1['value']:.3f} [{r1['ci_low']:.3f}" in demo["stdout"], model
+    fc = t.loc["baseline/fc_cca/brain_to_genotype/R_at_1"]
+    assert fc["ci_low"] > fc["chance"], (fc["ci_low"], fc["chance"])
 
 
 def test_shuffled_pairs_sit_at_chance(demo: dict) -> None:

@@ -207,6 +207,36 @@ def test_independent_data_sits_at_chance_cli_same_run(tmp_path: Path, mlflow_uri
     assert "already holds an evaluation" in capsys.readouterr().err
 
 
+def test_fc_baselines_read_the_connectivity_table(tmp_path: Path, mlflow_uri: str) -> None:
+    paths = make_inputs(tmp_path, n=120)
+    aligned = align(paths, tmp_path / "align", mlflow_uri, "train.epochs=2")
+    brain = EmbeddingTable.load(paths["brain"])
+    subjects = sorted(set(brain.meta["subject_id"].values()))
+    rng = np.random.default_rng(1)
+    genetics = EmbeddingTable.load(paths["dna"])
+    z = np.stack([genetics.vectors[genetics.ids.index(s)] for s in subjects])[:, :4]  # tied to the genetics side
+    EmbeddingTable(subjects, z @ rng.normal(size=(4, 30)) + 0.3 * rng.normal(size=(len(subjects), 30)),
+                   {"kind": "connectivity"}).save(tmp_path / "fc")
+    EmbeddingTable(subjects, rng.normal(size=(len(subjects), 30)), {"kind": "connectivity"}).save(tmp_path / "fc_null")
+    base = [f"align_dir={aligned.run_dir}", "baselines.methods=[cca, fc_cca, fc_pls, fc_ridge]", "figures.enabled=false",
+            "model.log=false", "retrieval.splits=[test]"]
+    result = run_evaluate(evaluate_config(*base, f"data.brain_fc={tmp_path / 'fc'}", f"output_dir={tmp_path / 'e1'}"))
+    m = result.metrics
+    for model in ("fc_cca", "fc_pls", "fc_ridge_brain_to_dna", "fc_ridge_dna_to_brain"):
+        assert m[f"baseline/{model}/brain_to_dna/mrr"] > m[f"baseline/{model}/brain_to_dna/mrr_chance"] + 0.2, model
+    assert m["baseline/fc_cca/brain_dna/canonical_corr_1"] > 0.5
+    assert "| fc_cca | brain_to_dna |" in result.summary
+    # an unrelated connectivity table: fc_* at chance while cca (the input brain table) still finds the relation
+    null = run_evaluate(evaluate_config(*base, f"data.brain_fc={tmp_path / 'fc_null'}",
+                                        f"output_dir={tmp_path / 'e2'}")).metrics
+    name = "baseline/fc_cca/brain_to_dna/mrr"
+    assert null[f"{name}_ci_low"] <= null[f"{name}_chance"] <= null[f"{name}_ci_high"]
+    assert null["baseline/cca/brain_to_dna/mrr"] == pytest.approx(m["baseline/cca/brain_to_dna/mrr"])
+    # no connectivity table: the fc_* rows are left out, the others stay
+    plain = run_evaluate(evaluate_config(*base, f"output_dir={tmp_path / 'e3'}")).metrics
+    assert "baseline/cca/brain_to_dna/R_at_1" in plain and not any("/fc_" in k for k in plain)
+
+
 def test_bad_inputs_raise_one_clear_error(tmp_path: Path, mlflow_uri: str, capsys) -> None:
     paths = make_inputs(tmp_path)
     aligned = align(paths, tmp_path / "align", mlflow_uri, "train.epochs=2")

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from brainmm.cli import main
 from brainmm.config import ConfigError, load_config, read_yaml, to_dict
+from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.pipeline import PipelineConfig, make_plan
 
@@ -28,7 +30,7 @@ TINY = [
     "align.train.epochs=2", "align.train.batch_size=8", "align.head.hidden_dim=16", "align.head.out_dim=8",
     "evaluate.retrieval.n_boot=50", "evaluate.retrieval.kway=0", "evaluate.probes.targets=[age]",
     "evaluate.probes.n_splits=2", "evaluate.probes.n_permutations=0", "evaluate.probes.n_boot=50",
-    "evaluate.baselines.methods=[cca]", "evaluate.baselines.n_permutations=10", "evaluate.baselines.shuffled_pairs=false",
+    "evaluate.baselines.methods=[cca,fc_cca,fc_pls,fc_ridge]", "evaluate.baselines.n_permutations=10", "evaluate.baselines.shuffled_pairs=false",
     "evaluate.model.log=false", "evaluate.figures.enabled=false",
 ]
 
@@ -96,25 +98,31 @@ def test_plan_wires_every_stage_inside_the_output_folder(tmp_path: Path) -> None
     plan = make_plan(cfg)
     out = tmp_path / "run"
     c = plan.config
-    assert plan.stages == ["simulate", "ingest", "pretrain", "embed", "genetics", "align", "evaluate"]
+    assert plan.stages == ["simulate", "ingest", "connectivity", "pretrain", "embed", "genetics", "align", "evaluate"]
     assert plan.tracking_uri == f"sqlite:///{Path('rel.db').resolve()}"  # absolute: stages agree whatever the cwd
     assert c.ingest.coords == out / "cohort" / "coords.tsv" and plan.fmri_cohort == out / "cohort" / "cohort.csv"
     assert c.pretrain.data.dataset == str(out / "fmri") and c.pretrain.output_dir == str(out / "pretrain")
     assert c.embed.model == str(out / "pretrain" / "model") and c.embed.out == str(out / "embed" / "brain")
     assert c.genetics.matrix.vcf == str(out / "cohort" / "genotypes.vcf.gz")
     assert c.genetics.matrix.split == str(out / "fmri" / "split.csv")
-    assert c.align.data.brain == c.embed.out and c.align.data.split == str(out / "fmri" / "split.csv")
+    assert c.align.data.split == str(out / "fmri" / "split.csv")
     assert c.align.data.genetics == {"genotype": str(out / "genetics" / "genotypes")}
-    assert c.align.towers.genetics["genotype"].kind == "genotype_mlp"
+    assert c.align.towers.genetics["genotype"].kind == "table"  # the CCA-initialised linear head sees the dosages
+    assert c.align.data.brain == str(out / "embed" / "brain_inputs") and c.evaluate.data.brain == c.embed.out
     assert c.align.tracking.uri == c.pretrain.tracking.uri == plan.tracking_uri
     assert c.evaluate.align_dir == str(out / "align") and c.evaluate.data.cohort == str(out / "fmri")
+    assert c.evaluate.data.brain_fc == str(out / "connectivity" / "fc")  # the fc_* baselines' table
+    # neither fc_* baselines nor a connectivity brain input: no connectivity stage, no table
+    plain = make_plan(load_config(PipelineConfig, None, [f"output_dir={out}", "evaluate.baselines.methods=[cca]",
+                                                        "brain_inputs=[brainlm]"]))
+    assert "connectivity" not in plain.stages and plain.config.evaluate.data.brain_fc == ""
     assert cfg.embed.model == "" and cfg.align.data.genetics == {}  # the user's config is left as it was
 
 
 def test_real_data_config_skips_simulate_and_pretrain(tmp_path: Path) -> None:
     cfg = load_config(PipelineConfig, REPO / "configs" / "pipeline_real.yaml", [f"output_dir={tmp_path}"])
     plan = make_plan(cfg)
-    assert plan.stages == ["ingest", "embed", "genetics", "align", "evaluate"]
+    assert plan.stages == ["ingest", "connectivity", "embed", "genetics", "align", "evaluate"]
     c = plan.config
     assert plan.fmri_cohort == Path(cfg.data.fmri_cohort).resolve()
     assert c.embed.model == str(Path(cfg.embed.model).resolve())  # the BrainLM checkpoint, no pretraining
@@ -128,6 +136,9 @@ def test_real_data_config_skips_simulate_and_pretrain(tmp_path: Path) -> None:
     (["stages.simulate=false"], "'stages.simulate': false, so set data.fmri_cohort"),
     (["stages.pretrain=false"], "'stages.pretrain': false, so set embed.model"),
     (["stages.align=false"], "'stages.evaluate': the pipeline evaluates its own align run"),
+    (["stages.connectivity=true", "evaluate.data.brain_fc=fc"], "'stages.connectivity': true, but evaluate.data.brain_fc"),
+    (["brain_inputs=[connectivity]", "align.data.brain=b"], "'brain_inputs': \\['connectivity'\\] builds the align"),
+    (["brain_inputs=[fc]"], "'brain_inputs': expected distinct entries"),
     (["genetics.kind=dna", "genetics.dna.encoder.path=m"], "'genetics.dna.inputs.vcf': required .*write_sequences: true"),
     (["genetics.kind=dna", "simulate.write_sequences=true"], "'genetics.dna.encoder.path': genetics.kind dna needs"),
     (["data.fmri_dataset=d", "embed.model=m"], "'genetics.matrix.vcf' / 'genetics.matrix.bed': give the genotypes"),
@@ -162,8 +173,10 @@ def test_tiny_demo_run_tree_outputs_and_summary(tiny_run: dict) -> None:
     assert f"mlflow ui --backend-store-uri sqlite:///{db}" in stdout
     assert "Retrieval, test split" in stdout and "brain -> genotype" in stdout and "(0.111)" in stdout
     assert "Linear probes" in stdout and "age" in stdout and "Baselines" in stdout and "cca" in stdout
+    for fc in ("fc_cca", "fc_pls", "fc_ridge_brain_to_genotype", "fc_ridge_genotype_to_brain"):  # the classical pipeline
+        assert f"\n{fc} " in stdout, fc
     # one folder per stage, the resolved pipeline config and the log inside the output folder
-    for sub in ("cohort/cohort.csv", "fmri/manifest.json", "pretrain/model/config.json", "embed/brain.safetensors",
+    for sub in ("cohort/cohort.csv", "fmri/manifest.json", "connectivity/fc.safetensors", "pretrain/model/config.json", "embed/brain.safetensors",
                 "genetics/genotypes.safetensors", "align/heads.json", "evaluate/summary.md", "config.yaml",
                 "summary.txt", "brainmm.log"):
         assert (out / sub).exists(), sub
@@ -172,7 +185,8 @@ def test_tiny_demo_run_tree_outputs_and_summary(tiny_run: dict) -> None:
     state = json.loads((out / "pipeline.json").read_text())
     assert state["status"] == "finished" and sorted(state["stages"]) == sorted(state["records"])
     assert {r["status"] for r in state["records"].values()} == {"finished"}
-    assert "[7/7] evaluate done" in (out / "brainmm.log").read_text()
+    assert all(r["peak_rss_mb"] > 0 for r in state["records"].values())
+    assert "[8/8] evaluate done" in (out / "brainmm.log").read_text()
 
     # the MLflow run tree: pipeline -> pretrain, align -> evaluate
     client = mlflow.MlflowClient(f"sqlite:///{db}")
@@ -183,6 +197,7 @@ def test_tiny_demo_run_tree_outputs_and_summary(tiny_run: dict) -> None:
         run_id=parent.info.run_id, artifact_path="config.yaml", tracking_uri=f"sqlite:///{db}")).read_text()) == \
         read_yaml(out / "config.yaml")
     assert "retrieval/brain_to_genotype/R_at_1" in parent.data.metrics
+    assert "baseline/fc_cca/brain_to_genotype/R_at_1" in parent.data.metrics
     assert parent.data.metrics["pipeline/time/total_s"] > 0
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config.yaml", "summary.txt", "pipeline.json", "brainmm.log", "stages"} <= artifacts
@@ -194,7 +209,7 @@ def test_tiny_demo_run_tree_outputs_and_summary(tiny_run: dict) -> None:
     assert all(r.data.tags["brainmm.pipeline_run_id"] == parent.info.run_id for r in runs.values())
     assert runs["align"].data.tags["brainmm.run_dir"] == str(out / "align")
     align_params = runs["align"].data.params
-    assert align_params["data.brain"] == str(out / "embed" / "brain")  # the stage logged its wired config
+    assert align_params["data.brain"] == str(out / "embed" / "brain_inputs")  # the stage logged its wired config
     assert json.loads((out / "align" / "run.json").read_text())["tracking_uri"] == f"sqlite:///{db}"
 
 
@@ -245,10 +260,17 @@ def test_rerun_refuses_the_folder_then_reuses_outputs_and_skips_stages(tiny_run:
     assert main(["demo", "--out", "out", *TINY]) == 2
     assert "already exists" in capsys.readouterr().err
     reuse = [f"data.fmri_dataset={out / 'fmri'}", f"embed.model={out / 'pretrain' / 'model'}",
-             f"align.data.genetics={{genotype: {out / 'genetics' / 'genotypes'}}}"]
-    assert main(["demo", "--quiet", "--out", "again", *TINY, *reuse, "threads=1"]) == 0
+             f"align.data.genetics={{genotype: {out / 'genetics' / 'genotypes'}}}",
+             f"evaluate.data.brain_fc={out / 'connectivity' / 'fc'}"]
+    mixed = ["brain_inputs=[brainlm, connectivity]", "brain_fc_pca=4"]  # align on [BrainLM, FC PCA-4 (train fit)]
+    assert main(["demo", "--quiet", "--out", "again", *TINY, *reuse, *mixed, "threads=1"]) == 0
     state = json.loads((work / "again" / "pipeline.json").read_text())
     assert state["stages"] == ["embed", "align", "evaluate"]
+    table = EmbeddingTable.load(work / "again" / "embed" / "brain_inputs")
+    emb = EmbeddingTable.load(work / "again" / "embed" / "brain")
+    assert table.ids == emb.ids and table.dim == emb.dim + 4 and table.meta["connectivity_pca"]["fitted_on"] == "train"
+    assert np.array_equal(table.vectors[:, :emb.dim], emb.vectors)
+    assert load_config(PipelineConfig, work / "again" / "config.yaml").brain_inputs == ["brainlm", "connectivity"]
     assert not (work / "again" / "pretrain").exists() and not (work / "again" / "cohort").exists()
     # a failing stage (align: batch larger than the training set) leaves the parent run FAILED
     bad = main(["demo", "--quiet", "--out", "again", "--overwrite", *TINY, *reuse, "align.train.batch_size=500"])

@@ -141,6 +141,8 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
         for m in data.genetics:
             x = train.genetics[m][first_rows(train, m)]
             core.genetics_heads[m].fit_standardizer(tower_outputs(core.genetics_towers[m], x))
+    if cfg.head.init == "cca":
+        _init_from_cca(core, data)
     if not cfg.loss.learnable_temperature:
         core.logit_scale.requires_grad_(False)  # PML losses use their fixed temperature
     torch.manual_seed(dropout_seed(cfg.train.seed, info.rank))  # every torchrun rank draws its own dropout masks
@@ -158,6 +160,25 @@ def _check_head_budget(cfg: AlignConfig, brain_dim: int, dims: dict[str, int]) -
     n = sum(p.numel() for p in heads.parameters())
     check_param_budget(n, f"align config field 'head' (hidden_dim {cfg.head.hidden_dim}, out_dim {cfg.head.out_dim})",
                        copies=4)
+
+
+def _init_from_cca(core: DualEncoder, data: AlignData) -> None:
+    """head.init cca: both linear heads start from the train-fitted PCA -> CCA solution (sizes chosen on val)."""
+    from alignment.heads import init_heads_from_cca
+
+    towers = [core.brain_tower, *core.genetics_towers.values()]
+    if not all(isinstance(t, nn.Identity) for t in towers) or len(data.genetics) != 1:
+        raise BrainmmError("align config field 'head.init': 'cca' needs table inputs on both sides (no brain or "
+                           "genetics tower, e.g. towers.genetics.<modality>.kind table) and one genetics modality")
+    (m,) = data.genetics
+    pairs = {}
+    for name in ("train", "val"):
+        split = data.splits[name]
+        keep = split.masks[m]
+        pairs[name] = (split.brain[keep], split.genetics[m][keep])
+    sel = init_heads_from_cca(core.brain_head, core.genetics_heads[m], pairs["train"], pairs["val"])
+    LOG.info("align: heads start from CCA (PCA %d / %d, %d pairs; val MRR %.3f)", sel["pca_brain"],
+             sel["pca_genetics"], sel["components"], sel["val_mrr"])
 
 
 def run_align(cfg: AlignConfig, resume: bool = False) -> AlignResult:
@@ -237,6 +258,10 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
             mlflow.log_params({**{f"data.{k}": v for k, v in data.counts.items()},
                                "precision": resolve_precision(cfg.train.precision, info.device)})
 
+        if cfg.head.init == "cca" and not resume:  # epoch 0 = the CCA solution: val selection keeps or improves it
+            prog.best_score = evaluate_split(core, val)["score"]
+            best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+            LOG.info("align: CCA start, val score (mean R@1) %.4f", prog.best_score)
         first_epoch = prog.epoch
         while not prog.done:
             batches, dropped = epoch_batches(len(train), cfg.train.batch_size, cfg.train.seed, prog.epoch,

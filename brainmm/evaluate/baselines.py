@@ -18,14 +18,17 @@ from brainmm.evaluate.retrieval import library_record, modality_direction, retri
 LOG = logging.getLogger("brainmm.evaluate")
 LIBRARY_NAMES = {"cca": ["cca"], "pls": ["pls"], "ridge": ["ridge_brain_to_genetics", "ridge_genetics_to_brain"],
                  "random_head": ["random_head"]}
+FC_PREFIX = "fc_"  # fc_cca, fc_pls, fc_ridge: the same library baselines on the connectivity table (data.brain_fc)
 
 
-def _pairs(inputs: EvalInputs, split: str, modality: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    subjects, brain, genetics = inputs.pairs(split, modality, shared=False)
+def _pairs(inputs: EvalInputs, split: str, modality: str,
+           brain: Side | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    subjects, b, genetics = inputs.pairs(split, modality, shared=False, brain=brain)
     if len(subjects) < 3:
-        raise BrainmmError(f"baselines: the {split} split has {len(subjects)} subjects with brain and {modality!r} "
+        what = "connectivity (data.brain_fc)" if brain is not None else "brain"
+        raise BrainmmError(f"baselines: the {split} split has {len(subjects)} subjects with {what} and {modality!r} "
                            "input embeddings; need at least 3")
-    return subjects, brain, genetics
+    return subjects, b, genetics
 
 
 def _ridge_r2_ci(model: Any, brain: np.ndarray, genetics: np.ndarray, cfg: EvaluateConfig) -> tuple[float, float]:
@@ -46,13 +49,35 @@ def _ridge_r2_ci(model: Any, brain: np.ndarray, genetics: np.ndarray, cfg: Evalu
 
 
 def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, Any]]:
-    """CCA, PLS, ridge and random-head records for every genetics modality (fitted on train, scored on test)."""
+    """CCA, PLS, ridge and random-head records for every genetics modality (fitted on train, scored on test), on the
+    input brain table, and fc_cca / fc_pls / fc_ridge on the connectivity table (data.brain_fc) when it is given."""
+    methods = cfg.baselines.methods
+    names = [n for method in methods if not method.startswith(FC_PREFIX) for n in LIBRARY_NAMES[method]]
+    fc_names = [n for method in methods if method.startswith(FC_PREFIX)
+                for n in LIBRARY_NAMES[method.removeprefix(FC_PREFIX)]]
+    records: list[dict[str, Any]] = []
+    if names:
+        records += _table_records(inputs, cfg, names, inputs.input_brain("baselines (baselines.methods)"), "")
+    if fc_names and inputs.brain_fc is None:
+        LOG.info("baselines: fc_* skipped: no connectivity table (set data.brain_fc to a `brainmm fmri connectivity` "
+                 "table; the pipeline computes one)")
+    elif fc_names:
+        records += _table_records(inputs, cfg, fc_names, inputs.brain_fc, FC_PREFIX)
+    return records
+
+
+def _head_for(head: Any, rows: np.ndarray) -> Any:
+    """The trained brain head when it takes these rows (random_head re-initialises it); else None (Gaussian random
+    projections): data.brain may be another table than the one the heads were trained on (pipeline brain_inputs)."""
+    return head if getattr(head, "in_dim", rows.shape[1]) == rows.shape[1] else None
+
+
+def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], brain: Side,
+                   prefix: str) -> list[dict[str, Any]]:
+    """The library baselines `names` on one brain table, model names prefixed with `prefix`."""
     from alignment.baselines import run_baselines
 
-    names = [n for method in cfg.baselines.methods for n in LIBRARY_NAMES[method]]
-    if not names:
-        return []
-    inputs.input_brain("baselines (baselines.methods)")
+    side = brain if prefix else None
     records: list[dict[str, Any]] = []
     from brainmm.evaluate.preflight import baseline_shortfall, skip_warning
 
@@ -60,27 +85,27 @@ def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, 
         if short := baseline_shortfall(inputs, m):
             skip_warning(f"baselines {cfg.baselines.methods} for {m!r}", short)
             continue
-        _, b_train, g_train = _pairs(inputs, "train", m)
-        _, b_test, g_test = _pairs(inputs, "test", m)
-        _, b_val, g_val = inputs.pairs("val", m, shared=False)  # CCA/PLS choose their sizes on val when it has >= 3
+        _, b_train, g_train = _pairs(inputs, "train", m, side)
+        _, b_test, g_test = _pairs(inputs, "test", m, side)
+        _, b_val, g_val = inputs.pairs("val", m, shared=False, brain=side)  # CCA/PLS sizes chosen on val (>= 3)
         val = (b_val, g_val) if len(b_val) >= 3 else (None, None)
         report = run_baselines(
             b_train, g_train, b_test, g_test, brain_val=val[0], genetics_val=val[1], baselines=names,
             n_components=cfg.baselines.n_components,
-            n_permutations=cfg.baselines.n_permutations, brain_head=inputs.projectors["brain"],
+            n_permutations=cfg.baselines.n_permutations, brain_head=_head_for(inputs.projectors["brain"], b_train),
             genetics_head=inputs.projectors[m], out_dim=inputs.heads.embed_dim, seed=cfg.seed,
             retrieval_kw=retrieval_kwargs(cfg),
         )
         for name, fitted in report.models.items():
             if getattr(fitted, "selection_", None):
                 sel = fitted.selection_
-                LOG.info("baselines: %s for %s: PCA %d (brain) / %d (%s), %d pairs, chosen on val (MRR %.3f)", name, m,
-                         sel["pca_brain"], sel["pca_genetics"], m, sel["n_components"], sel["val_mrr"])
+                LOG.info("baselines: %s%s for %s: PCA %d (brain) / %d (%s), %d pairs, chosen on val (MRR %.3f)", prefix,
+                         name, m, sel["pca_brain"], sel["pca_genetics"], m, sel["n_components"], sel["val_mrr"])
         for r in report.records:
             if r["metric"] == "r2" and r.get("ci_low") is None:
                 r = {**r, **dict(zip(("ci_low", "ci_high"), _ridge_r2_ci(report.models[r["model"]], b_test,
                                                                          g_test, cfg)))}
-            model = modality_direction(r["model"], m)
+            model = prefix + modality_direction(r["model"], m)
             rec = library_record(r, m, section="baseline", split="test", model=model)
             if rec["direction"] is None:  # canonical correlations belong to the pair of sides
                 rec["direction"] = f"brain_{m}"

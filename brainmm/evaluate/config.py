@@ -8,7 +8,8 @@ from typing import Literal
 from brainmm.align import ConfoundsConfig
 from brainmm.errors import BrainmmError
 
-BASELINE_METHODS = ("cca", "pls", "ridge", "random_head")
+BASELINE_METHODS = ("cca", "pls", "ridge", "random_head", "fc_cca", "fc_pls", "fc_ridge")
+FC_METHODS = ("fc_cca", "fc_pls", "fc_ridge")  # the classical pipeline on data.brain_fc (skipped without it)
 PROBE_REPRESENTATIONS = ("brain", "genetics", "shared_brain", "shared_genetics", "concat")
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -21,6 +22,7 @@ class EvalDataConfig:
     genetics: dict[str, str] = field(default_factory=dict)
     split: str = ""
     cohort: str = ""  # fMRI dataset folder (its cohort.csv) or a CSV/TSV/Parquet table with subject_id + phenotypes
+    brain_fc: str = ""  # connectivity table (`brainmm fmri connectivity`) for the fc_* baselines; "" = no fc_* rows
 
 
 @dataclass
@@ -52,7 +54,7 @@ class ProbeSection:
 class BaselineSection:
     """Baselines fitted on the train split and scored with the same retrieval metrics on the test split."""
 
-    methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))  # ridge = both directions
+    methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))  # ridge = both directions; fc_*: FC
     n_components: int = 8  # CCA / PLS components
     n_permutations: int = 1000  # permutations of the test pairing for canonical-correlation p-values
     shuffled_pairs: bool = False  # train a second alignment on permuted train pairs (costs one training run)

@@ -179,25 +179,28 @@ class EvalInputs:
     group_of: dict[str, str]  # subject -> CV group (family/site or the subject)
     brain_tower: str | None = None  # kind of the brain tower ('brainlm') when the brain side had one
     tower_features: Callable[[], Side] | None = None  # a BrainLM tower's input features, computed when first needed
+    brain_fc: Side | None = None  # connectivity table for the fc_* baselines (data.brain_fc)
 
-    def subjects(self, split: str, modality: str, shared: bool = True) -> list[str]:
-        """Sorted subjects of `split` with a brain row and a `modality` row (shared-space or input tables)."""
+    def subjects(self, split: str, modality: str, shared: bool = True, brain: Side | None = None) -> list[str]:
+        """Sorted subjects of `split` with a brain row and a `modality` row (shared-space or input tables; `brain`
+        replaces the input brain table, e.g. the connectivity table)."""
         if shared:
             tables = self.shared.get(split, {})
             if "brain" not in tables or modality not in tables:
                 return []
             return sorted(tables["brain"].subject_set & tables[modality].subject_set)
-        brain = {s for s in self.input_brain("baselines").subjects if self.split_of.get(s) == split}
-        return sorted(brain & self.genetics[modality].subject_set)
+        side = brain or self.input_brain("baselines")
+        return sorted({s for s in side.subjects if self.split_of.get(s) == split} & self.genetics[modality].subject_set)
 
-    def pairs(self, split: str, modality: str, shared: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def pairs(self, split: str, modality: str, shared: bool = True,
+              brain: Side | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Subject-level paired rows (subjects, brain, genetics) of one split: shared space (recordings of a subject
-        averaged after L2 normalisation) or input tables (plain mean)."""
-        subjects = self.subjects(split, modality, shared)
+        averaged after L2 normalisation) or input tables (plain mean; `brain` replaces the input brain table)."""
+        subjects = self.subjects(split, modality, shared, brain)
         if shared:
             b, g = self.shared[split]["brain"], self.shared[split][modality]
         else:
-            b, g = self.input_brain("baselines"), self.genetics[modality]
+            b, g = brain or self.input_brain("baselines"), self.genetics[modality]
         return subjects, b.subject_level(subjects, shared), g.subject_level(subjects, shared)
 
     def input_brain(self, what: str) -> Side:
@@ -243,6 +246,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
     split_of = dict(zip(split_subjects, split_labels))
 
     brain = _side(brain_path, "data.brain") if brain_path else None
+    brain_fc = _side(cfg.data.brain_fc, "data.brain_fc") if cfg.data.brain_fc else None
     genetics = {m: _side(p, f"data.genetics.{m}") for m, p in genetics_paths.items()}
     heads = load_heads(run.run_dir)
     modalities = list(genetics)
@@ -295,7 +299,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
         group_of.update({s: str(g) for s, g in zip(split_subjects, split["group"]) if pd.notna(g)})
     features = _tower_features(run) if brain is None and brain_tower == "brainlm" else None
     return EvalInputs(run, modalities, split, str(split_path), split_of, brain, genetics, shared, heads, projectors,
-                      phenotypes, cohort_path, group_of, brain_tower, features)
+                      phenotypes, cohort_path, group_of, brain_tower, features, brain_fc)
 
 
 def _tower_features(run: AlignRun) -> Callable[[], Side]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from brainmm.align import AlignConfig, AlignTrainConfig, ConfoundsConfig
+from brainmm.data.fmri.connectivity import ConnectivityConfig
 from brainmm.data.fmri.ingest import IngestConfig
 from brainmm.data.genetics.config import GeneticsEmbedConfig, GenotypeMatrixConfig
 from brainmm.data.simulate.config import BrainConfig, FactorConfig, GenotypeConfig, SimulationConfig
@@ -28,7 +29,7 @@ from brainmm.train.pretrain_config import (
 )
 from brainmm.train.towers import GeneticsTowerConfig
 
-STAGES = ("simulate", "ingest", "pretrain", "embed", "genetics", "align", "evaluate")
+STAGES = ("simulate", "ingest", "connectivity", "pretrain", "embed", "genetics", "align", "evaluate")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class StageSwitches:
 
     simulate: bool | None = None  # null: when data.fmri_cohort and data.fmri_dataset are empty
     ingest: bool | None = None  # null: when data.fmri_dataset is empty
+    connectivity: bool | None = None  # null: when evaluate asks fc_* baselines and evaluate.data.brain_fc is empty
     pretrain: bool | None = None  # null: when embed.model (a BrainLM checkpoint) is empty
     embed: bool | None = None  # null: when align.data.brain is empty (and the brain tower is a table)
     genetics: bool | None = None  # null: when align.data.genetics is empty
@@ -63,9 +65,10 @@ class GeneticsSection:
     kind: Literal["genotype_matrix", "dna"] = "genotype_matrix"
     modality: str = ""  # name in the shared space and in the metric names; "" = genotype / dna
     matrix: GenotypeMatrixConfig = field(default_factory=lambda: GenotypeMatrixConfig(out="genetics/genotypes"))
-    # the tower in front of a genotype matrix (kind genotype_matrix); align.towers.genetics.<modality> replaces it
+    # the tower in front of a genotype matrix (kind genotype_matrix); align.towers.genetics.<modality> replaces it.
+    # Default `table` (the linear CCA-initialised head sees the dosages); kind genotype_mlp: 256 hidden, 128 out
     genotype_mlp: GeneticsTowerConfig = field(default_factory=lambda: GeneticsTowerConfig(
-        kind="genotype_mlp", hidden_sizes=[256], output_size=128, dropout=0.5))
+        kind="table", hidden_sizes=[256], output_size=128, dropout=0.5))
     dna: GeneticsEmbedConfig = field(default_factory=lambda: GeneticsEmbedConfig(out="genetics/dna"))
 
     @property
@@ -104,7 +107,7 @@ def _align() -> AlignConfig:
     from alignment import HeadConfig
 
     return AlignConfig(
-        name="align", output_dir="align", head=HeadConfig(dropout=0.3, standardize=True),
+        name="align", output_dir="align", head=HeadConfig(kind="linear", dropout=0.3, standardize=True, init="cca"),
         train=AlignTrainConfig(batch_size=32, epochs=200, warmup_steps=20, checkpoint_every=1000, patience=60,
                                precision="fp32"))
 
@@ -117,15 +120,18 @@ def _evaluate() -> EvaluateConfig:
 
 @dataclass
 class PipelineConfig:
-    """`brainmm run` / `brainmm demo`: simulate -> ingest -> pretrain -> embed -> genetics -> align -> evaluate."""
+    """`brainmm run` / `brainmm demo`: simulate -> ingest -> connectivity -> pretrain -> embed -> genetics -> align -> evaluate."""
 
     name: str = "demo"  # MLflow name of the pipeline's parent run
     output_dir: str = "runs/demo"  # every stage writes a folder inside it
     threads: int = 1  # torch and BLAS CPU threads (tiny models: 1 is fastest on shared cores); 0 = their defaults
+    brain_inputs: list[str] = field(default_factory=lambda: ["brainlm", "connectivity"])  # align's brain table
+    brain_fc_pca: int = 64  # connectivity PCA components (fitted on train) when brain_inputs has connectivity
     stages: StageSwitches = field(default_factory=StageSwitches)
     data: PipelineData = field(default_factory=PipelineData)
     simulate: SimulationConfig = field(default_factory=_simulate)
     ingest: IngestConfig = field(default_factory=_ingest)
+    connectivity: ConnectivityConfig = field(default_factory=ConnectivityConfig)  # -> connectivity/fc (fc_* baselines)
     pretrain: PretrainConfig = field(default_factory=_pretrain)
     embed: EmbedConfig = field(default_factory=_embed)
     genetics: GeneticsSection = field(default_factory=GeneticsSection)
@@ -140,6 +146,14 @@ class PipelineConfig:
         if self.threads < 0:
             raise BrainmmError(f"pipeline config field 'threads': expected 0 (torch's default) or a positive integer, got "
                                f"{self.threads}")
+        from brainmm.pipeline.brain_inputs import BRAIN_INPUTS
+
+        bad = [x for x in self.brain_inputs if x not in BRAIN_INPUTS]
+        if bad or not self.brain_inputs or len(set(self.brain_inputs)) != len(self.brain_inputs):
+            raise BrainmmError(f"pipeline config field 'brain_inputs': expected distinct entries of {list(BRAIN_INPUTS)}, "
+                               f"got {self.brain_inputs}")
+        if self.brain_fc_pca < 1:
+            raise BrainmmError(f"pipeline config field 'brain_fc_pca': expected an integer >= 1, got {self.brain_fc_pca}")
         if not self.output_dir:
             raise BrainmmError("pipeline config field 'output_dir': expected a folder, got nothing")
         default = TrackingConfig()

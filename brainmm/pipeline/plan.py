@@ -2,7 +2,7 @@
 
 Rules (docs/pipeline.md): an empty input path means "the previous stage's output"; a relative output path
 (`pretrain.output_dir`, `embed.out`, `embed.cache_dir`, `genetics.*.out`, `genetics.dna.cache_dir`,
-`align.output_dir`, `evaluate.output_dir`) lies inside `output_dir`; input paths the user gives are taken as they
+`align.output_dir`, `evaluate.output_dir`; the connectivity table `connectivity/fc`) lies inside `output_dir`; input paths the user gives are taken as they
 are (relative to the working folder). Every inconsistency is an error before any work.
 """
 
@@ -21,6 +21,8 @@ from brainmm.pipeline.config import STAGES, PipelineConfig
 COHORT_DIR = "cohort"  # the simulated cohort, inside output_dir
 FMRI_DIR = "fmri"  # the ingested fMRI dataset, inside output_dir
 PCS_OUT = "genetics/genetic_pcs"  # the confounds' genetic PCs, when the pipeline computes them
+FC_TABLE = "connectivity/fc"  # the connectivity table (fc_* baselines), inside output_dir
+BRAIN_TABLE = "embed/brain_inputs"  # align's brain table when brain_inputs is not [brainlm]
 
 
 @dataclass
@@ -95,6 +97,16 @@ def make_plan(cfg: PipelineConfig) -> Plan:
                            "(a dataset is already ingested)")
     runs["ingest"] = _switch("ingest", sw.ingest, not data.fmri_dataset, "data.fmri_dataset",
                              "set data.fmri_dataset (an ingested fMRI dataset folder)")
+    fc_wanted = sw.evaluate and any(m.startswith("fc_") for m in cfg.evaluate.baselines.methods)
+    if sw.connectivity and cfg.evaluate.data.brain_fc:
+        raise BrainmmError("pipeline config field 'stages.connectivity': true, but evaluate.data.brain_fc is given, "
+                           "which replaces this stage's output; leave the switch null or remove that input")
+    fc_input = "connectivity" in cfg.brain_inputs
+    if fc_input and sw.connectivity is False and not cfg.evaluate.data.brain_fc:
+        raise BrainmmError("pipeline config field 'stages.connectivity': false, but brain_inputs has connectivity; "
+                           "set evaluate.data.brain_fc (a connectivity table) or turn the stage on")
+    runs["connectivity"] = ((fc_wanted or fc_input) and not cfg.evaluate.data.brain_fc if sw.connectivity is None
+                            else sw.connectivity)
     runs["pretrain"] = _switch("pretrain", sw.pretrain, not cfg.embed.model, "embed.model",
                                "set embed.model (a BrainLM checkpoint folder)")
     table_tower = not tower_kind(cfg.align.towers.brain.kind).has_model
@@ -156,7 +168,13 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     # align
     a = cfg.align
     a.output_dir = _inside(out, a.output_dir)
-    if runs["embed"] and table_tower:
+    mixed = cfg.brain_inputs != ["brainlm"]
+    if mixed and (not table_tower or not runs["embed"]):
+        raise BrainmmError(f"pipeline config field 'brain_inputs': {cfg.brain_inputs} builds the align stage's brain "
+                           "table from the embed stage (a table brain tower, align.data.brain empty)")
+    if mixed:
+        a.data.brain = str(out / BRAIN_TABLE)
+    elif runs["embed"] and table_tower:
         a.data.brain = e.out
     elif a.data.brain:
         a.data.brain = _given(a.data.brain)
@@ -182,7 +200,11 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     v.align_dir, v.tracking_uri = a.output_dir, uri
     v.output_dir = _inside(out, v.output_dir)
     v.data.cohort = _given(v.data.cohort) if v.data.cohort else dataset
-    if not table_tower and not v.data.brain and runs["embed"]:
+    if runs["connectivity"]:
+        v.data.brain_fc = str(out / FC_TABLE)
+    elif v.data.brain_fc:
+        v.data.brain_fc = _given(v.data.brain_fc)
+    if (mixed or not table_tower) and not v.data.brain and runs["embed"]:
         v.data.brain = e.out  # the baselines and probes read the frozen model's features
     _wire_confounds(plan, dataset)
     return plan

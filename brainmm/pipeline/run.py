@@ -26,12 +26,14 @@ MARKER = "pipeline.json"  # written first: marks a folder the pipeline may repla
 
 @dataclass
 class StageRecord:
-    """What one stage did: its folder, MLflow run (if it logs one) and time (wall and this process's CPU)."""
+    """What one stage did: its folder, MLflow run (if it logs one), time (wall and this process's CPU) and this
+    process's peak resident memory during the stage (MB)."""
 
     stage: str
     output: str
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
     run_id: str | None = None
     status: str = "running"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +52,23 @@ class PipelineResult:
     summary: str = ""
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's peak RSS (Linux: VmHWM via /proc/self/clear_refs); elsewhere the peak stays cumulative."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process since the last reset (VmHWM), else since it started (getrusage)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -118,12 +137,14 @@ def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool) -> PipelineRes
             LOG.info("[%d/%d] %s", i, len(plan.stages), stage)
             record = StageRecord(stage, "")
             records[stage] = record
+            _reset_peak_rss()
             t0, c0 = time.perf_counter(), time.process_time()
             try:
                 value = steps[stage](record)
             finally:
                 record.seconds = time.perf_counter() - t0
                 record.cpu_seconds = time.process_time() - c0
+                record.peak_rss_mb = _peak_rss_mb()
                 log_to_file(out)  # stages move the log file to their own folders
                 _adopt(parent, plan, record)
             record.status = "finished"
@@ -150,6 +171,7 @@ def _finish(parent: PipelineRun, plan: Plan, result: PipelineResult, ok: bool) -
     try:
         timing = {f"pipeline/time/{s}_s": r.seconds for s, r in result.stages.items()}
         timing.update({f"pipeline/cpu/{s}_s": r.cpu_seconds for s, r in result.stages.items()})
+        timing.update({f"pipeline/peak_rss/{s}_mb": r.peak_rss_mb for s, r in result.stages.items()})
         timing.update({"pipeline/time/total_s": result.seconds, "pipeline/cpu/total_s": result.cpu_seconds})
         metrics = dict(timing)
         if ok:
@@ -190,6 +212,7 @@ def _stage_configs(plan: Plan) -> dict[str, Path]:
     c = plan.config
     genetics_out = c.genetics.matrix.out if c.genetics.kind == "genotype_matrix" else c.genetics.dna.out
     return {"simulate": plan.cohort_dir / "config.yaml", "ingest": plan.out / "ingest.config.yaml",
+            "connectivity": Path(c.evaluate.data.brain_fc + ".config.yaml"),
             "pretrain": Path(c.pretrain.output_dir) / "config.yaml", "embed": Path(c.embed.out + ".config.yaml"),
             "genetics": Path(genetics_out + ".config.yaml"), "align": Path(c.align.output_dir) / "config.yaml",
             "evaluate": Path(c.evaluate.output_dir) / "config.yaml"}
@@ -238,6 +261,13 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
         save_config(c.ingest, plan.out / "ingest.config.yaml")
         return run_ingest(plan.fmri_cohort, plan.fmri_dataset, c.ingest)
 
+    def connectivity(rec: StageRecord) -> Any:
+        from brainmm.data.fmri.connectivity import connectivity_table
+
+        rec.output = c.evaluate.data.brain_fc
+        save_config(c.connectivity, Path(rec.output + ".config.yaml"))
+        return connectivity_table(plan.fmri_dataset, rec.output, c.connectivity)
+
     def pretrain(rec: StageRecord) -> Any:
         from brainmm.train.pretrain import run_pretrain
 
@@ -277,6 +307,11 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
         from brainmm.align import run_align
 
         rec.output = c.align.output_dir
+        if c.brain_inputs != ["brainlm"]:
+            from brainmm.pipeline.brain_inputs import brain_input_table
+
+            brain_input_table(c.brain_inputs, c.embed.out, c.evaluate.data.brain_fc, c.align.data.split,
+                              c.brain_fc_pca, c.align.data.brain)
         result = run_align(c.align)
         rec.run_id = result.run_id
         rec.extra = {"val_score": result.metrics["val"].get("score"), "best_epoch": result.metrics["best_epoch"]}
@@ -291,5 +326,5 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
         rec.extra = {"shuffled_pairs_run_id": result.shuffled_run_id, "unadjusted_run_id": result.unadjusted_run_id}
         return result
 
-    return {"simulate": simulate, "ingest": ingest, "pretrain": pretrain, "embed": embed, "genetics": genetics,
+    return {"simulate": simulate, "ingest": ingest, "connectivity": connectivity, "pretrain": pretrain, "embed": embed, "genetics": genetics,
             "align": align, "evaluate": evaluate}

@@ -1,0 +1,46 @@
+"""The align stage's brain table when `brain_inputs` names more than BrainLM: BrainLM embeddings and/or the
+connectivity table's PCA scores (PCA fitted on the training subjects only), side by side per row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from brainmm.errors import BrainmmError
+
+BRAIN_INPUTS = ("brainlm", "connectivity")
+
+
+def brain_input_table(inputs: list[str], embed: str, fc: str, split_csv: str, pca: int, out: str | Path) -> Path:
+    """Write the brain table of `inputs` (in that order) to `out`: rows of the BrainLM table (recordings or
+    subjects), each with its subject's first `pca` connectivity PCA scores (fewer below pca + 1 training subjects);
+    returns the stem."""
+    from brainmm.align import table_subjects
+    from brainmm.data.fmri.connectivity import ConnectivityConfig, fit_pca, pca_transform
+    from brainmm.data.splits import load_split
+    from brainmm.embeddings import EmbeddingTable
+
+    emb = EmbeddingTable.load(embed)
+    subjects = table_subjects(emb, f"embedding table {embed}")
+    blocks: list[np.ndarray] = []
+    meta: dict = {"kind": "brain_inputs", "inputs": list(inputs), "subject_id": dict(zip(emb.ids, subjects))}
+    for name in inputs:
+        if name == "brainlm":
+            blocks.append(np.asarray(emb.vectors, dtype=np.float64))
+            continue
+        table = EmbeddingTable.load(fc)
+        split = load_split(split_csv)
+        train = set(split.loc[split["split"] == "train", "subject_id"].astype(str))
+        rows = np.array([i for i, s in enumerate(table.ids) if s in train], dtype=np.int64)
+        k = max(1, min(pca, len(rows) - 1, table.dim))  # small cohorts: at most n_train - 1 components
+        fitted = fit_pca(table.vectors, rows, ConnectivityConfig(pca=k))
+        scores = pca_transform(table.vectors, fitted)
+        index = {s: i for i, s in enumerate(table.ids)}
+        missing = sorted({s for s in subjects if s not in index})
+        if missing:
+            raise BrainmmError(f"connectivity table {fc}: no row for subjects {missing[:5]} of {embed}")
+        blocks.append(scores[[index[s] for s in subjects]])
+        meta["connectivity_pca"] = {"fitted_on": "train", "subjects": len(rows), "components": int(scores.shape[1]),
+                                    "explained_variance": float(fitted["explained_variance_ratio"].sum())}
+    return EmbeddingTable(list(emb.ids), np.hstack(blocks), meta).save(out)
