@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.linalg import LinAlgWarning
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from alignment.baselines import _matrix
 from alignment.errors import AlignmentInputError
 
 RIDGE_ALPHAS = np.logspace(-3, 5, 9)
@@ -22,18 +22,10 @@ Covariates = Mapping[str, Any]  # column name -> values per row (a pandas DataFr
 
 
 def _features(x: Any, what: str, n: int | None = None) -> np.ndarray:
-    """float64 [n, dim] array with finite values, or AlignmentInputError naming `what`."""
-    try:
-        x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise AlignmentInputError(f"{what}: expected a numeric [n, dim] array ({err})") from None
-    if x.ndim != 2 or 0 in x.shape:
-        raise AlignmentInputError(f"{what}: expected a 2-D array [n >= 1, dim >= 1], got shape {x.shape}")
+    """float64 [n, dim] array with finite values (`baselines._matrix`), rows aligned with the covariates."""
+    x = _matrix(x, what)
     if n is not None and len(x) != n:
         raise AlignmentInputError(f"{what}: {len(x)} rows but the covariates have {n} (rows must be aligned)")
-    bad = int((~np.isfinite(x).all(axis=1)).sum())
-    if bad:
-        raise AlignmentInputError(f"{what}: {bad} of {len(x)} rows contain NaN or inf")
     return x
 
 

@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from brainmm.errors import BrainmmError
-
-
-def available_memory() -> tuple[int, int]:
-    """(available, total) bytes of RAM: MemAvailable from /proc/meminfo on Linux, else free/total pages."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, total
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), total
+from encoders.weights import available_memory
 
 
 def human_bytes(n: float) -> str:

@@ -59,7 +59,7 @@ def align_config(inputs: dict[str, Any], adjusted: bool, uri: str, epochs: int =
         f"output_dir={out}", f"data.brain={inputs['brain']}", f"data.genetics={{genotype: {inputs['genotype']}}}",
         f"data.split={inputs['split']}", f"train.epochs={epochs}", "train.batch_size=32", "train.warmup_steps=10",
         "train.patience=20", "train.checkpoint_every=100000", "head.hidden_dim=256", "head.out_dim=64",
-        "head.dropout=0.3", f"tracking.uri={uri}", *confounds])
+        "head.dropout=0.3", "train.precision=fp32", f"tracking.uri={uri}", *confounds])
 
 
 def test_ranks(result: Any) -> np.ndarray:

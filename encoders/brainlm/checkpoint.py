@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from encoders.errors import EncoderInputError
-from encoders.weights import check_safetensors_file, check_torch_file, quiet_transformers
+from encoders.weights import available_memory, check_safetensors_file, check_torch_file, quiet_transformers
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -48,19 +48,6 @@ def check_checkpoint_folder(path: str | os.PathLike, model_type: str | None, hin
     elif weights.name == "pytorch_model.bin":
         check_torch_file(weights)
     return weights
-
-
-def available_memory() -> tuple[int, int]:
-    """(available, total) bytes of RAM: MemAvailable from /proc/meminfo on Linux, else free/total pages."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, total
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), total
 
 
 def check_memory_budget(n_bytes: int, what: str) -> None:
