@@ -44,7 +44,11 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
     except OSError as err:
         raise _unwritable(parent, err) from None
-    honour_umask(tmp, folder=True)
+    try:
+        honour_umask(tmp, folder=True)
+    except BaseException:  # Ctrl-C / SIGTERM right after mkdtemp: leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return tmp
 
 
@@ -59,8 +63,12 @@ def _tmp_sibling(path: Path, suffix: str = "") -> Path:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     except OSError as err:
         raise _unwritable(path.parent, err) from None
-    os.close(fd)
-    honour_umask(name)
+    try:
+        os.close(fd)
+        honour_umask(name)
+    except BaseException:  # Ctrl-C / SIGTERM right after mkstemp: leave nothing behind
+        Path(name).unlink(missing_ok=True)
+        raise
     return Path(name)
 
 
@@ -73,15 +81,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write bytes to `path` via a temp file in the same folder and an atomic rename."""
     path = Path(path)
     _refuse_folder_target(path)
-    tmp = _tmp_sibling(path)
+    tmp = None
     try:
+        tmp = _tmp_sibling(path)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -104,13 +114,15 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     _refuse_folder_target(path)
-    tmp = _tmp_sibling(path, suffix)
+    tmp = None
     try:
+        tmp = _tmp_sibling(path, suffix)
         yield tmp
         honour_umask(tmp)  # again: some writers (safetensors) replace the file with a 0600 one of their own
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -126,8 +138,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise BrainmmError(f"output folder {path}: is an existing file (expected a folder path)")
     if path.exists() and not overwrite:
         raise BrainmmError(f"output folder {path} already exists (pass --overwrite to replace it)")
-    tmp = make_temp_dir(path.parent, f".{path.name}.")
+    tmp = None
     try:
+        tmp = make_temp_dir(path.parent, f".{path.name}.")
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -138,7 +151,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         else:
             os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
