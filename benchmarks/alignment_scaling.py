@@ -184,7 +184,8 @@ def render(rows: list[dict[str, Any]], extrapolate: int, command: str) -> str:
             if s == "total":
                 w = [r["total"]["seconds"] for r in rs]
                 c = [r["total"]["cpu_seconds"] for r in rs]
-                m = [r["total"]["child_peak_rss_mb"] or max(x["peak_rss_mb"] or 0 for x in r["stages"].values())
+                # the largest stage peak: the stages reset VmHWM, which also resets the process's ru_maxrss
+                m = [max([x["peak_rss_mb"] or 0 for x in r["stages"].values()] + [r["total"]["child_peak_rss_mb"] or 0])
                      for r in rs]
             else:
                 w = [r["stages"][s]["seconds"] for r in rs if s in r["stages"]]

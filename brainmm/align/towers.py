@@ -10,6 +10,7 @@ model card and export it; the rest of brainmm looks kinds up here (`tower_kind(n
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,7 +48,7 @@ class BrainSide:
     dataset: BrainDataset | None = None
 
 
-class TowerKind:
+class TowerKind(ABC):
     """One tower kind. Subclasses override the hooks of the sides they serve; `table` is the no-model kind."""
 
     name: ClassVar[str] = ""
@@ -55,7 +56,8 @@ class TowerKind:
     has_model: ClassVar[bool] = True
 
     def check(self, cfg: Any, side: str, where: str) -> None:
-        """Field checks of a tower section (`towers.brain`, `towers.genetics.<m>`) that need no files."""
+        """Field checks of a tower section (`towers.brain`, `towers.genetics.<m>`) that need no files (default: none)."""
+        return None
 
     def build_brain(self, cfg: Any, device: str) -> BrainSide:
         """The brain side of a run (inputs, tower) from the align config."""
@@ -73,9 +75,9 @@ class TowerKind:
         """Read a tower folder written by `save`, in eval mode."""
         raise BrainmmError(f"tower kind {self.name!r} has no tower folder")
 
+    @abstractmethod
     def describe(self, cfg: Any, data: Any, name: str) -> str:
         """The model-card line of side `name`."""
-        raise NotImplementedError
 
     def export(self, module: nn.Module) -> nn.Module:
         """The tower as an exportable module (default: itself)."""
