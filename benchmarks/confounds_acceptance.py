@@ -184,7 +184,8 @@ def run_heads(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_confounds_app import align_config, build_inputs, test_ranks
 
-    from brainmm.align import run_align
+    from brainmm.align import AlignConfig, run_align
+    from brainmm.config import apply_overrides, from_dict, to_dict
 
     base = Path(tempfile.mkdtemp(prefix="confounds-heads-"))
     uri = f"sqlite:///{base / 'mlflow.db'}"
@@ -194,7 +195,10 @@ def run_heads(args: argparse.Namespace) -> None:
             for seed in range(args.seeds):
                 inputs = build_inputs(base / f"e{effect}_s{seed}", seed, effect, args.subjects, args.pcs)
                 for adjusted in (False, True):
-                    ranks = test_ranks(run_align(align_config(inputs, adjusted, uri, epochs=100)))
+                    cfg = align_config(inputs, adjusted, uri, epochs=100)
+                    if args.set:  # align overrides, e.g. head.kind=linear head.init=cca
+                        cfg = from_dict(AlignConfig, apply_overrides(to_dict(cfg), args.set))
+                    ranks = test_ranks(run_align(cfg))
                     rows.append({"seed": seed, "kind": "adjusted" if adjusted else "unadjusted", "ranks": ranks,
                                  "chance": chance_metrics(len(ranks))})
             print(f"\n## heads-only app path: effects.effect_size={effect}, {args.subjects} subjects, "
@@ -244,7 +248,7 @@ def main() -> None:
     parser.add_argument("--no-population", action="store_true",
                         help="reference: same cohorts without population structure (1 group, 3 sites)")
     parser.add_argument("--app", action="store_true", help="through `brainmm demo` with confounds (see above)")
-    parser.add_argument("--set", nargs="*", default=[], help="extra demo overrides (with --app)")
+    parser.add_argument("--set", nargs="*", default=[], help="extra demo overrides (with --app) or align overrides (with --heads)")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (with --app)")
     parser.add_argument("--heads", action="store_true", help="the acceptance test's heads-only `brainmm align` path")
     args = parser.parse_args()

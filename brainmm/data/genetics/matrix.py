@@ -19,7 +19,7 @@ from brainmm.config import save_config
 from brainmm.data.genetics.config import GenotypeMatrixConfig, GenotypeSourceConfig
 from brainmm.data.genetics.selection import Selection, select_variants
 from brainmm.data.genetics.sources import GenotypeSource, open_source
-from brainmm.data.genetics.store import save_table
+from brainmm.data.genetics.store import InPlaceTable
 from brainmm.data.genetics.subjects import match_samples, read_sample_map
 from brainmm.data.splits import load_split
 from brainmm.embeddings import EmbeddingTable
@@ -264,62 +264,62 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     if not is_train.any():
         raise BrainmmError("genotype matrix: no training subjects; statistics are fitted on the 'train' split")
     n_candidates = len(inputs.selection.rows)
-    # Kept columns fill the left of each row; pages never written are never resident, so the buffer costs
-    # about the output matrix even when the filters drop variants.
-    out_buf = np.empty((len(subjects), n_candidates), dtype=np.float32)
+    out = table_stem(cfg.out)
     pgs = PolygenicScores(cfg.pgs_weights, len(subjects)) if cfg.pgs_weights else None
     kept_parts, k, n_missing = [], 0, 0
-    for rows, values in progress(inputs.blocks(cfg), desc="reading genotypes", unit="block",
-                                 total=-(-n_candidates // cfg.block_for(len(subjects)))):
-        stats = fit_genotype_stats(train_rows(values, is_train), cfg.impute, cfg.min_maf, cfg.max_missing)
-        keep = np.flatnonzero(stats.keep)
-        missing = np.isnan(values)
-        n_missing += int(missing[:, keep].sum())
-        if missing.any():
-            np.copyto(values, np.broadcast_to(stats.fill, values.shape), where=missing)
-        table = inputs.variant_rows(rows)
-        if pgs is not None:
-            pgs.add(table, values)
-        out_buf[:, k:k + len(keep)] = values if len(keep) == values.shape[1] else values[:, keep]
-        k += len(keep)
-        kept_parts.append(table.iloc[keep].assign(train_alt_freq=stats.alt_freq[keep],
-                                                  train_missing_rate=stats.missing_rate[keep],
-                                                  fill=stats.fill[keep]))
-        del values, missing  # before the next block is read
-    inputs.source.close()
-    if not k:
-        raise BrainmmError(f"genotype matrix {source}: no variant passes min_maf={cfg.min_maf} and "
-                           f"max_missing={cfg.max_missing} on the {int(is_train.sum())} training subjects")
-    vectors = out_buf[:, :k]
-    kept = pd.concat(kept_parts, ignore_index=True).drop(columns=["info"])
-    out = table_stem(cfg.out)
-    meta = {
-        "kind": "genotype_matrix",
-        **inputs.meta(),
-        "split": str(cfg.split),
-        "fitted_on": "train",
-        "n_train": int(is_train.sum()),
-        "impute": cfg.impute,
-        "min_maf": cfg.min_maf,
-        "max_missing": cfg.max_missing,
-        "hard_call_threshold": cfg.hard_call_threshold,
-        "variants_in": n_candidates,
-        "variants_kept": k,
-        "calls_imputed": n_missing,
-        "variants_file": out.name + ".variants.tsv",
-        "dosage": "expected count of the ALT allele (PLINK 1: allele 1; BGEN: the second allele)",
-    }
-    if inputs.samples != subjects:
-        meta["genotype_samples"] = inputs.samples
-    LOG.info("genotype matrix: %d subjects x %d variants (of %d; MAF >= %g, missing <= %g on %d train subjects); "
-             "%d missing calls imputed (%s)", len(subjects), k, n_candidates, cfg.min_maf, cfg.max_missing,
-             int(is_train.sum()), n_missing, cfg.impute)
-    pgs_table = pgs.table(subjects, source, f"{cfg.impute}, fitted on train") if pgs is not None else None
-    save_config(cfg, out.with_name(out.name + ".config.yaml"))
-    _write_tsv(kept, out.with_name(out.name + ".variants.tsv"))
-    if pgs_table is not None:
-        pgs_table.save(out.with_name(out.name + "_pgs"))
-    save_table(out, subjects, vectors, meta)
+    # The matrix is filled in place in the output's temp file (a memory map): kept columns fill the left of each
+    # row and are compacted at the end; pages never written are never resident (nor stored: the file is sparse).
+    with InPlaceTable(out, len(subjects), n_candidates) as written:
+        for rows, values in progress(inputs.blocks(cfg), desc="reading genotypes", unit="block",
+                                     total=-(-n_candidates // cfg.block_for(len(subjects)))):
+            stats = fit_genotype_stats(train_rows(values, is_train), cfg.impute, cfg.min_maf, cfg.max_missing)
+            keep = np.flatnonzero(stats.keep)
+            missing = np.isnan(values)
+            n_missing += int(missing[:, keep].sum())
+            if missing.any():
+                np.copyto(values, np.broadcast_to(stats.fill, values.shape), where=missing)
+            table = inputs.variant_rows(rows)
+            if pgs is not None:
+                pgs.add(table, values)
+            written.append(values if len(keep) == values.shape[1] else values[:, keep])
+            k += len(keep)
+            kept_parts.append(table.iloc[keep].assign(train_alt_freq=stats.alt_freq[keep],
+                                                      train_missing_rate=stats.missing_rate[keep],
+                                                      fill=stats.fill[keep]))
+            del values, missing  # before the next block is read
+        inputs.source.close()
+        if not k:
+            raise BrainmmError(f"genotype matrix {source}: no variant passes min_maf={cfg.min_maf} and "
+                               f"max_missing={cfg.max_missing} on the {int(is_train.sum())} training subjects")
+        kept = pd.concat(kept_parts, ignore_index=True).drop(columns=["info"])
+        meta = {
+            "kind": "genotype_matrix",
+            **inputs.meta(),
+            "split": str(cfg.split),
+            "fitted_on": "train",
+            "n_train": int(is_train.sum()),
+            "impute": cfg.impute,
+            "min_maf": cfg.min_maf,
+            "max_missing": cfg.max_missing,
+            "hard_call_threshold": cfg.hard_call_threshold,
+            "variants_in": n_candidates,
+            "variants_kept": k,
+            "calls_imputed": n_missing,
+            "variants_file": out.name + ".variants.tsv",
+            "dosage": "expected count of the ALT allele (PLINK 1: allele 1; BGEN: the second allele)",
+        }
+        if inputs.samples != subjects:
+            meta["genotype_samples"] = inputs.samples
+        LOG.info("genotype matrix: %d subjects x %d variants (of %d; MAF >= %g, missing <= %g on %d train subjects); "
+                 "%d missing calls imputed (%s)", len(subjects), k, n_candidates, cfg.min_maf, cfg.max_missing,
+                 int(is_train.sum()), n_missing, cfg.impute)
+        pgs_table = pgs.table(subjects, source, f"{cfg.impute}, fitted on train") if pgs is not None else None
+        save_config(cfg, out.with_name(out.name + ".config.yaml"))
+        _write_tsv(kept, out.with_name(out.name + ".variants.tsv"))
+        if pgs_table is not None:
+            pgs_table.save(out.with_name(out.name + "_pgs"))
+        written.finish(subjects, meta)
+    vectors = written.vectors()
     return EmbeddingTable(subjects, vectors, meta)
 
 

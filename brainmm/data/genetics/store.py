@@ -1,8 +1,11 @@
-"""Write a large embedding table row chunk by row chunk (no full copy of the matrix), same format as
-`brainmm.embeddings.EmbeddingTable.save`: `<stem>.safetensors` (`vectors` F32 [N, D]) + `<stem>.json`."""
+"""Write a large embedding table without a copy of the matrix, same format as
+`brainmm.embeddings.EmbeddingTable.save`: `<stem>.safetensors` (`vectors` F32 [N, D]) + `<stem>.json`.
+`InPlaceTable` hands out the temp file's data region as a writable memory map, so a matrix filled column block by
+column block is neither copied nor held twice (in memory and in the page cache)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
@@ -14,6 +17,8 @@ import numpy as np
 from brainmm.io import atomic_file, atomic_write_json
 
 CHUNK_BYTES = 32 << 20
+HEADER_BYTES = 248  # InPlaceTable's reserved JSON header (space-padded); 8 + 248 keeps the data 256-byte aligned
+STAGE_COLUMNS = 1024  # columns gathered before they go to the map: a 4 KiB page per row, not a sliver of one
 
 
 def _row_chunks(vectors: np.ndarray):
@@ -31,23 +36,107 @@ def data_hash(vectors: np.ndarray, ids: list[str]) -> str:
     return h.hexdigest()
 
 
-def save_table(stem: Path, ids: list[str], vectors: np.ndarray, meta: dict[str, Any]) -> Path:
-    """Atomically write the table (vectors may be a strided view); sets meta["data_hash"] (as `data_hash`)."""
-    n, d = vectors.shape
+def _header(n: int, d: int, size: int | None = None) -> bytes:
+    """The safetensors JSON header of `vectors` F32 [n, d], space-padded to `size` (default: to a multiple of 8)."""
     header = json.dumps({"vectors": {"dtype": "F32", "shape": [n, d], "data_offsets": [0, n * d * 4]}},
                         separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(stem.with_name(stem.name + ".safetensors"), suffix=".safetensors") as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(struct.pack("<Q", len(header)))
-            fh.write(header)
-            h = hashlib.sha256()
-            for chunk in _row_chunks(vectors):
-                view = memoryview(chunk).cast("B")
-                h.update(view)
-                fh.write(view)
-    h.update("\n".join(ids).encode())
-    meta["data_hash"] = h.hexdigest()
-    atomic_write_json(stem.with_name(stem.name + ".json"), {"ids": list(ids), "dim": int(d), "meta": meta})
-    return stem
+    return header + b" " * ((size - len(header)) if size else -len(header) % 8)
+
+
+class InPlaceTable:
+    """`with InPlaceTable(stem, n, cols) as t:` `t.append(block)` column blocks (float32 [n, b]; at most `cols`
+    columns in all) into the temp safetensors file's memory map (or fill `t.buffer` directly), then
+    `t.finish(ids, meta)`: the appended columns become the table (rows compacted in place, file truncated,
+    header rewritten, meta["data_hash"] set), renamed into place when the block ends and followed by
+    `<stem>.json`. On an error the temp file is removed and nothing is written."""
+
+    def __init__(self, stem: Path, n: int, cols: int) -> None:
+        self.stem, self.n, self.cols = Path(stem), int(n), int(cols)
+        self.buffer: np.ndarray | None = None
+        self.columns = 0  # appended so far (staged or in the map)
+        self._stage: np.ndarray | None = None
+        self._staged = 0
+        self._sidecar: dict[str, Any] | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> InPlaceTable:
+        self.stem.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self._stack.enter_context(
+            atomic_file(self.stem.with_name(self.stem.name + ".safetensors"), suffix=".safetensors"))
+        with open(self._tmp, "wb") as fh:  # sparse: pages never written take no space and are never resident
+            fh.truncate(8 + HEADER_BYTES + self.n * self.cols * 4)
+        if self.n and self.cols:
+            self.buffer = np.memmap(self._tmp, np.float32, "r+", offset=8 + HEADER_BYTES, shape=(self.n, self.cols))
+        else:
+            self.buffer = np.empty((self.n, self.cols), np.float32)
+        return self
+
+    def append(self, block: np.ndarray) -> None:
+        """Add columns [n, b] after those appended so far (gathered in a staging buffer of STAGE_COLUMNS)."""
+        b = block.shape[1]
+        if self.columns + b > self.cols:
+            raise ValueError(f"InPlaceTable: {self.columns + b} columns appended, room for {self.cols}")
+        if self._stage is None:
+            self._stage = np.empty((self.n, min(STAGE_COLUMNS, self.cols)), np.float32)
+        if self._staged + b > self._stage.shape[1]:
+            self._flush()
+        if b > self._stage.shape[1]:
+            self.buffer[:, self.columns:self.columns + b] = block
+        else:
+            self._stage[:, self._staged:self._staged + b] = block
+            self._staged += b
+        self.columns += b
+
+    def _flush(self) -> None:
+        start = self.columns - self._staged
+        self.buffer[:, start:self.columns] = self._stage[:, :self._staged]
+        self._staged = 0
+
+    def finish(self, ids: list[str], meta: dict[str, Any], k: int | None = None) -> None:
+        """Keep the appended columns (or the first k of `buffer`), hash them (as `data_hash`) and write the header;
+        the rename happens on exit."""
+        if self._staged:
+            self._flush()
+        self._stage = None
+        k = self.columns if k is None else int(k)
+        h = _compact_and_hash(self.buffer, k) if self.n and k else hashlib.sha256()
+        self.buffer = None  # the map is released before the file is truncated
+        h.update("\n".join(ids).encode())
+        meta["data_hash"] = h.hexdigest()
+        with open(self._tmp, "r+b") as fh:
+            fh.truncate(8 + HEADER_BYTES + self.n * k * 4)
+            fh.write(struct.pack("<Q", HEADER_BYTES) + _header(self.n, k, HEADER_BYTES))
+        self._sidecar = {"ids": list(ids), "dim": int(k), "meta": meta}
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.buffer = None
+        if exc_type is None and self._sidecar is None:
+            exc = RuntimeError("InPlaceTable: finish() was not called")
+            self._stack.__exit__(RuntimeError, exc, None)  # removes the temp file
+            raise exc
+        self._stack.__exit__(exc_type, exc, tb)  # on an error: removes the temp file; else: renames it
+        if exc_type is None:
+            atomic_write_json(self.stem.with_name(self.stem.name + ".json"), self._sidecar)
+
+    def vectors(self) -> np.ndarray:
+        """The written table's matrix, memory-mapped read-only from the final file."""
+        k = self._sidecar["dim"]
+        if not (self.n and k):
+            return np.empty((self.n, k), np.float32)
+        return np.memmap(self.stem.with_name(self.stem.name + ".safetensors"), np.float32, "r",
+                         offset=8 + HEADER_BYTES, shape=(self.n, k))
+
+
+def _compact_and_hash(buf: np.ndarray, k: int):
+    """Move each row's first k values of the [n, cols] map to row-major [n, k] at its start; sha256 of them."""
+    n, cols = buf.shape
+    flat = buf.reshape(-1)
+    if k < cols:  # row i moves from i * cols to i * k: never onto a later row's source, so chunks are safe
+        rows = max(1, CHUNK_BYTES // (cols * 4))
+        for i in range(0, n, rows):
+            j = min(n, i + rows)
+            flat[i * k:j * k] = np.array(buf[i:j, :k]).reshape(-1)
+    h = hashlib.sha256()
+    for chunk in _row_chunks(flat[:n * k].reshape(n, k)):
+        h.update(memoryview(chunk).cast("B"))
+    return h  # no msync: the shared map's pages are the page cache that later reads of the file see
