@@ -32,16 +32,19 @@ def test_filled_columns_are_compacted_and_read_back(tmp_path: Path, k: int) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.safetensors"]
 
 
-def test_compaction_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows compacted chunk by chunk (a chunk here is 2 rows) never overwrite rows still to be moved."""
+@pytest.mark.parametrize(("n", "cols", "k", "chunk_rows"), [(11, 9, 4, 2), (4000, 300, 100, 50)])
+def test_compaction_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int, cols: int, k: int,
+                                  chunk_rows: int) -> None:
+    """Rows compacted chunk by chunk never overwrite rows still to be moved; the pages freed behind the moved rows
+    (the second case spans many pages) are never ones still to be read."""
     import brainmm.data.genetics.store as store
 
-    monkeypatch.setattr(store, "CHUNK_BYTES", 2 * 9 * 4)
-    full = np.arange(11 * 9, dtype=np.float32).reshape(11, 9)
-    with InPlaceTable(tmp_path / "t", 11, 9) as t:
+    monkeypatch.setattr(store, "CHUNK_BYTES", chunk_rows * cols * 4)
+    full = np.arange(n * cols, dtype=np.float32).reshape(n, cols)
+    with InPlaceTable(tmp_path / "t", n, cols) as t:
         t.buffer[:] = full
-        t.finish([str(i) for i in range(11)], {}, k=4)
-    np.testing.assert_array_equal(EmbeddingTable.load(tmp_path / "t").vectors, full[:, :4])
+        t.finish([str(i) for i in range(n)], {}, k=k)
+    np.testing.assert_array_equal(EmbeddingTable.load(tmp_path / "t").vectors, full[:, :k])
 
 
 def test_staged_blocks_land_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import struct
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,25 @@ def _compact_and_hash(buf: np.ndarray, k: int):
         for i in range(0, n, rows):
             j = min(n, i + rows)
             flat[i * k:j * k] = np.array(buf[i:j, :k]).reshape(-1)
+            _release(buf, j * k * 4, j * cols * 4)  # moved rows' old bytes past the new end: free their pages
     h = hashlib.sha256()
     for chunk in _row_chunks(flat[:n * k].reshape(n, k)):
         h.update(memoryview(chunk).cast("B"))
     return h  # no msync: the shared map's pages are the page cache that later reads of the file see
+
+
+def _release(buf: np.memmap, start: int, stop: int) -> None:
+    """Punch out the whole pages of data bytes [start, stop) of the map (MADV_REMOVE: the file reads zeros there
+    and the pages leave memory), so compaction does not make the dropped columns' pages resident. Best effort."""
+    mm = getattr(buf, "_mmap", None)
+    if mm is None or not hasattr(mmap, "MADV_REMOVE") or stop <= start:
+        return
+    base = buf.offset - buf.offset % mmap.ALLOCATIONGRANULARITY  # the map starts at this file offset
+    page = mmap.PAGESIZE
+    lo = -(-(buf.offset - base + start) // page) * page
+    hi = (buf.offset - base + stop) // page * page
+    if hi > lo:
+        try:
+            mm.madvise(mmap.MADV_REMOVE, lo, hi - lo)
+        except OSError:  # file systems without hole punching: the pages just stay until the file is truncated
+            pass
