@@ -9,7 +9,7 @@ demo: setup
 	.venv/bin/brainmm demo
 
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	.venv/bin/ruff check .

@@ -6,6 +6,7 @@ fixtures that call the same functions) reach the package registries.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from brainmm.errors import BrainmmError
@@ -41,12 +42,26 @@ def get_fetcher(name: str) -> Callable[[Path], Path]:
     return getattr(importlib.import_module(module), func)
 
 
+@contextlib.contextmanager
+def _fetch_lock(dest: Path) -> Iterator[None]:
+    """Wait for an exclusive lock on `<dest>` (flock on a sibling `.<name>.lock`): processes fetching the same
+    package into one cache (parallel test workers, two runs) take turns, and the later ones reuse the result."""
+    import fcntl
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def pip_unpacked(package: str, version: str, cache: Path) -> Path:
     """Download `package==version` (no dependencies) with pip and unzip it; cached under `cache/wheels`."""
     dest = cache / "wheels" / f"{package}-{version}"
     if (dest / ".complete").exists():
         return dest
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    with _fetch_lock(dest), tempfile.TemporaryDirectory(dir=cache) as tmp:
+        if (dest / ".complete").exists():  # another process fetched it while this one waited
+            return dest
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "-q", f"{package}=={version}", "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -72,7 +87,9 @@ def apt_unpacked(package: str, cache: Path) -> Path:
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
             raise BrainmmError(f"fetching Debian package {package!r} needs {tool}, which is not on PATH")
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    with _fetch_lock(dest), tempfile.TemporaryDirectory(dir=cache) as tmp:
+        if (dest / ".complete").exists():  # another process fetched it while this one waited
+            return dest
         os.chmod(tmp, 0o777)  # apt's sandbox user must be able to write here
         proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
         debs = list(Path(tmp).glob("*.deb"))
