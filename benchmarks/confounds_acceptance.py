@@ -149,6 +149,13 @@ def summarise(rows: list[dict], n_boot: int) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def print_table(table: pd.DataFrame) -> None:
+    """A summarise() table as markdown on stdout."""
+    print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
+    for values in table.itertuples(index=False):
+        print("| " + " | ".join(str(x) for x in values) + " |", flush=True)
+
+
 def app_rows(folder: Path, seed: int) -> list[dict]:
     """Pooled-table rows of one finished demo: adjusted / unadjusted test ranks, within-stratum ranks, confounds_only."""
     from brainmm.align import table_subjects
@@ -203,10 +210,7 @@ def run_heads(args: argparse.Namespace) -> None:
                                  "chance": chance_metrics(len(ranks))})
             print(f"\n## heads-only app path: effects.effect_size={effect}, {args.subjects} subjects, "
                   f"seeds 0-{args.seeds - 1}, {args.pcs} PCs\n")
-            table = summarise(rows, args.boot)
-            print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
-            for values in table.itertuples(index=False):
-                print("| " + " | ".join(str(x) for x in values) + " |", flush=True)
+            print_table(summarise(rows, args.boot))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -232,10 +236,7 @@ def run_app(args: argparse.Namespace) -> None:
         print(f"\n## app: effects.effect_size={effect}, {args.subjects} subjects, seeds {args.first_seed}-"
               f"{args.first_seed + args.seeds - 1}, "
               f"{args.pcs} PCs\n")
-        table = summarise(rows, args.boot)
-        print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
-        for values in table.itertuples(index=False):
-            print("| " + " | ".join(str(x) for x in values) + " |", flush=True)
+        print_table(summarise(rows, args.boot))
 
 
 def main() -> None:
@@ -275,10 +276,7 @@ def main() -> None:
             print(f"\n## effects.effect_size={effect}{' (no population structure)' * args.no_population}, "
                   f"{args.subjects} subjects, seeds 0-{args.seeds - 1} "
                   f"(ancestry clusters per seed {clusters}, purity {np.round(purity, 2).tolist()})\n")
-            table = summarise(rows, args.boot)
-            print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
-            for values in table.itertuples(index=False):
-                print("| " + " | ".join(str(x) for x in values) + " |")
+            print_table(summarise(rows, args.boot))
     print(f"\n{time.perf_counter() - start:.0f} s")
 
 

@@ -33,29 +33,30 @@ def cpu_capabilities() -> dict[str, object]:
         return {}
 
 
-def cpu_vendor() -> str:
-    """`GenuineIntel`, `AuthenticAMD`, ... from /proc/cpuinfo (Linux); else guessed from torch's CPU name."""
+def _cpuinfo(key: str) -> str | None:
+    """The first `key : value` of /proc/cpuinfo (Linux); None elsewhere or when absent."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("vendor_id"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
-        pass
+        return None
+    return None
+
+
+def cpu_vendor() -> str:
+    """`GenuineIntel`, `AuthenticAMD`, ... from /proc/cpuinfo (Linux); else guessed from torch's CPU name."""
+    vendor = _cpuinfo("vendor_id")
+    if vendor:
+        return vendor
     name = str(cpu_capabilities().get("cpu_name", ""))
     return "GenuineIntel" if "Intel" in name else "AuthenticAMD" if "AMD" in name else name or "unknown"
 
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo `model name`, else torch's CPU name)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return str(cpu_capabilities().get("cpu_name", "unknown CPU"))
+    return _cpuinfo("model name") or str(cpu_capabilities().get("cpu_name", "unknown CPU"))
 
 
 def cpu_fast_bf16(caps: dict[str, object] | None = None) -> bool:

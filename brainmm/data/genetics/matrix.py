@@ -266,7 +266,7 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     n_candidates = len(inputs.selection.rows)
     out = table_stem(cfg.out)
     pgs = PolygenicScores(cfg.pgs_weights, len(subjects)) if cfg.pgs_weights else None
-    kept_parts, k, n_missing = [], 0, 0
+    kept_parts, n_missing = [], 0
     # The matrix is filled in place in the output's temp file (a memory map): kept columns fill the left of each
     # row and are compacted at the end; pages never written are never resident (nor stored: the file is sparse).
     with InPlaceTable(out, len(subjects), n_candidates) as written:
@@ -282,12 +282,12 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
             if pgs is not None:
                 pgs.add(table, values)
             written.append(values if len(keep) == values.shape[1] else values[:, keep])
-            k += len(keep)
             kept_parts.append(table.iloc[keep].assign(train_alt_freq=stats.alt_freq[keep],
                                                       train_missing_rate=stats.missing_rate[keep],
                                                       fill=stats.fill[keep]))
             del values, missing  # before the next block is read
         inputs.source.close()
+        k = written.columns
         if not k:
             raise BrainmmError(f"genotype matrix {source}: no variant passes min_maf={cfg.min_maf} and "
                                f"max_missing={cfg.max_missing} on the {int(is_train.sum())} training subjects")
