@@ -77,17 +77,21 @@ def fit_genotype_stats(train: np.ndarray, impute: str, min_maf: float, max_missi
     """Allele frequency, missingness, imputation value and the MAF/missingness filter from training rows."""
     if train.shape[0] == 0:
         raise BrainmmError("genotype matrix: no training subjects; statistics are fitted on the 'train' split")
-    observed = ~np.isnan(train)
-    n_obs = observed.sum(axis=0)
-    missing_rate = 1.0 - n_obs / train.shape[0]
+    n_obs = np.zeros(train.shape[1], dtype=np.int64)
     alt_sum = np.zeros(train.shape[1])
     mode_counts = np.zeros((3, train.shape[1]), dtype=np.int64)
     for c in range(0, train.shape[1], 256):  # column chunks keep the temporaries small
         part = train[:, c:c + 256]
-        alt_sum[c:c + 256] = np.nansum(part, axis=0, dtype=np.float64)
-        if impute == "mode":  # of the rounded dosages (hard calls stay as they are)
-            rounded = np.rint(part)
-            mode_counts[:, c:c + 256] = [(rounded == d).sum(axis=0) for d in (0, 1, 2)]
+        observed = ~np.isnan(part)
+        n_obs[c:c + 256] = np.count_nonzero(observed, axis=0)
+        called = np.where(observed, part, np.float32(0))  # missing calls count as 0 below
+        alt_sum[c:c + 256] = called.sum(axis=0, dtype=np.float64)
+        if impute == "mode":  # of the rounded dosages (hard calls stay as they are), all in {0, 1, 2}
+            rounded = np.rint(called, out=called)
+            twos = np.count_nonzero(rounded > 1.5, axis=0)
+            ones = np.rint(rounded.sum(axis=0, dtype=np.float64)).astype(np.int64) - 2 * twos
+            mode_counts[:, c:c + 256] = [n_obs[c:c + 256] - ones - twos, ones, twos]
+    missing_rate = 1.0 - n_obs / train.shape[0]
     with np.errstate(invalid="ignore", divide="ignore"):
         alt_freq = alt_sum / (2.0 * n_obs)
     maf = np.minimum(alt_freq, 1.0 - alt_freq)
@@ -275,8 +279,9 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
             stats = fit_genotype_stats(train_rows(values, is_train), cfg.impute, cfg.min_maf, cfg.max_missing)
             keep = np.flatnonzero(stats.keep)
             missing = np.isnan(values)
-            n_missing += int(missing[:, keep].sum())
-            if missing.any():
+            missing_per_variant = np.count_nonzero(missing, axis=0)
+            n_missing += int(missing_per_variant[keep].sum())
+            if missing_per_variant.any():
                 np.copyto(values, np.broadcast_to(stats.fill, values.shape), where=missing)
             table = inputs.variant_rows(rows)
             if pgs is not None:

@@ -302,13 +302,13 @@ class PgenSource(GenotypeSource):
                                f"samples) and {self.path.with_suffix('.pvar').name} ({len(pvar)} variants): "
                                f"{msg.strip()}") from None
         self.phased = bool(self._pgen.hardcall_phase_present())
-        self._subset: tuple[int, ...] | None = None
+        self._subset: np.ndarray | None = None
 
     def _read(self, samples: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        key = tuple(samples.tolist()) if len(samples) != len(self.samples) else None
-        if key != self._subset:
-            self._pgen.change_sample_subset(None if key is None else samples.astype(np.uint32))
-            self._subset = key
+        subset = samples.astype(np.uint32)
+        if self._subset is None or not np.array_equal(subset, self._subset):
+            self._pgen.change_sample_subset(None if len(subset) == len(self.samples) else subset)
+            self._subset = subset
         records = self._record[rows].astype(np.uint32)
         alleles = self.variants["allele"].to_numpy()[rows]
         out = np.empty((len(rows), len(samples)), dtype=np.float32)
@@ -321,7 +321,7 @@ class PgenSource(GenotypeSource):
             out[first] = buf
         for j in np.flatnonzero(~first):
             self._pgen.read_dosages(int(records[j]), out[j], int(alleles[j]))
-        out[out < 0] = np.nan  # pgenlib writes -9 for missing
+        np.copyto(out, np.float32(np.nan), where=out < 0)  # pgenlib writes -9 for missing
         return out.T
 
     def close(self) -> None:
