@@ -189,10 +189,9 @@ def run_heads(args: argparse.Namespace) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_confounds_app import align_config, build_inputs, test_ranks
+    from test_confounds_app import APP_HEADS, align_config, build_inputs, test_ranks
 
-    from brainmm.align import AlignConfig, run_align
-    from brainmm.config import apply_overrides, from_dict, to_dict
+    from brainmm.align import run_align
 
     base = Path(tempfile.mkdtemp(prefix="confounds-heads-"))
     uri = f"sqlite:///{base / 'mlflow.db'}"
@@ -202,9 +201,7 @@ def run_heads(args: argparse.Namespace) -> None:
             for seed in range(args.seeds):
                 inputs = build_inputs(base / f"e{effect}_s{seed}", seed, effect, args.subjects, args.pcs)
                 for adjusted in (False, True):
-                    cfg = align_config(inputs, adjusted, uri, epochs=100)
-                    if args.set:  # align overrides, e.g. head.kind=linear head.init=cca
-                        cfg = from_dict(AlignConfig, apply_overrides(to_dict(cfg), args.set))
+                    cfg = align_config(inputs, adjusted, uri, extra=[*APP_HEADS, *args.set])
                     ranks = test_ranks(run_align(cfg))
                     rows.append({"seed": seed, "kind": "adjusted" if adjusted else "unadjusted", "ranks": ranks,
                                  "chance": chance_metrics(len(ranks))})
