@@ -13,6 +13,7 @@ split once. Prints one row per (N, seed, method): val score, test R@1 and MRR br
     OMP_NUM_THREADS=1 python benchmarks/alignment_recipes.py --n 500 --seeds 0 1 2 --out runs/recipes
     python benchmarks/alignment_recipes.py --n 2000 --seeds 0 --recipes default,fc_lin,concat_lin
     python benchmarks/alignment_recipes.py --n 500 --seeds 0 --pretrain   # pretraining schedules (masked MSE)
+    python benchmarks/alignment_recipes.py --n 500 --seeds 0 1 2 --reuse --cca-screen   # input scalings for CCA
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "cca_init_emb": ("emb", ["head.kind=linear", "genotype_table", "head.init=cca"]),
     "cca_init_concat": ("concat", ["head.kind=linear", "genotype_table", "head.init=cca"]),
     "cca_init_fc": ("fc", ["head.kind=linear", "genotype_table", "head.init=cca"]),
+    "cca_init_concat_z": ("concat", ["head.kind=linear", "genotype_table", "head.init=cca", "head.standardize=true"]),
 }
 
 
@@ -78,23 +80,20 @@ def prepare(n: int, seed: int, root: Path, uri: str, overrides: list[str], reuse
 
 
 def brain_tables(prep: dict[str, Any], fc_pca: float) -> dict[str, Any]:
-    """FC (no PCA, for fc_cca), FC PCA (for heads) and concat(BrainLM, FC PCA) subject tables; times the FC stage."""
-    from brainmm.align import table_subjects
+    """FC (no PCA, for fc_cca), FC PCA (for heads) and the pipeline's [BrainLM, FC PCA] table
+    (`brain_input_table`: train-fitted PCA and block scaling); times the FC stage."""
     from brainmm.data.fmri.connectivity import ConnectivityConfig, connectivity_table
-    from brainmm.embeddings import EmbeddingTable
+    from brainmm.pipeline.brain_inputs import brain_input_table
 
     out = prep["out"] / "fc"
     t0, c0 = time.perf_counter(), time.process_time()
     fc = connectivity_table(prep["fmri"], out / "fc", ConnectivityConfig())
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    fc_pca = connectivity_table(prep["fmri"], out / "fc_pca", ConnectivityConfig(pca=fc_pca))
+    pca = connectivity_table(prep["fmri"], out / "fc_pca", ConnectivityConfig(pca=fc_pca))
     prep["stages"]["connectivity"] = {"wall_s": wall, "cpu_s": cpu}
-    emb = EmbeddingTable.load(prep["emb"])
-    subjects = table_subjects(emb, "emb")
-    pca = EmbeddingTable.load(fc_pca).subset(subjects)  # one recording per subject in the demo: rows = subjects
-    EmbeddingTable(subjects, np.hstack([emb.vectors, pca.vectors]), {"kind": "concat(brainlm, fc_pca)"}).save(
-        out / "concat")
-    return {"fc_raw": fc, "fc": fc_pca, "concat": out / "concat", "emb": prep["emb"]}
+    concat = brain_input_table(["brainlm", "connectivity"], str(prep["emb"]), str(fc), str(prep["split"]),
+                               int(fc_pca), out / "concat")
+    return {"fc_raw": fc, "fc": pca, "concat": concat, "emb": prep["emb"]}
 
 
 def _split_rows(table, split_csv: Path) -> dict[str, list[str]]:
@@ -201,6 +200,8 @@ def main() -> None:
     p.add_argument("--pretrain", action="store_true", help="compare pretraining schedules instead (masked MSE)")
     p.add_argument("--pipeline", nargs="*", default=[], help="extra pipeline overrides (key=value)")
     p.add_argument("--schedules", default=",".join(PRETRAIN), help="with --pretrain: comma-separated PRETRAIN names")
+    p.add_argument("--cca-screen", action="store_true",
+                   help="compare input scalings of the CCA start instead (val MRR chooses; test read once)")
     args = p.parse_args()
     import torch
     from threadpoolctl import threadpool_limits
@@ -216,12 +217,16 @@ def main() -> None:
     if args.pretrain:
         return pretrain_schedules(args, root, uri)
     names = [r for r in args.recipes.split(",") if r]
-    print(HEADER, flush=True)
+    print("| N | seed | brain input | genotype input | val MRR | test R@1 | chosen on val |\n|---|---|---|---|---|---|---|"
+          if args.cca_screen else HEADER, flush=True)
     timing = []
     for n in args.n:
         for seed in args.seeds:
             prep = prepare(n, seed, root, uri, args.pipeline, args.reuse)
             tables = brain_tables(prep, args.fc_pca)
+            if args.cca_screen:
+                cca_screen(n, seed, prep, tables)
+                continue
             print(f"# stages n={n} seed={seed} {json.dumps(prep['stages'])} peak_rss_gb={_rss_gb():.2f} "
                   f"pretrain_test={json.dumps(prep['pretrain_test'])}", flush=True)
             baselines = {"cca": "emb", "fc_cca": "fc_raw"}
@@ -247,6 +252,42 @@ def main() -> None:
         mse = "/".join(f"{pre.get(k, float('nan')):.3f}" for k in ("masked_mse", "baseline_mean_mse",
                                                                     "baseline_interp_mse"))
         print(f"| {n} | {seed} | {cells} | {_rss_gb():.2f} | {mse} |")
+
+
+def cca_screen(n: int, seed: int, prep: dict[str, Any], tables: dict[str, Any]) -> None:
+    """PCA -> CCA (select_cca, sizes on val MRR) on brain and genotype inputs scaled four ways: per-feature z-scores
+    (what `head.standardize: true` feeds the CCA start), block scaling (`brain_input_table`), or as they are."""
+    from alignment.baselines import select_cca
+    from brainmm.embeddings import EmbeddingTable
+    from brainmm.pipeline.brain_inputs import block_scale
+
+    emb, fc, concat = (EmbeddingTable.load(tables[k]) for k in ("emb", "fc", "concat"))
+    geno = EmbeddingTable.load(prep["geno"])
+    rows = _split_rows(emb, prep["split"])
+    order = [s for s in ("train", "val", "test") for _ in rows[s]]
+
+    def stacked(table) -> np.ndarray:
+        return np.vstack([_subject_matrix(table, rows[s]) for s in ("train", "val", "test")])
+
+    train = np.array([s == "train" for s in order])
+
+    def zscore(x: np.ndarray) -> np.ndarray:
+        return (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
+
+    raw_concat = np.hstack([stacked(emb), stacked(fc)])
+    brains = {"concat z-scored": zscore(raw_concat), "concat block-scaled": stacked(concat),
+              "fc_raw (fc_cca)": stacked(EmbeddingTable.load(tables["fc_raw"]))}
+    g = np.vstack([geno.subset(rows[s]).vectors.astype(np.float64) for s in ("train", "val", "test")])
+    genos = {"dosages": g, "dosages z-scored": zscore(g)}
+    assert np.allclose(stacked(concat)[:, :emb.dim], block_scale(stacked(emb), train, {"block_scaling": {}}, "e"))
+    cut = {s: np.array([o == s for o in order]) for s in ("train", "val", "test")}
+    for gname, gx in genos.items():
+        for bname, bx in brains.items():
+            model = select_cca("cca", bx[cut["train"]], gx[cut["train"]], bx[cut["val"]], gx[cut["val"]], 8)
+            t = test_metrics(*model.transform(bx[cut["test"]], gx[cut["test"]]))
+            sel = model.selection_
+            print(f"| {n} | {seed} | {bname} | {gname} | {sel['val_mrr']:.3f} | {t['r1']:.3f} | "
+                  f"{int(sel['pca_brain'])}/{int(sel['pca_genetics'])}, {int(sel['n_components'])} pairs |", flush=True)
 
 
 PRETRAIN = {  # name -> pipeline overrides of the pretrain stage (the demo's tiny model)

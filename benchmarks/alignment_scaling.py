@@ -5,7 +5,8 @@ in its own sqlite file (<out>/mlflow-n<N>-s<seed>.db: parallel runs must not cre
 Per run: test R@1 / MRR [95% CI] (brain -> genotype, subject level) of brainmm's default recipe and of every baseline
 (cca, pls, ridge, fc_cca, fc_pls, fc_ridge, random_head, shuffled_pairs) read from evaluate/metrics.json; the paired
 bootstrap difference model - best classical baseline (best by test R@1 among cca/pls/ridge/fc_*; the same subject
-resample for both), and the stage costs the pipeline records in pipeline.json (wall s, CPU s of the process, peak RSS
+resample for both), the same difference against `cca_inputs` (PCA -> CCA on the align run's own brain table: the
+model's CCA start, so the difference is what fine-tuning adds), and the stage costs the pipeline records in pipeline.json (wall s, CPU s of the process, peak RSS
 per stage). Writes <out>/scaling.md (table + per-stage scaling exponents and the extrapolation to --extrapolate).
 
     OMP_NUM_THREADS=1 python benchmarks/alignment_scaling.py --n 500 2000 10000 --seeds 0 1 2 --out runs/scaling
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSICAL = ("cca", "pls", "ridge_brain_to_genotype", "ridge_genotype_to_brain", "fc_cca", "fc_pls",
@@ -91,18 +93,21 @@ def _model_ranks(folder: Path) -> tuple[list[str], np.ndarray]:
 
 
 def _baseline_ranks(folder: Path, name: str) -> tuple[list[str], np.ndarray]:
-    """Refit one classical baseline exactly as `brainmm evaluate` does and return its test ranks."""
+    """Refit one classical baseline exactly as `brainmm evaluate` does and return its test ranks; `cca_inputs` is
+    CCA on the align run's own brain table (the model's epoch-0 start when its heads start from CCA)."""
     from alignment.baselines import RidgeMap, select_cca
     from alignment.retrieval import pair_ranks
     from brainmm.config import load_config
     from brainmm.evaluate import EvaluateConfig
-    from brainmm.evaluate.inputs import load_inputs, resolve_align_run
+    from brainmm.evaluate.inputs import _side, load_inputs, resolve_align_run
 
     cfg = load_config(EvaluateConfig, folder / "evaluate" / "config.yaml")
     inputs = load_inputs(cfg, resolve_align_run(cfg))
-    fc = name.startswith("fc_")
-    side = inputs.brain_fc if fc else None
-    base = name.removeprefix("fc_")
+    side = inputs.brain_fc if name.startswith("fc_") else None
+    if name == "cca_inputs":
+        align_brain = yaml.safe_load((folder / "align" / "config.yaml").read_text())["data"]["brain"]
+        side = _side(align_brain, "align data.brain")
+    base = name.removeprefix("fc_").removesuffix("_inputs")
     data = {s: inputs.pairs(s, "genotype", shared=False, brain=side) for s in ("train", "val", "test")}
     (_, bt, gt), (_, bv, gv), (subjects, bx, gx) = data["train"], data["val"], data["test"]
     if base in ("cca", "pls"):
@@ -139,6 +144,12 @@ def summarise(n: int, seed: int, info: dict[str, Any]) -> dict[str, Any]:
     row["best_baseline"], row["best_refit_R_at_1"] = best, refit
     row["diff_R_at_1"] = paired_difference((model_ranks == 0).astype(float), (best_ranks == 0).astype(float), seed=seed)
     row["diff_mrr"] = paired_difference(1 / (1 + model_ranks), 1 / (1 + best_ranks), seed=seed)
+    i_subjects, input_ranks = _baseline_ranks(folder, "cca_inputs")
+    if i_subjects != subjects:
+        raise SystemExit(f"{folder}: model and cca_inputs test subjects differ")
+    row["cca_inputs_R_at_1"] = float((input_ranks == 0).mean())
+    row["diff_inputs_R_at_1"] = paired_difference((model_ranks == 0).astype(float), (input_ranks == 0).astype(float),
+                                                  seed=seed)
     state = json.loads((folder / "pipeline.json").read_text())
     row["stages"] = {s: {k: r.get(k) for k in ("seconds", "cpu_seconds", "peak_rss_mb")}
                      for s, r in state["records"].items()}
@@ -172,13 +183,15 @@ def render(rows: list[dict[str, Any]], extrapolate: int, command: str) -> str:
             lines.append(f"| {name} | {np.mean([v['value'] for v in vals]):.3f} | "
                          f"{np.mean(mrr):.3f} | " + " | ".join(_ci(v) for v in vals) + " |")
         lines += ["", "| seed | best classical (test R@1; refit) | model - best, R@1 [95% CI] | model - best, MRR "
-                  "[95% CI] | pretrain test masked MSE / mean baseline / R^2 |", "|---|---|---|---|---|"]
+                  "[95% CI] | cca_inputs R@1 | model - cca_inputs, R@1 [95% CI] | pretrain test masked MSE / mean "
+                  "baseline / R^2 |", "|---|---|---|---|---|---|---|"]
         for r in rs:
             p = r["pretrain"]
             pre = " / ".join(f"{p[k]:.3f}" if isinstance(p.get(k), float) else "-"
                              for k in ("masked_mse", "baseline_mean_mse", "r2"))
             lines.append(f"| {r['seed']} | {r['best_baseline']} ({r[r['best_baseline']]['R_at_1']['value']:.3f}; "
-                         f"{r['best_refit_R_at_1']:.3f}) | {_ci(r['diff_R_at_1'])} | {_ci(r['diff_mrr'])} | {pre} |")
+                         f"{r['best_refit_R_at_1']:.3f}) | {_ci(r['diff_R_at_1'])} | {_ci(r['diff_mrr'])} | "
+                         f"{r['cca_inputs_R_at_1']:.3f} | {_ci(r['diff_inputs_R_at_1'])} | {pre} |")
         lines += ["", "| stage | wall s | CPU s | peak RSS MB |", "|---|---|---|---|"]
         for s in [*STAGES, "total"]:
             if s == "total":

@@ -33,10 +33,14 @@ def distributed(device: str = "auto") -> Iterator[DistInfo]:
     """Join the torchrun process group (gloo on CPU, NCCL on GPU) for the block; leave it if this call joined."""
     joined = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device)
+    finished = False
     try:
         yield info
+        finished = True
     finally:
         if joined and info.world_size > 1:
+            if finished:  # leave together: a gloo rank whose peer has already torn down can abort at exit
+                barrier()
             teardown_distributed()
 
 

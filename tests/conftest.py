@@ -12,6 +12,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    """One torch and one BLAS thread for the whole session, module fixtures included: the suite runs on two workers
+    sharing two cores, and a second thread per worker only oversubscribes them."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Every test runs torch on one thread: tiny models gain nothing from more, and CI has two shared cores."""

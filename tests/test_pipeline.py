@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -269,7 +270,15 @@ def test_rerun_refuses_the_folder_then_reuses_outputs_and_skips_stages(tiny_run:
     table = EmbeddingTable.load(work / "again" / "embed" / "brain_inputs")
     emb = EmbeddingTable.load(work / "again" / "embed" / "brain")
     assert table.ids == emb.ids and table.dim == emb.dim + 4 and table.meta["connectivity_pca"]["fitted_on"] == "train"
-    assert np.array_equal(table.vectors[:, :emb.dim], emb.vectors)
+    split = pd.read_csv(out / "fmri" / "split.csv", dtype={"subject_id": str})
+    train = np.isin([table.meta["subject_id"][i] for i in table.ids], split["subject_id"][split["split"] == "train"])
+    for block in (slice(0, emb.dim), slice(emb.dim, None)):  # block scaling fitted on the training rows
+        x = np.asarray(table.vectors[:, block], dtype=np.float64)
+        np.testing.assert_allclose(x[train].mean(0), 0, atol=1e-5)
+        assert (x[train] ** 2).sum(1).mean() == pytest.approx(1, rel=1e-4)
+    rms = table.meta["block_scaling"]["brainlm"]["rms"]
+    centred = emb.vectors - emb.vectors[train].mean(0, dtype=np.float64)
+    np.testing.assert_allclose(table.vectors[:, :emb.dim] * rms, centred, atol=1e-5 * rms)
     assert load_config(PipelineConfig, work / "again" / "config.yaml").brain_inputs == ["brainlm", "connectivity"]
     assert not (work / "again" / "pretrain").exists() and not (work / "again" / "cohort").exists()
     # a failing stage (align: batch larger than the training set) leaves the parent run FAILED

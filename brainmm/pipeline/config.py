@@ -107,7 +107,7 @@ def _align() -> AlignConfig:
     from alignment import HeadConfig
 
     return AlignConfig(
-        name="align", output_dir="align", head=HeadConfig(kind="linear", dropout=0.3, standardize=True, init="cca"),
+        name="align", output_dir="align", head=HeadConfig(kind="linear", dropout=0.3, standardize=False, init="cca"),
         train=AlignTrainConfig(batch_size=32, epochs=200, warmup_steps=20, checkpoint_every=1000, patience=60,
                                precision="fp32"))
 
