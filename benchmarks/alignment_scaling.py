@@ -99,14 +99,14 @@ def _baseline_ranks(folder: Path, name: str) -> tuple[list[str], np.ndarray]:
     from alignment.retrieval import pair_ranks
     from brainmm.config import load_config
     from brainmm.evaluate import EvaluateConfig
-    from brainmm.evaluate.inputs import _side, load_inputs, resolve_align_run
+    from brainmm.evaluate.inputs import load_inputs, read_side, resolve_align_run
 
     cfg = load_config(EvaluateConfig, folder / "evaluate" / "config.yaml")
     inputs = load_inputs(cfg, resolve_align_run(cfg))
     side = inputs.brain_fc if name.startswith("fc_") else None
     if name == "cca_inputs":
         align_brain = yaml.safe_load((folder / "align" / "config.yaml").read_text())["data"]["brain"]
-        side = _side(align_brain, "align data.brain")
+        side = read_side(align_brain, "align data.brain")
     base = name.removeprefix("fc_").removesuffix("_inputs")
     data = {s: inputs.pairs(s, "genotype", shared=False, brain=side) for s in ("train", "val", "test")}
     (_, bt, gt), (_, bv, gv), (subjects, bx, gx) = data["train"], data["val"], data["test"]

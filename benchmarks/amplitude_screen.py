@@ -1,6 +1,7 @@
 """Amplitude lever on a finished pipeline run (`alignment_scaling.py` output folder): the default recipe with
 per-parcel log SD appended to its brain table, and CCA on [FC, log SD] beside `fc_cca` (sizes and epoch chosen on
-validation; test scored once). Results: benchmarks/alignment_scaling.md ("Lever: BOLD amplitude").
+validation; test scored once). The log SD block is scaled like the default's other blocks. Results:
+benchmarks/alignment_scaling.md ("Lever: BOLD amplitude"; measured with the previous, z-scored default).
 
     OMP_NUM_THREADS=1 python benchmarks/amplitude_screen.py --run /tmp/scale10k/n10000_s0 --n 10000 --seed 0
 """
@@ -35,6 +36,7 @@ def main() -> None:
     from brainmm.config import load_config
     from brainmm.embeddings import EmbeddingTable
     from brainmm.pipeline import PipelineConfig
+    from brainmm.pipeline.brain_inputs import block_scale
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="a finished pipeline folder (n<N>_s<seed>)")
@@ -53,7 +55,9 @@ def main() -> None:
     subjects = table_subjects(EmbeddingTable.load(prep["emb"]), "emb")
     amp = log_sd(prep["fmri"], subjects)
     concat = EmbeddingTable.load(tabs["concat"])
-    EmbeddingTable(subjects, np.hstack([concat.vectors, amp]), {"kind": "concat(brainlm, fc_pca, log_sd)"}).save(
+    train = np.isin(subjects, ar._split_rows(concat, prep["split"])["train"])
+    scaled = block_scale(amp.astype(np.float64), train, {"block_scaling": {}}, "log_sd")  # a third block, like the others
+    EmbeddingTable(subjects, np.hstack([concat.vectors, scaled]), {"kind": "concat(brainlm, fc_pca, log_sd)"}).save(
         out / "default_amp")
     fc = EmbeddingTable.load(tabs["fc_raw"]).subset(subjects)
     EmbeddingTable(subjects, np.hstack([fc.vectors, amp]), {"kind": "concat(fc, log_sd)"}).save(out / "fc_amp")

@@ -218,7 +218,8 @@ class EvalInputs:
         return self.brain
 
 
-def _side(path: str, where: str) -> Side:
+def read_side(path: str, where: str) -> Side:
+    """A finite embedding table and the subject of each row (`where` names it in errors)."""
     from brainmm.align import table_subjects
 
     table = finite_table(path, where)
@@ -245,9 +246,9 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
     split_labels = split["split"].astype(str).tolist()
     split_of = dict(zip(split_subjects, split_labels))
 
-    brain = _side(brain_path, "data.brain") if brain_path else None
-    brain_fc = _side(cfg.data.brain_fc, "data.brain_fc") if cfg.data.brain_fc else None
-    genetics = {m: _side(p, f"data.genetics.{m}") for m, p in genetics_paths.items()}
+    brain = read_side(brain_path, "data.brain") if brain_path else None
+    brain_fc = read_side(cfg.data.brain_fc, "data.brain_fc") if cfg.data.brain_fc else None
+    genetics = {m: read_side(p, f"data.genetics.{m}") for m, p in genetics_paths.items()}
     heads = load_heads(run.run_dir)
     modalities = list(genetics)
     if sorted(heads.modalities) != sorted(modalities):
@@ -262,7 +263,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
         for key in ["brain", *modalities]:
             stem = folder / key
             if stem.with_name(key + ".json").is_file():
-                sides[key] = _side(str(stem), f"shared-space {key} embeddings of split {name!r}")
+                sides[key] = read_side(str(stem), f"shared-space {key} embeddings of split {name!r}")
                 # leakage guard: every subject of this table must belong to this split in the split table
                 check_disjoint_splits(sides[key].subjects, [name] * len(sides[key].subjects), split_subjects, split_labels)
         shared[name] = sides
@@ -318,7 +319,7 @@ def _tower_features(run: AlignRun) -> Callable[[], Side]:
                                                  device="auto", cache_dir=b.cache_dir or None,
                                                  precision=tower_precision(run.config.train.precision),
                                                  out=str(Path(tmp) / "brain")))
-        return _side(str(result.cache_entry / "recordings"), f"BrainLM tower features of align run {run.run_dir}")
+        return read_side(str(result.cache_entry / "recordings"), f"BrainLM tower features of align run {run.run_dir}")
 
     return features
 

@@ -52,7 +52,7 @@ def brain_input_table(inputs: list[str], embed: str, fc: str, split_csv: str, pc
 
 def block_scale(x: np.ndarray, train: np.ndarray, meta: dict, name: str) -> np.ndarray:
     """(x - mean) / rms, both from the `train` rows: rms = sqrt(mean over those rows of the squared centred row
-    norm). The mean and rms go to meta["block_scaling"][name]."""
+    norm). The rms goes to meta["block_scaling"][name]."""
     if not train.any():
         raise BrainmmError("brain_inputs: no training rows to fit the block scaling on")
     mean = x[train].mean(axis=0)

@@ -158,8 +158,6 @@ def _release(buf: np.memmap, start: int, stop: int) -> None:
     page = mmap.PAGESIZE
     lo = -(-(buf.offset - base + start) // page) * page
     hi = (buf.offset - base + stop) // page * page
-    if hi > lo:
-        try:
+    if hi > lo:  # file systems without hole punching refuse: the pages then stay until the file is truncated
+        with contextlib.suppress(OSError):
             mm.madvise(mmap.MADV_REMOVE, lo, hi - lo)
-        except OSError:  # file systems without hole punching: the pages just stay until the file is truncated
-            pass
