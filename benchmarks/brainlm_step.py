@@ -410,6 +410,41 @@ def kernel_check(rounds: int) -> None:
               f"({'torch' if t < a else 'oneDNN'} faster)", flush=True)
 
 
+def ceiling(rounds: int) -> None:
+    """How close the fp32 CLS embedding's products already run to the CPU's sgemm rate: a large MKL sgemm, SDPA
+    (the attention of a full layer: 4 L^2 d flops per head) and the eager reference's attention (two bmm and a
+    materialised softmax), forward, at the old_13M shape, best of `rounds`."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    q, k, v = (torch.randn(BATCH, 4, 4241, 128) for _ in range(3))
+    attention_flops = BATCH * 4 * 4 * 4241 ** 2 * 128
+
+    def eager():
+        return torch.softmax(q @ k.transpose(-1, -2) / 128 ** 0.5, -1) @ v
+
+    cases = {"sgemm 4096^3": (lambda: a @ b, 2 * 4096 ** 3),
+             f"SDPA [{BATCH}, 4 heads, 4241, 128]": (lambda: F.scaled_dot_product_attention(q, k, v), attention_flops),
+             "eager attention (reference), same": (eager, attention_flops)}
+    with torch.no_grad():
+        rates = {}
+        for name, (fn, flops) in cases.items():
+            fn()
+            best = min(_timed(fn) for _ in range(rounds))
+            rates[name] = flops / best / 1e9
+            print(f"{name}: {fmt(best)}, {rates[name]:.0f} GFLOP/s", flush=True)
+    sgemm, sdpa, eager_rate = rates.values()
+    print(f"SDPA runs at {sdpa / sgemm:.2f} of the sgemm rate (a perfect attention kernel: {sgemm / sdpa:.2f}x "
+          f"faster at most); the reference's attention at {eager_rate / sgemm:.2f}")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def fmt(seconds: float) -> str:
     """Seconds as '1.23 s', or '12.3 ms' below one second (GPU steps)."""
     return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.1f} ms"
@@ -442,6 +477,7 @@ def main() -> None:
     ap.add_argument("--loss-curve", type=int, default=0, metavar="STEPS", help="fp32 vs bf16 loss curve only")
     ap.add_argument("--kernels", choices=("onednn", "torch"), default=None, help="force the fp32 CPU kernels")
     ap.add_argument("--kernel-check", action="store_true", help="time oneDNN vs torch fp32 kernels only")
+    ap.add_argument("--ceiling", action="store_true", help="SDPA's and the reference's rate vs a large sgemm only")
     ap.add_argument("--interleaved", type=int, default=0, metavar="PAIRS",
                     help="ours and the reference alternated in one process (shared machines); timing only")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "TASK", "STEPS"), help=argparse.SUPPRESS)
@@ -464,6 +500,10 @@ def main() -> None:
     if args.kernel_check:
         print(machine(), flush=True)
         kernel_check(args.rounds)
+        return
+    if args.ceiling:
+        print(machine(), flush=True)
+        ceiling(args.rounds)
         return
     if args.loss_curve:
         print(machine(), flush=True)

@@ -204,28 +204,48 @@ def test_real_1kg_matrix(sample_data_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("layout", ["C", "F"])
 def test_train_statistics_match_a_column_by_column_reference(layout: str) -> None:
-    """Frequencies, missingness and the mode/mean fill of fractional dosages with missing calls (one column all
-    missing, one with a tie between genotypes) agree with a plain per-column computation."""
-    from brainmm.data.genetics.matrix import fit_genotype_stats
+    """Frequencies, missingness and the mode/mean fill fitted on the training rows (fractional dosages, then hard
+    calls) with missing calls (one column all missing, one with a tie between genotypes) agree with a plain
+    per-column computation; missing calls are filled in place, on every row, and the others are left alone."""
+    from brainmm.data.genetics.matrix import BlockImputer
 
     rng = np.random.default_rng(3)
-    x = rng.choice([0.0, 1.0, 2.0], size=(301, 300)) + rng.uniform(-0.45, 0.45, size=(301, 300))
-    x = np.clip(x, 0, 2).astype(np.float32)
-    x[rng.random(x.shape) < 0.05] = np.nan
-    x[:, 7] = np.nan
-    x[:, 8] = np.nan
-    x[:4, 8] = [0.0, 0.0, 1.0, 1.0]  # a tie between 0 and 1: the first (0) wins
-    x = np.asarray(x, order=layout)
-    for impute in ("mode", "mean"):
-        stats = fit_genotype_stats(x, impute, min_maf=0.05, max_missing=0.2)
-        for j in range(x.shape[1]):
-            col = x[:, j][~np.isnan(x[:, j])].astype(np.float64)
-            assert stats.missing_rate[j] == pytest.approx(1 - len(col) / x.shape[0], abs=1e-12)
-            if not len(col):
-                assert np.isnan(stats.fill[j]) and not stats.keep[j]
-                continue
-            p = col.sum() / (2 * len(col))
-            assert stats.alt_freq[j] == pytest.approx(p, rel=1e-12)
-            want = np.bincount(np.rint(col).astype(int), minlength=3).argmax() if impute == "mode" else 2 * p
-            assert stats.fill[j] == pytest.approx(want, rel=1e-6)
-            assert stats.keep[j] == (min(p, 1 - p) >= 0.05 and 1 - len(col) / x.shape[0] <= 0.2)
+    calls = rng.choice([0.0, 1.0, 2.0], size=(301, 300))
+    is_train = rng.random(301) < 0.7
+    is_train[:4] = True
+    for hard, x in ((False, np.clip(calls + rng.uniform(-0.45, 0.45, size=calls.shape), 0, 2)), (True, calls)):
+        x = x.astype(np.float32)
+        x[rng.random(x.shape) < 0.05] = np.nan
+        x[:, 7] = np.nan
+        x[:, 8] = np.nan
+        x[:4, 8] = [0.0, 0.0, 1.0, 1.0]  # a tie between 0 and 1: the first (0) wins
+        x = np.asarray(x, order=layout)
+        for impute in ("mode", "mean"):
+            filled = x.copy(order="K")
+            imputer = BlockImputer(is_train, impute, min_maf=0.05, max_missing=0.2)
+            imputer(x[:, :5].copy(order="K"))  # a narrower block first: scratch buffers are reused
+            stats = imputer(filled)
+            assert stats.n_train == is_train.sum()
+            np.testing.assert_array_equal(stats.n_missing, np.isnan(x).sum(axis=0))
+            if hard:  # hard calls also come back as one byte each; a filled call as its fill, 3 if fractional
+                code = np.where(np.isin(stats.fill, (0, 1, 2)), stats.fill, 3)
+                np.testing.assert_array_equal(stats.calls, np.where(np.isnan(x), code, np.nan_to_num(x)).T)
+            else:
+                assert stats.calls is None
+            for j in range(x.shape[1]):
+                miss = np.isnan(x[:, j])
+                np.testing.assert_array_equal(filled[~miss, j], x[~miss, j])
+                np.testing.assert_array_equal(filled[miss, j], stats.fill[j])
+                col = x[is_train, j][~miss[is_train]].astype(np.float64)
+                assert stats.missing_rate[j] == pytest.approx(1 - len(col) / is_train.sum(), abs=1e-12)
+                if not len(col):
+                    assert np.isnan(stats.fill[j]) and not stats.keep[j]
+                    continue
+                p = col.sum() / (2 * len(col))
+                assert stats.alt_freq[j] == pytest.approx(p, rel=1e-12)
+                want = np.bincount(np.rint(col).astype(int), minlength=3).argmax() if impute == "mode" else 2 * p
+                assert stats.fill[j] == pytest.approx(want, rel=1e-6)
+                assert stats.keep[j] == (min(p, 1 - p) >= 0.05 and 1 - len(col) / is_train.sum() <= 0.2)
+    beyond = calls.astype(np.float32)
+    beyond[5, 10] = 3.0  # an integer that is no diploid dosage: the block stays float
+    assert BlockImputer(is_train, "mean", 0.0, 1.0)(beyond).calls is None

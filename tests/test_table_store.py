@@ -1,6 +1,6 @@
-"""`InPlaceTable`: a matrix written column block by column block into the output file's memory map reads back as the same
-table as `EmbeddingTable.save` writes (values, ids, data hash), with kept columns compacted; on an error nothing is
-left."""
+"""`ColumnTable`: a matrix appended column block by column block reads back as the same table as `EmbeddingTable.save`
+writes (values, ids, data hash), whatever the blocks, the row passes and the file system's O_DIRECT support; on an
+error nothing is left."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainmm.data.genetics.store import InPlaceTable, data_hash
+from brainmm.data.genetics.store import ColumnTable, data_hash
 from brainmm.embeddings import EmbeddingTable
 
 
 @pytest.mark.parametrize("k", [7, 3, 1])
-def test_filled_columns_are_compacted_and_read_back(tmp_path: Path, k: int) -> None:
+def test_fewer_columns_than_reserved_read_back(tmp_path: Path, k: int) -> None:
     rng = np.random.default_rng(k)
-    n, cols = 5003, 7  # rows span several compaction chunks only for wide tables; this checks the row arithmetic
+    n, cols = 5003, 7
     full = rng.normal(size=(n, cols)).astype(np.float32)
     ids = [f"s{i}" for i in range(n)]
     meta: dict = {"kind": "test"}
-    with InPlaceTable(tmp_path / "t", n, cols) as t:
+    with ColumnTable(tmp_path / "t", n, cols) as t:
         t.append(full[:, :min(k, 4)])  # column blocks, as run_matrix appends them
         if k > 4:
             t.append(full[:, 4:k])
@@ -33,31 +33,59 @@ def test_filled_columns_are_compacted_and_read_back(tmp_path: Path, k: int) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.safetensors"]
 
 
-@pytest.mark.parametrize(("n", "cols", "k", "chunk_rows"), [(11, 9, 4, 2), (4000, 300, 100, 50)])
-def test_compaction_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int, cols: int, k: int,
-                                  chunk_rows: int) -> None:
-    """Rows compacted chunk by chunk never overwrite rows still to be moved; the pages freed behind the moved rows
-    (the second case spans many pages) are never ones still to be read."""
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize(("n", "k", "write_bytes"), [(11, 9, 8192), (4000, 300, 8192), (3, 5000, 8192), (1, 1, 8192)])
+def test_row_passes_and_the_unaligned_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool, n: int,
+                                           k: int, write_bytes: int) -> None:
+    """Rows written a few at a time (and a row wider than a pass): each pass leaves an unaligned tail that starts
+    the next, the last is padded and cut back; with O_DIRECT (where /tmp takes it) and without."""
     import brainmm.data.genetics.store as store
 
-    monkeypatch.setattr(store, "CHUNK_BYTES", chunk_rows * cols * 4)
-    full = np.arange(n * cols, dtype=np.float32).reshape(n, cols)
-    with InPlaceTable(tmp_path / "t", n, cols) as t:
-        t.append(full[:, :k])
+    monkeypatch.setattr(store, "WRITE_BYTES", write_bytes)
+    if not direct:
+        monkeypatch.setattr(store, "O_DIRECT", 0)
+    full = np.arange(n * k, dtype=np.float32).reshape(n, k)
+    with ColumnTable(tmp_path / "t", n, k) as t:
+        for a in range(0, k, 7):
+            t.append(full[:, a:a + 7])
         t.finish([str(i) for i in range(n)], {})
-    np.testing.assert_array_equal(EmbeddingTable.load(tmp_path / "t").vectors, full[:, :k])
+    path = tmp_path / "t.safetensors"
+    assert path.stat().st_size == 8 + store.HEADER_BYTES + n * k * 4
+    np.testing.assert_array_equal(EmbeddingTable.load(tmp_path / "t").vectors, full)
 
 
-def test_staged_blocks_land_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks narrower and wider than the staging buffer (3 columns here), flushed when it fills, keep their order;
-    more columns than reserved is an error."""
+def test_a_file_system_refusing_direct_writes_gets_buffered_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened with O_DIRECT but its writes refused (EINVAL): the flag is dropped and the write retried."""
+    import errno
+    import os
+
     import brainmm.data.genetics.store as store
 
-    monkeypatch.setattr(store, "STAGE_COLUMNS", 3)
+    real_write, refused = os.write, []
+
+    def write(fd: int, data) -> int:
+        if store.fcntl.fcntl(fd, store.fcntl.F_GETFL) & store.O_DIRECT:
+            refused.append(len(data))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(store.os, "write", write)
+    full = np.random.default_rng(1).normal(size=(50, 40)).astype(np.float32)
+    with ColumnTable(tmp_path / "t", 50, 40) as t:
+        t.append(full)
+        t.finish([str(i) for i in range(50)], {})
+    np.testing.assert_array_equal(EmbeddingTable.load(tmp_path / "t").vectors, full)
+    assert refused or not store.O_DIRECT
+
+
+def test_blocks_land_in_order(tmp_path: Path) -> None:
+    """Blocks of any width and layout (C or Fortran order, float64) keep their order; more columns than reserved is
+    an error."""
     full = np.arange(6 * 12, dtype=np.float32).reshape(6, 12)
-    with InPlaceTable(tmp_path / "t", 6, 12) as t:
+    with ColumnTable(tmp_path / "t", 6, 12) as t:
         for a, b in ((0, 2), (2, 3), (3, 8), (8, 9), (9, 11)):
-            t.append(full[:, a:b])
+            block = full[:, a:b]
+            t.append(np.asfortranarray(block) if a % 2 else block.astype(np.float64))
         with pytest.raises(ValueError, match="room for 12"):
             t.append(full[:, :2])
         t.finish([str(i) for i in range(6)], {})
@@ -66,28 +94,36 @@ def test_staged_blocks_land_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_an_error_or_a_missing_finish_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="boom"):
-        with InPlaceTable(tmp_path / "t", 10, 3) as t:
+        with ColumnTable(tmp_path / "t", 10, 3) as t:
             t.append(np.ones((10, 3), np.float32))
             raise ValueError("boom")
     with pytest.raises(RuntimeError, match="finish"):
-        with InPlaceTable(tmp_path / "t", 10, 3) as t:
+        with ColumnTable(tmp_path / "t", 10, 3) as t:
             t.append(np.ones((10, 3), np.float32))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_data_hash_is_column_major_and_independent_of_block_sizes(tmp_path: Path) -> None:
-    """The hash is of the values column by column (as blocks arrive) then the ids: the same whatever the blocks,
-    and different when two values swap."""
+    """The hash is of the values column by column (as blocks arrive) then the ids, genotype-like columns (0/1/2
+    and at most one other value) as bytes: the same whatever the blocks, and different when two values swap."""
     import hashlib
 
-    full = np.random.default_rng(0).normal(size=(9, 5)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    full = rng.normal(size=(9, 5)).astype(np.float32)
+    full[:, 1] = rng.integers(0, 3, size=9)  # hard calls
+    full[:, 3] = rng.integers(0, 3, size=9)
+    full[[2, 5], 3] = 0.75  # and two calls filled with a fractional mean
     ids = [str(i) for i in range(9)]
-    expected = hashlib.sha256(np.asfortranarray(full).tobytes(order="F") + "\n".join(ids).encode()).hexdigest()
+    parts = [b"F" + full[:, 0].tobytes(), b"C" + np.float32(3).tobytes() + full[:, 1].astype(np.uint8).tobytes(),
+             b"F" + full[:, 2].tobytes(),
+             b"C" + np.float32(0.75).tobytes() + np.where(full[:, 3] == 0.75, 3, full[:, 3]).astype(np.uint8).tobytes(),
+             b"F" + full[:, 4].tobytes()]
+    expected = hashlib.sha256(b"".join(parts) + "\n".join(ids).encode()).hexdigest()
     assert data_hash(full, ids) == expected
     hashes = []
     for cuts in ((5,), (2, 5), (1, 2, 3, 4, 5)):
         meta: dict = {}
-        with InPlaceTable(tmp_path / f"t{len(cuts)}", 9, 5) as t:
+        with ColumnTable(tmp_path / f"t{len(cuts)}", 9, 5) as t:
             start = 0
             for stop in cuts:
                 t.append(np.asfortranarray(full[:, start:stop]))
@@ -95,6 +131,37 @@ def test_data_hash_is_column_major_and_independent_of_block_sizes(tmp_path: Path
             t.finish(ids, meta)
         hashes.append(meta["data_hash"])
     assert hashes == [expected] * 3
-    swapped = full.copy()
-    swapped[[0, 1], 0] = swapped[[1, 0], 0]
-    assert data_hash(swapped, ids) != expected
+    for col in (0, 1, 3):
+        swapped = full.copy()
+        swapped[[0, 1], col] = swapped[[1, 0], col] if full[0, col] != full[1, col] else (0.5, 1.0)
+        assert data_hash(swapped, ids) != expected
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_call_codes_read_back_as_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """Blocks kept as one byte per call (3 = filled with the column's value), selected columns only, beside a float
+    block: the file holds the same float32 values, and the hash is that of the values (as `data_hash` of the float
+    matrix)."""
+    import brainmm.data.genetics.store as store
+
+    monkeypatch.setattr(store, "WRITE_BYTES", 4096)  # many row passes
+    if not direct:
+        monkeypatch.setattr(store, "O_DIRECT", 0)
+    rng = np.random.default_rng(2)
+    n = 301
+    codes = rng.integers(0, 4, size=(9, n)).astype(np.uint8)  # variant-major, as BlockImputer returns them
+    fill = rng.uniform(0, 2, size=9).astype(np.float32)
+    fill[1] = 1.0  # an imputed mode: its cells coded 3 here, made canonical (1) for the hash
+    values = np.where(codes == 3, fill[:, None], codes).astype(np.float32).T  # [n, 9]
+    floats = rng.normal(size=(n, 4)).astype(np.float32)
+    keep = np.array([0, 2, 3, 8])
+    ids = [str(i) for i in range(n)]
+    meta: dict = {}
+    with ColumnTable(tmp_path / "t", n, 17) as t:
+        t.append(np.asfortranarray(values), calls=codes, fill=fill)
+        t.append(floats)
+        t.append(np.asfortranarray(values), columns=keep, calls=codes, fill=fill)
+        t.finish(ids, meta)
+    expected = np.concatenate([values, floats, values[:, keep]], axis=1)
+    np.testing.assert_array_equal(EmbeddingTable.load(tmp_path / "t").vectors, expected)
+    assert meta["data_hash"] == data_hash(expected, ids)

@@ -19,7 +19,7 @@ from brainmm.config import save_config
 from brainmm.data.genetics.config import GenotypeMatrixConfig, GenotypeSourceConfig
 from brainmm.data.genetics.selection import Selection, select_variants
 from brainmm.data.genetics.sources import GenotypeSource, open_source
-from brainmm.data.genetics.store import InPlaceTable
+from brainmm.data.genetics.store import ColumnTable
 from brainmm.data.genetics.subjects import match_samples, read_sample_map
 from brainmm.data.splits import load_split
 from brainmm.embeddings import EmbeddingTable
@@ -64,53 +64,100 @@ def read_plink_dosages(path: str | Path) -> Dosages:
 
 @dataclass
 class GenotypeStats:
-    """Per-variant statistics fitted on the training rows."""
+    """Per-variant statistics fitted on the training rows, and the block's missing calls (all rows)."""
 
     alt_freq: np.ndarray
     missing_rate: np.ndarray
     fill: np.ndarray
     keep: np.ndarray
     n_train: int
+    n_missing: np.ndarray
+    calls: np.ndarray | None = None  # hard-call blocks: uint8 [block, subjects] (valid until the next block)
 
 
-def fit_genotype_stats(train: np.ndarray, impute: str, min_maf: float, max_missing: float) -> GenotypeStats:
-    """Allele frequency, missingness, imputation value and the MAF/missingness filter from training rows."""
-    if train.shape[0] == 0:
-        raise BrainmmError("genotype matrix: no training subjects; statistics are fitted on the 'train' split")
-    n_obs = np.zeros(train.shape[1], dtype=np.int64)
-    alt_sum = np.zeros(train.shape[1])
-    mode_counts = np.zeros((3, train.shape[1]), dtype=np.int64)
-    for c in range(0, train.shape[1], 256):  # column chunks keep the temporaries small
-        part = train[:, c:c + 256]
-        observed = ~np.isnan(part)
-        n_obs[c:c + 256] = np.count_nonzero(observed, axis=0)
-        called = np.where(observed, part, np.float32(0))  # missing calls count as 0 below
-        alt_sum[c:c + 256] = called.sum(axis=0, dtype=np.float64)
-        if impute == "mode":  # of the rounded dosages (hard calls stay as they are), all in {0, 1, 2}
-            rounded = np.rint(called, out=called)
-            twos = np.count_nonzero(rounded > 1.5, axis=0)
-            ones = np.rint(rounded.sum(axis=0, dtype=np.float64)).astype(np.int64) - 2 * twos
-            mode_counts[:, c:c + 256] = [n_obs[c:c + 256] - ones - twos, ones, twos]
-    missing_rate = 1.0 - n_obs / train.shape[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        alt_freq = alt_sum / (2.0 * n_obs)
-    maf = np.minimum(alt_freq, 1.0 - alt_freq)
-    keep = (n_obs > 0) & (maf >= min_maf) & (missing_rate <= max_missing)
-    if impute == "mean":
-        fill = 2.0 * alt_freq
-    elif impute == "mode":
-        fill = mode_counts.argmax(axis=0).astype(np.float64)
-    else:
-        raise BrainmmError(f"impute {impute!r}: expected 'mode' or 'mean'")
-    fill = np.where(n_obs > 0, fill, np.nan)
-    return GenotypeStats(alt_freq, missing_rate, fill.astype(np.float32), keep, int(train.shape[0]))
+class BlockImputer:
+    """Fit allele frequency, missingness, the imputation value and the MAF/missingness filter on the training rows
+    of each block of dosages [subjects, block] (NaN = missing), then fill its missing calls in place.
+
+    Sums over subjects are dot products with the 0/1 training weights along each variant's contiguous row; counts
+    of 0/1/2 calls (mode) come from the sums of the rounded dosages and of their squares. All are sums of small
+    integers, exact in float32; fractional dosages are summed in float64. Missing calls, being sparse, are handled
+    by position. A block of hard calls also comes back as one byte per call (`GenotypeStats.calls`: 0/1/2, and an
+    imputed call as its fill's code, 3 for a fractional fill), a quarter of the memory for the table to keep. The
+    work goes a few variants at a time (TILE_BYTES), with scratch buffers kept from block to block.
+    """
+
+    TILE_BYTES = 512 << 10
+
+    def __init__(self, is_train: np.ndarray, impute: str, min_maf: float, max_missing: float) -> None:
+        if impute not in ("mode", "mean"):
+            raise BrainmmError(f"impute {impute!r}: expected 'mode' or 'mean'")
+        self.n_train = int(np.count_nonzero(is_train))
+        if self.n_train == 0:
+            raise BrainmmError("genotype matrix: no training subjects; statistics are fitted on the 'train' split")
+        self.w = np.asarray(is_train, dtype=np.float32)
+        self.weights = np.stack([self.w, np.ones_like(self.w)], axis=1)  # [subjects, 2]: train, all
+        self.impute, self.min_maf, self.max_missing = impute, min_maf, max_missing
+        self.tile = max(1, self.TILE_BYTES // (4 * len(self.w)))
+        self._floats = np.empty((self.tile, len(self.w)), np.float32)
+        self._flags = np.empty((2, self.tile, len(self.w)), bool)
+        self._calls = np.empty((0, len(self.w)), np.uint8)
+
+    def __call__(self, values: np.ndarray) -> GenotypeStats:
+        """The block's statistics; its missing calls are filled with them."""
+        x = values.T  # variant-major: contiguous rows for pgenlib's blocks
+        b, n = x.shape
+        n_obs, n_missing = np.full(b, self.n_train, np.int64), np.zeros(b, np.int64)
+        alt_sum, total, squares = np.empty(b), np.empty(b), np.empty(b)
+        if self._calls.shape[0] < b:
+            self._calls = np.empty((b, n), np.uint8)
+        calls, hard, holes = self._calls[:b], True, []
+        mode = self.impute == "mode"
+        for t0 in range(0, b, self.tile):
+            t1 = min(b, t0 + self.tile)
+            tile, part = x[t0:t1], slice(t0, t1)
+            floats, missing, differs = self._floats[:t1 - t0], self._flags[0, :t1 - t0], self._flags[1, :t1 - t0]
+            at = np.flatnonzero(np.isnan(tile, out=missing))  # missing calls are sparse: kept as flat positions
+            if at.size:
+                rows = at // n
+                n_missing[part] = np.bincount(rows, minlength=t1 - t0)
+                n_obs[part] -= np.rint(np.bincount(rows, self.w[at - rows * n], t1 - t0)).astype(np.int64)
+                tile.flat[at] = 0  # 0 in the sums; filled below
+                holes.append((t0, t1, at, rows))
+            codes = calls[part]
+            with np.errstate(invalid="ignore"):  # exact for hard calls, which is what the next line checks
+                np.copyto(codes, tile, casting="unsafe")
+            if hard and not np.not_equal(codes, tile, out=differs).any() and codes.max() <= 2:  # hard calls
+                alt_sum[part] = total[part] = tile @ self.w
+                if mode:
+                    squares[part] = np.square(tile, out=floats) @ self.w
+            else:  # fractional dosages (or integers outside 0..2): kept as values
+                hard = False
+                alt_sum[part] = np.add.reduce(np.multiply(tile, self.w, out=floats), axis=1, dtype=np.float64)
+                if mode:
+                    rounded = np.rint(tile, out=floats)
+                    total[part], squares[part] = rounded @ self.w, np.square(rounded, out=rounded) @ self.w
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fill = (_mode(n_obs, total, squares) if mode else alt_sum / n_obs).astype(np.float32)
+        code = np.where(np.isin(fill, (0, 1, 2)), fill, 3).astype(np.uint8)  # a fractional fill is code 3
+        for t0, t1, at, rows in holes:
+            x[t0:t1].flat[at] = fill[t0 + rows]
+            calls[t0:t1].flat[at] = code[t0 + rows]
+        missing_rate = 1.0 - n_obs / self.n_train
+        with np.errstate(invalid="ignore", divide="ignore"):
+            alt_freq = alt_sum / (2.0 * n_obs)
+        maf = np.minimum(alt_freq, 1.0 - alt_freq)
+        keep = (n_obs > 0) & (maf >= self.min_maf) & (missing_rate <= self.max_missing)
+        return GenotypeStats(alt_freq, missing_rate, fill, keep, self.n_train, n_missing, calls if hard else None)
 
 
-def train_rows(values: np.ndarray, is_train: np.ndarray) -> np.ndarray:
-    """values[is_train], gathered along the contiguous axis (variant-major blocks from pgenlib are 10x faster)."""
-    if values.flags.f_contiguous and not values.flags.c_contiguous:
-        return np.compress(is_train, values.T, axis=1).T
-    return np.compress(is_train, values, axis=0)
+def _mode(n_obs: np.ndarray, total: np.ndarray, squares: np.ndarray) -> np.ndarray:
+    """The most frequent of 0/1/2 (the first on ties; NaN without calls) from the count and the sums of the rounded
+    dosages and of their squares: sum = ones + 2 twos, squares = ones + 4 twos."""
+    twos = np.rint((squares - total) / 2).astype(np.int64)
+    ones = np.rint(total).astype(np.int64) - 2 * twos
+    mode = np.stack([n_obs - ones - twos, ones, twos]).argmax(axis=0).astype(np.float32)
+    return np.where(n_obs > 0, mode, np.float32(np.nan))
 
 
 def hard_calls(values: np.ndarray, threshold: float) -> np.ndarray:
@@ -271,26 +318,22 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     out = table_stem(cfg.out)
     pgs = PolygenicScores(cfg.pgs_weights, len(subjects)) if cfg.pgs_weights else None
     kept_parts, n_missing = [], 0
-    # The matrix is filled in place in the output's temp file (a memory map): kept columns fill the left of each
-    # row and are compacted at the end; pages never written are never resident (nor stored: the file is sparse).
-    with InPlaceTable(out, len(subjects), n_candidates) as written:
+    impute = BlockImputer(is_train, cfg.impute, cfg.min_maf, cfg.max_missing)
+    # Kept columns are held column-major as read (pgenlib's blocks: no copy) and written as rows at the end.
+    with ColumnTable(out, len(subjects), n_candidates) as written:
         for rows, values in progress(inputs.blocks(cfg), desc="reading genotypes", unit="block",
                                      total=-(-n_candidates // cfg.block_for(len(subjects)))):
-            stats = fit_genotype_stats(train_rows(values, is_train), cfg.impute, cfg.min_maf, cfg.max_missing)
+            stats = impute(values)
             keep = np.flatnonzero(stats.keep)
-            missing = np.isnan(values)
-            missing_per_variant = np.count_nonzero(missing, axis=0)
-            n_missing += int(missing_per_variant[keep].sum())
-            if missing_per_variant.any():
-                np.copyto(values, np.broadcast_to(stats.fill, values.shape), where=missing)
+            n_missing += int(stats.n_missing[keep].sum())
             table = inputs.variant_rows(rows)
             if pgs is not None:
                 pgs.add(table, values)
-            written.append(values if len(keep) == values.shape[1] else values[:, keep])
+            written.append(values, None if len(keep) == values.shape[1] else keep, stats.calls, stats.fill)
             kept_parts.append(table.iloc[keep].assign(train_alt_freq=stats.alt_freq[keep],
                                                       train_missing_rate=stats.missing_rate[keep],
                                                       fill=stats.fill[keep]))
-            del values, missing  # before the next block is read
+            del values  # before the next block is read
         inputs.source.close()
         k = written.columns
         if not k:

@@ -303,6 +303,7 @@ class PgenSource(GenotypeSource):
                                f"{msg.strip()}") from None
         self.phased = bool(self._pgen.hardcall_phase_present())
         self._subset: np.ndarray | None = None
+        self._negative = np.empty((0, 0), bool)
 
     def _read(self, samples: np.ndarray, rows: np.ndarray) -> np.ndarray:
         subset = samples.astype(np.uint32)
@@ -321,7 +322,9 @@ class PgenSource(GenotypeSource):
             out[first] = buf
         for j in np.flatnonzero(~first):
             self._pgen.read_dosages(int(records[j]), out[j], int(alleles[j]))
-        np.copyto(out, np.float32(np.nan), where=out < 0)  # pgenlib writes -9 for missing
+        if self._negative.shape != out.shape:  # kept from block to block: a fresh one costs its page faults
+            self._negative = np.empty(out.shape, bool)
+        np.copyto(out, np.float32(np.nan), where=np.less(out, 0, out=self._negative))  # pgenlib writes -9: missing
         return out.T
 
     def close(self) -> None:
@@ -428,7 +431,7 @@ class BgenSource(GenotypeSource):
         wanted: dict[int, list[int]] = {}
         for j, row in enumerate(rows):
             wanted.setdefault(int(self._record[row]), []).append(j)
-        out = np.empty((len(samples), min(size, len(rows))), dtype=np.float32)
+        out = np.empty((min(size, len(rows)), len(samples)), dtype=np.float32)  # variant-major, as .pgen blocks
         done = start = 0
         try:
             reader = bgen.BgenReader(str(self.path), delay_parsing=True)
@@ -437,12 +440,12 @@ class BgenSource(GenotypeSource):
                     break
                 for j in wanted.get(rec, ()):
                     dosage = self._dosage(var, int(alleles[rows[j]]))
-                    out[:, j - start] = dosage if full else dosage[samples]
+                    out[j - start] = dosage if full else dosage[samples]
                     done += 1
-                    if done - start == out.shape[1]:
-                        yield rows[start:done], out
+                    if done - start == out.shape[0]:
+                        yield rows[start:done], out.T
                         start = done
-                        out = np.empty((len(samples), min(size, len(rows) - done)), dtype=np.float32)
+                        out = np.empty((min(size, len(rows) - done), len(samples)), dtype=np.float32)
             reader.close()
         except Exception as err:
             raise BrainmmError(f"BGEN {self.path}: unreadable ({err.__class__.__name__}: {err}); truncated or "

@@ -1,16 +1,23 @@
-"""Write a large embedding table without a copy of the matrix, same format as
-`brainmm.embeddings.EmbeddingTable.save`: `<stem>.safetensors` (`vectors` F32 [N, D]) + `<stem>.json`.
-`InPlaceTable` writes column blocks into the temp file's data region through a memory map, so a matrix filled column
-block by column block is neither copied nor held twice (in memory and in the page cache); its hash is taken as the
-blocks arrive, column by column, so nothing is read back."""
+"""Write a large table whose columns arrive in blocks, in `brainmm.embeddings.EmbeddingTable.save`'s format:
+`<stem>.safetensors` (`vectors` F32 [N, D]) + `<stem>.json`.
+
+`ColumnTable` hashes each block as it arrives and keeps a column-major copy: float32, or one byte per value for
+hard calls (0/1/2, and 3 for an imputed call with the column's fill value). `finish` turns the blocks into rows
+through one aligned buffer and writes the file in a single sequential pass, with O_DIRECT where the file system
+takes it. So the matrix is held once (a quarter of it for hard calls), and its gigabytes never pass through the
+page cache, whose page-by-page allocation is the slow part of writing them on a VM."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import mmap
+import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +26,10 @@ import numpy as np
 from brainmm.io import atomic_file, atomic_write_json
 
 CHUNK_BYTES = 32 << 20
-HEADER_BYTES = 248  # InPlaceTable's reserved JSON header (space-padded); 8 + 248 keeps the data 256-byte aligned
-STAGE_COLUMNS = 1024  # columns gathered before they go to the map: a 4 KiB page per row, not a sliver of one
-STAGE_PAD = 16  # staging rows are 1024 + 16 floats apart: a 4 KiB row stride makes column writes alias in cache
+WRITE_BYTES = 32 << 20  # rows transposed and written per pass
+ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in multiples of the block size
+HEADER_BYTES = 248  # the JSON header, space-padded: 8 + 248 keeps the data 256-byte aligned
+O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
 def _column_chunks(vectors: np.ndarray):
@@ -31,12 +39,49 @@ def _column_chunks(vectors: np.ndarray):
 
 
 def data_hash(vectors: np.ndarray, ids: list[str]) -> str:
-    """sha256 of the float32 values column by column (Fortran order) and the newline-joined ids."""
+    """sha256 of the values column by column, then of the newline-joined ids. A column whose values are all 0, 1 or
+    2 but for cells of one other finite value v is hashed as b"C" + float32(v) (3.0 when there is none) + one byte
+    per value (3 for v); any other column as b"F" + its float32 values. (Genotype columns are hashed from their
+    bytes: a quarter of the data.)"""
     h = hashlib.sha256()
     for chunk in _column_chunks(vectors):
-        h.update(memoryview(chunk).cast("B"))
+        _hash_values(h, chunk)
     h.update("\n".join(ids).encode())
     return h.hexdigest()
+
+
+def _hash_values(h: Any, x: np.ndarray) -> None:
+    """Add the columns of a column-major float32 block [b, n] to `h` as `data_hash` defines them."""
+    small = (x == 0) | (x == 1) | (x == 2)
+    for j in range(x.shape[0]):
+        if small[j].all():
+            h.update(b"C" + np.float32(3).tobytes())
+            h.update(x[j].astype(np.uint8))
+            continue
+        extra = x[j][~small[j]]
+        v = extra[0]
+        if np.isfinite(v) and (extra == v).all():
+            h.update(b"C" + np.float32(v).tobytes())
+            h.update(np.where(small[j], x[j], 3).astype(np.uint8))
+        else:
+            h.update(b"F")
+            h.update(memoryview(np.ascontiguousarray(x[j])).cast("B"))
+
+
+def _hash_calls(h: Any, calls: np.ndarray, fill: np.ndarray) -> bool:
+    """Add the columns of a call-code block [b, n] (3 = the column's `fill`, made canonical here: a fill of 0, 1 or 2
+    becomes its own code) to `h` as `data_hash` defines them; whether any code 3 is left."""
+    has_fill = (calls == 3).any(axis=1)
+    for j in np.flatnonzero(has_fill & np.isin(fill, (0, 1, 2))):
+        calls[j][calls[j] == 3] = int(fill[j])
+        has_fill[j] = False
+    for j in range(calls.shape[0]):
+        if has_fill[j] and not np.isfinite(fill[j]):  # NaN cells: a float column
+            _hash_values(h, np.where(calls[j] == 3, fill[j], calls[j]).astype(np.float32)[None])
+            continue
+        h.update(b"C" + np.float32(fill[j] if has_fill[j] else 3).tobytes())
+        h.update(calls[j])
+    return bool(has_fill.any())
 
 
 def _header(n: int, d: int, size: int | None = None) -> bytes:
@@ -46,81 +91,67 @@ def _header(n: int, d: int, size: int | None = None) -> bytes:
     return header + b" " * ((size - len(header)) if size else -len(header) % 8)
 
 
-class InPlaceTable:
-    """`with InPlaceTable(stem, n, cols) as t:` `t.append(block)` column blocks (float32 [n, b]; at most `cols`
-    columns in all) into the temp safetensors file's memory map, then `t.finish(ids, meta)`: the appended columns
-    become the table (rows compacted in place, file truncated, header rewritten, meta["data_hash"] set), renamed
-    into place when the block ends and followed by `<stem>.json`. On an error the temp file is removed and
-    nothing is written."""
+class ColumnTable:
+    """`with ColumnTable(stem, n, cols) as t:` `t.append(block)` column blocks (float32 [n, b]; at most `cols`
+    columns in all), then `t.finish(ids, meta)`: the appended columns become the table (meta["data_hash"] set),
+    written to a temp file that is renamed into place when the block ends and followed by `<stem>.json`. On an
+    error the temp file is removed and nothing is written."""
 
     def __init__(self, stem: Path, n: int, cols: int) -> None:
         self.stem, self.n, self.cols = Path(stem), int(n), int(cols)
-        self.columns = 0  # appended so far (staged or in the map)
-        self._map: np.ndarray | None = None
-        self._stage: np.ndarray | None = None
-        self._staged = 0
+        self.columns = 0  # appended so far
+        # ([b, n] float32 values, None) or ([b, n] call codes, the fill of code 3, or empty without any 3)
+        self._blocks: list[tuple[np.ndarray, np.ndarray | None]] = []
         self._hash = hashlib.sha256()
         self._sidecar: dict[str, Any] | None = None
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> InPlaceTable:
+    def __enter__(self) -> ColumnTable:
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self._stack.enter_context(
             atomic_file(self.stem.with_name(self.stem.name + ".safetensors"), suffix=".safetensors"))
-        with open(self._tmp, "wb") as fh:  # sparse: pages never written take no space and are never resident
-            fh.truncate(8 + HEADER_BYTES + self.n * self.cols * 4)
-        if self.n and self.cols:
-            self._map = np.memmap(self._tmp, np.float32, "r+", offset=8 + HEADER_BYTES, shape=(self.n, self.cols))
         return self
 
-    def append(self, block: np.ndarray) -> None:
-        """Add columns [n, b] after those appended so far (gathered in a staging buffer of STAGE_COLUMNS)."""
-        b = block.shape[1]
+    def append(self, block: np.ndarray, columns: np.ndarray | None = None, calls: np.ndarray | None = None,
+               fill: np.ndarray | None = None) -> None:
+        """Add the block's `columns` (default: all) of float32 values [n, b] after those appended so far. With
+        `calls` (uint8 [b, n]: the same values as 0/1/2, or 3 where a missing call was filled with `fill[j]`) the
+        block is kept as those codes."""
+        x = block.T
+        b = x.shape[0] if columns is None else len(columns)
         if self.columns + b > self.cols:
-            raise ValueError(f"InPlaceTable: {self.columns + b} columns appended, room for {self.cols}")
+            raise ValueError(f"ColumnTable: {self.columns + b} columns appended, room for {self.cols}")
         if block.shape[0] != self.n:
-            raise ValueError(f"InPlaceTable: a block of {block.shape[0]} rows, expected {self.n}")
+            raise ValueError(f"ColumnTable: a block of {block.shape[0]} rows, expected {self.n}")
         if not b:
             return
-        for chunk in _column_chunks(block):  # column-major bytes: contiguous as read, whatever the block sizes
-            self._hash.update(memoryview(chunk).cast("B"))
-        width = min(STAGE_COLUMNS, self.cols)
-        if self._stage is None:
-            self._stage = np.empty((self.n, width + STAGE_PAD), np.float32)
-        if self._staged + b > width:
-            self._flush()
-        if b > width:
-            self._map[:, self.columns:self.columns + b] = block
+        source = x if calls is None else calls
+        kept = _fresh((b, self.n), np.float32 if calls is None else np.uint8)
+        if columns is None:
+            np.copyto(kept, source, casting="same_kind")
         else:
-            self._stage[:, self._staged:self._staged + b] = block
-            self._staged += b
+            np.take(source, columns, axis=0, out=kept, mode="clip")  # valid indices; "raise" would copy via a temp
+        if calls is None:
+            _hash_values(self._hash, kept)
+            self._blocks.append((kept, None))
+        else:
+            fill = np.asarray(fill if columns is None else fill[columns], dtype=np.float32)
+            self._blocks.append((kept, fill if _hash_calls(self._hash, kept, fill) else np.empty(0, np.float32)))
         self.columns += b
 
-    def _flush(self) -> None:
-        start = self.columns - self._staged
-        self._map[:, start:self.columns] = self._stage[:, :self._staged]
-        self._staged = 0
-
     def finish(self, ids: list[str], meta: dict[str, Any]) -> None:
-        """Keep the appended columns, set meta["data_hash"] and write the header; the rename happens on exit."""
-        if self._staged:
-            self._flush()
-        self._stage = None
-        k = self.columns
-        if k and k < self.cols:
-            _compact(self._map, k)
-        self._map = None  # the map is released before the file is truncated
+        """Set meta["data_hash"] and write the file (header, then the rows); the rename happens on exit."""
         self._hash.update("\n".join(ids).encode())
         meta["data_hash"] = self._hash.hexdigest()
-        with open(self._tmp, "r+b") as fh:
-            fh.truncate(8 + HEADER_BYTES + self.n * k * 4)
-            fh.write(struct.pack("<Q", HEADER_BYTES) + _header(self.n, k, HEADER_BYTES))
-        self._sidecar = {"ids": list(ids), "dim": int(k), "meta": meta}
+        header = struct.pack("<Q", HEADER_BYTES) + _header(self.n, self.columns, HEADER_BYTES)
+        blocks, self._blocks = self._blocks, []
+        _write_rows(self._tmp, header, blocks, self.n)
+        self._sidecar = {"ids": list(ids), "dim": int(self.columns), "meta": meta}
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._map = None
+        self._blocks = []
         if exc_type is None and self._sidecar is None:
-            exc = RuntimeError("InPlaceTable: finish() was not called")
+            exc = RuntimeError("ColumnTable: finish() was not called")
             self._stack.__exit__(RuntimeError, exc, None)  # removes the temp file
             raise exc
         self._stack.__exit__(exc_type, exc, tb)  # on an error: removes the temp file; else: renames it
@@ -136,28 +167,87 @@ class InPlaceTable:
                          offset=8 + HEADER_BYTES, shape=(self.n, k))
 
 
-def _compact(buf: np.memmap, k: int) -> None:
-    """Move each row's first k values of the [n, cols] map to row-major [n, k] at its start."""
-    n, cols = buf.shape
-    flat = buf.reshape(-1)
-    rows = max(1, CHUNK_BYTES // (cols * 4))  # row i moves from i * cols to i * k: never onto a later row's source
-    for i in range(0, n, rows):
-        j = min(n, i + rows)
-        flat[i * k:j * k] = np.array(buf[i:j, :k]).reshape(-1)
-        _release(buf, j * k * 4, j * cols * 4)  # moved rows' old bytes past the new end: free their pages
-    # no msync: the shared map's pages are the page cache that later reads of the file see
+def _fresh(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """An empty array in its own anonymous map: the system's page-size policy. (numpy asks for huge pages, whose
+    first-touch faults cost 3-5x more per byte than 4 KiB ones on the VMs measured; see the genotype benchmark.)"""
+    nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape) if nbytes else np.empty(shape, dtype)
 
 
-def _release(buf: np.memmap, start: int, stop: int) -> None:
-    """Punch out the whole pages of data bytes [start, stop) of the map (MADV_REMOVE: the file reads zeros there
-    and the pages leave memory), so compaction does not make the dropped columns' pages resident. Best effort."""
-    mm = getattr(buf, "_mmap", None)
-    if mm is None or not hasattr(mmap, "MADV_REMOVE") or stop <= start:
-        return
-    base = buf.offset - buf.offset % mmap.ALLOCATIONGRANULARITY  # the map starts at this file offset
-    page = mmap.PAGESIZE
-    lo = -(-(buf.offset - base + start) // page) * page
-    hi = (buf.offset - base + stop) // page * page
-    if hi > lo:  # file systems without hole punching refuse: the pages then stay until the file is truncated
-        with contextlib.suppress(OSError):
-            mm.madvise(mmap.MADV_REMOVE, lo, hi - lo)
+def _write_rows(path: Path, header: bytes, blocks: list[tuple[np.ndarray, np.ndarray | None]], n: int) -> None:
+    """Write `header` then the rows of the column blocks ([b, n] each, side by side) to `path` in one pass. Two
+    aligned buffers take turns: one is written by a thread (waiting on the disk, as the kernel's write-back would
+    for a buffered write) while the next rows are transposed into the other."""
+    k = sum(b.shape[0] for b, _ in blocks)
+    size = len(header) + n * k * 4
+    rows = max(1, WRITE_BYTES // max(1, k * 4))
+    nbytes = -(-(rows * k * 4 + 2 * ALIGN) // ALIGN) * ALIGN
+    bufs = [mmap.mmap(-1, nbytes), mmap.mmap(-1, nbytes)]  # page-aligned, as O_DIRECT needs
+    views = [memoryview(b) for b in bufs]
+    widest = max((b.shape[0] for b, fill in blocks if fill is not None), default=0)
+    codes_buf, filled_buf = np.empty((rows, widest), np.uint8), np.empty((rows, widest), bool)
+    fd = _open_direct(path)
+    writer = ThreadPoolExecutor(1)
+    try:
+        bufs[0][:len(header)] = header
+        pending, turn, writing = len(header), 0, None  # pending: bytes at the start of bufs[turn] not yet written
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            buf = bufs[turn]
+            out = np.frombuffer(buf, np.float32, count=(r1 - r0) * k, offset=pending).reshape(r1 - r0, k)
+            c0 = 0
+            for block, fill in blocks:
+                b = block.shape[0]
+                if fill is None:
+                    out[:, c0:c0 + b] = block[:, r0:r1].T
+                else:  # transpose the bytes, then widen along the rows
+                    codes, filled = codes_buf[:r1 - r0, :b], filled_buf[:r1 - r0, :b]
+                    np.copyto(codes, block[:, r0:r1].T)
+                    np.copyto(out[:, c0:c0 + b], codes)
+                    if fill.size and np.equal(codes, 3, out=filled).any():
+                        np.copyto(out[:, c0:c0 + b], fill, where=filled)
+                c0 += b
+            del out
+            end = pending + (r1 - r0) * k * 4
+            whole = end // ALIGN * ALIGN
+            if writing is not None:
+                writing.result()  # the other buffer is free again
+            writing = writer.submit(_write_all, fd, views[turn][:whole])
+            turn = 1 - turn
+            bufs[turn][:end - whole] = buf[whole:end]
+            pending = end - whole
+        if writing is not None:
+            writing.result()
+        if pending:  # the tail, padded to a whole block, then cut back
+            bufs[turn][pending:ALIGN] = bytes(ALIGN - pending)
+            _write_all(fd, views[turn][:ALIGN])
+        os.ftruncate(fd, size)
+    finally:
+        writer.shutdown(wait=True)
+        os.close(fd)
+        for view, buf in zip(views, bufs):
+            view.release()
+            buf.close()
+
+
+def _open_direct(path: Path) -> int:
+    """`path` opened for writing, with O_DIRECT when the file system allows it (tmpfs and others refuse it)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_TRUNC | O_DIRECT)
+    except OSError as err:
+        if not O_DIRECT or err.errno != errno.EINVAL:
+            raise
+        return os.open(path, os.O_WRONLY | os.O_TRUNC)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """Write all of `data`; a file system that opens with O_DIRECT but refuses its writes gets buffered ones."""
+    done = 0
+    while done < len(data):
+        try:
+            done += os.write(fd, data[done:])
+        except OSError as err:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            if err.errno != errno.EINVAL or not flags & O_DIRECT:
+                raise
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~O_DIRECT)
