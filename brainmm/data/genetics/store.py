@@ -1,11 +1,11 @@
 """Write a large table whose columns arrive in blocks, in `brainmm.embeddings.EmbeddingTable.save`'s format:
 `<stem>.safetensors` (`vectors` F32 [N, D]) + `<stem>.json`.
 
-`ColumnTable` hashes each block as it arrives and keeps a column-major copy: float32, or one byte per value for
-hard calls (0/1/2, and 3 for an imputed call with the column's fill value). `finish` turns the blocks into rows
-through one aligned buffer and writes the file in a single sequential pass, with O_DIRECT where the file system
-takes it. So the matrix is held once (a quarter of it for hard calls), and its gigabytes never pass through the
-page cache, whose page-by-page allocation is the slow part of writing them on a VM."""
+`ColumnTable` keeps each block column-major as it arrives: float32, or one byte per value for hard calls (0/1/2,
+and 3 for an imputed call with the column's fill value). `finish` turns the blocks into rows through aligned
+buffers and writes the file in a single sequential pass, with O_DIRECT where the file system takes it, hashing the
+blocks while the disk writes. So the matrix is held once (a quarter of it for hard calls), and its gigabytes never
+pass through the page cache, whose page-by-page allocation is the slow part of writing them on a VM."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ WRITE_BYTES = 32 << 20  # rows transposed and written per pass
 ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in multiples of the block size
 HEADER_BYTES = 248  # the JSON header, space-padded: 8 + 248 keeps the data 256-byte aligned
 O_DIRECT = getattr(os, "O_DIRECT", 0)
+# ([b, n] float32 values, None, None) or ([b, n] call codes, fill [b] of code 3, which columns hold a 3)
+Block = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
 
 
 def _column_chunks(vectors: np.ndarray):
@@ -68,20 +71,24 @@ def _hash_values(h: Any, x: np.ndarray) -> None:
             h.update(memoryview(np.ascontiguousarray(x[j])).cast("B"))
 
 
-def _hash_calls(h: Any, calls: np.ndarray, fill: np.ndarray) -> bool:
-    """Add the columns of a call-code block [b, n] (3 = the column's `fill`, made canonical here: a fill of 0, 1 or 2
-    becomes its own code) to `h` as `data_hash` defines them; whether any code 3 is left."""
+def _canonical_calls(calls: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Which columns of a call-code block [b, n] hold code 3 (the column's `fill`), after recoding the 3s of a fill
+    of 0, 1 or 2 as that value (in place), as `data_hash` wants them."""
     has_fill = (calls == 3).any(axis=1)
     for j in np.flatnonzero(has_fill & np.isin(fill, (0, 1, 2))):
         calls[j][calls[j] == 3] = int(fill[j])
         has_fill[j] = False
+    return has_fill
+
+
+def _hash_calls(h: Any, calls: np.ndarray, fill: np.ndarray, has_fill: np.ndarray) -> None:
+    """Add the columns of a canonical call-code block [b, n] to `h` as `data_hash` defines them."""
     for j in range(calls.shape[0]):
         if has_fill[j] and not np.isfinite(fill[j]):  # NaN cells: a float column
             _hash_values(h, np.where(calls[j] == 3, fill[j], calls[j]).astype(np.float32)[None])
             continue
         h.update(b"C" + np.float32(fill[j] if has_fill[j] else 3).tobytes())
         h.update(calls[j])
-    return bool(has_fill.any())
 
 
 def _header(n: int, d: int, size: int | None = None) -> bytes:
@@ -100,8 +107,7 @@ class ColumnTable:
     def __init__(self, stem: Path, n: int, cols: int) -> None:
         self.stem, self.n, self.cols = Path(stem), int(n), int(cols)
         self.columns = 0  # appended so far
-        # ([b, n] float32 values, None) or ([b, n] call codes, the fill of code 3, or empty without any 3)
-        self._blocks: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._blocks: list[Block] = []
         self._hash = hashlib.sha256()
         self._sidecar: dict[str, Any] | None = None
         self._stack = contextlib.ExitStack()
@@ -132,21 +138,33 @@ class ColumnTable:
         else:
             np.take(source, columns, axis=0, out=kept, mode="clip")  # valid indices; "raise" would copy via a temp
         if calls is None:
-            _hash_values(self._hash, kept)
-            self._blocks.append((kept, None))
+            self._blocks.append((kept, None, None))
         else:
             fill = np.asarray(fill if columns is None else fill[columns], dtype=np.float32)
-            self._blocks.append((kept, fill if _hash_calls(self._hash, kept, fill) else np.empty(0, np.float32)))
+            self._blocks.append((kept, fill, _canonical_calls(kept, fill)))
         self.columns += b
 
     def finish(self, ids: list[str], meta: dict[str, Any]) -> None:
-        """Set meta["data_hash"] and write the file (header, then the rows); the rename happens on exit."""
-        self._hash.update("\n".join(ids).encode())
-        meta["data_hash"] = self._hash.hexdigest()
+        """Write the file (header, then the rows) and set meta["data_hash"], hashing the blocks while the disk
+        writes; the rename happens on exit."""
         header = struct.pack("<Q", HEADER_BYTES) + _header(self.n, self.columns, HEADER_BYTES)
         blocks, self._blocks = self._blocks, []
-        _write_rows(self._tmp, header, blocks, self.n)
+        hashing = self._hash_blocks(blocks)
+        _write_rows(self._tmp, header, blocks, self.n, hashing)
+        for _ in hashing:  # what the writes left
+            pass
+        self._hash.update("\n".join(ids).encode())
+        meta["data_hash"] = self._hash.hexdigest()
         self._sidecar = {"ids": list(ids), "dim": int(self.columns), "meta": meta}
+
+    def _hash_blocks(self, blocks: list[Block]) -> Iterator[None]:
+        """Hash the blocks in order, one per step."""
+        for kept, fill, has_fill in blocks:
+            if fill is None:
+                _hash_values(self._hash, kept)
+            else:
+                _hash_calls(self._hash, kept, fill, has_fill)
+            yield
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._blocks = []
@@ -174,17 +192,18 @@ def _fresh(shape: tuple[int, int], dtype: type) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape) if nbytes else np.empty(shape, dtype)
 
 
-def _write_rows(path: Path, header: bytes, blocks: list[tuple[np.ndarray, np.ndarray | None]], n: int) -> None:
+def _write_rows(path: Path, header: bytes, blocks: list[Block], n: int, idle: Iterator[None]) -> None:
     """Write `header` then the rows of the column blocks ([b, n] each, side by side) to `path` in one pass. Two
     aligned buffers take turns: one is written by a thread (waiting on the disk, as the kernel's write-back would
-    for a buffered write) while the next rows are transposed into the other."""
-    k = sum(b.shape[0] for b, _ in blocks)
+    for a buffered write) while the next rows are transposed into the other; while a write is still going, steps
+    of `idle` run."""
+    k = sum(b.shape[0] for b, _, _ in blocks)
     size = len(header) + n * k * 4
     rows = max(1, WRITE_BYTES // max(1, k * 4))
     nbytes = -(-(rows * k * 4 + 2 * ALIGN) // ALIGN) * ALIGN
     bufs = [mmap.mmap(-1, nbytes), mmap.mmap(-1, nbytes)]  # page-aligned, as O_DIRECT needs
     views = [memoryview(b) for b in bufs]
-    widest = max((b.shape[0] for b, fill in blocks if fill is not None), default=0)
+    widest = max((b.shape[0] for b, fill, _ in blocks if fill is not None), default=0)
     codes_buf, filled_buf = np.empty((rows, widest), np.uint8), np.empty((rows, widest), bool)
     fd = _open_direct(path)
     writer = ThreadPoolExecutor(1)
@@ -196,7 +215,7 @@ def _write_rows(path: Path, header: bytes, blocks: list[tuple[np.ndarray, np.nda
             buf = bufs[turn]
             out = np.frombuffer(buf, np.float32, count=(r1 - r0) * k, offset=pending).reshape(r1 - r0, k)
             c0 = 0
-            for block, fill in blocks:
+            for block, fill, has_fill in blocks:
                 b = block.shape[0]
                 if fill is None:
                     out[:, c0:c0 + b] = block[:, r0:r1].T
@@ -204,19 +223,23 @@ def _write_rows(path: Path, header: bytes, blocks: list[tuple[np.ndarray, np.nda
                     codes, filled = codes_buf[:r1 - r0, :b], filled_buf[:r1 - r0, :b]
                     np.copyto(codes, block[:, r0:r1].T)
                     np.copyto(out[:, c0:c0 + b], codes)
-                    if fill.size and np.equal(codes, 3, out=filled).any():
+                    if has_fill.any() and np.equal(codes, 3, out=filled).any():
                         np.copyto(out[:, c0:c0 + b], fill, where=filled)
                 c0 += b
             del out
             end = pending + (r1 - r0) * k * 4
             whole = end // ALIGN * ALIGN
             if writing is not None:
+                while not writing.done() and next(idle, True) is None:
+                    pass
                 writing.result()  # the other buffer is free again
             writing = writer.submit(_write_all, fd, views[turn][:whole])
             turn = 1 - turn
             bufs[turn][:end - whole] = buf[whole:end]
             pending = end - whole
         if writing is not None:
+            while not writing.done() and next(idle, True) is None:
+                pass
             writing.result()
         if pending:  # the tail, padded to a whole block, then cut back
             bufs[turn][pending:ALIGN] = bytes(ALIGN - pending)
