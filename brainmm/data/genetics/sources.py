@@ -209,7 +209,7 @@ class BedSource(GenotypeSource):
         self.variants = variant_table(rows, self.path)
 
     def _read(self, samples: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return self._bed.read(index=np.s_[samples, rows], dtype="float32", order="C", num_threads=1)
+        return self._bed.read(index=np.s_[samples, rows], dtype="float32", order="F", num_threads=1)  # variant-major
 
     def close(self) -> None:
         """Close the .bed."""

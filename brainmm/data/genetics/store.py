@@ -256,11 +256,11 @@ def _write_rows(path: Path, header: bytes, blocks: list[Block], n: int, idle: It
 def _open_direct(path: Path) -> int:
     """`path` opened for writing, with O_DIRECT when the file system allows it (tmpfs and others refuse it)."""
     try:
-        return os.open(path, os.O_WRONLY | os.O_TRUNC | O_DIRECT)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_DIRECT, 0o644)
     except OSError as err:
         if not O_DIRECT or err.errno != errno.EINVAL:
             raise
-        return os.open(path, os.O_WRONLY | os.O_TRUNC)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
