@@ -67,10 +67,11 @@ def machine() -> str:
 
     fp32 = ("oneDNN fp32 inner products + blockwise attention" if onednn.cpu_kernels() == "onednn"
             else "torch: MKL sgemm linears + SDPA flash attention")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # e.g. AVX512_CORE_BF16: an AVX512_BF16 CPU without AMX
     return (f"CPU {cpu_model()} ({cpu_vendor()}); ISA {cpu_isa()}; torch CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}; fp32 path: {fp32}; bf16 path: autocast -> oneDNN bf16 "
             f"matmul + SDPA flash bf16 (fp32 softmax statistics); precision auto here = "
-            f"{resolve_precision('auto', 'cpu')}")
+            f"{resolve_precision('auto', 'cpu')}" + (f"; oneDNN capped at ONEDNN_MAX_CPU_ISA={cap}" if cap else ""))
 
 
 class EagerReference(nn.Module):
