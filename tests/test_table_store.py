@@ -165,3 +165,20 @@ def test_call_codes_read_back_as_values(tmp_path: Path, monkeypatch: pytest.Monk
     expected = np.concatenate([values, floats, values[:, keep]], axis=1)
     np.testing.assert_array_equal(EmbeddingTable.load(tmp_path / "t").vectors, expected)
     assert meta["data_hash"] == data_hash(expected, ids)
+
+
+def test_an_error_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails (a full disk) surfaces as that error, and no file is left."""
+    import errno
+
+    import brainmm.data.genetics.store as store
+
+    def full(fd: int, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        with ColumnTable(tmp_path / "t", 20, 4) as t:
+            t.append(np.ones((20, 4), np.float32))
+            t.finish([str(i) for i in range(20)], {})
+    assert list(tmp_path.iterdir()) == []

@@ -250,7 +250,8 @@ def _write_rows(path: Path, header: bytes, blocks: list[Block], n: int, idle: It
         os.close(fd)
         for view, buf in zip(views, bufs):
             view.release()
-            buf.close()
+            with contextlib.suppress(BufferError):  # after an error mid-assembly its traceback holds a view: GC frees
+                buf.close()
 
 
 def _open_direct(path: Path) -> int:
