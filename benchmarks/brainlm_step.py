@@ -65,8 +65,8 @@ def machine() -> str:
     from encoders.brainlm import onednn
     from encoders.precision import cpu_isa, cpu_model, cpu_vendor, resolve_precision
 
-    fp32 = ("oneDNN fp32 inner products + blockwise attention" if onednn.cpu_kernels() == "onednn"
-            else "torch: MKL sgemm linears + SDPA flash attention")
+    fp32 = ("oneDNN fp32 inner products" if onednn.cpu_kernels("linear") == "onednn" else "MKL sgemm linears") + (
+        " + oneDNN blockwise attention" if onednn.cpu_kernels("attention") == "onednn" else " + SDPA flash attention")
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # e.g. AVX512_CORE_BF16: an AVX512_BF16 CPU without AMX
     return (f"CPU {cpu_model()} ({cpu_vendor()}); ISA {cpu_isa()}; torch CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}; fp32 path: {fp32}; bf16 path: autocast -> oneDNN bf16 "
@@ -209,7 +209,7 @@ def worker(variant: str, task: str, steps: int) -> dict:
             t0 = time.perf_counter()
             with autocast(variant):
                 if variant != "reference":
-                    loss = model(signal, xyz, noise=noise).loss
+                    loss = model(signal, xyz, noise=noise, loss_only=True).loss
                 else:
                     loss = model(signal, xyz, noise)[0]
             loss.backward()
@@ -245,11 +245,12 @@ def agreement() -> dict:
     ref.eval()
     signal, xyz, noise = inputs(cfg)
     out = ours(signal, xyz, noise=noise)
+    step = ours(signal, xyz, noise=noise, loss_only=True)  # the training step's path: its gradients are compared
     loss, pred, latent = ref(signal, xyz, noise)
-    out.loss.backward()
+    step.loss.backward()
     loss.backward()
     res = {
-        "loss": (out.loss - loss).abs().item(),
+        "loss": max((out.loss - loss).abs().item(), (step.loss - loss).abs().item()),
         "logits": (out.logits - pred).abs().max().item(),
         "latent": (out.latent - latent).abs().max().item(),
     }
@@ -325,7 +326,7 @@ def interleaved(pairs: int) -> dict:
         out.setdefault(key, []).append(time.perf_counter() - t0)
 
     def step(model, variant):
-        loss = model(signal, xyz, noise=noise).loss if variant == "ours" else model(signal, xyz, noise)[0]
+        loss = model(signal, xyz, noise=noise, loss_only=True).loss if variant == "ours" else model(signal, xyz, noise)[0]
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -368,7 +369,7 @@ def loss_curve(steps: int) -> None:
             noise = torch.rand(BATCH, 424 * 2, generator=g).to(DEVICE)
             torch.manual_seed(len(losses))  # the same dropout masks in both runs
             with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
-                loss = model(signal, xyz, noise=noise).loss
+                loss = model(signal, xyz, noise=noise, loss_only=True).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -384,7 +385,7 @@ def loss_curve(steps: int) -> None:
 
 
 def kernel_check(rounds: int) -> None:
-    """oneDNN vs torch (MKL / SDPA) fp32 kernels on old_13M shapes, interleaved: what `cpu_kernels` should pick."""
+    """oneDNN vs torch (MKL / SDPA) fp32 kernels on old_13M shapes, interleaved: what `cpu_kernels(op)` should pick."""
     import torch.nn.functional as F
 
     from encoders.brainlm import onednn

@@ -135,6 +135,46 @@ def test_loss_is_over_masked_tokens_only(tiny):
     torch.testing.assert_close(out.loss, ((out.logits - target).square() * m).sum() / m.sum())
 
 
+@pytest.mark.parametrize("loss_fn,layers", [("mse", 1), ("mae", 2)])
+def test_loss_only_computes_masked_tokens_with_the_same_loss_and_gradients(loss_fn, layers):
+    """The training step's path (the decoder's last layer on the masked tokens only) against the full forward, in
+    float64 and training mode (PE dropout on, seeded alike): both are the same function, so they agree to a few
+    fp64 ulps."""
+    torch.manual_seed(0)
+    config = tiny_brainlm_config(loss_fn=loss_fn, decoder_num_hidden_layers=layers, hidden_dropout_prob=0.0)
+    full = BrainLMForPretraining(config).double().train()
+    fast = copy.deepcopy(full)
+    signal, xyz = random_brainlm_inputs(config)
+    signal, xyz = signal.double(), xyz.double()
+    noise = torch.rand(2, 48, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rows = []
+    fast.decoder.decoder_layers[-1].register_forward_hook(lambda m, args, out: rows.append(out.shape[1]))
+    torch.manual_seed(7)
+    a = full(signal, xyz, noise=noise)
+    torch.manual_seed(7)
+    b = fast(signal, xyz, noise=noise, loss_only=True)
+    assert rows == [24] and b.logits is None  # 48 - int(48 * 0.5) masked tokens per sample, no logits
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.latent, b.latent)
+    eps = torch.finfo(torch.float64).eps
+    assert abs(a.loss.item() - b.loss.item()) <= 64 * eps * a.loss.item()
+    a.loss.backward()
+    b.loss.backward()
+    ref = dict(full.named_parameters())
+    for name, p in fast.named_parameters():
+        scale = ref[name].grad.abs().max().item()
+        assert (p.grad - ref[name].grad).abs().max().item() <= 1e3 * eps * max(scale, 1e-3), name
+
+
+def test_loss_only_with_nothing_masked_is_the_full_loss():
+    torch.manual_seed(0)
+    model = BrainLMForPretraining(tiny_brainlm_config(mask_ratio=0.0)).eval()
+    signal, xyz = random_brainlm_inputs(model.config)
+    noise = torch.rand(2, 48, generator=torch.Generator().manual_seed(1))  # the same token order in both calls
+    with torch.no_grad():
+        a, b = model(signal, xyz, noise=noise), model(signal, xyz, noise=noise, loss_only=True)
+    assert torch.equal(a.loss, b.loss) and b.logits is not None
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 @pytest.mark.parametrize("onednn_attention", [False, True])

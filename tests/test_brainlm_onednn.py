@@ -57,9 +57,9 @@ def test_linear_and_attention_fall_back_off_the_float32_cpu_path(counted):
     small_heads = q.float()  # head size 4 < MIN_HEAD_DIM: SDPA's fused kernel is faster
     torch.testing.assert_close(onednn.attention(small_heads, small_heads, small_heads), sdpa(*[small_heads] * 3))
     assert counted == []
-    assert onednn.use_onednn(x.float())
+    assert onednn.use_onednn(x.float(), "linear")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not onednn.use_onednn(x.float())
+        assert not onednn.use_onednn(x.float(), "linear")
 
 
 @pytest.mark.parametrize("queries", [70, 5])
@@ -114,19 +114,24 @@ def test_cls_embedding_computes_one_row_in_the_last_layer_with_equal_gradients(m
             torch.testing.assert_close(p.grad, ref[name].grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_kernels_are_chosen_per_cpu_vendor(monkeypatch):
+def test_kernels_are_chosen_per_cpu_and_op(monkeypatch):
     import encoders.precision as precision
 
-    for vendor, avx512, expected in (("GenuineIntel", True, "torch"), ("GenuineIntel", False, "onednn"),
-                                     ("AuthenticAMD", True, "onednn")):
+    # (vendor, AVX-512) -> (linear, attention): the measured winners (benchmarks/brainlm_step.md --kernel-check)
+    for vendor, avx512, expected in (("GenuineIntel", True, ("torch", "torch")),
+                                     ("GenuineIntel", False, ("onednn", "onednn")),
+                                     ("AuthenticAMD", True, ("onednn", "torch")),
+                                     ("AuthenticAMD", False, ("onednn", "onednn"))):
         monkeypatch.setattr(precision, "cpu_vendor", lambda v=vendor: v)
         monkeypatch.setattr(precision, "cpu_capabilities", lambda a=avx512: {"avx512_f": a})
         onednn._cpu_default.cache_clear()
-        assert onednn.cpu_kernels() == expected
-        assert onednn.use_onednn(torch.ones(2)) == (expected == "onednn")
+        assert (onednn.cpu_kernels("linear"), onednn.cpu_kernels("attention")) == expected
+        assert [onednn.use_onednn(torch.ones(2), op) for op in onednn.OPS] == [k == "onednn" for k in expected]
     onednn._cpu_default.cache_clear()
     monkeypatch.setattr(onednn, "KERNELS", "onednn")
-    assert onednn.cpu_kernels() == "onednn"
+    assert onednn.cpu_kernels("linear") == onednn.cpu_kernels("attention") == "onednn"
+    with pytest.raises(ValueError, match="op must be one of"):
+        onednn.cpu_kernels("conv")
 
 
 def test_model_without_the_onednn_op_gives_the_same_outputs(monkeypatch):
@@ -143,7 +148,7 @@ def test_model_without_the_onednn_op_gives_the_same_outputs(monkeypatch):
     fast = model(signal, xyz, noise=noise)
     exact = copy.deepcopy(model).double()(signal.double(), xyz.double(), noise=noise.double())
     monkeypatch.setattr(onednn, "_onednn_available", lambda: False)
-    assert not onednn.use_onednn(signal)
+    assert not onednn.use_onednn(signal, "linear")
     slow = model(signal, xyz, noise=noise)
     eps = torch.finfo(torch.float32).eps
     for name in ("logits", "latent"):

@@ -369,7 +369,7 @@ def _train_step(model: nn.Module, core: nn.Module, optimizer: torch.optim.Optimi
         with ctx:
             with autocast(info.device, t.precision):
                 out = model(signal_vectors=batch["signal_vectors"].to(info.device, non_blocking=True),
-                            xyz_vectors=batch["xyz_vectors"].to(info.device, non_blocking=True))
+                            xyz_vectors=batch["xyz_vectors"].to(info.device, non_blocking=True), loss_only=True)
             loss = out.loss.float()
             check_finite(loss, info.world_size, _non_finite("loss", batch, prog))
             (loss / len(micro_batches)).backward()

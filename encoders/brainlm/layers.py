@@ -69,6 +69,16 @@ def sequence_conv(values: torch.Tensor, weight: torch.Tensor, block: int = 128) 
     return out.reshape(batch, blocks * rows, heads, head_dim)[:, :length]
 
 
+Rows = int | torch.Tensor | None  # output rows to compute: all (None), the first n, or a [B, n] index tensor
+
+
+def select_rows(x: torch.Tensor, rows: int | torch.Tensor) -> torch.Tensor:
+    """x `[B, L, ...]` -> `[B, n, ...]`: the first `rows` rows, or the rows indexed by a `[B, n]` tensor."""
+    if isinstance(rows, int):
+        return x[:, :rows]
+    return torch.gather(x, 1, rows.view(*rows.shape, *(1,) * (x.dim() - 2)).expand(-1, -1, *x.shape[2:]))
+
+
 class BrainLMSelfAttention(nn.Module):
     """Exact softmax attention + per-head convolution of V along the sequence (Nystromformer with K odd)."""
 
@@ -86,9 +96,10 @@ class BrainLMSelfAttention(nn.Module):
             self.conv = nn.Conv2d(num_heads, num_heads, kernel_size=(conv_kernel_size, 1),
                                   padding=(conv_kernel_size // 2, 0), groups=num_heads, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor, queries: int | None = None) -> torch.Tensor:
-        """[B, L, H] -> context [B, L, H] (before the output projection); with `queries=n` only the first n rows
-        attend (to all L tokens) and the context is `[B, n, H]`, equal to the first n rows of the full one."""
+    def forward(self, hidden_states: torch.Tensor, queries: Rows = None) -> torch.Tensor:
+        """[B, L, H] -> context [B, L, H] (before the output projection); with `queries` only those rows attend (to
+        all L tokens): `n` = the first n rows, a `[B, n]` index tensor = those rows; the context is `[B, n, H]`,
+        equal to those rows of the full one."""
         batch, length, hidden = hidden_states.shape
         heads, dim = self.num_heads, self.head_dim
         if queries is None:
@@ -97,7 +108,8 @@ class BrainLMSelfAttention(nn.Module):
             qkv = linear(hidden_states, weight, bias).view(batch, length, 3, heads, dim)
             q, k, v = qkv.unbind(2)  # each [B, L, heads, dh]
         else:
-            q = linear(hidden_states[:, :queries], self.query.weight, self.query.bias).view(batch, -1, heads, dim)
+            picked = select_rows(hidden_states, queries)
+            q = linear(picked, self.query.weight, self.query.bias).view(batch, -1, heads, dim)
             weight = torch.cat([self.key.weight, self.value.weight])
             bias = torch.cat([self.key.bias, self.value.bias])
             k, v = linear(hidden_states, weight, bias).view(batch, length, 2, heads, dim).unbind(2)
@@ -105,8 +117,12 @@ class BrainLMSelfAttention(nn.Module):
         context = attention(q, k, v)
         rows = context.shape[1]
         if self.conv is not None:
-            reach = min(length, rows + self.conv.weight.shape[2] // 2)  # output row i reads rows i +- K // 2
-            context = context + sequence_conv(v[:, :reach], self.conv.weight.view(heads, -1))[:, :rows]
+            kernel = self.conv.weight.view(heads, -1)
+            if isinstance(queries, torch.Tensor):
+                context = context + select_rows(sequence_conv(v, kernel), queries)
+            else:
+                reach = min(length, rows + kernel.shape[1] // 2)  # output row i reads rows i +- K // 2
+                context = context + sequence_conv(v[:, :reach], kernel)[:, :rows]
         return context.reshape(batch, rows, hidden)
 
 
@@ -157,19 +173,20 @@ class BrainLMLayer(GradientCheckpointingLayer):
         self.act = ACT2FN[hidden_act]
         self.dropout = dropout
 
-    def forward(self, hidden_states: torch.Tensor, deterministic: bool = False, queries: int | None = None
+    def forward(self, hidden_states: torch.Tensor, deterministic: bool = False, queries: Rows = None
                 ) -> torch.Tensor:
         """[B, L, H] -> [B, L, H]; `deterministic` switches hidden dropout off even in training mode.
 
-        `queries=n` computes only the first n output rows (`[B, n, H]`, exactly those of the full output; every
-        token still serves as key and value): the last layer of a CLS embedding needs one row.
+        `queries` (the first n rows, or a `[B, n]` index tensor) computes only those output rows (`[B, n, H]`,
+        exactly those of the full output; every token still serves as key and value): the last layer of a CLS
+        embedding needs one row, the decoder's last layer of a training step only the masked tokens.
         """
         drop = self.training and not deterministic and self.dropout > 0
         attn = self.attention
         x = attn.output.dense(attn.self(hidden_states, queries))
         if drop:
             x = F.dropout(x, self.dropout, training=True)
-        a = attn.output.LayerNorm(x + hidden_states[:, : x.shape[1]])
+        a = attn.output.LayerNorm(x + (hidden_states if queries is None else select_rows(hidden_states, queries)))
         y = self.output.dense(self.act(self.intermediate.dense(a)))
         if drop:
             y = F.dropout(y, self.dropout, training=True)

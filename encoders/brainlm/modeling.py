@@ -48,7 +48,8 @@ class BrainLMPretrainingOutput(ModelOutput):
     """Pretraining output.
 
     loss: masked reconstruction loss (mse or mae over the masked tokens' timepoints; over all tokens when
-        nothing is masked). logits: reconstruction `[B, V, P, ps]` of every token. mask: `[B, V, P]`, 1 = masked.
+        nothing is masked). logits: reconstruction `[B, V, P, ps]` of every token (None with `loss_only`). mask:
+        `[B, V, P]`, 1 = masked.
     ids_restore: `[B, L]`. latent: encoder output `[B, 1 + kept, H]` (see `BrainLMModelOutput`).
     hidden_states: encoder hidden states when requested.
     """
@@ -78,12 +79,13 @@ def random_masking(
 
 
 def reconstruction_loss(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, loss_fn: str, any_masked: bool = True
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, loss_fn: str, any_masked: bool = True
 ) -> torch.Tensor:
     """Masked mse/mae: sum(err * m) / sum(m) over every timepoint of the masked tokens; all tokens if none is masked.
 
     pred/target `[B, V, P, ps]`, mask `[B, V, P]` (1 = masked). The batch-global mean of the original;
-    `any_masked=False` (mask_ratio 0) gives the mean over every token instead of the original's 0/0 = NaN.
+    `any_masked=False` (mask_ratio 0, or pred/target holding only the masked tokens) gives the mean over every
+    given token instead of the original's 0/0 = NaN.
     """
     diff = pred - target
     err = diff.square() if loss_fn == "mse" else diff.abs()
@@ -166,9 +168,11 @@ class BrainLMDecoder(nn.Module):
         self.use_tanh = config.use_tanh_decoder
 
     def forward(
-        self, latent: torch.Tensor, xyz: torch.Tensor, ids_restore: torch.Tensor, patches: int
+        self, latent: torch.Tensor, xyz: torch.Tensor, ids_restore: torch.Tensor, patches: int,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """latent [B, 1 + kept, H], xyz [B, V, 3], ids_restore [B, L] -> reconstruction [B, V, P, ps]."""
+        """latent [B, 1 + kept, H], xyz [B, V, 3], ids_restore [B, L] -> reconstruction [B, V, P, ps]; with `rows`
+        (token indices `[B, n]`) the last layer computes only those tokens and the result is `[B, n, ps]`."""
         batch, voxels = xyz.shape[:2]
         z = self.decoder_embed(latent)
         width = z.shape[-1]
@@ -178,14 +182,16 @@ class BrainLMDecoder(nn.Module):
         tokens = tokens.view(batch, voxels, patches, width) + self.decoder_xyz_projection(xyz).unsqueeze(2)
         tokens = self.pos_embedding(tokens)
         h = torch.cat([z[:, :1], tokens.flatten(1, 2)], dim=1)
-        for layer in self.decoder_layers:
-            h = layer(h)
-        h = self.decoder_norm(h[:, 1:])  # the CLS row is never used by the patch head
+        last = len(self.decoder_layers) - 1
+        for i, layer in enumerate(self.decoder_layers):
+            h = layer(h, queries=rows + 1 if rows is not None and i == last else None)  # + 1: the CLS row
+        h = self.decoder_norm(h if rows is not None else h[:, 1:])  # the CLS row is never used by the patch head
         y = self.decoder_pred2(F.leaky_relu(self.decoder_pred1(h), 0.1))
         if self.use_tanh:
             y = torch.tanh(y)
         # float32 logits (and loss) under bf16 autocast too; float64 stays float64
-        return y.to(torch.promote_types(y.dtype, torch.float32)).view(batch, voxels, patches, -1)
+        y = y.to(torch.promote_types(y.dtype, torch.float32))
+        return y if rows is not None else y.view(batch, voxels, patches, -1)
 
 
 class BrainLMPreTrainedModel(CheckedFromPretrainedMixin, PreTrainedModel):
@@ -318,22 +324,32 @@ class BrainLMForPretraining(BrainLMPreTrainedModel):
         noise: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         return_dict: bool = True,
+        loss_only: bool = False,
     ) -> BrainLMPretrainingOutput | tuple:
         """signal [B, V, T], xyz [B, V, 3] (MNI mm), optional noise [B, V * T/ps] (small = kept).
 
-        Masks `int(L * (1 - config.mask_ratio))` tokens, reconstructs all of them, returns loss, logits
+        Keeps `int(L * (1 - config.mask_ratio))` tokens, reconstructs all of them, returns loss, logits
         `[B, V, P, ps]`, mask `[B, V, P]`, ids_restore `[B, L]`, latent `[B, 1 + kept, H]` (and hidden states).
+        `loss_only=True` (a training step): the decoder's last layer computes only the masked tokens, which are all
+        the loss reads; the same loss (up to summation order) and gradients, no logits.
         """
         signal, xyz = self._check_inputs(signal_vectors, xyz_vectors)
         batch, voxels, timepoints = signal.shape
         patch_size = self.config.timepoint_patching_size
         patches = timepoints // patch_size
         enc = self.vit.masked_encode(signal, xyz, noise, output_hidden_states)
-        logits = self.decoder(enc.last_hidden_state, xyz, enc.ids_restore, patches)
         mask = enc.mask.view(batch, voxels, patches)
-        target = signal.view(batch, voxels, patches, patch_size)
-        any_masked = enc.last_hidden_state.shape[1] - 1 < voxels * patches  # from shapes: no device sync
-        loss = reconstruction_loss(logits, target, mask, self.config.loss_fn, any_masked)
+        kept = enc.last_hidden_state.shape[1] - 1
+        any_masked = kept < voxels * patches  # from shapes: no device sync
+        if loss_only and any_masked:
+            rows = torch.sort(torch.argsort(enc.ids_restore, dim=1)[:, kept:], dim=1).values  # the masked tokens
+            pred = self.decoder(enc.last_hidden_state, xyz, enc.ids_restore, patches, rows)
+            target = torch.gather(signal.view(batch, -1, patch_size), 1, rows.unsqueeze(-1).expand(-1, -1, patch_size))
+            logits, loss = None, reconstruction_loss(pred, target, None, self.config.loss_fn, any_masked=False)
+        else:
+            logits = self.decoder(enc.last_hidden_state, xyz, enc.ids_restore, patches)
+            target = signal.view(batch, voxels, patches, patch_size)
+            loss = reconstruction_loss(logits, target, mask, self.config.loss_fn, any_masked)
         out = BrainLMPretrainingOutput(loss=loss, logits=logits, mask=mask, ids_restore=enc.ids_restore,
                                        latent=enc.last_hidden_state, hidden_states=enc.hidden_states)
         return out if return_dict else out.to_tuple()

@@ -1,12 +1,15 @@
 """fp32 CPU matrix products through oneDNN: a linear layer and exact softmax attention, both with autograd.
 
-On CPU, torch's fp32 `F.linear`, `matmul` and SDPA run their products in MKL sgemm, which takes its AVX2 path on
-AMD processors; oneDNN's inner-product kernel (`torch.ops.mkldnn._linear_pointwise`, the op inductor emits)
-uses AVX-512 there and runs about 1.8x faster (benchmarks/brainlm_step.md). On Intel CPUs with AVX-512, MKL
-already runs its AVX-512 code and SDPA's fused flash kernel beats these blocks several times (the [256, L]
-score blocks overflow a 2 MB L2), so the kernels are chosen per CPU (`cpu_kernels`). `linear` and `attention`
-use oneDNN for float32 CPU tensors outside autocast when `cpu_kernels() == "onednn"` and fall back to
-`F.linear` / `scaled_dot_product_attention` otherwise (under bf16 autocast those run oneDNN's bf16 kernels,
+On CPU, torch's fp32 `F.linear`, `matmul` and SDPA run their products in MKL sgemm. The fastest path depends on the
+CPU (benchmarks/brainlm_step.md, `--kernel-check`), so each op is chosen per CPU (`cpu_kernels(op)`):
+- linear: oneDNN's inner product (`torch.ops.mkldnn._linear_pointwise`, the op inductor emits) except on Intel
+  with AVX-512, where MKL runs its AVX-512 code (oneDNN 1.5-1.9x faster on AMD with AVX2, 1.13x on AMD Zen 4
+  with AVX-512; 0.85x on Intel);
+- attention: the oneDNN blocks below on CPUs without AVX-512, SDPA's fused flash kernel where torch runs AVX-512
+  (there the blocks lose: their elementwise passes over each [256, L] score block leave the L2, while the flash
+  kernel works on cache-resident tiles; SDPA 1.2x faster on Zen 4, 7x on Intel; 0.6x on AMD with AVX2).
+`linear` and `attention` use oneDNN for float32 CPU tensors outside autocast where their op picks it and fall back
+to `F.linear` / `scaled_dot_product_attention` otherwise (under bf16 autocast those run oneDNN's bf16 kernels,
 AMX where the CPU has it, with fp32 softmax statistics inside SDPA).
 Attention never stores an L x L matrix: the forward keeps the log-sum-exp of each query row and the backward
 recomputes the probabilities one block of keys at a time (the FlashAttention recipe, with blocks of a few
@@ -22,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KERNELS: str | None = None  # "onednn" or "torch" forces a path (benchmarks, tests); None: chosen per CPU
+KERNELS: str | None = None  # "onednn" or "torch" forces both ops (benchmarks, tests); None: chosen per CPU and op
+OPS = ("linear", "attention")
 BLOCK = 256  # query / key rows per block: [BLOCK, L] scores stay in the L2/L3 cache
 MIN_HEAD_DIM = 64  # below this the per-head products are too small to beat SDPA's fused kernel (16: 0.7-0.9x)
 
@@ -38,23 +42,29 @@ def _onednn_available() -> bool:
 
 
 @functools.cache
-def _cpu_default() -> str:
-    """`torch` where MKL sgemm has its AVX-512 code (Intel with AVX-512), `onednn` elsewhere (AMD: MKL uses AVX2)."""
+def _cpu_default(op: str) -> str:
+    """linear: `torch` on Intel with AVX-512 (MKL's AVX-512 sgemm), else `onednn`; attention: `torch` (SDPA)
+    wherever the CPU has AVX-512, else `onednn`."""
     from encoders.precision import cpu_capabilities, cpu_vendor
 
-    return "torch" if cpu_vendor() == "GenuineIntel" and cpu_capabilities().get("avx512_f") else "onednn"
+    avx512 = bool(cpu_capabilities().get("avx512_f"))
+    if op == "linear":
+        return "torch" if avx512 and cpu_vendor() == "GenuineIntel" else "onednn"
+    return "torch" if avx512 else "onednn"
 
 
-def cpu_kernels() -> str:
-    """Which fp32 CPU kernels the BrainLM layers use: `onednn` (this module) or `torch` (MKL linears, SDPA)."""
-    return KERNELS or _cpu_default()
+def cpu_kernels(op: str) -> str:
+    """Which fp32 CPU kernel BrainLM's `op` (`linear` or `attention`) uses: `onednn` (this module) or `torch`."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    return KERNELS or _cpu_default(op)
 
 
-def use_onednn(x: torch.Tensor) -> bool:
-    """True for float32 CPU tensors outside CPU autocast on a CPU where oneDNN is the faster path (`cpu_kernels`)
-    and oneDNN's linear op is available."""
+def use_onednn(x: torch.Tensor, op: str) -> bool:
+    """True for float32 CPU tensors outside CPU autocast where oneDNN is `op`'s faster path (`cpu_kernels`) and
+    oneDNN's linear op is available."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and cpu_kernels() == "onednn" and _onednn_available())
+            and cpu_kernels(op) == "onednn" and _onednn_available())
 
 
 def _nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,7 +99,7 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`; through oneDNN for float32 CPU tensors (see the module docstring)."""
-    if use_onednn(x) and weight.dtype == torch.float32:
+    if use_onednn(x, "linear") and weight.dtype == torch.float32:
         # a dense weight: oneDNN falls to a reference kernel, hundreds of times slower, on other strides
         return _Linear.apply(x, weight.contiguous(), bias)
     return F.linear(x, weight, bias)
@@ -151,8 +161,9 @@ class _Attention(torch.autograd.Function):
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Exact softmax attention, q `[B, Lq, heads, d]`, k/v `[B, L, heads, d]` -> `[B, Lq, heads, d]`; oneDNN blocks
-    on float32 CPU with head size >= `MIN_HEAD_DIM`, SDPA otherwise."""
-    if q.shape[-1] >= MIN_HEAD_DIM and use_onednn(q):
+    on float32 CPU where `cpu_kernels("attention")` picks them and the head size is >= `MIN_HEAD_DIM`, SDPA
+    otherwise."""
+    if q.shape[-1] >= MIN_HEAD_DIM and use_onednn(q, "attention"):
         return _Attention.apply(q, k, v)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
