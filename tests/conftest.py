@@ -125,3 +125,33 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path):
+    """A folder (mode 0500) that this process cannot write into, root included: as root, the calling thread drops
+    CAP_DAC_OVERRIDE from its effective capabilities for the test (restored after), so the kernel's permission
+    check applies to root as to anyone."""
+    import ctypes
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words
+    dropped = os.geteuid() == 0
+    if dropped:
+        assert libc.capget(header, data) == 0, os.strerror(ctypes.get_errno())
+        saved = data[0]
+        data[0] &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        assert libc.capset(header, data) == 0, os.strerror(ctypes.get_errno())
+    try:
+        with pytest.raises(PermissionError):
+            (ro / "probe").mkdir()
+        yield ro
+    finally:
+        if dropped:
+            data[0] = saved
+            libc.capset(header, data)
+        ro.chmod(0o700)

@@ -146,15 +146,8 @@ def test_out_under_a_special_path(src: Path, where: str, capsys) -> None:
     check_error(code, err, rf"output folder {Path(where).parent}: cannot write there \(")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_out_under_a_read_only_folder(src: Path, tmp_path: Path, capsys) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        code, err = run(ingest_argv(src, ro / "dataset"), capsys)
-    finally:
-        ro.chmod(0o700)
+def test_out_under_a_read_only_folder(src: Path, read_only_folder: Path, capsys) -> None:
+    code, err = run(ingest_argv(src, read_only_folder / "dataset"), capsys)
     check_error(code, err, r"output folder .*ro: cannot write there \(Permission denied\)")
 
 

@@ -120,7 +120,18 @@ def test_zscore_none_and_subsampled_fit(tmp_path: Path) -> None:
     np.testing.assert_allclose(build(tmp_path, "n", normalise="none").signal("s1"), x.astype(np.float32))
     sub = build(tmp_path, "sub", fit_max_timepoints=60)
     assert sub.stats.fitted_on["subsampled"] and sub.stats.fitted_on["timepoints"] == 60
-    assert np.allclose(sub.stats.iqr, build(tmp_path, "full").stats.iqr, rtol=0.5)
+    # oracle: the documented sample (per training recording at cohort row i, ceil(60 / n_train) sorted columns drawn
+    # without replacement by default_rng([split_seed, i])), centred per parcel, stored as float32
+    train = sub.recording_ids("train")
+    per = -(-60 // len(train))
+    parts = []
+    for sid in train:
+        x = raw(tmp_path, sid)
+        cols = np.sort(np.random.default_rng([0, int(sid[1:])]).choice(x.shape[1], per, replace=False))
+        parts.append((x - x.mean(1, keepdims=True))[:, cols].astype(np.float32))
+    q25, q75 = np.percentile(np.concatenate(parts, axis=1).astype(np.float64), [25, 75], axis=1)
+    np.testing.assert_allclose(sub.stats.iqr, q75 - q25, rtol=1e-12)
+    assert not np.allclose(sub.stats.iqr, build(tmp_path, "full").stats.iqr, rtol=1e-6)
 
 
 def test_new_data_with_saved_statistics(tmp_path: Path) -> None:
@@ -190,7 +201,10 @@ def test_windows_tiled_cover_every_time_point(tmp_path: Path) -> None:
         seen[item["recording_id"]][s : s + 20] += 1
         np.testing.assert_array_equal(item["signal_vectors"].numpy(), ds.signal(item["recording_id"])[:, s : s + 20])
     assert all((c > 0).all() for c in seen.values())
-    assert [w[i]["start"] for i in range(len(w))] == [w[i]["start"] for i in range(len(w))]
+    lengths = dict(zip(ds.recording_ids(), [50, 45, 20, 50, 50, 50, 50, 61]))
+    assert [(w[i]["recording_id"], w[i]["start"]) for i in range(len(w))] == [
+        (r, s) for r in ds.recording_ids() for s in tile_starts(lengths[r], 20)
+    ]
     assert len(w) == sum(len(tile_starts(n, 20)) for n in [50, 45, 20, 50, 50, 50, 50, 61])
     with pytest.raises(BrainmmError, match=r"recording 's2' has 20 time points, fewer than the window of 30"):
         ds.windows(None, num_timepoints=30)

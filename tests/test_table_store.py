@@ -12,6 +12,9 @@ import pytest
 from brainmm.data.genetics.store import ColumnTable, data_hash
 from brainmm.embeddings import EmbeddingTable
 
+# a changed digest silently invalidates every cache: change this only with a note in the README's changes
+DATA_HASH_FIXED = "8620d653ddf14b7cb51f69f960a0838747c21e50e34ab713a84dd290cfc6886b"
+
 
 @pytest.mark.parametrize("k", [7, 3, 1])
 def test_fewer_columns_than_reserved_read_back(tmp_path: Path, k: int) -> None:
@@ -182,3 +185,21 @@ def test_an_error_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pyte
             t.append(np.ones((20, 4), np.float32))
             t.finish([str(i) for i in range(20)], {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_hash_is_the_documented_digest() -> None:
+    """data_hash keys every cache: a fixed table has a fixed digest, equal to the docstring's definition built here."""
+    import hashlib
+
+    geno = np.array([0, 1, 2, 2, 0.5], dtype=np.float32)  # 0/1/2 and one other value (a dosage)
+    calls = np.array([2, 0, 1, 1, 0], dtype=np.float32)  # hard calls only: v = 3.0
+    other = np.array([0.25, -1.0, 3.5, 0.0, 7.0], dtype=np.float32)
+    ids = ["a", "b", "c", "d", "e"]
+    h = hashlib.sha256()
+    h.update(b"C" + np.float32(0.5).tobytes() + bytes([0, 1, 2, 2, 3]))
+    h.update(b"C" + np.float32(3.0).tobytes() + bytes([2, 0, 1, 1, 0]))
+    h.update(b"F" + other.tobytes())
+    h.update(b"a\nb\nc\nd\ne")
+    digest = data_hash(np.stack([geno, calls, other], axis=1), ids)
+    assert digest == h.hexdigest()
+    assert digest == DATA_HASH_FIXED
