@@ -17,10 +17,10 @@ import scipy.sparse as sp
 
 from brainmm.data.genetics.reference import Reference
 from brainmm.data.genetics.regions import Region
-from brainmm.data.genetics.sequences import reverse_complement
 from brainmm.data.genetics.variants import VariantBlock, VariantCounts, VariantSource
 from brainmm.errors import BrainmmError
 from brainmm.runtime import progress
+from encoders.dna.sequences import reverse_complement
 
 Mode = Literal["haplotypes", "variant_deltas"]
 

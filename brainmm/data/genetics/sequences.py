@@ -1,4 +1,4 @@
-"""DNA sequence checks shared by the genetics readers: upper-casing, the ACGTN alphabet, reverse complement."""
+"""DNA sequence checks shared by the genetics readers: upper-casing and the ACGTN alphabet."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from brainmm.errors import BrainmmError
 ALPHABET = "ACGTN"
 _NOT_ACGTN = re.compile(r"[^ACGTN]")
 _IUPAC = set("RYSWKMBDHVU")
-_COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 
 
 def normalise_sequence(seq: str, where: str) -> tuple[str, int]:
@@ -29,8 +28,3 @@ def normalise_sequence(seq: str, where: str) -> tuple[str, int]:
             "(replace ambiguity codes with N in the FASTA or drop the variant)"
         )
     return upper, n_lower
-
-
-def reverse_complement(seq: str) -> str:
-    """Reverse complement of an upper-case A/C/G/T/N sequence."""
-    return seq.translate(_COMPLEMENT)[::-1]
