@@ -18,7 +18,8 @@ from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, atomic_write_json
 
 
-def _stem(path: str | Path) -> Path:
+def table_stem(path: str | Path) -> Path:
+    """A table path without its .safetensors/.json suffix."""
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
@@ -65,7 +66,7 @@ class EmbeddingTable:
         """Write `<stem>.safetensors` and `<stem>.json` atomically; returns the stem."""
         from safetensors.numpy import save_file
 
-        stem = _stem(path)
+        stem = table_stem(path)
         stem.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(_with(stem, ".safetensors"), suffix=".safetensors") as tmp:
             save_file({"vectors": np.ascontiguousarray(self.vectors)}, str(tmp))
@@ -78,7 +79,7 @@ class EmbeddingTable:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        stem = _stem(path)
+        stem = table_stem(path)
         st, js = _with(stem, ".safetensors"), _with(stem, ".json")
         for f in (st, js):
             if not f.is_file():

@@ -25,7 +25,7 @@ from brainmm.data.genetics.reference import Reference
 from brainmm.data.genetics.regions import read_regions
 from brainmm.data.genetics.subjects import match_samples, read_sample_map
 from brainmm.data.genetics.variants import VariantSource
-from brainmm.embeddings import EmbeddingTable
+from brainmm.embeddings import EmbeddingTable, table_stem
 from brainmm.errors import BrainmmError
 from brainmm.runtime import LOG, progress
 
@@ -194,12 +194,6 @@ def data_hash(plan: SequencePlan, cache: EmbeddingCache) -> str:
         for arr in (w.indptr, w.indices, w.data):
             h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
-
-
-def table_stem(path: str | Path) -> Path:
-    """An output table path without its .safetensors/.json suffix."""
-    p = Path(path)
-    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
 def default_cache_dir() -> Path:

@@ -22,7 +22,7 @@ from brainmm.data.genetics.sources import GenotypeSource, open_source
 from brainmm.data.genetics.store import ColumnTable
 from brainmm.data.genetics.subjects import match_samples, read_sample_map
 from brainmm.data.splits import load_split
-from brainmm.embeddings import EmbeddingTable
+from brainmm.embeddings import EmbeddingTable, table_stem
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file
 from brainmm.runtime import LOG, progress
@@ -369,12 +369,6 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
         written.finish(subjects, meta)
     vectors = written.vectors()
     return EmbeddingTable(subjects, vectors, meta)
-
-
-def table_stem(path: str | Path) -> Path:
-    """An output table path without its .safetensors/.json suffix."""
-    p = Path(path)
-    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
 def read_variant_table(stem: str | Path) -> pd.DataFrame:
