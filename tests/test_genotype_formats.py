@@ -169,9 +169,9 @@ def test_1kg_vcf_pgen_bgen_matrices_agree(kg: dict) -> None:
     split = str(kg["split"])
     vcf = run_matrix(GenotypeMatrixConfig(vcf=str(kg["vcf"]), split=split, out=str(tmp / "m_vcf")))
     pgen = run_matrix(GenotypeMatrixConfig(pgen=str(tmp / "kg.pgen"), split=split, out=str(tmp / "m_pgen")))
-    # plink2 writes BGEN alleles ALT first; matching against the VCF's variant table flips them back.
+    # plink2 wrote the BGEN ALT first (ref-last): the kg.pvar beside it shows it, and bgen_ref=last reads it so.
     bgen = run_matrix(GenotypeMatrixConfig(bgen=str(tmp / "kg.bgen"), split=split, out=str(tmp / "m_bgen"),
-                                           variants=str(tmp / "m_vcf.variants.tsv")))
+                                           variants=str(tmp / "m_vcf.variants.tsv"), bgen_ref="last"))
     assert vcf.ids == pgen.ids == bgen.ids and len(vcf.ids) == 629
     cols = ["variant_id", "contig", "pos", "ref", "alt"]
     v = read_variant_table(tmp / "m_vcf")[cols]
@@ -179,7 +179,9 @@ def test_1kg_vcf_pgen_bgen_matrices_agree(kg: dict) -> None:
     pd.testing.assert_frame_equal(v, read_variant_table(tmp / "m_bgen")[cols])
     np.testing.assert_array_equal(pgen.vectors, vcf.vectors)
     assert np.abs(bgen.vectors - vcf.vectors).max() <= 0.01
-    assert bgen.meta["alleles_flipped"] == len(v) and bgen.meta["variants_selected"] == len(v) > 50
+    assert bgen.meta["alleles_flipped"] == 0 and bgen.meta["variants_selected"] == len(v) > 50
+    order = bgen.meta["allele_order"]
+    assert order["ref_allele"] == "last" and order["swapped"] == 0 and order["same_order"] == 381
     assert pgen.meta["source_format"] == "PLINK 2 genotypes" and bgen.meta["source_format"] == "BGEN"
 
 

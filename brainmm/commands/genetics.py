@@ -75,6 +75,8 @@ def _genotype_flags(p: argparse.ArgumentParser) -> None:
     src.add_argument("--pgen", default=None, help="PLINK 2 .pgen (with .pvar/.psam beside it)")
     src.add_argument("--bgen", default=None, help="BGEN 1.1/1.2/1.3 (with --sample or FILE.sample beside it)")
     p.add_argument("--sample", default=None, help="Oxford .sample file of --bgen (default: beside it)")
+    p.add_argument("--bgen-ref", choices=("first", "last"), default=None,
+                   help="which --bgen allele is REF: first (UK Biobank) or last (plink2's default ALT-first export)")
     p.add_argument("--cohort", default=None, help="cohort table mapping genotype sample ids to subject_id")
     p.add_argument("--sample-column", default=None, help="cohort column holding the genotype sample ids")
     p.add_argument("--drop-unmatched-samples", action="store_true", default=None)
@@ -89,7 +91,7 @@ def _genotype_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _genotype_values(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("vcf", "bed", "pgen", "bgen", "sample", "cohort", "sample_column", "drop_unmatched_samples", "variants",
+    names = ("vcf", "bed", "pgen", "bgen", "sample", "bgen_ref", "cohort", "sample_column", "drop_unmatched_samples", "variants",
              "regions", "min_info", "hard_call_threshold", "min_maf", "max_missing", "block_size", "split", "out")
     return {n: getattr(args, n) for n in names}
 

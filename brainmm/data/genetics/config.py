@@ -103,7 +103,9 @@ class GenotypeSourceConfig:
     """Where genotypes come from and which variants and samples are used (shared by matrix and pca).
 
     One of `vcf`, `bed` (PLINK 1, .bim/.fam beside it), `pgen` (PLINK 2, .pvar/.psam beside it) or `bgen`
-    (`sample`: the Oxford .sample file, default beside it). `variants`: an ID list (contig:pos:ref:alt or
+    (`sample`: the Oxford .sample file, default beside it; `bgen_ref`: which BGEN allele is REF, "first" as in UK
+    Biobank, "last" for plink2's default ALT-first export; a .pvar/.bim of the same name beside the BGEN is
+    checked against it). `variants`: an ID list (contig:pos:ref:alt or
     rsid; a `.variants.tsv` works), `regions`: a BED file, `min_info`: INFO-score threshold (VCF/.pvar INFO
     field INFO, R2 or DR2). `hard_call_threshold`: dosages further than this from 0, 1 or 2 become missing,
     the others are rounded (as plink2 --hard-call-threshold); None keeps dosages. `block_size`: variants read
@@ -115,6 +117,7 @@ class GenotypeSourceConfig:
     pgen: str | None = None
     bgen: str | None = None
     sample: str | None = None
+    bgen_ref: Literal["first", "last"] = "first"
     cohort: str | None = None
     sample_column: str | None = None
     drop_unmatched_samples: bool = False
@@ -156,6 +159,8 @@ class GenotypeSourceConfig:
                               f"(--vcf, --bed, --pgen or --bgen; got {given or 'none'})")
         if self.sample and not self.bgen:
             raise ConfigError("config field 'sample': only for a BGEN source (--bgen)")
+        if self.bgen_ref != "first" and not self.bgen:
+            raise ConfigError("config field 'bgen_ref': only for a BGEN source (--bgen)")
 
 
 @dataclass

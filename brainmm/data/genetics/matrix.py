@@ -20,7 +20,7 @@ from brainmm.data.genetics.config import GenotypeMatrixConfig, GenotypeSourceCon
 from brainmm.data.genetics.selection import Selection, select_variants
 from brainmm.data.genetics.sources import GenotypeSource, open_source
 from brainmm.data.genetics.store import ColumnTable
-from brainmm.data.genetics.subjects import match_samples, read_sample_map
+from brainmm.data.genetics.subjects import match_samples, read_sample_map, warn_missing_subjects
 from brainmm.data.splits import load_split
 from brainmm.embeddings import EmbeddingTable, table_stem
 from brainmm.errors import BrainmmError
@@ -283,7 +283,7 @@ class GenotypeInputs:
 def open_inputs(cfg: GenotypeSourceConfig, split_map: dict[str, str] | None, split_path: str | None) -> GenotypeInputs:
     """Open the source, match its samples to subjects (cohort table or split table) and select variants."""
     cfg.require_source()
-    src = open_source(cfg.vcf, cfg.bed, cfg.pgen, cfg.bgen, cfg.sample)
+    src = open_source(cfg.vcf, cfg.bed, cfg.pgen, cfg.bgen, cfg.sample, cfg.bgen_ref)
     source = str(src.path)
     if cfg.cohort:
         samples, subjects = match_samples(src.samples, source, read_sample_map(cfg.cohort, cfg.sample_column),
@@ -312,6 +312,7 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
     inputs = open_inputs(cfg, split_map, cfg.split)
     subjects, source = inputs.subjects, str(inputs.source.path)
     is_train = np.array([split_map[s] == "train" for s in subjects])
+    no_genotypes = warn_missing_subjects(split_map, subjects, source, "genotype matrix")
     if not is_train.any():
         raise BrainmmError("genotype matrix: no training subjects; statistics are fitted on the 'train' split")
     n_candidates = len(inputs.selection.rows)
@@ -340,6 +341,7 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
             raise BrainmmError(f"genotype matrix {source}: no variant passes min_maf={cfg.min_maf} and "
                                f"max_missing={cfg.max_missing} on the {int(is_train.sum())} training subjects")
         kept = pd.concat(kept_parts, ignore_index=True).drop(columns=["info"])
+        allele_order = bgen_allele_order(inputs, kept)
         meta = {
             "kind": "genotype_matrix",
             **inputs.meta(),
@@ -353,9 +355,13 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
             "variants_in": n_candidates,
             "variants_kept": k,
             "calls_imputed": n_missing,
+            "split_subjects_without_genotypes": no_genotypes,
             "variants_file": out.name + ".variants.tsv",
-            "dosage": "expected count of the ALT allele (PLINK 1: allele 1; BGEN: the second allele)",
+            "dosage": "expected count of the ALT allele (PLINK 1: allele 1; BGEN: every allele but the REF one, "
+                      "the first by default: bgen_ref)",
         }
+        if allele_order is not None:
+            meta["allele_order"] = allele_order
         if inputs.samples != subjects:
             meta["genotype_samples"] = inputs.samples
         LOG.info("genotype matrix: %d subjects x %d variants (of %d; MAF >= %g, missing <= %g on %d train subjects); "
@@ -369,6 +375,26 @@ def run_matrix(cfg: GenotypeMatrixConfig) -> EmbeddingTable:
         written.finish(subjects, meta)
     vectors = written.vectors()
     return EmbeddingTable(subjects, vectors, meta)
+
+
+def bgen_allele_order(inputs: GenotypeInputs, kept: pd.DataFrame) -> dict | None:
+    """A BGEN's allele order and its evidence: the check against a .pvar/.bim beside it, else the training
+    frequency of the counted allele; a counted allele that is the major one in most variants is warned about."""
+    src = inputs.source
+    if src.kind != "BGEN":
+        return None
+    freq = kept["train_alt_freq"].to_numpy()
+    order = {"ref_allele": getattr(src, "ref_allele", "first"), "median_counted_frequency": float(np.median(freq)),
+             "counted_major_share": float(np.mean(freq > 0.5)),
+             "flipped_by_variant_list": int(inputs.selection.flip.sum())}
+    if src.allele_check is not None:
+        return {**order, **src.allele_check}
+    if order["counted_major_share"] > 0.5 and not order["flipped_by_variant_list"]:
+        LOG.warning("BGEN %s: the counted (ALT) allele is the more common one in %.0f %% of the %d kept variants "
+                    "(median training frequency %.2f), as when the BGEN lists ALT first (plink2's default export); "
+                    "if so set bgen_ref=last (--bgen-ref last), or put its .pvar/.bim beside it to be checked",
+                    src.path, 100 * order["counted_major_share"], len(freq), order["median_counted_frequency"])
+    return order
 
 
 def read_variant_table(stem: str | Path) -> pd.DataFrame:

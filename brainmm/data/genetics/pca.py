@@ -170,6 +170,7 @@ def run_pca(cfg: GeneticPcaConfig) -> EmbeddingTable:
     from brainmm.config import save_config
     from brainmm.data.genetics.matrix import _write_tsv, open_inputs, table_stem
     from brainmm.data.genetics.store import data_hash
+    from brainmm.data.genetics.subjects import warn_missing_subjects
     from brainmm.data.splits import load_split
 
     cfg.require_source()
@@ -184,6 +185,10 @@ def run_pca(cfg: GeneticPcaConfig) -> EmbeddingTable:
         fit = np.ones(len(inputs.subjects), dtype=bool)
     else:
         fit = np.array([split_map[s] == "train" for s in inputs.subjects])
+        no_genotypes = warn_missing_subjects(split_map, inputs.subjects, str(inputs.source.path), "genetic PCA")
+        if not fit.any():
+            raise BrainmmError(f"genetic PCA: no subject of the train split of {cfg.split} has genotypes in "
+                               f"{inputs.source.path}; the PCs are fitted on train")
 
     def blocks():
         for rows, values in inputs.blocks(cfg):
@@ -200,6 +205,8 @@ def run_pca(cfg: GeneticPcaConfig) -> EmbeddingTable:
             "standardisation": "(dosage - 2p) / sqrt(2p(1-p)), p from the fitting samples, missing -> 0",
             "eigenvalues": [float(x) for x in pcs.eigenvalues], **pcs.info,
             "variants_file": out.name + ".variants.tsv", "data_hash": data_hash(vectors, inputs.subjects)}
+    if split_map is not None:
+        meta["split_subjects_without_genotypes"] = no_genotypes
     if inputs.samples != inputs.subjects:
         meta["genotype_samples"] = inputs.samples
     LOG.info("genetic PCA: %d PCs of %d subjects (%d fitting) from %d variants; %s", cfg.n_pcs, len(fit),

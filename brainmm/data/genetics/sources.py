@@ -14,6 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainmm.data.genetics.sidecars import (
+    allele_reference,
+    check_allele_order,
+    check_embedded_ids,
+    read_oxford_sample,
+    read_psam,
+    read_pvar,
+)
 from brainmm.errors import BrainmmError
 from brainmm.runtime import LOG, progress
 
@@ -48,6 +56,7 @@ class GenotypeSource:
     phased: bool = False  # PLINK 2: any phased hard call; BGEN: the first variant is phased
     multiallelic_split: int = 0
     star_alleles_skipped: int = 0
+    allele_check: dict | None = None  # BGEN: the allele-order comparison with a .pvar/.bim beside it
 
     def blocks(self, samples: np.ndarray, rows: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows of this block, dosages [len(samples), len(block)]) for `rows` of the variant table, in order.
@@ -193,6 +202,7 @@ class BedSource(GenotypeSource):
         from bed_reader import open_bed
 
         self.path = Path(path)
+        check_plink_magic(self.path, self.kind, ".bed", ".bim and .fam")
         for ext in (".bed", ".bim", ".fam"):
             f = self.path.with_suffix(ext)
             if not f.is_file():
@@ -216,6 +226,20 @@ class BedSource(GenotypeSource):
         self._bed.__exit__(None, None, None)
 
 
+PLINK_MAGIC = b"\x6c\x1b"  # the first two bytes of every .bed and .pgen
+
+
+def check_plink_magic(path: Path, kind: str, ext: str, beside: str) -> None:
+    """A PLINK 1 .bed / PLINK 2 .pgen starts with 0x6c 0x1b; anything else is named as the wrong file."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head != PLINK_MAGIC:
+        raise BrainmmError(f"{kind} {path}: not a {ext} file (it does not start with the PLINK magic bytes 6c 1b); "
+                           f"expected the binary {ext} with {beside} of the same name beside it")
+
+
 def _info_value(field: str) -> float:
     for item in str(field).split(";"):
         key, _, value = item.partition("=")
@@ -225,47 +249,6 @@ def _info_value(field: str) -> float:
             except ValueError:
                 return np.nan
     return np.nan
-
-
-def read_pvar(path: Path) -> pd.DataFrame:
-    """A .pvar's #CHROM, POS, ID, REF, ALT (and INFO) columns; '##' meta lines skipped."""
-    if not path.is_file():
-        raise BrainmmError(f"PLINK 2 genotypes: {path} not found (the .pvar beside the .pgen holds the variants)")
-    skip = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if not line.startswith("##"):
-                header = line
-                break
-            skip += 1
-        else:
-            raise BrainmmError(f"PLINK 2 variants {path}: empty (expected a #CHROM POS ID REF ALT header)")
-    if not header.startswith("#CHROM"):
-        raise BrainmmError(f"PLINK 2 variants {path}: expected a '#CHROM POS ID REF ALT' header line, got "
-                           f"{header[:60].strip()!r}")
-    try:
-        table = pd.read_csv(path, sep="\t", skiprows=skip, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise BrainmmError(f"PLINK 2 variants {path}: unreadable ({err})") from None
-    table = table.rename(columns={"#CHROM": "CHROM"})
-    missing = [c for c in ("CHROM", "POS", "ID", "REF", "ALT") if c not in table]
-    if missing:
-        raise BrainmmError(f"PLINK 2 variants {path}: missing column(s) {missing}")
-    return table
-
-
-def read_psam(path: Path) -> list[str]:
-    """IIDs of a .psam (header #FID/#IID) or .fam-style file (FID IID ...)."""
-    if not path.is_file():
-        raise BrainmmError(f"PLINK 2 genotypes: {path} not found (the .psam beside the .pgen holds the samples)")
-    lines = [ln.rstrip("\n\r") for ln in open(path, encoding="utf-8", errors="replace") if ln.strip()]
-    if lines and lines[0].startswith("#"):
-        cols = lines[0][1:].split()
-        if "IID" not in cols:
-            raise BrainmmError(f"PLINK 2 samples {path}: header {lines[0]!r} has no IID column")
-        i = cols.index("IID")
-        return [ln.split()[i] for ln in lines[1:]]
-    return [ln.split()[1] for ln in lines]
 
 
 class PgenSource(GenotypeSource):
@@ -279,6 +262,7 @@ class PgenSource(GenotypeSource):
         self.path = Path(path)
         if not self.path.is_file():
             raise BrainmmError(f"PLINK 2 genotypes {self.path}: not found")
+        check_plink_magic(self.path, self.kind, ".pgen", ".pvar and .psam")
         pvar = read_pvar(self.path.with_suffix(".pvar"))
         psam = self.path.with_suffix(".psam")
         self.samples = read_psam(psam)
@@ -332,16 +316,6 @@ class PgenSource(GenotypeSource):
         self._pgen.close()
 
 
-def read_oxford_sample(path: Path) -> list[str]:
-    """Sample ids (column ID_2, else the first column) of an Oxford .sample file (two header lines)."""
-    lines = [ln.split() for ln in open(path, encoding="utf-8", errors="replace") if ln.strip()]
-    if len(lines) < 2 or not lines[1] or lines[1][0] != "0":
-        raise BrainmmError(f"BGEN samples {path}: not an Oxford .sample file (expected a header line and a "
-                           "'0 0 ...' type line, then one line per sample)")
-    col = lines[0].index("ID_2") if "ID_2" in lines[0] else 0
-    return [ln[col] for ln in lines[2:]]
-
-
 def _diploid_counts(n_alleles: int) -> np.ndarray:
     """[genotypes, alleles] allele counts of unphased diploid genotypes in BGEN order (colex)."""
     rows = []
@@ -357,13 +331,15 @@ def _diploid_counts(n_alleles: int) -> np.ndarray:
 class BgenSource(GenotypeSource):
     """BGEN 1.1/1.2/1.3 (layouts 1 and 2; zlib, zstd or none; 1-32 bits; phased or not) via the `bgen` reader.
 
-    The first allele is REF and each further allele an ALT (UK Biobank and `plink2 --export bgen-1.2
-    ref-first` convention); dosage = expected count of the ALT allele from the probabilities.
+    `ref="first"`: the first allele is REF and each further allele an ALT (UK Biobank and `plink2 --export
+    bgen-1.2 ref-first` convention); `ref="last"`: the last allele is REF (plink2's default BGEN export, ALT
+    first). Dosage = expected count of the ALT allele from the probabilities. Sample ids stored in the BGEN must
+    equal its .sample file's; a .pvar/.bim of the same name beside it is checked for the allele order.
     """
 
     kind = "BGEN"
 
-    def __init__(self, path: str | Path, sample: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, sample: str | Path | None = None, ref: str = "first") -> None:
         import bgen
 
         self.path = Path(path)
@@ -377,11 +353,16 @@ class BgenSource(GenotypeSource):
         except Exception as err:
             raise BrainmmError(f"BGEN {self.path}: unreadable ({err.__class__.__name__}: {err})") from None
         sample = Path(sample) if sample else self.path.with_suffix(".sample")
+        if ref not in ("first", "last"):
+            raise BrainmmError(f"config field 'bgen_ref': expected 'first' or 'last', got {ref!r}")
+        self.ref_allele = ref
         if sample.is_file():
             self.samples = read_oxford_sample(sample)
             if len(self.samples) != n:
                 raise BrainmmError(f"BGEN samples {sample}: {len(self.samples)} samples, but {self.path.name} holds "
                                    f"{n}; expected the .sample file of this BGEN")
+            if embedded is not None:
+                check_embedded_ids(self.path, sample, embedded, self.samples)
         elif embedded is not None and len(embedded) == n:
             self.samples = embedded
         else:
@@ -394,9 +375,11 @@ class BgenSource(GenotypeSource):
                 self.multiallelic_split += len(alleles) > 2
                 if rec == 0:  # reading the phase flag decompresses the variant, so only the first one
                     self.phased = bool(var.is_phased)
-                for a, alt in enumerate(alleles[1:], 1):
-                    rows.append((var.chrom, var.pos, alleles[0], alt, var.rsid or var.varid, np.nan, a))
-                    self._offsets.append(rec)
+                r = 0 if ref == "first" else len(alleles) - 1
+                for a, alt in enumerate(alleles):
+                    if a != r:
+                        rows.append((var.chrom, var.pos, alleles[r], alt, var.rsid or var.varid, np.nan, a))
+                        self._offsets.append(rec)
         except Exception as err:
             raise BrainmmError(f"BGEN {self.path}: unreadable ({err.__class__.__name__}: {err}); truncated or "
                                "damaged?") from None
@@ -404,6 +387,9 @@ class BgenSource(GenotypeSource):
             self._bgen.close()
         self.variants = variant_table(rows, self.path)
         self._record = np.asarray(self._offsets, dtype=np.int64)
+        reference = allele_reference(self.path)
+        self.allele_check = (check_allele_order(self.variants, self.path, reference, "bgen_ref (--bgen-ref)")
+                             if reference else None)
 
     def _check_header(self) -> None:
         """Layout (1 or 2) and compression (none, zlib, zstd) from the header flags, before the reader sees them."""
@@ -457,7 +443,7 @@ class BgenSource(GenotypeSource):
     def _dosage(var, a: int) -> np.ndarray:
         n_alleles = len(var.alleles)
         if n_alleles == 2:
-            return var.alt_dosage
+            return var.alt_dosage if a == 1 else 2.0 - var.alt_dosage
         probs = var.probabilities.astype(np.float64)
         if var.is_phased:
             return probs.reshape(len(probs), -1, n_alleles)[:, :, a].sum(axis=1)
@@ -466,7 +452,7 @@ class BgenSource(GenotypeSource):
 
 
 def open_source(vcf: str | None = None, bed: str | None = None, pgen: str | None = None, bgen: str | None = None,
-                sample: str | None = None) -> GenotypeSource:
+                sample: str | None = None, bgen_ref: str = "first") -> GenotypeSource:
     """The genotype source for whichever one path is given."""
     if vcf:
         return VcfSource(vcf)
@@ -475,5 +461,5 @@ def open_source(vcf: str | None = None, bed: str | None = None, pgen: str | None
     if pgen:
         return PgenSource(pgen)
     if bgen:
-        return BgenSource(bgen, sample)
+        return BgenSource(bgen, sample, bgen_ref)
     raise BrainmmError("genotypes: give one source (--vcf, --bed, --pgen or --bgen)")

@@ -56,3 +56,15 @@ def match_samples(
     if absent > 0:
         LOG.info("%d subjects of the %s have no genotypes in %s", absent, where, source)
     return kept, [sample_map[s] for s in kept]
+
+
+def warn_missing_subjects(split_map: dict[str, str], subjects: list[str], source: str, what: str) -> int:
+    """Warn with the count (per split) of split-table subjects that have no genotypes in `source`; returns it."""
+    have = set(subjects)
+    missing = [s for s in split_map if s not in have]
+    if missing:
+        per = {name: sum(split_map[s] == name for s in missing) for name in ("train", "val", "test")}
+        LOG.warning("%s: %d of %d subjects of the split table have no genotypes in %s (train %d, val %d, test %d; "
+                    "e.g. %s); they get no row", what, len(missing), len(split_map), source, per["train"],
+                    per["val"], per["test"], ", ".join(missing[:3]))
+    return len(missing)
