@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 
 import brainmm.align as align
 from brainmm.align import loop
+from brainmm.align.tower_models import GenotypeTower
 from brainmm.config import load_config
 from brainmm.data.fmri import FmriDataset, IngestConfig, ingest
 from brainmm.data.fmri.windows import tile_starts
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.train.common import CheckpointDir
-from brainmm.train.towers import GenotypeTower
 from encoders.brainlm import BrainLMForPretraining, BrainLMModel
 from encoders.brainlm.testing import tiny_brainlm_config
 
@@ -324,7 +324,7 @@ def test_gradient_checkpointing_recomputes_layers_with_the_same_gradients(inputs
 
 
 def test_genotype_last_n_trains_the_output_block_and_keeps_frozen_batch_norm_statistics() -> None:
-    from brainmm.train.towers import set_trainable
+    from brainmm.align.tower_models import set_trainable
     from encoders.genotype import GenotypeEncoder, GenotypeEncoderConfig
 
     torch.manual_seed(0)

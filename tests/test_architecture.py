@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,3 +103,31 @@ def test_evaluation_and_pipeline_use_only_the_align_public_api() -> None:
     # `from brainmm.align import X` records "brainmm.align.X": allowed only for names of brainmm/align/__init__.py
     bad = {f: [m for m in mods if m.split(".")[2] not in public] for f, mods in private.items()}
     assert {f: m for f, m in bad.items() if m} == {}
+
+
+def documented_layers() -> list[set[str]]:
+    """The brainmm layers, bottom to top, as drawn in docs/architecture.md ("`a, b` -> `c` -> ...")."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    match = re.search(r"Within brainmm the\s+layers are, bottom to top[^:]*:\s*(.*?)\.\s+Shared", text, re.S)
+    assert match, "docs/architecture.md: the layer sentence is missing"
+    return [{"brainmm." + u.strip(" `\n") for u in part.split(",")} for part in match.group(1).split("->")]
+
+
+def layer_violations(graph: dict[str, set[str]], layers: list[set[str]]) -> list[str]:
+    """Every brainmm unit missing from the layers, and every import that does not point to a lower layer."""
+    rank = {u: i for i, layer in enumerate(layers) for u in layer}
+    units = {u for u, targets in graph.items() for u in (u, *targets) if u.startswith("brainmm.")}
+    bad = [f"{u}: not in the documented layers" for u in sorted(units - set(rank))]
+    return bad + [f"{src} -> {dst}" for src, targets in sorted(graph.items()) for dst in sorted(targets)
+                  if src in rank and dst in rank and rank[dst] >= rank[src]]
+
+
+def test_layer_checker_finds_sideways_and_upward_imports() -> None:
+    layers = [{"brainmm.a"}, {"brainmm.b", "brainmm.c"}]
+    assert layer_violations({"brainmm.b": {"brainmm.a"}}, layers) == []
+    assert layer_violations({"brainmm.b": {"brainmm.c"}, "brainmm.a": {"brainmm.b", "brainmm.x"}}, layers) == [
+        "brainmm.x: not in the documented layers", "brainmm.a -> brainmm.b", "brainmm.b -> brainmm.c"]
+
+
+def test_imports_follow_the_documented_layer_order() -> None:
+    assert layer_violations(unit_graph(), documented_layers()) == []

@@ -5,7 +5,7 @@
     model = load_model(result.run_dir)                      # heads + towers, eval mode
 
 Modules: config (typed config), data (tables, split, pairs), project (eval-mode projection, validation retrieval),
-confounds (input residualisation), towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
+confounds (input residualisation), tower_models (tower modules and configs), towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
 """
 
 from brainmm.align.config import AlignConfig, AlignDataConfig, AlignTrainConfig
@@ -15,6 +15,7 @@ from brainmm.align.io import load_heads, load_model, load_towers, project_fmri, 
 from brainmm.align.loop import CHECKPOINTS, run_align
 from brainmm.align.project import evaluate_split, project
 from brainmm.align.report import AlignResult
+from brainmm.align.tower_models import GeneticsTowerConfig, tower_precision
 from brainmm.align.towers import TowerKind, kind_of, list_towers, register_tower, tower_kind
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "AlignTrainConfig",
     "BrainRows",
     "ConfoundsConfig",
+    "GeneticsTowerConfig",
     "SplitData",
     "TowerKind",
     "covariate_table",
@@ -46,4 +48,5 @@ __all__ = [
     "table_subjects",
     "to_dosage_range",
     "tower_kind",
+    "tower_precision",
 ]

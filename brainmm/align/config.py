@@ -11,12 +11,12 @@ from alignment import (
     LossConfig,
 )
 from brainmm.align.confounds import ConfoundsConfig
+from brainmm.align.tower_models import (
+    TowersConfig,
+)
 from brainmm.align.towers import check_towers, tower_kind
 from brainmm.errors import BrainmmError
 from brainmm.tracking import TrackingConfig
-from brainmm.train.towers import (
-    TowersConfig,
-)
 
 _MODALITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

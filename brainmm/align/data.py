@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from brainmm.align.config import AlignDataConfig
-from brainmm.embeddings import EmbeddingTable
-from brainmm.errors import BrainmmError
-from brainmm.preflight import ALIGN_NEEDS, check_sizes
-from brainmm.train.towers import (
+from brainmm.align.tower_models import (
     BrainDataset,
     BrainWindows,
 )
+from brainmm.embeddings import EmbeddingTable
+from brainmm.errors import BrainmmError
+from brainmm.preflight import ALIGN_NEEDS, check_sizes
 
 LOG = logging.getLogger("brainmm.align")
 Adjust = Callable[["BrainRows", dict[str, EmbeddingTable], dict[str, str]], dict[str, EmbeddingTable]]

@@ -15,13 +15,13 @@ from alignment import (
     DualEncoder,
 )
 from brainmm.align.project import project, project_brain_features
-from brainmm.align.towers import tower_kind
-from brainmm.embeddings import EmbeddingTable
-from brainmm.errors import BrainmmError
-from brainmm.train.towers import (
+from brainmm.align.tower_models import (
     BrainLMTower,
     tiled_features,
 )
+from brainmm.align.towers import tower_kind
+from brainmm.embeddings import EmbeddingTable
+from brainmm.errors import BrainmmError
 
 # ------------------------------------------------------------------------------------------------ heads
 

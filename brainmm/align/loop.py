@@ -32,6 +32,10 @@ from brainmm.align.confounds import input_adjuster
 from brainmm.align.data import AlignData, first_rows, load_align_data
 from brainmm.align.project import evaluate_split, tower_outputs
 from brainmm.align.report import AlignResult, Progress, finalize, tower_summary
+from brainmm.align.tower_models import (
+    BrainWindows,
+    tower_param_groups,
+)
 from brainmm.align.towers import tower_kind
 from brainmm.config import dump_yaml, save_config
 from brainmm.distributed import barrier, distributed
@@ -46,10 +50,6 @@ from brainmm.train.common import (
     load_matching_state,
     restore_rng_state,
     tracked_run,
-)
-from brainmm.train.towers import (
-    BrainWindows,
-    tower_param_groups,
 )
 from encoders.brainlm.tower import dropout_seed
 from encoders.precision import resolve_precision

@@ -18,13 +18,13 @@ from brainmm.align.config import AlignConfig
 from brainmm.align.data import AlignData
 from brainmm.align.io import project_table, save_heads
 from brainmm.align.project import evaluate_split, project, project_brain_features
+from brainmm.align.tower_models import (
+    BrainWindows,
+)
 from brainmm.align.towers import tower_kind
 from brainmm.config import dump_yaml
 from brainmm.embeddings import EmbeddingTable
 from brainmm.io import atomic_write_json, atomic_write_text
-from brainmm.train.towers import (
-    BrainWindows,
-)
 
 LOG = logging.getLogger("brainmm.align")
 

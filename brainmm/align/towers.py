@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from brainmm.errors import BrainmmError
-from brainmm.train.towers import (
+from brainmm.align.tower_models import (
     BrainDataset,
     BrainLMTower,
     GenotypeTower,
@@ -33,6 +32,7 @@ from brainmm.train.towers import (
     save_brainlm_tower,
     set_trainable,
 )
+from brainmm.errors import BrainmmError
 
 LOG = logging.getLogger("brainmm.align")
 _REGISTRY: dict[str, TowerKind] = {}

@@ -306,9 +306,9 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
 def _tower_features(run: AlignRun) -> Callable[[], Side]:
     """The align run's BrainLM tower (base checkpoint checked against its recorded hash now) and a function that
     embeds its fMRI dataset with it (`brainmm embed model=<align run>`: tiled windows, mean per recording; cached)."""
+    from brainmm.align import tower_precision
     from brainmm.embed import EmbedConfig, run_brain_embed
     from brainmm.embed.model import brain_tower_folder, check_tower_base
-    from brainmm.train.towers import tower_precision
 
     check_tower_base(brain_tower_folder(run.run_dir))
     b = run.config.towers.brain

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from brainmm.align import AlignConfig, AlignTrainConfig, ConfoundsConfig
+from brainmm.align import AlignConfig, AlignTrainConfig, ConfoundsConfig, GeneticsTowerConfig
 from brainmm.data.fmri.connectivity import ConnectivityConfig
 from brainmm.data.fmri.ingest import IngestConfig
 from brainmm.data.genetics.config import GeneticsEmbedConfig, GenotypeMatrixConfig
@@ -27,7 +27,6 @@ from brainmm.train.pretrain_config import (
     PretrainModelConfig,
     PretrainTrainConfig,
 )
-from brainmm.train.towers import GeneticsTowerConfig
 
 STAGES = ("simulate", "ingest", "connectivity", "pretrain", "embed", "genetics", "align", "evaluate")
 

@@ -1,1 +1,1 @@
-"""Training: the shared loop core (`common`: checkpoints, RNG, DDP, tracked run), the pretrain driver, towers."""
+"""Training: the shared loop core (`common`: checkpoints, RNG, DDP, tracked run), the pretrain driver."""

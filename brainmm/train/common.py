@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from alignment.optim import WarmupCosine, warmup_cosine
 from brainmm.errors import BrainmmError
+from brainmm.interrupts import deferred_interrupts
 from brainmm.io import atomic_file, atomic_write_json
 from encoders.precision import autocast as precision_autocast
 
@@ -184,10 +185,11 @@ class CheckpointDir:
         return [p for _, p in sorted(found)]
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Write the checkpoint of `step` atomically, then delete all but the newest `keep`."""
-        path = save_checkpoint(self.folder / f"step-{int(step):09d}.pt", state)
-        for old in self.paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
+        """Write the checkpoint of `step` atomically, then delete all but the newest `keep` (Ctrl-C / SIGTERM wait)."""
+        with deferred_interrupts():
+            path = save_checkpoint(self.folder / f"step-{int(step):09d}.pt", state)
+            for old in self.paths()[: -self.keep]:
+                old.unlink(missing_ok=True)
         return path
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
