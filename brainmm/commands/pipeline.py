@@ -28,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. pretrain.train.max_steps=50")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier pipeline run in the output folder")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an earlier pipeline run in the output folder")
+    mode.add_argument("--resume", action="store_true", help="continue an earlier pipeline run in the output folder: "
+                      "finished stages whose config and inputs are unchanged are reused, the rest run")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (stages, estimated wall time, peak memory "
+                   "and disk per stage) and exit without running anything")
     p.add_argument("--quiet", dest="stage_quiet", action="store_true", help="no progress bars or info messages")
 
 
@@ -40,7 +45,12 @@ def _execute(args: argparse.Namespace, path: str | None, overrides: list[str]) -
     if args.stage_quiet:
         set_quiet(True)
     cfg = load_config(PipelineConfig, path, overrides)
-    result = run_pipeline(cfg, overwrite=args.overwrite)
+    if args.dry_run:
+        from brainmm.pipeline import dry_run
+
+        print(dry_run(cfg, resume=args.resume))
+        return 0
+    result = run_pipeline(cfg, overwrite=args.overwrite, resume=args.resume, show=print)
     print(result.summary)
     return 0
 

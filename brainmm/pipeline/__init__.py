@@ -8,7 +8,7 @@
 
 from brainmm.pipeline.config import STAGES, GeneticsSection, PipelineConfig, PipelineData, StageSwitches
 from brainmm.pipeline.plan import Plan, make_plan
-from brainmm.pipeline.run import PipelineResult, StageRecord, run_pipeline
+from brainmm.pipeline.run import PipelineResult, StageRecord, dry_run, run_pipeline
 
 __all__ = [
     "STAGES",
@@ -19,6 +19,7 @@ __all__ = [
     "Plan",
     "StageRecord",
     "StageSwitches",
+    "dry_run",
     "make_plan",
     "run_pipeline",
 ]

@@ -37,6 +37,8 @@ class Plan:
     fmri_dataset: Path | None = None
     brain_model: Path | None = None  # the BrainLM checkpoint folder embed reads
     genetic_pcs: bool = False  # the genetics stage also computes the confounds' genetic PCs (confounds.pcs)
+    notes: list[str] = field(default_factory=list)  # decisions the plan made for the user (printed with the plan)
+    costs: Any = None  # brainmm.pipeline.cost.CostPlan, once estimated
 
     @property
     def stages(self) -> list[str]:
@@ -81,12 +83,14 @@ def _switch(name: str, switch: bool | None, auto: bool, given: str, needed: str)
 
 def make_plan(cfg: PipelineConfig) -> Plan:
     """Resolve the stage switches and fill every wired field (see the module docstring); raises before any work."""
+    from brainmm.pipeline.cost import brainlm_cpu_rule
     from brainmm.tracking import resolve_tracking_uri
 
     cfg = copy.deepcopy(cfg)
     out = Path(cfg.output_dir).expanduser().resolve()
     uri = absolute_uri(resolve_tracking_uri(cfg.tracking.uri))
     plan = Plan(cfg, out, uri)
+    plan.notes += brainlm_cpu_rule(cfg, not tower_kind(cfg.align.towers.brain.kind).has_model)  # may go FC-only
     sw, data = cfg.stages, cfg.data
     fmri_given = "data.fmri_cohort" if data.fmri_cohort else "data.fmri_dataset" if data.fmri_dataset else ""
     runs = plan.runs

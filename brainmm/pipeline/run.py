@@ -52,6 +52,7 @@ class PipelineResult:
     summary: str = ""
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    previous_summary: str = ""  # the summary of the run whose evaluate stage --resume reused
 
 
 def _reset_peak_rss() -> None:
@@ -71,20 +72,53 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _prepare_output(out: Path, overwrite: bool) -> None:
+def _prepare_output(out: Path, overwrite: bool, resume: bool = False) -> None:
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise BrainmmError(f"output_dir {out}: already exists and is not empty; choose another folder (--out) or "
-                               "pass --overwrite to replace an earlier pipeline run")
+        if not overwrite and not resume:
+            raise BrainmmError(f"output_dir {out}: already exists and is not empty; pass --resume to continue an "
+                               "earlier pipeline run there (finished stages with unchanged config and inputs are "
+                               "reused) or --overwrite to replace it, or set output_dir to another folder")
         if not (out / MARKER).is_file():
+            if resume:
+                raise BrainmmError(f"output_dir {out}: --resume continues a pipeline folder (with {MARKER}); this one "
+                                   "is not")
             raise BrainmmError(f"output_dir {out}: --overwrite only replaces a pipeline folder (with {MARKER}); this "
                                "one is not, so nothing was deleted")
-        shutil.rmtree(out)
+        if not resume:
+            shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run_pipeline(cfg: PipelineConfig, overwrite: bool = False) -> PipelineResult:
-    """Run the pipeline of `cfg` (see docs/pipeline.md); returns the result after printing nothing (the CLI prints)."""
+def dry_run(cfg: PipelineConfig, resume: bool = False) -> str:
+    """The plan `brainmm run --dry-run` prints: stages with estimated wall time, peak memory and disk, warnings for
+    long stages and, with `resume`, which finished stages would be reused. Runs nothing, writes nothing."""
+    from brainmm.pipeline.preflight import check_plan
+
+    plan = make_plan(cfg)
+    check_plan(plan)
+    lines = [*plan.notes, _cost_text(plan)]
+    if resume and (plan.out / MARKER).is_file():
+        from brainmm.pipeline.resume import reusable
+
+        reused, why = reusable(plan)
+        lines.append(f"--resume: reuses {', '.join(reused) or 'no stage'}" + (f"; runs from {why}" if why else ""))
+    return "\n".join(lines)
+
+
+def _cost_text(plan: Plan) -> str:
+    """The cost table and its warnings (brainmm.pipeline.cost)."""
+    from brainmm.pipeline.cost import estimate, render, warnings
+
+    costs = estimate(plan.config, plan.stages)
+    plan.costs = costs
+    return "\n".join([render(costs), *warnings(costs)])
+
+
+def run_pipeline(cfg: PipelineConfig, overwrite: bool = False, resume: bool = False,
+                 show: Callable[[str], None] | None = None) -> PipelineResult:
+    """Run the pipeline of `cfg` (see docs/pipeline.md). `show` gets the cost plan before any stage starts (the CLI
+    prints it); `resume` reuses the finished stages whose config and inputs are unchanged (brainmm.pipeline.resume).
+    """
     import mlflow
 
     from brainmm.pipeline.preflight import check_plan
@@ -99,18 +133,32 @@ def run_pipeline(cfg: PipelineConfig, overwrite: bool = False) -> PipelineResult
         raise BrainmmError(f"an MLflow run ({mlflow.active_run().info.run_id}) is active; end it before running the "
                            "pipeline (its stages start their own runs)")
     check_plan(plan)  # every stage's config against the data, before the first stage starts
+    text = "\n".join([*plan.notes, _cost_text(plan)])
+    for line in text.splitlines():
+        (LOG.warning if line.startswith("warning:") else LOG.debug)("%s", line)
+    if show is not None:
+        show(text)
     with run_lock(plan.out):
-        return _run_locked(cfg, plan, overwrite)
+        return _run_locked(cfg, plan, overwrite, resume)
 
 
-def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool) -> PipelineResult:
+def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool, resume: bool = False) -> PipelineResult:
     """`run_pipeline` once the output folder is locked."""
     import torch
 
+    from brainmm.pipeline.resume import clear_outputs, digests, reusable, write_marker
     from brainmm.runtime import log_to_file
 
     out = plan.out
-    _prepare_output(out, overwrite)
+    reused: dict[str, dict[str, Any]] = {}
+    if resume and (out / MARKER).is_file():
+        reused, why = reusable(plan)
+        LOG.info("--resume: reusing %s%s", ", ".join(reused) or "no stage", f"; running from {why}" if why else "")
+    previous = json.loads((out / MARKER).read_text()) if reused else {}
+    old_summary = out / "summary.txt"
+    previous_summary = old_summary.read_text() if "evaluate" in reused and old_summary.is_file() else ""
+    _prepare_output(out, overwrite, resume)
+    digest = digests(plan)
     threads_before = torch.get_num_threads()
     blas = contextlib.ExitStack()
     if cfg.threads:
@@ -127,13 +175,24 @@ def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool) -> PipelineRes
                          {"brainmm.run_dir": str(out), "brainmm.stages": ",".join(plan.stages)})
     _write_state(plan, records, parent.run_id, "running")
     parent.log_config(cfg)
+    if reused:
+        parent.set_tags({"brainmm.resumed_from": str(previous.get("mlflow_run_id"))})
     LOG.info("pipeline %s: stages %s -> %s (MLflow run %s, torch threads %d)", cfg.name, ", ".join(plan.stages), out,
              parent.run_id, torch.get_num_threads())
     evaluation = None
     ok = False
     try:
         steps = _steps(plan)
+        measured: dict[str, float] = {}
         for i, stage in enumerate(plan.stages, 1):
+            if stage in reused:
+                records[stage] = _reused_record(parent, reused[stage])
+                LOG.info("[%d/%d] %s reused (finished earlier; config and inputs unchanged) -> %s", i,
+                         len(plan.stages), stage, records[stage].output)
+                continue
+            if resume:
+                clear_outputs(plan, stage)
+            _warn_if_long(plan, stage)
             LOG.info("[%d/%d] %s", i, len(plan.stages), stage)
             record = StageRecord(stage, "")
             records[stage] = record
@@ -148,7 +207,10 @@ def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool) -> PipelineRes
                 log_to_file(out)  # stages move the log file to their own folders
                 _adopt(parent, plan, record)
             record.status = "finished"
+            write_marker(plan, stage, digest[stage], vars(record))
             _write_state(plan, records, parent.run_id, "running")
+            measured[stage] = record.seconds
+            _refine(plan, stage, measured)
             if stage == "evaluate":
                 evaluation = value
             LOG.info("[%d/%d] %s done in %.1f s (CPU %.1f s) -> %s", i, len(plan.stages), stage, record.seconds,
@@ -159,7 +221,7 @@ def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool) -> PipelineRes
         torch.set_num_threads(threads_before)
         blas.close()
         result = PipelineResult(out, parent.run_id, plan.tracking_uri, cfg.tracking.experiment, records, evaluation,
-                                seconds=seconds, cpu_seconds=cpu)
+                                seconds=seconds, cpu_seconds=cpu, previous_summary=previous_summary)
         _finish(parent, plan, result, ok)
     return result
 
@@ -176,6 +238,9 @@ def _finish(parent: PipelineRun, plan: Plan, result: PipelineResult, ok: bool) -
         metrics = dict(timing)
         if ok:
             result.summary = render_summary(result)
+            if result.evaluation is None and result.previous_summary:
+                result.summary = (f"every stage reused (--resume); the summary of the run that computed them:\n\n"
+                                  f"{result.previous_summary.rstrip()}")
             atomic_write_text(result.output_dir / "summary.txt", result.summary + "\n")
             parent.log_artifact(str(result.output_dir / "summary.txt"))
             if result.evaluation is not None:
@@ -228,6 +293,39 @@ def _adopt(parent: PipelineRun, plan: Plan, record: StageRecord) -> None:
     for key, name in (("shuffled_pairs_run_id", "shuffled_pairs"), ("unadjusted_run_id", "unadjusted")):
         if record.extra.get(key):
             parent.adopt(record.extra[key], name)
+
+
+def _reused_record(parent: PipelineRun, saved: dict[str, Any]) -> StageRecord:
+    """The record of a stage --resume reuses (its original times); its MLflow run is named on the new parent."""
+    record = StageRecord(**{k: saved[k] for k in StageRecord.__dataclass_fields__ if k in saved})
+    record.status = "reused"
+    if record.run_id:
+        parent.set_tags({f"brainmm.run.{record.stage}": record.run_id})
+    return record
+
+
+def _warn_if_long(plan: Plan, stage: str) -> None:
+    """Warn (again, with the refined estimate) right before a stage expected to take over 30 minutes."""
+    from brainmm.pipeline.cost import KNOBS, LONG_STAGE_S, human_time
+
+    cost = plan.costs.stages.get(stage) if plan.costs is not None else None
+    if cost is not None and cost.seconds is not None and cost.seconds > LONG_STAGE_S:
+        LOG.warning("stage %s is expected to take %s; keys that cut it: %s", stage, human_time(cost.seconds),
+                    ", ".join(KNOBS[stage]))
+
+
+def _refine(plan: Plan, stage: str, measured: dict[str, float]) -> None:
+    """Log the finished stage's time against its estimate and re-estimate the remaining stages from the ratio."""
+    from brainmm.pipeline.cost import human_time, refine
+
+    costs = plan.costs
+    if costs is None or costs.stages[stage].table_seconds is None:
+        return
+    ratio = refine(costs, measured)
+    rest = [c for k, c in costs.stages.items() if k not in measured]
+    left = ", ".join(f"{c.stage} {human_time(c.seconds)}" for c in rest)
+    LOG.info("%s took %s (estimated %s); measured/table rate %.2fx so far%s", stage, human_time(measured[stage]),
+             human_time(costs.stages[stage].table_seconds), ratio, f"; remaining: {left}" if left else "")
 
 
 def _genetic_pcs(c: PipelineConfig) -> str:
