@@ -171,3 +171,37 @@ def test_bad_config_and_cli(dataset, tmp_path) -> None:
     missing = subprocess.run([*cli, str(tmp_path / "nope"), "--out", str(tmp_path / "y")], capture_output=True,
                              text=True)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_blas_correlation_equals_nilearn_to_1e10() -> None:
+    """The batched kernel (recordings of two lengths in one call) against nilearn's ConnectivityMeasure in float64."""
+    from sklearn.covariance import EmpiricalCovariance
+
+    from brainmm.data.fmri.connectivity import correlation_vectors
+
+    rng = np.random.default_rng(3)
+    mix = rng.standard_normal((7, 7)) + np.eye(7)
+    xs = [(rng.standard_normal((t, 7)) @ mix * 3 + 10).astype(np.float32) for t in (40, 40, 33, 40, 33)]
+    measure = ConnectivityMeasure(cov_estimator=EmpiricalCovariance(), kind="correlation", vectorize=True,
+                                  discard_diagonal=True, standardize="zscore_sample")
+    r = measure.fit_transform([x.astype(np.float64) for x in xs])
+    np.testing.assert_allclose(correlation_vectors(xs, fisher_z=False), r, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(correlation_vectors(xs), np.arctanh(r), rtol=0, atol=1e-10)
+    single = correlation_vectors(xs, fisher_z=False, dtype="float32")  # float32 products: rounding ~ T * eps32
+    np.testing.assert_allclose(single, r, rtol=0, atol=40 * EPS32)
+    assert np.abs(single - r).max() > 0  # float32 did run in float32
+
+
+def test_blas_engine_in_the_table_and_constant_parcel(dataset, tmp_path) -> None:
+    table = EmbeddingTable.load(connectivity_table(dataset, tmp_path / "fc", ConnectivityConfig()))
+    assert table.meta["engine"] == "blas"
+    lw = EmbeddingTable.load(connectivity_table(dataset, tmp_path / "lw", ConnectivityConfig(estimator="ledoit_wolf")))
+    assert lw.meta["engine"] == "nilearn" and np.abs(lw.vectors - table.vectors).max() > 1e-4  # shrinkage changed it
+    from brainmm.data.fmri.connectivity import _check_finite, correlation_vectors
+
+    x = np.random.default_rng(0).standard_normal((30, 4))
+    x[:, 2] = 1.0
+    with pytest.raises(BrainmmError, match="non-finite"):
+        _check_finite(correlation_vectors([x]))
+    with pytest.raises(BrainmmError, match="'dtype'"):
+        connectivity_table(dataset, tmp_path / "x", ConnectivityConfig(dtype="float16"))

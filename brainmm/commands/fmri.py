@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_info)
 
     c = group.add_parser("connectivity", help="fMRI dataset -> subject table of connectivity features (+ PCA on train)",
-                         description="Functional connectivity per recording with nilearn's ConnectivityMeasure "
-                         "(upper triangle), averaged per subject, optional PCA fitted on the training subjects; "
+                         description="Functional connectivity per recording (correlation: batched BLAS products equal to "
+                         "nilearn's ConnectivityMeasure; partial correlation, tangent: nilearn), upper triangle, averaged per subject, optional PCA fitted on the training subjects; "
                          "writes an embedding table usable as a brain table (docs/fmri-data.md).")
     c.add_argument("dataset", help="fMRI dataset folder (`brainmm fmri ingest` output)")
     c.add_argument("--out", required=True, help="output table stem (writes STEM.safetensors and STEM.json)")
@@ -76,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tangent-fit-max", type=int, default=1000,
                    help="training recordings used for the tangent reference (default 1000; a seeded subsample)")
     c.add_argument("--batch-size", type=int, default=64, help="subjects per batch (default 64)")
+    c.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="correlation kernel precision (default float64: equals nilearn to 1e-10; float32 is faster)")
     c.add_argument("--seed", type=int, default=0, help="seed of the randomized PCA and the tangent subsample")
     c.add_argument("--overwrite", action="store_true", help="replace an existing table")
     c.set_defaults(func=_connectivity)
@@ -155,6 +157,7 @@ def _connectivity(args: argparse.Namespace) -> int:
         raise BrainmmError(f"--out {args.out}: {existing[0]} already exists; pass --overwrite to replace it")
     cfg = ConnectivityConfig(kind=args.kind, estimator=args.estimator, fisher_z=not args.no_fisher_z, pca=args.pca,
                              pca_max_components=args.pca_max_components, tangent_fit_max=args.tangent_fit_max,
-                             batch_size=args.batch_size, seed=args.seed)
+                             batch_size=args.batch_size, dtype=args.dtype,
+                             seed=args.seed)
     print(connectivity_table(args.dataset, stem, cfg))
     return 0
