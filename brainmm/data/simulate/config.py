@@ -60,7 +60,8 @@ class FactorConfig:
     """Latent genetic factors: sparse polygenic scores over causal SNPs plus non-genetic noise."""
 
     n_factors: int = 8
-    h2: float = 0.8  # share of each factor's variance explained by its polygenic score
+    h2: float = 0.8  # share of each factor's variance explained by its polygenic score (factor 1 when h2_high is set)
+    h2_high: float | None = None  # set: factor k's h2 runs linearly from h2 (factor 1) to h2_high (factor K)
     n_causal: int = 4  # causal SNPs per factor (disjoint between factors)
     causal_min_maf: float = 0.1  # causal SNPs are drawn among SNPs with cohort MAF >= this
     causal_min_call_rate: float = 0.9  # ... and at least this share of observed (non-missing) calls
@@ -69,11 +70,22 @@ class FactorConfig:
         """Check ranges; one error naming the field."""
         _require(self.n_factors >= 1, "factors.n_factors", "an integer >= 1", self.n_factors)
         _require(0 <= self.h2 <= 1, "factors.h2", "a number in [0, 1]", self.h2)
+        _require(self.h2_high is None or 0 <= self.h2_high <= 1, "factors.h2_high", "null or a number in [0, 1]",
+                 self.h2_high)
         _require(self.n_causal >= 1, "factors.n_causal", "an integer >= 1", self.n_causal)
         _require(0 <= self.causal_min_maf < 0.5, "factors.causal_min_maf", "a number in [0, 0.5)",
                  self.causal_min_maf)
         _require(0 <= self.causal_min_call_rate <= 1, "factors.causal_min_call_rate", "a number in [0, 1]",
                  self.causal_min_call_rate)
+
+    def h2_values(self) -> list[float]:
+        """Heritability of each factor: `h2` for all, or evenly spaced from `h2` to `h2_high`."""
+        if self.h2_high is None:
+            return [self.h2] * self.n_factors
+        if self.n_factors == 1:
+            return [self.h2]
+        step = (self.h2_high - self.h2) / (self.n_factors - 1)
+        return [self.h2 + k * step for k in range(self.n_factors)]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Latent genetic factors: f_k = sqrt(h2) * PGS_k + sqrt(1 - h2) * e_k, PGS_k sparse over causal SNPs."""
+"""Latent genetic factors: f_k = sqrt(h2_k) * PGS_k + sqrt(1 - h2_k) * e_k, PGS_k sparse over causal SNPs."""
 
 from __future__ import annotations
 
@@ -62,5 +62,6 @@ def simulate_factors(
             "pgs_sd": pgs_sd,
         })
     noise = rng.standard_normal((n, cfg.n_factors))
-    values = np.sqrt(cfg.h2) * pgs + np.sqrt(1 - cfg.h2) * noise
+    h2 = np.array(cfg.h2_values())  # [K]; equal entries give the same bytes as the scalar h2
+    values = np.sqrt(h2) * pgs + np.sqrt(1 - h2) * noise
     return Factors(values, pgs, causal)

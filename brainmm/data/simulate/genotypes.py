@@ -15,6 +15,7 @@ from brainmm.errors import BrainmmError
 
 BASES = np.array(list("ACGT"))
 FLANK_BP = 10  # no SNP within this many bp of a region edge
+DRAW_ELEMENTS = 4_000_000  # latent Gaussians per chunk when drawing haplotypes (bounds memory at large N x P)
 
 
 @dataclass
@@ -95,8 +96,14 @@ def simulate_genotypes(
     chol = np.linalg.cholesky(cfg.ld_rho**lags)
 
     def draw(groups: np.ndarray) -> np.ndarray:  # one haplotype per entry of `groups`: [n, B, S] uint8
-        z = rng.standard_normal((len(groups), n_blocks, per_block)) @ chol.T
-        return (z < threshold[groups]).astype(np.uint8)
+        # In chunks of haplotypes: the generator fills sequentially, so chunking draws the same numbers.
+        out = np.empty((len(groups), n_blocks, per_block), dtype=np.uint8)
+        step = max(1, DRAW_ELEMENTS // n_snps)
+        for i in range(0, len(groups), step):
+            g = groups[i : i + step]
+            z = rng.standard_normal((len(g), n_blocks, per_block)) @ chol.T
+            out[i : i + step] = z < threshold[g]
+        return out
 
     sib = cfg.sibship_size
     parents = draw(np.repeat(family_group[:n_fam], 4)).reshape(n_fam, 2, 2, n_blocks, per_block)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps so the same arrays give the same bytes
+VCF_CHUNK_CALLS = 5_000_000  # genotype calls formatted at a time when writing a VCF
+GT_UNPHASED = np.array(["0/0", "0/1", "1/1", "./."])
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -44,17 +46,24 @@ def write_vcf(
     header += [f"##contig=<ID={c},length={n}>" for c, n in contig_lengths.items()]
     header.append('##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">')
     header.append("\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *sample_ids]))
-    if dosages is not None:
-        codes = np.where(np.isfinite(dosages), np.nan_to_num(dosages), 3).astype(np.int64).T  # [P, N]
-        calls = np.array(["0/0", "0/1", "1/1", "./."])[codes]
-    else:
-        calls = np.char.add(np.char.add(haplotypes[:, 0].T.astype(str), "|"), haplotypes[:, 1].T.astype(str))
-    lines = [
-        f"{c}\t{p}\t{i}\t{r}\t{a}\t.\tPASS\t.\tGT\t" + "\t".join(row)
-        for c, p, i, r, a, row in zip(chrom, pos, ids, ref, alt, calls.tolist())
-    ]
     plain = path.with_name(path.name.removesuffix(".gz"))
-    plain.write_text("\n".join(header + lines) + "\n")
+    n_samples = len(sample_ids)
+    step = max(1, VCF_CHUNK_CALLS // max(n_samples, 1))  # variants per chunk: bounds memory at large N x P
+    with open(plain, "w") as fh:
+        fh.write("\n".join(header) + "\n")
+        for start in range(0, len(pos), step):
+            part = slice(start, start + step)
+            if dosages is not None:
+                d = dosages[:, part]
+                codes = np.where(np.isfinite(d), np.nan_to_num(d), 3).astype(np.int64).T  # [p, N]
+                calls = GT_UNPHASED[codes]
+            else:
+                h = haplotypes[:, :, part]
+                calls = np.char.add(np.char.add(h[:, 0].T.astype(str), "|"), h[:, 1].T.astype(str))
+            fh.writelines(
+                f"{c}\t{p}\t{i}\t{r}\t{a}\t.\tPASS\t.\tGT\t" + "\t".join(row) + "\n"
+                for c, p, i, r, a, row in zip(chrom[part], pos[part], ids[part], ref[part], alt[part], calls.tolist())
+            )
     pysam.tabix_index(str(plain), preset="vcf", force=True)  # bgzips to `path`, removes `plain`, writes .tbi
     return path
 
