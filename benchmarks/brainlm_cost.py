@@ -2,8 +2,8 @@
 
 For each shape (architecture x window x patch at 424 parcels) one fresh random-init `BrainLMForPretraining` runs a
 warm-up and `--steps` timed training steps (AdamW, `loss_only=True`, as `brainmm pretrain`) and `--steps` timed
-CLS-embedding batches (as `brainmm embed`). Printed per shape: seconds per step and per window, and the rate in
-seconds per unit of work that the cost model uses (`cost.pretrain_units` / `cost.embed_units`: parameter x token
+CLS-embedding batches (as `brainmm embed`). Printed per shape: seconds per step and per window (wall and this
+process's CPU), and the rate in CPU seconds per unit of work that the cost model uses (`cost.pretrain_units` / `cost.embed_units`: parameter x token
 products), whose spread across shapes says how far the one-constant model can be trusted.
 
     python benchmarks/brainlm_cost.py [--steps 2] [--batch 2] [--threads 2] [--shapes demo200,demo490,5m200,5m490]
@@ -47,27 +47,31 @@ def measure(name: str, steps: int, batch: int) -> dict:
     model = BrainLMForPretraining(config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     signal, xyz = torch.randn(batch, PARCELS, window), torch.randn(batch, PARCELS, 3) * 50
-    train = []
+    train, train_cpu = [], []
     for i in range(steps + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         model(signal_vectors=signal, xyz_vectors=xyz, loss_only=True).loss.backward()
         opt.step()
         if i:
             train.append(time.perf_counter() - t0)
+            train_cpu.append(time.process_time() - c0)
     model.eval()
-    embed = []
+    embed, embed_cpu = [], []
     with torch.inference_mode():
         for i in range(steps + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.vit.encode(signal, xyz, pooling="cls")
             if i:
                 embed.append(time.perf_counter() - t0)
+                embed_cpu.append(time.process_time() - c0)
     step, enc = statistics.median(train), statistics.median(embed) / batch
+    step_cpu, enc_cpu = statistics.median(train_cpu), statistics.median(embed_cpu) / batch
     return {"shape": name, "window": window, "patch": patch, "hidden": arch["hidden_size"],
             "tokens": PARCELS * window // patch, "s_per_step": step, "batch": batch, "s_per_window": enc,
-            "pretrain_rate": step / pretrain_units(config.to_dict(), batch),
-            "embed_rate": enc / embed_units(config.to_dict()),
+            "cpu_s_per_step": step_cpu, "cpu_s_per_window": enc_cpu,
+            "pretrain_rate": step_cpu / pretrain_units(config.to_dict(), batch),
+            "embed_rate": enc_cpu / embed_units(config.to_dict()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -83,11 +87,12 @@ def main() -> None:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     print(f"CPU {cpu}; torch {torch.__version__}, {args.threads} threads; batch {args.batch}; {PARCELS} parcels")
     rows = [measure(s, args.steps, args.batch) for s in args.shapes.split(",")]
-    print(f"{'shape':9s} {'window':>6s} {'patch':>5s} {'tokens':>6s} {'s/step':>8s} {'s/window':>9s} "
-          f"{'pretrain rate':>14s} {'embed rate':>11s}")
+    print(f"{'shape':9s} {'window':>6s} {'patch':>5s} {'tokens':>6s} {'s/step':>8s} {'CPU s/step':>10s} "
+          f"{'s/window':>9s} {'CPU s/window':>12s} {'pretrain rate':>14s} {'embed rate':>11s}")
     for r in rows:
         print(f"{r['shape']:9s} {r['window']:6d} {r['patch']:5d} {r['tokens']:6d} {r['s_per_step']:8.2f} "
-              f"{r['s_per_window']:9.3f} {r['pretrain_rate']:14.3e} {r['embed_rate']:11.3e}")
+              f"{r['cpu_s_per_step']:10.2f} {r['s_per_window']:9.3f} {r['cpu_s_per_window']:12.3f} "
+              f"{r['pretrain_rate']:14.3e} {r['embed_rate']:11.3e}")
     print(json.dumps(rows))
 
 

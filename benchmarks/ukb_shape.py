@@ -129,15 +129,15 @@ def rates(a: dict, b: dict, args: argparse.Namespace) -> None:
         if ua is None or ub is None or stage in ("pretrain",):
             continue
         ra, rb = a["records"][stage], b["records"][stage]
-        s_per = (rb["seconds"] - ra["seconds"]) / (ub[0] - ua[0])
+        s_per = (rb["cpu_seconds"] - ra["cpu_seconds"]) / (ub[0] - ua[0])  # CPU seconds (the machine is shared)
         mb_per = max((rb["peak_rss_mb"] - ra["peak_rss_mb"]) / (ub[1] - ua[1]), 0.0)
-        print(f'    "{stage}": Rate(s_per_unit={s_per:.3e}, base_s={max(rb["seconds"] - s_per * ub[0], 0):.1f}, '
+        print(f'    "{stage}": Rate(s_per_unit={s_per:.3e}, base_s={max(rb["cpu_seconds"] - s_per * ub[0], 0):.1f}, '
               f'mb_per_unit={mb_per:.3e}, base_mb={rb["peak_rss_mb"] - mb_per * ub[1]:.0f}, '
               f'bytes_per_unit={rb["disk_bytes"] / ub[1]:.3f}),')
-    print("\nthe plan's current estimate vs measured (wall s):")
+    print("\nthe plan's current estimate vs measured CPU seconds:")
     for r, c in zip((a, b), cfgs):
         shapes = data_shapes(c)
-        row = [f"{s} {estimate_stage(s, c, shapes).seconds or float('nan'):.0f}/{rec['seconds']:.0f}"
+        row = [f"{s} {estimate_stage(s, c, shapes).seconds or float('nan'):.0f}/{rec['cpu_seconds']:.0f}"
                for s, rec in r["records"].items()]
         print(f"  N = {r['n']}: " + ", ".join(row) + f"  (rates table has {sorted(RATES['cpu'])})")
 
