@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 import time
 
@@ -19,6 +18,7 @@ COMMAND_MODULES = (
     "brainmm.commands.genetics",
     "brainmm.commands.align",
     "brainmm.commands.evaluate",
+    "brainmm.commands.explain",
     "brainmm.commands.pipeline",
     "brainmm.commands.brainlm",
 )
@@ -71,19 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame) -> None:
-    """SIGTERM (kill, a batch scheduler's time limit) ends the run like Ctrl-C."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _mark_interrupted_runs(since_ms: int) -> None:
-    """End the MLflow run(s) an interrupt just closed as KILLED (MLflow itself records FAILED)."""
+    """End as KILLED the MLflow run(s) an interrupt left open or FAILED (runs not started by brainmm.tracking)."""
     fluent = sys.modules.get("mlflow")
     if fluent is None:
         return
+    from brainmm.tracking import terminate
+
     try:
-        while fluent.active_run() is not None:
-            fluent.end_run("KILLED")
+        while (active := fluent.active_run()) is not None:
+            try:
+                fluent.end_run("KILLED")  # leaves the active runs first, then sets the status
+            except Exception as err:
+                if "database is locked" not in str(err):
+                    raise
+                terminate(fluent.MlflowClient(), active.info.run_id, "KILLED")
         run = fluent.last_active_run()
         if run is None or run.info.end_time is None or run.info.end_time < since_ms:
             return
@@ -92,14 +94,16 @@ def _mark_interrupted_runs(since_ms: int) -> None:
                                          f"tags.mlflow.parentRunId = '{run.info.run_id}'")]
         for r in runs:
             if r.info.status == "FAILED" and (r.info.end_time or 0) >= since_ms:
-                client.set_terminated(r.info.run_id, "KILLED", end_time=r.info.end_time)
+                terminate(client, r.info.run_id, "KILLED", end_time=r.info.end_time)
     except Exception as err:  # the interrupt is what the user must see; a tracking hiccup is secondary
-        print(f"brainmm: could not mark the MLflow run as KILLED ({type(err).__name__}: {err})", file=sys.stderr)
+        reason = " ".join(str(err).split())[:300]
+        print(f"brainmm: could not mark the MLflow run as KILLED ({type(err).__name__}: {reason})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 user error, 130 interrupted by Ctrl-C or SIGTERM)."""
     from brainmm.errors import USER_ERRORS
+    from brainmm.interrupts import caused_by_interrupt, handle_interrupts, stop_on_first
     from brainmm.runtime import discard_new_log, setup_logging
 
     parser = build_parser()
@@ -109,25 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     started_ms = int(time.time() * 1000)
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
-        rc = args.func(args)
-    except USER_ERRORS as err:
-        discard_new_log()  # a run refused for bad input leaves no files behind
-        print(f"brainmm: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-        _mark_interrupted_runs(started_ms)
-        print("brainmm: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with handle_interrupts():  # Ctrl-C and SIGTERM: KeyboardInterrupt, held while a write is in progress
+        try:
+            rc = args.func(args)
+        except BaseException as err:
+            if caused_by_interrupt(err):  # also an error raised by the cleanup of an interrupt
+                stop_on_first()  # a second Ctrl-C / SIGTERM must not cut the cleanup short
+                _mark_interrupted_runs(started_ms)
+                print("brainmm: interrupted", file=sys.stderr)
+                return 130
+            if not isinstance(err, USER_ERRORS):  # a bug: its traceback
+                raise
+            discard_new_log()  # a run refused for bad input leaves no files behind
+            print(f"brainmm: error: {' '.join(str(err).split())}", file=sys.stderr)
+            return 2
     return int(rc or 0)
 
 

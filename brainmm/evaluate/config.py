@@ -7,6 +7,7 @@ from typing import Literal
 
 from brainmm.align import ConfoundsConfig
 from brainmm.errors import BrainmmError
+from brainmm.explain import ExplainSection
 
 BASELINE_METHODS = ("cca", "pls", "ridge", "random_head", "fc_cca", "fc_pls", "fc_ridge")
 FC_METHODS = ("fc_cca", "fc_pls", "fc_ridge")  # the classical pipeline on data.brain_fc (skipped without it)
@@ -97,6 +98,7 @@ class EvaluateConfig:
     figures: FigureSection = field(default_factory=FigureSection)
     model: ModelSection = field(default_factory=ModelSection)
     confounds: ConfoundsConfig = field(default_factory=ConfoundsConfig)  # empty: the align run's
+    explain: ExplainSection = field(default_factory=ExplainSection)  # link scores per variant/edge/parcel
 
     def validate(self) -> None:
         """Cross-field checks (paths and columns are checked when the run starts)."""

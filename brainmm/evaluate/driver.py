@@ -69,6 +69,21 @@ def _figures(inputs: EvalInputs, cfg: EvaluateConfig, ranks: dict, table: pd.Dat
     return out
 
 
+def _explain(inputs: EvalInputs, cfg: EvaluateConfig, stage: Path, flat: dict[str, float],
+             figures: dict[str, Any]) -> str:
+    """The explain section (brainmm.evaluate.explain): tables to <stage>/explain, its metrics and figures added;
+    returns its summary ("" when explain.enabled is false)."""
+    if not cfg.explain.enabled:
+        return ""
+    from brainmm.evaluate.explain import compute_explain, write_explain
+
+    out = compute_explain(inputs, cfg)
+    write_explain(out, stage / "explain")
+    flat.update(out.metrics)
+    figures.update(out.figures)
+    return out.summary
+
+
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Evaluate the align run named by `cfg.run_id` or `cfg.align_dir`: compute everything first, then write
     <output_dir> atomically and log to MLflow (nothing is logged when a computation fails)."""
@@ -100,7 +115,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         LOG.info("evaluate: align run %s (%s) -> %s", run.run_id, run.run_dir, out_dir)
         records: list[dict[str, Any]] = []
         if cfg.probes.targets:  # first: most likely to stop on user data (one class, fewer subjects than folds)
-            pdata = probe_data(inputs, cfg)
+            pdata = probe_data(inputs, cfg, confounds)
             probe_recs, dropped = probe_records(pdata, cfg)
             records += probe_recs
             counts["probe/subjects"] = len(pdata.table)
@@ -128,9 +143,11 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         flat = flat_metrics(table)
 
         figures = _figures(inputs, cfg, ranks, table) if cfg.figures.enabled else {}
+        explained = _explain(inputs, cfg, stage, flat, figures)
         context = {"align_run_id": run.run_id, "align_dir": str(run.run_dir), "modalities": inputs.modalities,
                    "level": cfg.level}
         summary = render_summary(table, counts, context, list(cfg.retrieval.ks))
+        summary += f"\n{explained}" if explained else ""
         with atomic_file(stage / "metrics.json", suffix=".json") as tmp:
             table.to_json(tmp, orient="split", index=False)  # the format of mlflow.log_table
         with atomic_file(stage / "metrics.csv", suffix=".csv") as tmp:

@@ -143,6 +143,8 @@ def publish(cfg: EvaluateConfig, inputs: EvalInputs, stage: Path, table: pd.Data
                     mlflow.log_artifact(str(stage / name), ARTIFACT_DIR)
                 for path, fig in figures.items():
                     mlflow.log_figure(fig, f"{ARTIFACT_DIR}/{path}")
+                for path in sorted((stage / "explain").glob("*.tsv")):  # the explain section's tables
+                    mlflow.log_artifact(str(path), f"{ARTIFACT_DIR}/explain")
                 _log_datasets(inputs)
                 run_id = active.info.run_id
     finally:

@@ -1,0 +1,142 @@
+"""Explain: structure coefficients against numpy, planted features recovered with FDR-controlled q-values, a null
+case without significant features, captum completeness, and `brainmm explain` on a tiny run of 1000 Genomes
+genotypes (rsIDs in variants.tsv, every variant listed, planted variants on top)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from alignment.attribution import (
+    affine_map,
+    link_scores,
+    shared_directions,
+    structure_coefficients,
+    units_from_labels,
+)
+from alignment.gradients import similarity_attributions
+from brainmm.cli import main
+from brainmm.embeddings import EmbeddingTable
+
+REPO = Path(__file__).resolve().parents[1]
+EPS = np.finfo(np.float64).eps
+
+
+def test_structure_coefficients_equal_numpy_corrcoef() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 7)) * rng.uniform(0.1, 100, size=7)
+    z = x[:, :3] @ rng.normal(size=(3, 4)) + rng.normal(size=(50, 4))
+    x[:, 6] = 3.0  # a constant column correlates 0
+    got = structure_coefficients(x, z)
+    ref = np.corrcoef(x[:, :6].T, z.T)[:6, 6:]
+    np.testing.assert_allclose(got[:6], ref, rtol=0, atol=100 * EPS)  # fp64: a few ulps per sum of 50 products
+    assert (got[6] == 0).all()
+
+
+def test_planted_features_recovered_and_units_are_member_means() -> None:
+    rng = np.random.default_rng(1)
+    n, p = 300, 40
+    x = rng.normal(size=(n, p))
+    planted = [3, 17, 30]
+    partner = np.c_[x[:, planted] @ [1.0, -0.8, 0.6] + rng.normal(size=n), rng.normal(size=(n, 2))]
+    labels = [f"g{j // 5}" for j in range(p)]
+    names, member = units_from_labels(labels)
+    res = link_scores(x, partner, [1.0, 0.5, 0.5], {"genes": member}, n_permutations=500, n_boot=100, seed=0)
+    f = res["features"]
+    assert set(np.argsort(-f.score)[:3]) == set(planted)
+    significant = set(np.flatnonzero(f.qvalue <= 0.05))
+    assert set(planted) <= significant and len(significant - set(planted)) <= 1
+    assert (f.ci_low[planted] <= f.score[planted]).all() and (f.score[planted] <= f.ci_high[planted]).all()
+    genes = res["genes"]
+    np.testing.assert_allclose(genes.score, [f.score[[i for i, g in enumerate(labels) if g == name]].mean()
+                                             for name in names], rtol=1e-12)
+    assert {names[i] for i in np.flatnonzero(genes.qvalue <= 0.05)} == {"g0", "g3", "g6"}
+
+
+def test_null_pairs_give_no_significant_feature() -> None:
+    hits = 0
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        x, partner = rng.normal(size=(60, 30)), rng.normal(size=(60, 3))
+        res = link_scores(x, partner, [1.0, 1.0, 1.0], n_permutations=200, n_boot=5, seed=seed)["features"]
+        assert 0 < res.pvalue.min() and res.pvalue.max() <= 1
+        hits += bool((res.qvalue <= 0.05).any())
+    assert hits <= 3  # BH at 0.05 under the global null: P(any rejection) <= 0.05 (20 seeds: <= 3 by a wide margin)
+
+
+def test_affine_map_shared_directions_and_integrated_gradients() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 4).double()
+    w, b = affine_map(head, 6)
+    np.testing.assert_allclose(w, head.weight.detach().numpy(), atol=1e-14)
+    np.testing.assert_allclose(b, head.bias.detach().numpy(), atol=1e-14)
+    rng = np.random.default_rng(2)
+    u = rng.normal(size=(100, 4))
+    q, lam = shared_directions(u, u + 0.1 * rng.normal(size=(100, 4)), 2)
+    assert q.shape == (4, 2) and lam[0] >= lam[1] > 0
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    x, partner = rng.normal(size=(10, 6)), rng.normal(size=(10, 4))
+    attr, delta = similarity_attributions(mlp, x, partner, baseline=x.mean(axis=0), n_steps=64)
+    assert attr.shape == (10, 6) and np.abs(delta).max() < 1e-6  # completeness: attributions sum to the change
+    with pytest.raises(ValueError, match="not affine"):
+        affine_map(mlp, 6)
+
+
+def _kg_run(sample_data_dir: Path, root: Path, uri: str) -> tuple[Path, list[str]]:
+    """A tiny linear-head alignment of 1000 Genomes chr2 dosages with a brain table driven by two variants."""
+    from brainmm.align import AlignConfig, run_align
+    from brainmm.config import load_config
+    from brainmm.data.genetics import read_variant_table
+    from brainmm.data.genetics.config import GenotypeMatrixConfig
+    from brainmm.data.genetics.matrix import read_vcf_dosages, run_matrix
+    from brainmm.data.genetics.sample import fetch_genetics_sample
+    from brainmm.data.splits import make_split, save_split
+
+    folder = fetch_genetics_sample(sample_data_dir)
+    samples = read_vcf_dosages(folder / "1kg.chr2.vcf.gz").samples
+    save_split(make_split(samples, seed=0), root / "split.csv")
+    table = run_matrix(GenotypeMatrixConfig(vcf=str(folder / "1kg.chr2.vcf.gz"), split=str(root / "split.csv"),
+                                            out=str(root / "geno")))
+    variants = read_variant_table(root / "geno")
+    with_rs = np.flatnonzero(variants["rsid"].str.startswith("rs").to_numpy())
+    planted = with_rs[[0, len(with_rs) // 2]]
+    rng = np.random.default_rng(0)
+    d = table.vectors.astype(np.float64)
+    d = (d - d.mean(0)) / np.where(d.std(0) > 0, d.std(0), 1)
+    signal = d[:, planted] @ [1.0, -1.0]
+    brain = np.c_[signal[:, None] * rng.normal(size=(1, 6)), np.zeros((len(d), 2))] + 0.5 * rng.normal(size=(len(d), 8))
+    EmbeddingTable(table.ids, brain, {}).save(root / "brain")
+    cfg = load_config(AlignConfig, REPO / "configs" / "align_clip.yaml", [
+        f"data.brain={root / 'brain'}", f"data.genetics={{geno: {root / 'geno'}}}", f"data.split={root / 'split.csv'}",
+        f"output_dir={root / 'align'}", "head.kind=linear", "head.init=cca", "head.out_dim=8", "train.epochs=2",
+        "train.batch_size=64", "train.device=cpu", f"tracking.uri={uri}", "tracking.experiment=explain-test"])
+    return run_align(cfg).run_dir, [variants["rsid"].iat[i] for i in planted]
+
+
+def test_explain_cli_on_1000_genomes_lists_rsids(sample_data_dir: Path, tmp_path: Path, mlflow_uri: str,
+                                                 capsys) -> None:
+    run_dir, planted = _kg_run(sample_data_dir, tmp_path, mlflow_uri)
+    assert main(["explain", "--align-dir", str(run_dir), "explain.splits=[val, test]", "explain.n_permutations=300",
+                 "explain.n_boot=50", "explain.baselines=[cca]"]) == 0
+    out = capsys.readouterr().out
+    variants = pd.read_csv(run_dir / "explain" / "variants.tsv", sep="\t", dtype={"rsid": str, "chrom": str})
+    geno = EmbeddingTable.load(tmp_path / "geno")
+    assert len(variants) == geno.dim  # every variant, not a top k
+    for col in ("variant_id", "rsid", "chrom", "pos", "score", "ci_low", "ci_high", "p", "p_perm", "q",
+                "significant", "structure_1", "weight", "attribution", "cca_score", "cca_q"):
+        assert col in variants, col
+    assert variants["rsid"].str.startswith("rs").sum() > 20 and variants["chrom"].eq("2").all()
+    top = variants.sort_values("score", ascending=False)["rsid"].head(2).tolist()
+    assert set(top) == set(planted)
+    assert set(variants.loc[variants["q"] <= 0.05, "rsid"]) >= set(planted)
+    assert planted[0] in out or planted[1] in out  # the printed top-k names them
+    assert (run_dir / "explain" / "manhattan.png").is_file() and (run_dir / "explain" / "summary.md").is_file()
+    child = mlflow.search_runs(experiment_names=["explain-test"], filter_string="tags.`brainmm.stage` = 'explain'")
+    assert len(child) == 1 and child["metrics.explain/variants/model/n_significant"].iat[0] >= 2
+    assert main(["explain", "--align-dir", str(run_dir), "explain.fdr=2"]) == 2  # one-line user error
+    assert "explain.fdr" in capsys.readouterr().err
