@@ -43,12 +43,12 @@ from brainmm.errors import BrainmmError
 from brainmm.train.common import (
     CheckpointDir,
     autocast,
-    capture_rng_state,
     check_finite,
     check_run_dir,
     check_tracking,
     load_matching_state,
-    restore_rng_state,
+    rank_rng_states,
+    restore_rank_rng,
     tracked_run,
 )
 from encoders.brainlm.tower import dropout_seed
@@ -235,14 +235,16 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
         loss_fn.load_state_dict(ckpt["loss"])
         prog = Progress(**ckpt["progress"])
         best_state = ckpt["best_model"]
-        restore_rng_state(ckpt["rng"])
+        restore_rank_rng(ckpt["rng"], info.rank, info.world_size, "align",
+                         lambda: torch.manual_seed(dropout_seed(cfg.train.seed + 7919 * prog.step, info.rank)))
         LOG.info("align: resumed at step %d (epoch %d, batch %d)", prog.step, prog.epoch, prog.batch)
 
     def checkpoint() -> None:
+        rng = rank_rng_states()  # every rank's own stream (dropout masks), restored per rank on --resume
         if info.is_main:
             ckpts.save(prog.step, {
                 "model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "loss": loss_fn.state_dict(), "rng": capture_rng_state(), "progress": vars(prog).copy(),
+                "loss": loss_fn.state_dict(), "rng": rng, "progress": vars(prog).copy(),
                 "best_model": best_state, "run_id": run.run_id, "config": dump_yaml(cfg),
             })
         barrier()

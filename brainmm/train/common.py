@@ -50,6 +50,8 @@ __all__ = [
     "eval_mode",
     "load_checkpoint",
     "load_matching_state",
+    "rank_rng_states",
+    "restore_rank_rng",
     "restore_rng_state",
     "save_checkpoint",
     "tracked_run",
@@ -89,6 +91,26 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def rank_rng_states() -> list[dict[str, Any]]:
+    """Every rank's `capture_rng_state()`, in rank order (a collective: call it on every rank)."""
+    from brainmm.distributed import gather_objects
+
+    return gather_objects(capture_rng_state())
+
+
+def restore_rank_rng(states: list[dict[str, Any]] | dict[str, Any], rank: int, world_size: int, stage: str,
+                     reseed: Callable[[], None]) -> None:
+    """Give this rank its own saved RNG stream from `rank_rng_states()`; with another process count, warn and
+    `reseed()` (a checkpoint of a single process may hold one state as a dict)."""
+    states = [states] if isinstance(states, dict) else states
+    if len(states) == world_size:
+        restore_rng_state(states[rank])
+    else:
+        LOG.warning("%s: the checkpoint has RNG states of %d processes, this job has %d; reseeding", stage,
+                    len(states), world_size)
+        reseed()
 
 
 def _as_tuple(value: Any) -> Any:

@@ -31,12 +31,12 @@ from brainmm.errors import BrainmmError
 from brainmm.train.common import (
     CheckpointDir,
     autocast,
-    capture_rng_state,
     check_finite,
     check_run_dir,
     check_tracking,
     load_matching_state,
-    restore_rng_state,
+    rank_rng_states,
+    restore_rank_rng,
     tracked_run,
     warmup_cosine,
 )
@@ -271,19 +271,14 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         prog = _Progress(**state["progress"])
-        rng = state["rng"]
-        if len(rng) == info.world_size:
-            restore_rng_state(rng[info.rank])
-        else:
-            LOG.warning("pretrain: the checkpoint has RNG states of %d processes, this job has %d; reseeding",
-                        len(rng), info.world_size)
-            seed_everything(t.seed + 7919 * prog.step + info.rank)
+        restore_rank_rng(state["rng"], info.rank, info.world_size, "pretrain",
+                         lambda: seed_everything(t.seed + 7919 * prog.step + info.rank))
         LOG.info("pretrain: resumed at step %d (epoch %d, step %d of the epoch)", prog.step, prog.epoch, prog.batch)
     elif info.world_size > 1:
         seed_everything(t.seed + info.rank)  # distinct masks/dropout per rank; DDP synced the weights
 
     def checkpoint() -> None:
-        rng = gather_objects(capture_rng_state())
+        rng = rank_rng_states()
         if info.is_main:
             ckpts.save(prog.step, {
                 "model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
