@@ -18,6 +18,7 @@ from alignment.baselines import _matrix
 from alignment.errors import AlignmentInputError
 
 RIDGE_ALPHAS = np.logspace(-3, 5, 9)
+DEGENERATE_EPS = 1e3  # a residual column within this many units of roundoff (of the input dtype) of 0 is noise
 Covariates = Mapping[str, Any]  # column name -> values per row (a pandas DataFrame works)
 
 
@@ -151,15 +152,25 @@ class Residualiser:
         self.design = CovariateDesign(columns, categorical)
 
     def fit(self, features: Any, covariates: Covariates) -> Residualiser:
-        """Fit the design statistics and the regression on the training rows."""
+        """Fit the design statistics and the regression on the training rows.
+
+        A feature column whose training residual is within `DEGENERATE_EPS` units of roundoff of its own scale
+        (root mean square; roundoff of the input's float type, at least float64's) is (near-)collinear with the
+        covariates: what is left of it is rounding noise, so `transform` returns 0 for it (`degenerate_` lists
+        those columns) instead of a noise column that later rescaling would stretch.
+        """
         self.design.fit(covariates)
         x = self._design(covariates)
+        dtype = np.asarray(features).dtype
         y = _features(features, "features to residualise", len(x))
         if len(x) <= x.shape[1]:
             raise AlignmentInputError(f"confounds: {len(x)} training rows for {x.shape[1]} design columns "
                                       "(intercept included); need more rows than columns")
         self.coef_, _, self.rank_, _ = np.linalg.lstsq(x, y, rcond=None)  # min-norm if collinear
         resid = y - x @ self.coef_
+        eps = max(np.finfo(dtype).eps if dtype.kind == "f" else 0.0, np.finfo(np.float64).eps * len(x))
+        rms = np.sqrt((resid**2).mean(0)), np.sqrt((y**2).mean(0))
+        self.degenerate_ = np.flatnonzero(rms[0] <= DEGENERATE_EPS * eps * rms[1])
         total = ((y - y.mean(0)) ** 2).sum()
         self.r2_ = float(1 - (resid**2).sum() / total) if total > 0 else 0.0  # variance the confounds explain
         return self
@@ -177,7 +188,9 @@ class Residualiser:
         if y.shape[1] != self.coef_.shape[1]:
             raise AlignmentInputError(f"features to residualise: {y.shape[1]} columns, fitted on "
                                       f"{self.coef_.shape[1]}")
-        return y - x @ self.coef_
+        out = y - x @ self.coef_
+        out[:, self.degenerate_] = 0.0
+        return out
 
     def fit_transform(self, features: Any, covariates: Covariates) -> np.ndarray:
         """fit() then transform() on the same (training) rows."""

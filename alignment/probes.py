@@ -162,24 +162,40 @@ def _model(task: Task, y: np.ndarray, groups: np.ndarray, seed: int) -> Pipeline
     return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=list(inner.split(y, y, groups))))
 
 
+def fold_residuals(
+    x: np.ndarray, confounds: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of `x` minus their least-squares fit on [1, confounds] fitted on the train rows.
+
+    Inputs adjusted once on other subjects keep a shift along each confound in new subjects (the error of that
+    fit); a probe trained on them would learn the confound back. Fitted inside each fold, the probe's training
+    rows carry no linear trace of the confounds."""
+    design = np.hstack([np.ones((len(confounds), 1)), confounds])
+    coef = np.linalg.lstsq(design[train], x[train], rcond=None)[0]
+    return x[train] - design[train] @ coef, x[test] - design[test] @ coef
+
+
 def _cross_val_predict(
-    task: Task, x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, n_splits: int, seed: int
+    task: Task, x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, n_splits: int, seed: int,
+    confounds: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Pooled out-of-fold class probabilities [n, C] (or predictions [n]) and the median chosen C / alpha."""
+    """Pooled out-of-fold class probabilities [n, C] (or predictions [n]) and the median chosen C / alpha;
+    with `confounds`, `x` is residualised on them inside each fold (`fold_residuals`)."""
     out = np.zeros((len(y), n_classes)) if task == "classification" else np.zeros(len(y))
     chosen = []
     for train, test in _outer_splits(task, y, groups, n_splits, seed):
+        x_train, x_test = (x[train], x[test]) if confounds is None else fold_residuals(x, confounds, train, test)
         with warnings.catch_warnings():  # tiny ridge alphas on collinear embeddings: the inner CV rejects them
             warnings.simplefilter("ignore", LinAlgWarning)
-            model = _model(task, y[train], groups[train], seed).fit(x[train], y[train])
+            model = _model(task, y[train], groups[train], seed).fit(x_train, y[train])
         head = model[-1]
         if task == "classification":
             out[np.ix_(test, head.classes_)] = model.predict_proba(
-                x[test]
+                x_test
             )  # classes absent from a fold stay 0
             chosen.append(float(np.median(head.C_)))
         else:
-            out[test] = model.predict(x[test])
+            out[test] = model.predict(x_test)
             chosen.append(float(head.alpha_))
     return out, float(np.median(chosen))
 
@@ -256,6 +272,7 @@ def linear_probe(
     seed: int = 0,
     representation: str = "x",
     target: str = "y",
+    confounds: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Cross-validated linear probe of `y` from `x` (rows grouped by `groups`: subjects or families/sites).
 
@@ -263,7 +280,8 @@ def linear_probe(
     regression: StandardScaler + RidgeCV (R^2, MAE, Pearson r). Folds: StratifiedGroupKFold / GroupKFold; the
     metrics are computed once on the pooled out-of-fold predictions, with a percentile bootstrap CI over groups
     and the mean/std of the same CV run on labels permuted between groups (`permute_by_group`, `n_permutations`
-    repeats), never between the rows of one subject. Returns tidy records.
+    repeats), never between the rows of one subject. `confounds` [n, q] (a covariate design): `x` is
+    residualised on them inside each fold (`fold_residuals`). Returns tidy records.
     """
     x = np.asarray(x)
     if x.ndim != 2 or len(x) != len(y):
@@ -284,9 +302,13 @@ def linear_probe(
             f"target {target!r}: {n_groups} subjects/groups are fewer than n_splits={n_splits} folds"
         )
     y_fit, n_out = _encode_target(y, task, target, group_codes, n_splits)
+    if confounds is not None:
+        confounds = np.asarray(confounds, dtype=np.float64).reshape(len(y), -1)
+        if not np.isfinite(confounds).all():
+            raise AlignmentInputError(f"representation {representation!r}: confounds contain NaN or inf")
 
     with threadpool_limits(limits=1, user_api="blas"):  # many small fits: BLAS threads only add overhead
-        out, hparam = _cross_val_predict(task, x, y_fit, group_codes, n_out, n_splits, seed)
+        out, hparam = _cross_val_predict(task, x, y_fit, group_codes, n_out, n_splits, seed, confounds)
         ones = np.ones(len(y_fit))
         auc = _AucIndex.build(y_fit, out) if task == "classification" else None
         point = _scores(task, y_fit, out, ones, auc)
@@ -303,7 +325,7 @@ def linear_probe(
                 _scores(
                     task,
                     y_perm,
-                    _cross_val_predict(task, x, y_perm, group_codes, n_out, n_splits, seed)[0],
+                    _cross_val_predict(task, x, y_perm, group_codes, n_out, n_splits, seed, confounds)[0],
                     ones,
                 )
                 for y_perm in (permute_by_group(y_fit, group_codes, rng) for _ in range(n_permutations))
@@ -373,11 +395,14 @@ def probe_representations(
     n_permutations: int = 3,
     level: float = 0.95,
     seed: int = 0,
+    confounds: np.ndarray | None = None,
+    adjusted: Sequence[str] = (),
 ) -> ProbeReport:
     """Run the same probe (same folds, same seeds) for every target column of `table` (a pandas DataFrame whose
     rows align with the rows of each representation) on every named representation, e.g. {"brain": ...,
     "dna": ..., "shared": ..., "brain+dna": np.hstack(...)}. Rows with a missing target are dropped (counted in
-    `dropped` and logged); folds are grouped by `group_col` (families/sites) when given, else by subject."""
+    `dropped` and logged); folds are grouped by `group_col` (families/sites) when given, else by subject. The
+    representations named in `adjusted` are residualised on `confounds` [n, q] inside each fold."""
     if not representations:
         raise AlignmentInputError("representations: expected at least one named embedding array")
     columns = list(getattr(table, "columns", []))
@@ -392,6 +417,12 @@ def probe_representations(
             raise AlignmentInputError(
                 f"representation {name!r}: expected [n={n}, dim] rows (one per table row), got shape {arrays[name].shape}"
             )
+    unknown = sorted(set(adjusted) - set(arrays))
+    if unknown:
+        raise AlignmentInputError(f"adjusted: {unknown} are not among the representations {list(arrays)}")
+    if adjusted and (confounds is None or len(confounds) != n):
+        raise AlignmentInputError(f"confounds: expected [n={n}, q] rows for the adjusted representations, got "
+                                  f"{None if confounds is None else np.shape(confounds)}")
     subjects = np.asarray(table[subject_col], dtype=object)
     groups = subjects if group_col is None else _group_labels(subjects, table[group_col], group_col)
     tasks = dict(tasks or {})
@@ -422,6 +453,7 @@ def probe_representations(
                 seed=seed,
                 representation=name,
                 target=target,
+                confounds=confounds[keep] if confounds is not None and name in adjusted else None,
             )
             report.records += [r | {"n_dropped": report.dropped[target]} for r in records]
     return report

@@ -127,6 +127,8 @@ def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optio
                 bad = sorted(set(rows.loc[values.isna(), "subject_id"]))
                 raise BrainmmError(f"confound column {col!r}: {len(bad)} subject(s) have a missing value, e.g. "
                                    f"{bad[:5]} in {cfg.cohort} (impute or drop those subjects first)")
+            if col not in cfg.categorical:
+                check_numeric_cells(values, rows["subject_id"], col, cfg.cohort)
             numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
             if numeric and col not in cfg.categorical:
                 out[col] = grouped[col].mean().reindex(wanted).to_numpy(dtype=np.float64)
@@ -160,6 +162,21 @@ def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optio
     return out
 
 
+def check_numeric_cells(values: pd.Series, subjects: pd.Series, col: str, source: str) -> None:
+    """A text column whose cells are mostly numbers is a numeric column with a bad cell: name that cell (file,
+    column, data row, subject, value) rather than turning the column into categories."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return
+    parsed = pd.to_numeric(values, errors="coerce")
+    bad = parsed.isna() & values.notna()
+    if bad.any() and parsed.notna().sum() >= bad.sum():
+        at = values.index[bad.to_numpy().argmax()]
+        row = f"data row {at + 1}" if isinstance(at, (int, np.integer)) else f"row {at!r}"
+        raise BrainmmError(f"confound column {col!r} in {source}: {row} (subject "
+                           f"{subjects.loc[at]!r}) has {str(values.loc[at])[:40]!r}, not a number, in a column of "
+                           f"numbers; fix or blank that cell, or list {col!r} in confounds.categorical")
+
+
 @dataclass
 class Adjusted:
     """Residualised rows of one table and what the fit explained."""
@@ -183,6 +200,15 @@ def residualise_rows(cfg: ConfoundsConfig, covariates: pd.DataFrame, vectors: np
     out = res.transform(vectors, rows).astype(np.float32)
     LOG.info("confounds: %s residualised on %s (fitted on %d train rows; R^2 %.3f)", what, ", ".join(cfg.columns),
              int(fit.sum()), res.r2_)
+    if len(res.degenerate_):
+        LOG.warning("confounds (%s): %d of %d column(s) (0-based %s) are (near-)exact linear combinations of the "
+                    "covariates %s on the train rows: their residual is rounding noise and is set to 0; drop that "
+                    "covariate or those columns if this is not intended", what, len(res.degenerate_), out.shape[1],
+                    res.degenerate_[:10].tolist(), cfg.columns)
+    if res.r2_ > 0.5:
+        LOG.warning("confounds (%s): the adjustment removed %.0f %% of the variance of the train rows (covariates "
+                    "%s); the alignment sees what is left. Check that no covariate duplicates the features (e.g. "
+                    "too many genetic PCs for few variants)", what, 100 * res.r2_, cfg.columns)
     return Adjusted(out, float(res.r2_), int(fit.sum()))
 
 

@@ -30,6 +30,7 @@ class Confounds:
     covariates: pd.DataFrame  # index subject_id
     strata: list[str] = field(default_factory=list)  # categorical covariates: within-<column> retrieval
     records: list[dict[str, Any]] = field(default_factory=list)  # confounds_only (computed on unadjusted inputs)
+    raw: dict[str, Side] = field(default_factory=dict)  # the input sides before adjustment ('brain', modalities)
 
 
 def resolve_confounds(cfg: EvaluateConfig, run: AlignRun) -> Any:
@@ -68,6 +69,7 @@ def prepare_confounds(cfg: EvaluateConfig, inputs: EvalInputs) -> Confounds | No
     cov = covariate_table(conf, in_split, "evaluate", set(in_split) - required)
     strata = [c for c in conf.covariates if c in conf.categorical or not pd.api.types.is_numeric_dtype(cov[c])]
     out = Confounds(conf, cov, strata)
+    out.raw = {**({"brain": inputs.brain} if inputs.brain is not None else {}), **inputs.genetics}
     if inputs.brain is not None:
         out.records = _confounds_only(inputs, out, cfg)
         _adjust_side(inputs, out, "brain")

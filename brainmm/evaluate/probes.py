@@ -1,5 +1,10 @@
 """Linear probes of cohort phenotypes on frozen representations of held-out subjects: the input brain and genetics
-embeddings, both sides of the shared space and brain + genetics concatenated, on the same rows and folds."""
+embeddings, both sides of the shared space and brain + genetics concatenated, on the same rows and folds.
+
+With confounds, the adjusted representations are residualised again inside each probe fold (the adjustment fitted
+on train leaves a confound-dependent shift in held-out subjects that a probe would learn back), the unadjusted
+inputs are probed beside them (`<representation>_unadjusted`), and a target that is itself an adjusted covariate
+is probed on the unadjusted inputs only."""
 
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ class ProbeData:
     table: pd.DataFrame  # _subject, _group, split, one column per phenotype
     representations: dict[str, np.ndarray]
     n_without_genetics: int  # held-out subjects left out for lacking a genetics (or shared) row
+    design: np.ndarray | None = None  # covariate design of the rows (confounds set), fitted on train subjects
+    adjusted: tuple[str, ...] = ()  # representations computed from adjusted inputs
+    covariates: tuple[str, ...] = ()  # adjusted covariate columns (targets among them: unadjusted probes only)
 
 
 def _shared_rows(inputs: EvalInputs, key: str, subjects: list[str]) -> np.ndarray:
@@ -37,8 +45,9 @@ def _shared_rows(inputs: EvalInputs, key: str, subjects: list[str]) -> np.ndarra
     return np.stack([out[s] for s in subjects])
 
 
-def probe_data(inputs: EvalInputs, cfg: EvaluateConfig) -> ProbeData:
-    """Held-out subjects (probes.splits) with a brain row and every genetics modality, in both spaces."""
+def probe_data(inputs: EvalInputs, cfg: EvaluateConfig, confounds: Any = None) -> ProbeData:
+    """Held-out subjects (probes.splits) with a brain row and every genetics modality, in both spaces; with
+    `confounds` (brainmm.evaluate.confounds.Confounds) also the unadjusted inputs and the covariate design."""
     splits = set(cfg.probes.splits)
     chosen = cfg.probes.representations
     brain_input = inputs.input_brain("probes on 'brain' / 'concat'") if {"brain", "concat"} & set(chosen) else None
@@ -77,7 +86,40 @@ def probe_data(inputs: EvalInputs, cfg: EvaluateConfig) -> ProbeData:
         reps["shared_brain"] = _shared_rows(inputs, "brain", keep)
     if "shared_genetics" in chosen:
         reps.update({f"shared_{m}": _shared_rows(inputs, m, keep) for m in inputs.modalities})
-    return ProbeData(table, reps, left_out)
+    if confounds is None:
+        return ProbeData(table, reps, left_out)
+    adjusted = tuple(reps)
+    reps.update(_unadjusted(confounds.raw, inputs.modalities, chosen, keep))
+    return ProbeData(table, reps, left_out, _design(confounds, inputs, keep), adjusted,
+                     tuple(confounds.config.columns))
+
+
+def _unadjusted(raw: dict, modalities: list[str], chosen: list[str], keep: list[str]) -> dict[str, np.ndarray]:
+    """`<representation>_unadjusted` of the input representations, from the tables before adjustment."""
+    brain = raw["brain"].subject_level(keep, normalize=False) if "brain" in raw else None
+    out: dict[str, np.ndarray] = {}
+    if "brain" in chosen and brain is not None:
+        out["brain_unadjusted"] = brain
+    for m in modalities:
+        genetics = raw[m].subject_level(keep, normalize=False)
+        if "genetics" in chosen:
+            out[f"{m}_unadjusted"] = genetics
+        if "concat" in chosen and brain is not None:
+            out[f"concat_brain_{m}_unadjusted"] = np.hstack([brain, genetics])
+    return out
+
+
+def _design(confounds: Any, inputs: EvalInputs, keep: list[str]) -> np.ndarray:
+    """The covariate design of the probe rows, standardised/one-hot with the train subjects' statistics."""
+    from alignment.confounds import CovariateDesign
+
+    c, cov = confounds.config, confounds.covariates
+    train = [s for s in cov.index if inputs.split_of.get(s) == "train"]
+    absent = [s for s in keep if s not in cov.index]
+    if absent:
+        raise BrainmmError(f"probes: {len(absent)} probe subject(s) have no covariates, e.g. {absent[:5]}")
+    design = CovariateDesign(c.columns, c.categorical).fit(cov.loc[train])
+    return design.transform(cov.loc[keep])
 
 
 def probe_records(data: ProbeData, cfg: EvaluateConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -85,11 +127,21 @@ def probe_records(data: ProbeData, cfg: EvaluateConfig) -> tuple[list[dict[str, 
     from alignment.probes import probe_representations
 
     p = cfg.probes
-    report = probe_representations(
-        data.representations, data.table, list(p.targets), subject_col=SUBJECT, group_col=GROUP,
-        tasks=dict(p.tasks), n_splits=p.n_splits, n_boot=p.n_boot, n_permutations=p.n_permutations,
-        level=cfg.level, seed=cfg.seed,
-    )
+    kw = {"subject_col": SUBJECT, "group_col": GROUP, "tasks": dict(p.tasks), "n_splits": p.n_splits,
+          "n_boot": p.n_boot, "n_permutations": p.n_permutations, "level": cfg.level, "seed": cfg.seed}
+    covariate_targets = [t for t in p.targets if t in data.covariates]
+    others = [t for t in p.targets if t not in data.covariates]
+    report = probe_representations(data.representations, data.table, others, confounds=data.design,
+                                   adjusted=data.adjusted, **kw)
+    if covariate_targets:
+        unadjusted = {k: v for k, v in data.representations.items() if k not in data.adjusted}
+        LOG.warning("probe target(s) %s are adjusted covariates (confounds.covariates): probed on the unadjusted "
+                    "inputs only (%s); on adjusted representations they would measure the adjustment, not the data",
+                    covariate_targets, ", ".join(unadjusted) or "none chosen")
+        if unadjusted:
+            extra = probe_representations(unadjusted, data.table, covariate_targets, **kw)
+            report.records += extra.records
+            report.dropped.update(extra.dropped)
     for target, n in report.dropped.items():
         if n:
             LOG.info("probe target %r: %d of %d subjects have no value and are dropped", target, n, len(data.table))

@@ -1,0 +1,136 @@
+"""Confounds that fabricate signal (issue 29): a covariate equal to a feature column, probes of an adjusted
+covariate, an adjustment that removes most of a modality's variance, a text cell in a numeric covariate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_bad_inputs import check_error
+from test_confounds_app import align_config, small_inputs
+
+from alignment.confounds import CovariateDesign, Residualiser
+from alignment.probes import linear_probe
+from brainmm.align import ConfoundsConfig, run_align
+from brainmm.align.confounds import residualise_rows, to_dosage_range
+from brainmm.config import load_config
+
+
+def _cohort(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cov = pd.DataFrame({"age": rng.uniform(40, 80, n), "sex": rng.choice(["F", "M"], n)})
+    dosages = rng.binomial(2, rng.uniform(0.1, 0.5, 600), size=(n, 600)).astype(np.float32)
+    return cov, dosages
+
+
+def test_probe_of_an_adjusted_covariate_is_at_chance_with_in_fold_residuals() -> None:
+    """Inputs adjusted on train subjects keep a sex-dependent shift in held-out ones (the train fit's error): a
+    probe learns sex back from it although sex is random. Residualised inside each probe fold, it is at chance."""
+    cov, dosages = _cohort(400, 0)
+    train, held = np.arange(200), np.arange(200, 400)
+    res = Residualiser(["age", "sex"]).fit(dosages[train], cov.iloc[train])
+    adjusted = res.transform(dosages[held], cov.iloc[held])
+    sex = cov["sex"].to_numpy()[held]
+    kw: dict[str, Any] = {"task": "classification", "n_boot": 10, "n_permutations": 0, "seed": 0}
+    raw = linear_probe(dosages[held], sex, **kw)[0]["value"]
+    fabricated = linear_probe(adjusted, sex, **kw)[0]["value"]
+    design = CovariateDesign(["age", "sex"]).fit(cov.iloc[train]).transform(cov.iloc[held])
+    fixed = linear_probe(adjusted, sex, confounds=design, **kw)[0]["value"]
+    # balanced accuracy of 200 random labels: SD about 0.035 around 0.5
+    assert fabricated > 0.75 and raw < 0.62 and fixed < 0.62, (raw, fabricated, fixed)
+
+
+def test_a_covariate_equal_to_one_column_leaves_zero_not_stretched_noise() -> None:
+    cov, dosages = _cohort(200, 1)
+    cov["snp"] = dosages[:, 7].astype(np.float64)  # a covariate that is one SNP
+    train = np.arange(120)
+    res = Residualiser(["age", "sex", "snp"]).fit(dosages[train], cov.iloc[train])
+    assert res.degenerate_.tolist() == [7]
+    out = res.transform(dosages, cov)
+    assert np.all(out[:, 7] == 0.0) and np.ptp(out[:, 6]) > 1
+    is_train = np.isin(np.arange(200), train)
+    scaled = to_dosage_range(out.astype(np.float32), is_train)
+    assert np.ptp(scaled[:, 7]) == 0.0
+    # without the guard the 1e-16 rounding noise is stretched onto the whole dosage range
+    design = np.hstack([np.ones((200, 1)), res.design.transform(cov)])
+    noise = dosages[:, 7] - design @ res.coef_[:, 7]
+    assert np.abs(noise).max() < 1e-12 and np.ptp(to_dosage_range(noise[:, None], is_train)) > 1.5
+    # near-equal: within 1e3 roundoff units of the input's float type it is noise; above it, a (small) residual
+    for dtype, shift, degenerate in ((np.float32, 1e-6, True), (np.float32, 1e-2, False),
+                                     (np.float64, 1e-14, True), (np.float64, 1e-9, False)):
+        near = dosages.astype(np.float64)
+        near[:, 3] = cov["snp"] + shift * np.random.default_rng(2).normal(size=200)
+        fit = Residualiser(["age", "sex", "snp"]).fit(near[train].astype(dtype), cov.iloc[train])
+        assert (3 in fit.degenerate_) is degenerate and 7 in fit.degenerate_, (dtype, shift)
+
+
+def test_adjustment_warnings_name_the_modality_column_and_share(caplog: pytest.LogCaptureFixture) -> None:
+    cov, dosages = _cohort(100, 3)
+    cov.index = pd.Index([f"s{i}" for i in range(100)], name="subject_id")
+    cov["snp"] = dosages[:, 2].astype(np.float64)
+    vectors = dosages[:, :4] + 20.0 * (cov["sex"].to_numpy() == "M")[:, None]  # sex dominates
+    cfg = ConfoundsConfig(covariates=["age", "sex", "snp"])
+    with caplog.at_level(logging.WARNING, logger="brainmm"):
+        fit = residualise_rows(cfg, cov, vectors.astype(np.float32), list(cov.index), set(cov.index[:60]),
+                               "genotype inputs")
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "confounds (genotype inputs): 1 of 4 column(s) (0-based [2])" in text
+    assert f"confounds (genotype inputs): the adjustment removed {100 * fit.r2:.0f} % of the variance" in text
+    assert fit.r2 > 0.9
+
+
+def test_text_cell_in_a_numeric_covariate_names_the_cell(tmp_path: Path, mlflow_uri: str, capsys: Any) -> None:
+    from brainmm.cli import main
+
+    inputs = small_inputs(tmp_path)
+    cohort = pd.read_csv(inputs["cohort"])
+    cohort["age"] = cohort["age"].round(1).astype(object)
+    cohort.loc[5, "age"] = "unknown"
+    cohort.to_csv(inputs["cohort"], index=False)
+    (tmp_path / "align.yaml").write_text("train: {epochs: 1, batch_size: 8}\n")
+    out = tmp_path / "run"
+    capsys.readouterr()
+    code = main(["-q", "align", "--config", str(tmp_path / "align.yaml"), f"output_dir={out}",
+                 f"data.brain={inputs['brain']}", f"data.genetics={{genotype: {inputs['genotype']}}}",
+                 f"data.split={inputs['split']}", f"tracking.uri={mlflow_uri}", "confounds.covariates=[age]",
+                 f"confounds.cohort={inputs['cohort']}"])
+    check_error(code, capsys.readouterr().err, r"confound column 'age' in .*cohort\.csv: data row 6 \(subject 's05'\) "
+                                                r"has 'unknown', not a number.*confounds\.categorical")
+    assert not out.exists() or not any(out.iterdir())
+    cfg = ConfoundsConfig(covariates=["age"], categorical=["age"], cohort=inputs["cohort"])
+    from brainmm.align import covariate_table
+
+    assert covariate_table(cfg, inputs["subjects"][:6], "align")["age"].iloc[5] == "unknown"  # declared: accepted
+
+
+def test_evaluate_probes_a_covariate_target_on_unadjusted_inputs_only(tmp_path: Path, mlflow_uri: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from dataclasses import fields
+
+    from brainmm.evaluate import EvaluateConfig, run_evaluate
+
+    inputs = small_inputs(tmp_path, n=60)
+    cohort = pd.read_csv(inputs["cohort"])
+    cohort["height"] = np.random.default_rng(4).normal(170, 10, len(cohort))
+    cohort.to_csv(inputs["cohort"], index=False)
+    cfg = align_config(inputs, False, mlflow_uri, epochs=2)
+    cfg.train.batch_size = 8
+    cfg.confounds = ConfoundsConfig(covariates=["site", "age"], cohort=inputs["cohort"])
+    align = run_align(cfg)
+    ev = load_config(EvaluateConfig, None, [
+        f"align_dir={align.run_dir}", "retrieval.n_boot=20", "retrieval.kway=0", "baselines.methods=[]",
+        "model.log=false", "figures.enabled=false", f"data.cohort={inputs['cohort']}", "probes.targets=[site,height]",
+        "probes.splits=[train,val,test]", "probes.n_splits=3", "probes.n_boot=10", "probes.n_permutations=0",
+        *(["explain.enabled=false"] if "explain" in {f.name for f in fields(EvaluateConfig)} else [])])
+    with caplog.at_level(logging.WARNING, logger="brainmm"):
+        table = run_evaluate(ev).table
+    probes = table[table["section"] == "probe"]
+    site = set(probes.loc[probes["target"] == "site", "representation"])
+    height = set(probes.loc[probes["target"] == "height", "representation"])
+    assert site == {"brain_unadjusted", "genotype_unadjusted", "concat_brain_genotype_unadjusted"}, site
+    assert {"brain", "genotype", "brain_unadjusted", "genotype_unadjusted", "shared_brain"} <= height, height
+    assert any("probe target(s) ['site'] are adjusted covariates" in r.getMessage() for r in caplog.records)
