@@ -116,7 +116,7 @@ def test_pca_fitted_on_train_matches_sklearn(dataset, tmp_path) -> None:
     assert table.meta["pca"]["components"] == 3 and table.meta["pca"]["subjects"] == len(train)
     incremental = EmbeddingTable.load(connectivity_table(dataset, tmp_path / "ipca",
                                                          ConnectivityConfig(pca=3, pca_in_memory_gb=1e-9)))
-    assert incremental.meta["pca"]["solver"] == "incremental"
+    assert incremental.meta["pca"]["solver"] == "streamed"
     np.testing.assert_allclose(np.abs(incremental.vectors), np.abs(table.vectors), rtol=0,
                                atol=1e-5 * np.abs(scores).max())
     share = EmbeddingTable.load(connectivity_table(dataset, tmp_path / "var", ConnectivityConfig(pca=0.5)))
@@ -205,3 +205,19 @@ def test_blas_engine_in_the_table_and_constant_parcel(dataset, tmp_path) -> None
         _check_finite(correlation_vectors([x]))
     with pytest.raises(BrainmmError, match="'dtype'"):
         connectivity_table(dataset, tmp_path / "x", ConnectivityConfig(dtype="float16"))
+
+
+def test_streamed_pca_equals_sklearn_full_pca() -> None:
+    """Randomized SVD over row blocks (the out-of-memory path) against sklearn's exact PCA on a decaying spectrum."""
+    from brainmm.data.fmri.streamed_pca import streamed_pca
+
+    rng = np.random.default_rng(0)
+    scales = 30 * 2.0 ** -np.arange(20)
+    x = ((rng.standard_normal((300, 20)) * scales) @ rng.standard_normal((20, 500))
+         + rng.standard_normal((300, 500))).astype(np.float32)
+    rows = np.arange(0, 300, 2)  # a subset of rows, as the training split
+    ref = PCA(n_components=5, svd_solver="full").fit(x[rows].astype(np.float64))
+    mean, components, ratio = streamed_pca(x, rows, 5, block=32)
+    np.testing.assert_allclose(mean, ref.mean_, rtol=0, atol=1e-12 * np.abs(x).max())
+    np.testing.assert_allclose(components, ref.components_, rtol=0, atol=1e-8)  # signs as sklearn's svd_flip
+    np.testing.assert_allclose(ratio, ref.explained_variance_ratio_, rtol=1e-8, atol=0)

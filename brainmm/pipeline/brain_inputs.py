@@ -23,13 +23,16 @@ def brain_input_table(inputs: list[str], embed: str, fc: str, split_csv: str, pc
     from brainmm.data.splits import load_split
     from brainmm.embeddings import EmbeddingTable
 
-    emb = EmbeddingTable.load(embed)
-    subjects = table_subjects(emb, f"embedding table {embed}")
+    if "brainlm" in inputs:
+        emb = EmbeddingTable.load(embed)
+        ids, subjects = list(emb.ids), table_subjects(emb, f"embedding table {embed}")
+    else:  # FC-only: one row per subject of the connectivity table
+        ids = subjects = list(EmbeddingTable.load(fc).ids)
     split = load_split(split_csv)
     train = set(split.loc[split["split"] == "train", "subject_id"].astype(str))
     train_rows = np.array([s in train for s in subjects])
     blocks: list[np.ndarray] = []
-    meta: dict = {"kind": "brain_inputs", "inputs": list(inputs), "subject_id": dict(zip(emb.ids, subjects)),
+    meta: dict = {"kind": "brain_inputs", "inputs": list(inputs), "subject_id": dict(zip(ids, subjects)),
                   "block_scaling": {"fitted_on": "train"}}
     for name in inputs:
         if name == "brainlm":
@@ -47,7 +50,7 @@ def brain_input_table(inputs: list[str], embed: str, fc: str, split_csv: str, pc
         blocks.append(block_scale(scores[[index[s] for s in subjects]], train_rows, meta, name))
         meta["connectivity_pca"] = {"fitted_on": "train", "subjects": len(rows), "components": int(scores.shape[1]),
                                     "explained_variance": float(fitted["explained_variance_ratio"].sum())}
-    return EmbeddingTable(list(emb.ids), np.hstack(blocks), meta).save(out)
+    return EmbeddingTable(ids, np.hstack(blocks), meta).save(out)
 
 
 def block_scale(x: np.ndarray, train: np.ndarray, meta: dict, name: str) -> np.ndarray:

@@ -111,12 +111,21 @@ def make_plan(cfg: PipelineConfig) -> Plan:
                            "set evaluate.data.brain_fc (a connectivity table) or turn the stage on")
     runs["connectivity"] = ((fc_wanted or fc_input) and not cfg.evaluate.data.brain_fc if sw.connectivity is None
                             else sw.connectivity)
-    runs["pretrain"] = _switch("pretrain", sw.pretrain, not cfg.embed.model, "embed.model",
-                               "set embed.model (a BrainLM checkpoint folder)")
     table_tower = not tower_kind(cfg.align.towers.brain.kind).has_model
-    runs["embed"] = _switch("embed", sw.embed, not cfg.align.data.brain, "align.data.brain",
-                            "set align.data.brain (a brain embedding table)" if table_tower else
-                            "the evaluation needs evaluate.data.brain (a table of the tower's input features)")
+    fc_only = "brainlm" not in cfg.brain_inputs and table_tower  # no BrainLM at all: no pretrain, no embed
+    if fc_only:
+        for stage in ("pretrain", "embed"):
+            if getattr(sw, stage):
+                raise BrainmmError(f"pipeline config field 'stages.{stage}': true, but brain_inputs "
+                                   f"{cfg.brain_inputs} uses no BrainLM (the FC-only path); add brainlm to "
+                                   "brain_inputs or leave the switch null")
+        runs["pretrain"] = runs["embed"] = False
+    else:
+        runs["pretrain"] = _switch("pretrain", sw.pretrain, not cfg.embed.model, "embed.model",
+                                   "set embed.model (a BrainLM checkpoint folder)")
+        runs["embed"] = _switch("embed", sw.embed, not cfg.align.data.brain, "align.data.brain",
+                                "set align.data.brain (a brain embedding table)" if table_tower else
+                                "the evaluation needs evaluate.data.brain (a table of the tower's input features)")
     runs["genetics"] = _switch("genetics", sw.genetics, not cfg.align.data.genetics, "align.data.genetics",
                                "set align.data.genetics (name: embedding table)")
     runs["align"] = sw.align
@@ -146,12 +155,13 @@ def make_plan(cfg: PipelineConfig) -> Plan:
                            "leave it empty and set data.fmri_dataset")
     p.data.dataset = dataset
     p.output_dir = _inside(out, p.output_dir)
-    plan.brain_model = Path(p.output_dir) / "model" if runs["pretrain"] else Path(_given(cfg.embed.model))
+    plan.brain_model = (Path(p.output_dir) / "model" if runs["pretrain"] else
+                        Path(_given(cfg.embed.model)) if cfg.embed.model else None)
     e = cfg.embed
     if e.dataset and runs["embed"]:
         raise BrainmmError("pipeline config field 'embed.dataset': set by the pipeline (the fMRI dataset); leave it "
                            "empty and set data.fmri_dataset")
-    e.model, e.dataset = str(plan.brain_model), dataset
+    e.model, e.dataset = str(plan.brain_model or ""), dataset
     e.out = _inside(out, e.out)
     if e.cache_dir is not None:
         e.cache_dir = _inside(out, e.cache_dir)
@@ -173,7 +183,10 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     a = cfg.align
     a.output_dir = _inside(out, a.output_dir)
     mixed = cfg.brain_inputs != ["brainlm"]
-    if mixed and (not table_tower or not runs["embed"]):
+    if fc_only and a.data.brain:
+        raise BrainmmError(f"pipeline config field 'brain_inputs': {cfg.brain_inputs} builds the align stage's brain "
+                           "table from the connectivity table (the FC-only path); leave align.data.brain empty")
+    if mixed and not fc_only and (not table_tower or not runs["embed"]):
         raise BrainmmError(f"pipeline config field 'brain_inputs': {cfg.brain_inputs} builds the align stage's brain "
                            "table from the embed stage (a table brain tower, align.data.brain empty)")
     if mixed:

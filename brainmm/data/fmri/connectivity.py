@@ -14,13 +14,16 @@ Kinds (nilearn `ConnectivityMeasure(kind=..., vectorize=True, discard_diagonal=T
 Several recordings of a subject: the mean of their vectors (in Fisher-z / tangent space). Memory: recordings are
 processed in batches of `batch_size` subjects into a float32 memory map beside the output, so only the [N, F]
 features (and, with PCA, the fitted components) are held at once; PCA above `pca_in_memory_gb` of training
-features uses `IncrementalPCA` over row batches.
+features is a randomized SVD streaming row blocks of the memory map (`streamed_pca`: a few passes, each a BLAS
+product of a block with a thin matrix).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,7 @@ class ConnectivityConfig:
     fisher_z: bool = True  # arctanh of (partial) correlations; ignored for tangent
     pca: float = 0.0  # 0: no PCA; >= 1: that many components; in (0, 1): share of the training variance kept
     pca_max_components: int = 256  # cap when `pca` is a variance share (and never above n_train - 1)
-    pca_in_memory_gb: float = 1.0  # float32 training features up to this size: PCA in memory; above: IncrementalPCA
+    pca_in_memory_gb: float = 1.0  # float32 training features up to this size: PCA in memory; above: streamed randomized SVD
     tangent_fit_max: int = 1000  # training recordings used to fit the tangent reference (geometric mean)
     batch_size: int = 64  # subjects per batch
     dtype: str = "float64"  # correlation kernel: float64 (equals nilearn to 1e-10) | float32 (faster, ~1e-6)
@@ -57,6 +60,9 @@ class ConnectivityConfig:
         if self.estimator not in ESTIMATORS:
             raise BrainmmError(f"connectivity field 'estimator': expected one of {', '.join(ESTIMATORS)}, "
                                f"got {self.estimator!r}")
+        bad = [f for f in ("pca", "pca_in_memory_gb") if not math.isfinite(float(getattr(self, f)))]
+        if bad:
+            raise BrainmmError(f"connectivity field '{bad[0]}': expected a finite number, got {getattr(self, bad[0])!r}")
         if self.pca < 0 or (self.pca >= 1 and self.pca != int(self.pca)):
             raise BrainmmError(f"connectivity field 'pca': expected 0, an integer >= 1 (components) or a share in "
                                f"(0, 1) (variance kept), got {self.pca!r}")
@@ -153,10 +159,11 @@ def _vectors(measure, series: list[np.ndarray], cfg: ConnectivityConfig, fitted:
         vec = correlation_vectors(series, cfg.fisher_z, cfg.dtype)
         _check_finite(vec)
         return vec
-    if fitted:  # nilearn refuses to transform a single recording into tangent space: pair it with itself
-        vec = measure.transform(series * 2)[: len(series)] if len(series) == 1 else measure.transform(series)
-    else:
-        vec = measure.fit_transform(series)
+    with not_positive_definite(cfg, series):
+        if fitted:  # nilearn refuses to transform a single recording into tangent space: pair it with itself
+            vec = measure.transform(series * 2)[: len(series)] if len(series) == 1 else measure.transform(series)
+        else:
+            vec = measure.fit_transform(series)
     vec = np.asarray(vec, dtype=np.float64)
     if cfg.kind != "tangent" and cfg.fisher_z:
         vec = np.arctanh(np.clip(vec, -CLIP, CLIP))
@@ -179,8 +186,25 @@ def _fit_tangent(ds, cfg: ConnectivityConfig, train_recordings: list[str]):
     if len(ids) < 2:
         raise BrainmmError(f"connectivity kind tangent: need at least 2 training recordings, got {len(ids)}")
     measure = _measure(cfg)
-    measure.fit(_series(ds, ids))
+    series = _series(ds, ids)
+    with not_positive_definite(cfg, series):
+        measure.fit(series)
     return measure, len(ids)
+
+
+@contextmanager
+def not_positive_definite(cfg: ConnectivityConfig, series: list[np.ndarray]) -> Iterator[None]:
+    """nilearn's 'not symmetric positive definite' (a covariance of fewer time points than parcels) as one line."""
+    try:
+        yield
+    except ValueError as err:
+        if "positive definite" not in str(err):
+            raise
+        t, v = min(len(s) for s in series), series[0].shape[1]
+        raise BrainmmError(f"connectivity kind {cfg.kind!r} with estimator {cfg.covariance!r}: a covariance is not "
+                           f"positive definite (shortest recording {t} time points for {v} parcels: too short for "
+                           "the empirical estimator); use --estimator ledoit_wolf (or auto), or longer "
+                           "recordings") from None
 
 
 def _batches(order: list[str], size: int) -> Iterator[list[str]]:
@@ -216,8 +240,9 @@ def subject_features(ds, cfg: ConnectivityConfig, out: np.ndarray) -> dict[str, 
 
 
 def fit_pca(features: np.ndarray, train_rows: np.ndarray, cfg: ConnectivityConfig) -> dict[str, np.ndarray]:
-    """PCA of the training rows: mean, components [k, F], explained variance ratio (randomized or incremental)."""
-    from sklearn.decomposition import PCA, IncrementalPCA
+    """PCA of the training rows: mean, components [k, F], explained variance ratio (sklearn's randomized PCA in
+    memory, or a randomized SVD streaming row blocks of `features` above `pca_in_memory_gb`)."""
+    from sklearn.decomposition import PCA
 
     n, f = len(train_rows), features.shape[1]
     if n < 2:
@@ -232,21 +257,15 @@ def fit_pca(features: np.ndarray, train_rows: np.ndarray, cfg: ConnectivityConfi
         x = np.asarray(features[train_rows], dtype=np.float64)
         model = PCA(n_components=k_fit, svd_solver="randomized" if k_fit < min(n, f) // 2 else "full",
                     random_state=cfg.seed).fit(x)
-        mean = model.mean_
+        mean, components, ratio = model.mean_, model.components_, model.explained_variance_ratio_
     else:
-        step = max(2 * k_fit, min(1024, n))
-        model = IncrementalPCA(n_components=k_fit)
-        starts = list(range(0, n, step))
-        if len(starts) > 1 and n - starts[-1] < k_fit:  # each batch needs >= n_components rows: merge the tail
-            starts.pop()
-        for i, start in enumerate(starts):
-            stop = starts[i + 1] if i + 1 < len(starts) else n
-            model.partial_fit(np.asarray(features[train_rows[start:stop]], dtype=np.float64))
-        mean = model.mean_
-    ratio = np.asarray(model.explained_variance_ratio_, dtype=np.float64)
+        from brainmm.data.fmri.streamed_pca import streamed_pca
+
+        mean, components, ratio = streamed_pca(features, train_rows, k_fit, seed=cfg.seed)
+    ratio = np.asarray(ratio, dtype=np.float64)
     k = k_fit if cfg.pca >= 1 else int(min(k_fit, np.searchsorted(np.cumsum(ratio), cfg.pca) + 1))
-    return {"mean": np.asarray(mean, np.float64), "components": np.asarray(model.components_[:k], np.float64),
-            "explained_variance_ratio": ratio[:k], "solver": np.array("randomized" if in_memory else "incremental")}
+    return {"mean": np.asarray(mean, np.float64), "components": np.asarray(components[:k], np.float64),
+            "explained_variance_ratio": ratio[:k], "solver": np.array("randomized" if in_memory else "streamed")}
 
 
 def pca_transform(features: np.ndarray, pca: dict[str, np.ndarray], batch: int = 1024) -> np.ndarray:
