@@ -161,6 +161,26 @@ def test_nan_loss_stops_with_step_and_subjects_and_keeps_the_last_checkpoint(tmp
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+def test_nan_gradient_with_a_finite_loss_stops_before_the_step(tmp_path: Path, mlflow_uri: str, monkeypatch) -> None:
+    """A finite loss whose gradient is NaN (0 x d sqrt(|u|)/du at u = 0) stops the run like a NaN loss does."""
+    from alignment.losses import ClipLoss
+
+    paths = make_inputs(tmp_path)
+    cfg = config(*tiny(paths, tmp_path / "run", mlflow_uri, "train.checkpoint_every=2"))
+    original, calls = ClipLoss.forward, {"n": 0}
+
+    def nan_gradient_on_third_step(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss + 0.0 * (loss - loss.detach()).abs().sqrt() if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(ClipLoss, "forward", nan_gradient_on_third_step)
+    with pytest.raises(BrainmmError, match=r"non-finite gradient norm at step 3 \(epoch 0\); batch subject ids"):
+        align.run_align(cfg)
+    ckpt = CheckpointDir(tmp_path / "run" / align.CHECKPOINTS).load_latest()
+    assert ckpt["progress"]["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path, mlflow_uri: str) -> None:
     paths = make_inputs(tmp_path)
     # a learning rate this small leaves the validation score unchanged, so it never improves after epoch 0

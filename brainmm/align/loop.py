@@ -58,32 +58,36 @@ LOG = logging.getLogger("brainmm.align")
 CHECKPOINTS = "checkpoints"  # step-numbered checkpoints (CheckpointDir) in the run folder
 
 
-def _non_finite(subjects: list[str], batch: torch.Tensor, prog: Progress, ckpts: CheckpointDir) -> Callable[[], str]:
-    """The error message of a non-finite loss in this step (names the batch's subjects and the last checkpoint)."""
+def _non_finite(subjects: list[str], batch: torch.Tensor, prog: Progress,
+                ckpts: CheckpointDir) -> Callable[[str], Callable[[], str]]:
+    """The error message of a non-finite `what` (loss, gradient norm) in this step: names the batch's subjects and
+    the last checkpoint."""
 
-    def message() -> str:
+    def message(what: str) -> str:
         ids = [subjects[i] for i in batch.tolist()]
         last = ckpts.paths()[-1] if ckpts.paths() else None
-        return (f"align: non-finite loss at step {prog.step + 1} (epoch {prog.epoch}); batch subject ids {ids}; "
+        return (f"align: non-finite {what} at step {prog.step + 1} (epoch {prog.epoch}); batch subject ids {ids}; "
                 f"nothing was saved for this step (the last checkpoint, if any, is {last}); lower train.lr or check "
                 "these subjects' embeddings")
 
-    return message
+    return lambda what: lambda: message(what)
 
 
 def _train_step(model: nn.Module, core: DualEncoder, loss_fn: AlignmentLoss, optimizer: torch.optim.Optimizer,
                 scheduler: Any, batch: tuple, precision: str, grad_clip: float, info: DistInfo,
-                non_finite: Callable[[], str]) -> tuple[torch.Tensor, dict]:
-    """One optimiser step; returns the (rank-local) loss and per-modality terms; raises on a non-finite loss."""
+                non_finite: Callable[[str], Callable[[], str]]) -> tuple[torch.Tensor, dict]:
+    """One optimiser step; returns the (rank-local) loss and per-modality terms; raises on a non-finite loss or
+    gradient norm (before the optimiser steps: the weights stay finite)."""
     brain, genetics, masks, labels = batch
     with autocast(info.device, precision):
         out = model(brain, genetics)
     result = loss_fn(out, labels, masks)
-    check_finite(result.loss, info.world_size, non_finite)
+    check_finite(result.loss, info.world_size, non_finite("loss"))
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    check_finite(norm, info.world_size, non_finite("gradient norm"))
     optimizer.step()
     scheduler.step()
     core.clamp_logit_scale()
