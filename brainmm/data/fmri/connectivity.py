@@ -195,16 +195,18 @@ def _fit_tangent(ds, cfg: ConnectivityConfig, train_recordings: list[str]):
 @contextmanager
 def not_positive_definite(cfg: ConnectivityConfig, series: list[np.ndarray]) -> Iterator[None]:
     """nilearn's 'not symmetric positive definite' (a covariance of fewer time points than parcels) as one line."""
+    t, v = min(len(s) for s in series), series[0].shape[1]
+    message = (f"connectivity kind {cfg.kind!r} with estimator {cfg.covariance!r}: a covariance is not positive "
+               f"definite (shortest recording {t} time points for {v} parcels: too short for the empirical "
+               "estimator); use --estimator ledoit_wolf (or auto), or longer recordings")
+    if cfg.kind != "correlation" and cfg.covariance == "empirical" and t <= v:  # rank <= t - 1 < v: singular
+        raise BrainmmError(message)
     try:
         yield
     except ValueError as err:
         if "positive definite" not in str(err):
             raise
-        t, v = min(len(s) for s in series), series[0].shape[1]
-        raise BrainmmError(f"connectivity kind {cfg.kind!r} with estimator {cfg.covariance!r}: a covariance is not "
-                           f"positive definite (shortest recording {t} time points for {v} parcels: too short for "
-                           "the empirical estimator); use --estimator ledoit_wolf (or auto), or longer "
-                           "recordings") from None
+        raise BrainmmError(message) from None
 
 
 def _batches(order: list[str], size: int) -> Iterator[list[str]]:
