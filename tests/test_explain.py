@@ -111,6 +111,13 @@ def _kg_run(sample_data_dir: Path, root: Path, uri: str) -> tuple[Path, list[str
     signal = d[:, planted] @ [1.0, -1.0]
     brain = np.c_[signal[:, None] * rng.normal(size=(1, 6)), np.zeros((len(d), 2))] + 0.5 * rng.normal(size=(len(d), 8))
     EmbeddingTable(table.ids, brain, {}).save(root / "brain")
+    v = 6  # a connectivity table (nilearn's lower-triangle order) whose edge (1, 0) follows the planted signal
+    fc = 0.5 * rng.normal(size=(len(d), v * (v - 1) // 2))
+    fc[:, 0] += signal
+    (root / "fmri").mkdir()
+    pd.DataFrame({"parcel": range(v), "label": [f"7Networks_LH_{n}_1" for n in "AABBCC"], "x": np.arange(v) * 10.0,
+                  "y": 0.0, "z": 0.0}).to_csv(root / "fmri" / "coords.tsv", sep="\t", index=False)
+    EmbeddingTable(table.ids, fc, {"kind": "connectivity", "dataset": str(root / "fmri")}).save(root / "fc")
     cfg = load_config(AlignConfig, REPO / "configs" / "align_clip.yaml", [
         f"data.brain={root / 'brain'}", f"data.genetics={{geno: {root / 'geno'}}}", f"data.split={root / 'split.csv'}",
         f"output_dir={root / 'align'}", "head.kind=linear", "head.init=cca", "head.out_dim=8", "train.epochs=2",
@@ -122,7 +129,7 @@ def test_explain_cli_on_1000_genomes_lists_rsids(sample_data_dir: Path, tmp_path
                                                  capsys) -> None:
     run_dir, planted = _kg_run(sample_data_dir, tmp_path, mlflow_uri)
     assert main(["explain", "--align-dir", str(run_dir), "explain.splits=[val, test]", "explain.n_permutations=300",
-                 "explain.n_boot=50", "explain.baselines=[cca]"]) == 0
+                 "explain.n_boot=50", f"data.brain_fc={tmp_path / 'fc'}"]) == 0
     out = capsys.readouterr().out
     variants = pd.read_csv(run_dir / "explain" / "variants.tsv", sep="\t", dtype={"rsid": str, "chrom": str})
     geno = EmbeddingTable.load(tmp_path / "geno")
@@ -135,7 +142,15 @@ def test_explain_cli_on_1000_genomes_lists_rsids(sample_data_dir: Path, tmp_path
     assert set(top) == set(planted)
     assert set(variants.loc[variants["q"] <= 0.05, "rsid"]) >= set(planted)
     assert planted[0] in out or planted[1] in out  # the printed top-k names them
-    assert (run_dir / "explain" / "manhattan.png").is_file() and (run_dir / "explain" / "summary.md").is_file()
+    for name in ("manhattan.png", "summary.md", "parcels_map.png", "edges_top.png"):
+        assert (run_dir / "explain" / name).is_file(), name
+    edges = pd.read_csv(run_dir / "explain" / "edges.tsv", sep="\t")
+    assert len(edges) == 15 and edges.sort_values("score").iloc[-1][["parcel_i", "parcel_j"]].tolist() == [1, 0]
+    assert {"fc_cca_score", "fc_cca_q", "network_i"} <= set(edges.columns) and edges["q"].iat[0] <= 0.05
+    parcels = pd.read_csv(run_dir / "explain" / "parcels.tsv", sep="\t")
+    assert parcels["score"].idxmax() in (0, 1) and list(parcels["network"]) == list("AABBCC")
+    networks = pd.read_csv(run_dir / "explain" / "networks.tsv", sep="\t")
+    assert networks.loc[networks["score"].idxmax(), "network"] == "A"
     child = mlflow.search_runs(experiment_names=["explain-test"], filter_string="tags.`brainmm.stage` = 'explain'")
     assert len(child) == 1 and child["metrics.explain/variants/model/n_significant"].iat[0] >= 2
     assert main(["explain", "--align-dir", str(run_dir), "explain.fdr=2"]) == 2  # one-line user error
