@@ -118,3 +118,15 @@ def test_shapes_of_real_inputs(tmp_path: Path) -> None:
     bgen.write_bytes((20).to_bytes(4, "little") + (20).to_bytes(4, "little") + (12345).to_bytes(4, "little")
                      + (7).to_bytes(4, "little") + b"\0" * 8)
     assert C.data_shapes(_cfg(tmp_path, f"genetics.matrix.bgen={bgen}")).variants == 12345
+
+
+def test_shapes_of_a_cohort_table(tmp_path: Path) -> None:
+    import numpy as np
+
+    coords = tmp_path / "coords.tsv"
+    coords.write_text("x\ty\tz\n" + "".join(f"{i}\t0\t0\n" for i in range(5)))
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((30, 5)))
+    (tmp_path / "cohort.csv").write_text("subject_id,path\ns1,a.npy\ns2,b.npy\n")
+    s = C.data_shapes(_cfg(tmp_path, f"data.fmri_cohort={tmp_path / 'cohort.csv'}", f"ingest.coords={coords}"))
+    assert (s.subjects, s.recordings, s.parcels, s.timepoints, s.source) == (2, 2, 5, 30, "cohort table")

@@ -9,6 +9,7 @@ remaining stages by how the finished ones compared with their estimates.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -129,9 +130,8 @@ def data_shapes(cfg: Any) -> Shapes:
         s.timepoints, s.window, s.source = man["timepoints_per_recording"]["max"], man["num_timepoints"], "dataset"
     elif d.fmri_cohort and Path(d.fmri_cohort).is_file():
         s.source = "cohort table"
-        s.recordings = max(_count_lines(Path(d.fmri_cohort)) - 1, 0)
-        s.subjects = s.recordings  # one recording per subject unless the table says otherwise
-        s.parcels = _parcels(cfg)
+        with contextlib.suppress(Exception):  # the ingest stage reports a bad table; the plan shows '?'
+            _cohort_shapes(cfg, Path(d.fmri_cohort), s)
     elif not d.fmri_cohort and not d.fmri_dataset:
         sim = cfg.simulate
         s.subjects, s.recordings = sim.n_subjects, sim.n_subjects * sim.brain.n_sessions
@@ -143,12 +143,26 @@ def data_shapes(cfg: Any) -> Shapes:
     return s
 
 
-def _parcels(cfg: Any) -> int | None:
-    """Parcels of a real cohort: the coordinates file's rows (atlas labels otherwise unknown here)."""
-    coords = cfg.ingest.coords
-    if coords and Path(coords).is_file():
-        return max(_count_lines(Path(coords)) - 1, 1)
-    return None
+def _cohort_shapes(cfg: Any, table: Path, s: Shapes) -> None:
+    """Subjects and recordings of a cohort table; parcels from the coordinates or label file; the first recording's
+    length (a NIfTI header, or the array of a time-series file)."""
+    from brainmm.data import cohort as ct
+    from brainmm.data.fmri.readers import is_nifti, load_array, read_coords
+
+    df = ct.read_table(table)
+    s.recordings, s.subjects = len(df), int(df["subject_id"].nunique())
+    labels = cfg.ingest.atlas_labels or cfg.ingest.coords
+    if labels:
+        s.parcels = len(read_coords(labels)[0]) if labels == cfg.ingest.coords else len(ct.read_table(labels))
+    first = ct.resolve_paths(df.head(1), "file" if "file" in df and "path" not in df else "path")[0]
+    if is_nifti(first):
+        import nibabel
+
+        s.timepoints = int(nibabel.load(first).shape[3])
+    else:
+        shape = load_array(first).shape
+        s.timepoints = shape[0] if s.parcels == shape[1] else shape[1] if s.parcels == shape[0] else max(shape)
+        s.parcels = s.parcels or min(shape)
 
 
 # ------------------------------------------------------------------------------------------- units
