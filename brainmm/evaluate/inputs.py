@@ -255,6 +255,10 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
         raise BrainmmError(f"align folder {run.run_dir}: heads.json has modalities {heads.modalities}, its config "
                            f"{modalities}")
     projectors, brain_tower = _projectors(run.run_dir, heads)
+    tables = {**({"brain": (brain, brain_path)} if brain is not None and brain_tower != "brainlm" else {}),
+              **{m: (genetics[m], genetics_paths[m]) for m in modalities}}
+    for key, (side, path) in tables.items():
+        check_width(side, path, projectors[key], "data.brain" if key == "brain" else f"data.genetics.{key}", run)
 
     shared: dict[str, dict[str, Side]] = {}
     for name in SPLIT_NAMES:
@@ -335,6 +339,18 @@ def _projectors(run_dir: Path, heads: Any) -> tuple[dict[str, nn.Module], str | 
     for m, head in heads.genetics_heads.items():
         modules[m] = nn.Sequential(loaded[m], head).eval() if m in loaded else head
     return modules, (towers.get("brain") or {}).get("kind")
+
+
+def check_width(side: Side, path: str, projector: nn.Module, field: str, run: AlignRun) -> None:
+    """An input table must have the width its head (or genotype tower) was trained on."""
+    width = getattr(projector, "in_dim", None)
+    if width is None:
+        width = next((m.in_features for m in projector.modules() if isinstance(m, nn.Linear)), None)
+    dim = side.table.vectors.shape[1]
+    if width is not None and dim != width:
+        raise BrainmmError(f"evaluate config field {field!r}: table {path} has {dim} columns, but align run "
+                           f"{run.run_dir} was trained on {width}; give the table it was trained on (or one built "
+                           "the same way)")
 
 
 def _pairs_in(sides: dict[str, Side], modality: str) -> bool:
