@@ -42,7 +42,6 @@ from brainmm.distributed import barrier, distributed
 from brainmm.errors import BrainmmError
 from brainmm.train.common import (
     CheckpointDir,
-    autocast,
     check_finite,
     check_run_dir,
     check_tracking,
@@ -52,7 +51,7 @@ from brainmm.train.common import (
     tracked_run,
 )
 from encoders.brainlm.tower import dropout_seed
-from encoders.precision import resolve_precision
+from encoders.precision import autocast, resolve_precision
 
 LOG = logging.getLogger("brainmm.align")
 CHECKPOINTS = "checkpoints"  # step-numbered checkpoints (CheckpointDir) in the run folder
@@ -79,7 +78,7 @@ def _train_step(model: nn.Module, core: DualEncoder, loss_fn: AlignmentLoss, opt
     """One optimiser step; returns the (rank-local) loss and per-modality terms; raises on a non-finite loss or
     gradient norm (before the optimiser steps: the weights stay finite)."""
     brain, genetics, masks, labels = batch
-    with autocast(info.device, precision):
+    with autocast(precision, info.device):
         out = model(brain, genetics)
     result = loss_fn(out, labels, masks)
     check_finite(result.loss, info.world_size, non_finite("loss"))

@@ -29,10 +29,10 @@ from torch import nn
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_dir, atomic_write_json
-from brainmm.train.common import autocast, eval_mode
+from brainmm.train.common import eval_mode
 from encoders.brainlm.lora import LoraSettings
 from encoders.brainlm.tower import BrainLMTower
-from encoders.precision import resolve_precision
+from encoders.precision import autocast, resolve_precision
 from encoders.weights import quiet_transformers
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def tiled_features(tower: BrainLMTower, windows: FmriWindows, positions: Sequenc
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             signal = torch.stack([windows[j]["signal_vectors"] for j in chunk]).to(device, non_blocking=True)
-            with autocast(device, precision):
+            with autocast(precision, device):
                 h = tower(signal)
             rows = torch.tensor([slot[int(windows.items[j, 0])] for j in chunk], device=device)
             sums.index_add_(0, rows, h.double())  # on the device: no host sync per batch
@@ -326,7 +326,7 @@ class BrainWindows:
 
 
 def tower_precision(precision: str, device: str = "auto") -> str:
-    """The embed `precision` that matches the training core's `autocast(device, precision)` on `device`."""
+    """The embed `precision` that matches the training core's `autocast(precision, device)` on `device`."""
     from brainmm.distributed import resolve_device
 
     return resolve_precision(precision, resolve_device(device))

@@ -31,7 +31,6 @@ from alignment.optim import WarmupCosine, warmup_cosine
 from brainmm.errors import BrainmmError
 from brainmm.interrupts import deferred_interrupts
 from brainmm.io import atomic_file, atomic_write_json
-from encoders.precision import autocast as precision_autocast
 
 LOG = logging.getLogger("brainmm.train")
 
@@ -39,9 +38,7 @@ __all__ = [
     "CheckpointDir",
     "MetricLogger",
     "TrackedRun",
-    "PRECISIONS",
     "WarmupCosine",
-    "autocast",
     "batched_outputs",
     "check_finite",
     "capture_rng_state",
@@ -119,17 +116,6 @@ def _as_tuple(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------ precision, finiteness
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """The compute-precision context of a forward pass (`encoders.precision`): 'auto' = bf16 autocast where the
-    device runs it fast (CUDA with bf16, a CPU with AMX or AVX512_BF16), fp32 elsewhere; 'fp32'; 'bf16'."""
-    if precision not in PRECISIONS:
-        raise BrainmmError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-    return precision_autocast(precision, device)
-
 
 def check_finite(value: torch.Tensor, world_size: int, message: Callable[[], str]) -> None:
     """Raise one BrainmmError(message()) on every rank when `value` is NaN/inf on any of them."""

@@ -30,7 +30,6 @@ from brainmm.distributed import DistInfo, all_reduce_sum, barrier, distributed, 
 from brainmm.errors import BrainmmError
 from brainmm.train.common import (
     CheckpointDir,
-    autocast,
     check_finite,
     check_run_dir,
     check_tracking,
@@ -46,7 +45,7 @@ from brainmm.train.pretrain_config import (
     PretrainTrainConfig,
 )
 from brainmm.train.pretrain_eval import evaluate, example_window, reconstruction_figure
-from encoders.precision import resolve_precision
+from encoders.precision import autocast, resolve_precision
 from encoders.weights import quiet_transformers
 
 LOG = logging.getLogger("brainmm.pretrain")
@@ -362,7 +361,7 @@ def _train_step(model: nn.Module, core: nn.Module, optimizer: torch.optim.Optimi
         sync = i == len(micro_batches) - 1 or info.world_size == 1
         ctx = contextlib.nullcontext() if sync else model.no_sync()
         with ctx:
-            with autocast(info.device, t.precision):
+            with autocast(t.precision, info.device):
                 out = model(signal_vectors=batch["signal_vectors"].to(info.device, non_blocking=True),
                             xyz_vectors=batch["xyz_vectors"].to(info.device, non_blocking=True), loss_only=True)
             loss = out.loss.float()

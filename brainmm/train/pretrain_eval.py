@@ -12,10 +12,10 @@ from torch.utils.data import Dataset
 
 from brainmm.distributed import DistInfo, all_reduce_sum, shard_range
 from brainmm.train.common import (
-    autocast,
     eval_mode,
 )
 from brainmm.train.pretrain_config import PretrainEvalConfig
+from encoders.precision import autocast
 
 # ---------------------------------------------------------------------------------------------- metrics
 
@@ -102,7 +102,7 @@ def _reconstruct(model: nn.Module, windows: Dataset, idx: list[int], cfg: Pretra
     signal = torch.stack([it["signal_vectors"] for it in items]).to(device)
     xyz = torch.stack([it["xyz_vectors"] for it in items]).to(device)
     noise = torch.stack([eval_noise(cfg.seed, i, length) for i in idx]).to(device)
-    with autocast(device, precision):
+    with autocast(precision, device):
         out = model(signal_vectors=signal, xyz_vectors=xyz, noise=noise)
     b, v, t = signal.shape
     pred = out.logits.float().reshape(b, v, t)
