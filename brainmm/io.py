@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from brainmm.errors import BrainmmError
+from brainmm.interrupts import deferred_interrupts
 
 LOCK_PARENTS_LEFT: list[Path] = []  # folders a failed locked run made and could not remove yet (innermost first)
 
@@ -83,12 +84,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     _refuse_folder_target(path)
     tmp = None
     try:
-        tmp = _tmp_sibling(path)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with deferred_interrupts():  # Ctrl-C / SIGTERM wait for the (small) write to finish
+            tmp = _tmp_sibling(path)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -118,8 +120,9 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         tmp = _tmp_sibling(path, suffix)
         yield tmp
-        honour_umask(tmp)  # again: some writers (safetensors) replace the file with a 0600 one of their own
-        os.replace(tmp, path)
+        with deferred_interrupts():
+            honour_umask(tmp)  # again: some writers (safetensors) replace the file with a 0600 one of their own
+            os.replace(tmp, path)
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -142,14 +145,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         tmp = make_temp_dir(path.parent, f".{path.name}.")
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with deferred_interrupts():  # an interrupt between the two renames would leave no `path`
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

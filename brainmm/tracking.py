@@ -9,6 +9,8 @@ import contextlib
 import logging
 import os
 import re
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,9 +21,12 @@ from urllib.parse import urlparse
 
 from brainmm.config import flatten, to_dict
 from brainmm.errors import BrainmmError
+from brainmm.interrupts import caused_by_interrupt, deferred_interrupts
 
 _VALID_NAME = re.compile(r"^[/\w.\- :]*$")
 _SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
+LOCK_RETRIES = 4  # tries of a run's final status update while sqlite reports "database is locked"
+LOCK_WAIT_S = 0.5  # first wait between those tries (doubled each time)
 
 
 @dataclass
@@ -125,10 +130,57 @@ def start_run(
         setup(cfg)
     all_tags = {"brainmm.version": _version()}
     all_tags.update(tags or {})
-    with mlflow.start_run(
-        run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name), nested=nested, tags=all_tags
-    ) as run:
+    with deferred_interrupts():
+        run = mlflow.start_run(
+            run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name), nested=nested, tags=all_tags
+        )
+    status = "FAILED"
+    try:
         yield run
+        status = "FINISHED"
+    except BaseException as err:
+        status = "KILLED" if caused_by_interrupt(err) else "FAILED"
+        raise
+    finally:
+        _end_run(run.info.run_id, status)
+
+
+def _end_run(run_id: str, status: str) -> None:
+    """End the active run `run_id` with `status` (retrying a locked store); an interrupted run's close never raises."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:  # ended already
+        return
+    try:
+        with deferred_interrupts():
+            try:
+                mlflow.end_run(status)  # leaves the active runs first, then sets the status
+            except Exception as err:
+                if "database is locked" not in str(err):
+                    raise
+                terminate(mlflow.MlflowClient(), run_id, status)
+    except Exception as err:
+        if status != "KILLED" and not caused_by_interrupt(sys.exc_info()[1]):
+            raise
+        reason = " ".join(str(err).split())[:300]
+        print(f"brainmm: could not mark MLflow run {run_id} as KILLED ({type(err).__name__}: {reason})", file=sys.stderr)
+
+
+def terminate(client: Any, run_id: str, status: str, end_time: int | None = None) -> None:
+    """`client.set_terminated`, tried again (with growing waits) while the sqlite store reports a lock."""
+    for attempt in range(LOCK_RETRIES):
+        try:
+            with deferred_interrupts():
+                client.set_terminated(run_id, status, end_time=end_time)
+            return
+        except Exception as err:
+            if "database is locked" not in str(err) or attempt == LOCK_RETRIES - 1:
+                raise
+            import gc
+
+            gc.collect()  # a connection an interrupt left checked out holds the lock until it is collected
+            time.sleep(LOCK_WAIT_S * 2**attempt)
 
 
 def log_config(cfg: Any, artifact_file: str = "config.yaml") -> None:
@@ -139,9 +191,10 @@ def log_config(cfg: Any, artifact_file: str = "config.yaml") -> None:
     data = to_dict(cfg)
     params = {sanitize_metric_name(k): str(v)[:6000] for k, v in flatten(data).items()}
     items = list(params.items())
-    for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i : i + 100]))
-    mlflow.log_text(yaml.safe_dump(data, sort_keys=False), artifact_file)
+    with deferred_interrupts():
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i : i + 100]))
+        mlflow.log_text(yaml.safe_dump(data, sort_keys=False), artifact_file)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -150,8 +203,9 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
     clean = {sanitize_metric_name(k): float(v) for k, v in metrics.items()}
     items = list(clean.items())
-    for i in range(0, len(items), 1000):
-        mlflow.log_metrics(dict(items[i : i + 1000]), step=step)
+    with deferred_interrupts():
+        for i in range(0, len(items), 1000):
+            mlflow.log_metrics(dict(items[i : i + 1000]), step=step)
 
 
 def _version() -> str:

@@ -7,18 +7,20 @@ it nested) and `brainmm.pipeline_run_id`. The evaluate run stays a child of its 
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 from brainmm.config import dump_yaml, flatten, to_dict
-from brainmm.tracking import TrackingConfig, sanitize_metric_name
+from brainmm.interrupts import caused_by_interrupt
+from brainmm.tracking import TrackingConfig, sanitize_metric_name, terminate
 
 PARENT_TAG = "mlflow.parentRunId"
 PIPELINE_TAG = "brainmm.pipeline_run_id"
 
 
 class PipelineRun:
-    """The parent run: created at the start, ended FINISHED or FAILED."""
+    """The parent run: created at the start, ended FINISHED, FAILED or (Ctrl-C, SIGTERM) KILLED."""
 
     def __init__(self, uri: str, tracking: TrackingConfig, name: str, tags: dict[str, str]) -> None:
         import mlflow
@@ -72,8 +74,9 @@ class PipelineRun:
         self.client.set_tag(self.run_id, f"brainmm.run.{stage}", run_id)
 
     def end(self, ok: bool) -> None:
-        """Mark the run FINISHED or FAILED."""
-        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+        """Mark the run FINISHED, or KILLED while an interrupt (KeyboardInterrupt) propagates, else FAILED."""
+        killed = not ok and caused_by_interrupt(sys.exc_info()[1])
+        terminate(self.client, self.run_id, "FINISHED" if ok else "KILLED" if killed else "FAILED")
 
 
 def _version() -> str:

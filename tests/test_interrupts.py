@@ -1,0 +1,247 @@
+"""Ctrl-C / SIGTERM at any moment: exit 130, one line, no traceback, MLflow runs KILLED, checkpoints readable.
+
+Signals are sent at the k-th write of a run (an MLflow store commit, an artifact copy, a checkpoint's torch.save, an
+atomic rename) for seeded k across the whole run, in-process through `brainmm.cli.main`; the write must finish
+before the interrupt is raised. Real processes (`brainmm align`, `brainmm run`) are signalled at seeded random
+delays.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from test_bad_inputs import REPO, write_tables
+
+from brainmm import interrupts
+from brainmm.cli import main
+from brainmm.train.common import load_checkpoint
+
+SEED = 20261207
+# (module, class, function, only when called from this module): MLflow store commits and artifact copies, checkpoint
+# saves, the renames of brainmm's atomic table / file writes
+WRITES = (("sqlalchemy.orm", "Session", "commit", None),
+          ("mlflow.store.artifact.local_artifact_repo", "LocalArtifactRepository", "log_artifact", None),
+          ("torch", None, "save", "brainmm.train.common"), ("os", None, "replace", "brainmm.io"))
+
+
+class SignalAtWrite:
+    """Counts writes (WRITES); sends `signum` to this process from inside the `k`-th one and records whether that
+    write then ran to its end (it must: the interrupt is held until the write is over)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, k: int, signum: int = signal.SIGINT) -> None:
+        import importlib
+
+        self.k, self.signum, self.count, self.sent, self.finished = k, signum, 0, False, False
+        for module, cls, name, caller in WRITES:
+            owner = importlib.import_module(module)
+            owner = getattr(owner, cls) if cls else owner
+            monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name), caller))
+
+    def _wrap(self, fn, caller: str | None):
+        def write(*args, **kwargs):
+            if caller and sys._getframe(1).f_globals.get("__name__") != caller:
+                return fn(*args, **kwargs)
+            self.count += 1
+            if self.count != self.k:
+                return fn(*args, **kwargs)
+            os.kill(os.getpid(), self.signum)
+            self.sent = True
+            time.sleep(0.01)  # the handler runs now, inside the write
+            out = fn(*args, **kwargs)
+            self.finished = True
+            return out
+        return write
+
+
+def statuses(db: Path) -> list[str]:
+    with sqlite3.connect(db) as con:
+        return [s for (s,) in con.execute("SELECT status FROM runs ORDER BY start_time")]
+
+
+def check_interrupted(rc: int, err: str, db: Path, out: Path) -> None:
+    """Exit 130, one line, no traceback, every run KILLED, every checkpoint left readable, no temp files."""
+    assert rc == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == "brainmm: interrupted" and "Traceback" not in err, err[-3000:]
+    assert "could not mark" not in err, err[-3000:]
+    assert set(statuses(db)) <= {"KILLED"}, statuses(db)
+    for ckpt in out.rglob("step-*.pt"):
+        assert load_checkpoint(ckpt)["model"]
+    assert not [p for p in out.rglob("*.tmp")], "half-written files left"
+
+
+@pytest.fixture
+def tables(tmp_path: Path) -> Path:
+    write_tables(tmp_path / "tables", n=30)
+    return tmp_path / "tables"
+
+
+def align_argv(t: Path, out: Path, db: Path, epochs: int = 3) -> list[str]:
+    return ["-q", "align", "--config", str(REPO / "configs" / "align_clip.yaml"), f"data.brain={t / 'brain'}",
+            f"data.genetics={{dna: {t / 'dna'}}}", f"data.split={t / 'split.csv'}", f"output_dir={out}",
+            "head.hidden_dim=8", "head.out_dim=4", "train.batch_size=4", f"train.epochs={epochs}",
+            "train.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=2", "train.patience=0",
+            "train.device=cpu", f"tracking.uri=sqlite:///{db}", "tracking.experiment=interrupts"]
+
+
+# ------------------------------------------------------------------------------------------------- units
+
+
+@pytest.fixture
+def handlers() -> Iterator[None]:
+    with interrupts.handle_interrupts():
+        yield
+
+
+def test_a_signal_inside_a_deferred_block_is_raised_when_the_block_ends(handlers: None) -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred_interrupts():
+            with interrupts.deferred_interrupts():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                done.append("inner")
+            done.append("outer")
+        done.append("after")  # never: raised as the outer block ends
+    assert done == ["inner", "outer"]
+
+
+def test_a_signal_inside_mlflow_code_waits_for_it_to_return(handlers: None) -> None:
+    """The catch-all: no deferred block, but the interrupted stack runs MLflow / SQLAlchemy code."""
+    code = "def write(log):\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(0.1)\n    log.append('written')\n"
+    for module, held in (("mlflow.store.fake", True), ("somewhere.else", False)):
+        scope = {"__name__": module, "os": os, "signal": signal, "time": time}
+        exec(code, scope)
+        log: list[str] = []
+        with pytest.raises(KeyboardInterrupt):
+            scope["write"](log)
+            time.sleep(1.0)  # the held signal is raised by the recheck timer once the write has returned
+        assert log == (["written"] if held else []), module
+        interrupts._State.delivered = False
+
+
+def test_one_interrupt_per_process_and_the_handlers_restored_after() -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    with interrupts.handle_interrupts():
+        interrupts.stop_on_first()
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the first interrupt's cleanup is running
+        time.sleep(0.05)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_caused_by_interrupt_follows_the_exception_chain() -> None:
+    try:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+    except RuntimeError as err:
+        assert interrupts.caused_by_interrupt(err)
+    assert not interrupts.caused_by_interrupt(RuntimeError("bug"))
+
+
+class LockedClient:
+    """An MLflow client whose set_terminated fails with `error` the first `fails` times."""
+
+    def __init__(self, fails: int, error: str = "(sqlite3.OperationalError) database is locked") -> None:
+        self.fails, self.error, self.calls = fails, error, []
+
+    def set_terminated(self, run_id: str, status: str, end_time: int | None = None) -> None:
+        self.calls.append(status)
+        if len(self.calls) <= self.fails:
+            raise RuntimeError(self.error)
+
+
+def test_the_final_status_update_is_retried_while_sqlite_is_locked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from brainmm import tracking
+
+    monkeypatch.setattr(tracking, "LOCK_WAIT_S", 0.0)
+    client = LockedClient(fails=2)
+    tracking.terminate(client, "r", "KILLED")
+    assert client.calls == ["KILLED"] * 3
+    client = LockedClient(fails=99)  # locked on every try: the error surfaces after LOCK_RETRIES tries
+    with pytest.raises(RuntimeError, match="locked"):
+        tracking.terminate(client, "r", "KILLED")
+    assert len(client.calls) == tracking.LOCK_RETRIES
+    client = LockedClient(fails=1, error="other")  # any other error is not retried
+    with pytest.raises(RuntimeError, match="other"):
+        tracking.terminate(client, "r", "KILLED")
+    assert client.calls == ["KILLED"]
+
+
+# ------------------------------------------------------------------------------------------- align runs
+
+
+def test_align_interrupted_at_the_kth_write_for_many_k(tables: Path, tmp_path: Path, _migrated_mlflow_db: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(_migrated_mlflow_db, tmp_path / "full.db")
+    counter = SignalAtWrite(monkeypatch, k=-1)
+    assert main(align_argv(tables, tmp_path / "full", tmp_path / "full.db")) == 0
+    total = counter.count
+    assert total > 40 and statuses(tmp_path / "full.db") == ["FINISHED"]
+    monkeypatch.undo()
+    rng = random.Random(SEED)
+    ks = sorted({1, 2, *rng.sample(range(3, total - 6), 6)})  # the last writes close the finished run
+    for i, k in enumerate(ks):
+        signum = signal.SIGTERM if i % 3 == 2 else signal.SIGINT
+        db, out = tmp_path / f"k{k}.db", tmp_path / f"k{k}"
+        shutil.copy(_migrated_mlflow_db, db)
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            hook = SignalAtWrite(m, k, signum)
+            rc = main(align_argv(tables, out, db))
+        assert hook.sent and hook.finished, f"k={k}: the write was cut short"
+        check_interrupted(rc, capsys.readouterr().err, db, out)
+        assert statuses(db) in ([], ["KILLED"]), (k, statuses(db))
+    assert any(statuses(tmp_path / f"k{k}.db") == ["KILLED"] for k in ks)
+
+
+def _popen(argv: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "PYTHONWARNINGS": "ignore"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "brainmm.cli", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def signal_when(proc: subprocess.Popen, ready, delay: float, signum: int, timeout: float = 300) -> tuple[int, str]:
+    """Wait for `ready()`, sleep `delay`, send `signum`; the process must still be running then."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"ended (rc {proc.returncode}) too early: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "never got ready"
+            time.sleep(0.02)
+        time.sleep(delay)
+        assert proc.poll() is None, "ended before the signal"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_real_align_process_signalled_at_a_random_moment(signum: int, tables: Path, tmp_path: Path,
+                                                          _migrated_mlflow_db: Path) -> None:
+    rng = random.Random(SEED + signum)
+    for attempt in range(1):  # one process per signal (~20 s each); the in-process test covers many moments
+        db, out = tmp_path / f"{attempt}.db", tmp_path / f"run{attempt}"
+        shutil.copy(_migrated_mlflow_db, db)
+        proc = _popen(align_argv(tables, out, db, epochs=400), tmp_path)
+        rc, err = signal_when(proc, lambda o=out: any((o / "checkpoints").glob("step-*.pt")),
+                              rng.uniform(0, 0.3), signum)
+        check_interrupted(rc, err, db, out)
+        assert statuses(db) == ["KILLED"]
+        assert torch.load(max((out / "checkpoints").glob("step-*.pt")), weights_only=True)["progress"]["step"] > 0
