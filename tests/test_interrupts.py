@@ -8,6 +8,7 @@ delays.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -16,12 +17,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from test_bad_inputs import REPO, write_tables
+from test_pipeline import TINY
 
 from brainmm import interrupts
 from brainmm.cli import main
@@ -39,10 +41,11 @@ class SignalAtWrite:
     """Counts writes (WRITES); sends `signum` to this process from inside the `k`-th one and records whether that
     write then ran to its end (it must: the interrupt is held until the write is over)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, k: int, signum: int = signal.SIGINT) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, k: int, signum: int = signal.SIGINT,
+                 armed: Callable[[], bool] = lambda: True) -> None:
         import importlib
 
-        self.k, self.signum, self.count, self.sent, self.finished = k, signum, 0, False, False
+        self.k, self.signum, self.armed, self.count, self.sent, self.finished = k, signum, armed, 0, False, False
         for module, cls, name, caller in WRITES:
             owner = importlib.import_module(module)
             owner = getattr(owner, cls) if cls else owner
@@ -50,7 +53,7 @@ class SignalAtWrite:
 
     def _wrap(self, fn, caller: str | None):
         def write(*args, **kwargs):
-            if caller and sys._getframe(1).f_globals.get("__name__") != caller:
+            if caller and sys._getframe(1).f_globals.get("__name__") != caller or not self.armed():
                 return fn(*args, **kwargs)
             self.count += 1
             if self.count != self.k:
@@ -70,11 +73,12 @@ def statuses(db: Path) -> list[str]:
 
 
 def check_interrupted(rc: int, err: str, db: Path, out: Path) -> None:
-    """Exit 130, one line, no traceback, every run KILLED, every checkpoint left readable, no temp files."""
+    """Exit 130, one line, no traceback, no run left RUNNING or FAILED (the stopped ones are KILLED, earlier ones
+    FINISHED), every checkpoint left readable, no temp files."""
     assert rc == 130, err[-3000:]
     assert err.strip().splitlines()[-1] == "brainmm: interrupted" and "Traceback" not in err, err[-3000:]
     assert "could not mark" not in err, err[-3000:]
-    assert set(statuses(db)) <= {"KILLED"}, statuses(db)
+    assert set(statuses(db)) <= {"KILLED", "FINISHED"}, statuses(db)
     for ckpt in out.rglob("step-*.pt"):
         assert load_checkpoint(ckpt)["model"]
     assert not [p for p in out.rglob("*.tmp")], "half-written files left"
@@ -245,3 +249,39 @@ def test_a_real_align_process_signalled_at_a_random_moment(signum: int, tables: 
         check_interrupted(rc, err, db, out)
         assert statuses(db) == ["KILLED"]
         assert torch.load(max((out / "checkpoints").glob("step-*.pt")), weights_only=True)["progress"]["step"] > 0
+
+
+# ------------------------------------------------------------------------------------------- brainmm run
+
+
+def pipeline_argv(out: str = "out") -> list[str]:
+    return ["demo", "--quiet", "--out", out, *TINY, "threads=1"]
+
+
+def test_brainmm_run_interrupted_inside_its_align_stage_ends_parent_and_stage_killed(
+        tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The parent run (driven through the client) was FAILED after an interrupt although the README says KILLED."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
+    k = random.Random(SEED).randint(1, 30)
+    hook = SignalAtWrite(monkeypatch, k, signal.SIGINT, armed=lambda: (tmp_path / "out" / "align" / "run.json").exists())
+    rc = main(pipeline_argv())
+    assert hook.sent and hook.finished, f"k={k}: the write was cut short"
+    check_interrupted(rc, capsys.readouterr().err, tmp_path / "mlflow.db", tmp_path / "out")
+    with sqlite3.connect(tmp_path / "mlflow.db") as con:
+        stages = dict(con.execute("SELECT t.value, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                  "WHERE t.key = 'brainmm.stage'"))
+    assert stages.get("pipeline") == "KILLED" and stages.get("align") == "KILLED", stages
+    assert json.loads((tmp_path / "out" / "pipeline.json").read_text())["status"] == "failed"
+
+
+def test_a_real_brainmm_run_sigterm_at_a_random_moment(tmp_path: Path, _migrated_mlflow_db: Path) -> None:
+    shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
+    proc = _popen(pipeline_argv(), tmp_path)
+    log = tmp_path / "out" / "brainmm.log"
+    rc, err = signal_when(proc, lambda: log.is_file() and "] pretrain" in log.read_text(),
+                          random.Random(SEED).uniform(0, 3.0), signal.SIGTERM)
+    check_interrupted(rc, err, tmp_path / "mlflow.db", tmp_path / "out")
+    assert "KILLED" in statuses(tmp_path / "mlflow.db")  # the parent and the stage running then
