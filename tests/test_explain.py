@@ -155,3 +155,23 @@ def test_explain_cli_on_1000_genomes_lists_rsids(sample_data_dir: Path, tmp_path
     assert len(child) == 1 and child["metrics.explain/variants/model/n_significant"].iat[0] >= 2
     assert main(["explain", "--align-dir", str(run_dir), "explain.fdr=2"]) == 2  # one-line user error
     assert "explain.fdr" in capsys.readouterr().err
+
+
+def test_genes_from_a_bed_and_edge_order(tmp_path: Path) -> None:
+    from nilearn.connectome import sym_matrix_to_vec
+
+    from brainmm.errors import BrainmmError
+    from brainmm.explain.features import assign_genes, edge_parcels, read_genes
+
+    bed = tmp_path / "genes.bed"
+    bed.write_text("track name=genes\nchr2\t100\t200\tGENE1\n2\t150\t300\tGENE2\nchr3\t0\t50\tGENE3\n")
+    variants = pd.DataFrame({"chrom": ["2", "2", "2", "2", "3"], "pos": [100, 101, 200, 301, 50]})
+    assert assign_genes(variants, read_genes(str(bed))).tolist() == ["", "GENE1", "GENE1,GENE2", "", "GENE3"]
+    (tmp_path / "bad.bed").write_text("chr2\tx\t200\tG\n")
+    with pytest.raises(BrainmmError, match="start/end must be integers"):
+        read_genes(str(tmp_path / "bad.bed"))
+    v = 5
+    m = np.zeros((v, v))
+    i, j, got_v = edge_parcels(v * (v - 1) // 2)
+    m[i, j] = np.arange(len(i)) + 1
+    assert got_v == v and (sym_matrix_to_vec(m + m.T, discard_diagonal=True) == np.arange(len(i)) + 1).all()

@@ -33,11 +33,14 @@ def read_genes(path: str) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
         raise BrainmmError(f"config field 'explain.genes': BED file {path} not found")
+    import io
+
+    lines = [line for line in p.read_text().splitlines() if line and not line.startswith(("#", "track", "browser"))]
     try:
-        bed = pd.read_csv(p, sep="\t", header=None, comment="#", usecols=[0, 1, 2, 3], dtype={0: str, 3: str})
-    except (ValueError, pd.errors.ParserError) as err:
+        bed = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t", header=None, usecols=[0, 1, 2, 3],
+                          dtype={0: str, 3: str})
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise BrainmmError(f"genes BED {path}: expected tab-separated chrom, start, end, name ({err})") from None
-    bed = bed[~bed[0].str.startswith(("track", "browser"))]
     bed.columns = ["chrom", "start", "end", "name"]
     try:
         bed[["start", "end"]] = bed[["start", "end"]].astype(np.int64)
