@@ -1,12 +1,13 @@
 """Cross-modal retrieval metrics (open_clip definitions) computed blockwise, never as an N x N matrix.
 
 Ranks are 0-based ranks of the true item; ties count against it (pessimistic). Every metric comes with its
-exact chance value for the pool size and a seeded cluster-bootstrap CI over query subjects; the MindEye
-fixed-pool protocol (top-1 among K random candidates, repeated) is reported next to the full-pool metrics.
+exact chance value for the pool size, a seeded both-sides subject-bootstrap CI (`alignment.intervals`) and a
+permutation p-value over test pairings (`alignment.significance`); the MindEye fixed-pool protocol (top-1 among K random candidates, repeated) is reported next to the full-pool metrics.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from alignment.errors import AlignmentInputError
+from alignment.intervals import both_sides_intervals
 from alignment.ranks import (  # noqa: F401 (pair_ranks, positive_ranks, as_embeddings: part of this module's API)
     ArrayLike,
     _check_block,
@@ -26,7 +28,9 @@ from alignment.ranks import (  # noqa: F401 (pair_ranks, positive_ranks, as_embe
     pair_ranks,
     positive_ranks,
 )
+from alignment.significance import retrieval_pvalues
 from alignment.stats import (
+    SMALL_N,
     bootstrap_weights,
     cluster_codes,
     flatten_records,
@@ -245,9 +249,9 @@ class RetrievalReport:
     ranks: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def flat(self, prefix: str = "") -> dict[str, float]:
-        """MLflow-safe flat metrics: `<prefix>/<direction>[/<level>]/<metric>` plus `_ci_low`, `_ci_high`, `_chance`
+        """MLflow-safe flat metrics: `<prefix>/<direction>[/<level>]/<metric>` plus `_ci_low`, `_ci_high`, `_chance`, `_p_value`
         (level omitted for recording-level), e.g. `brain_to_genetics/R_at_1`, `genetics_to_brain/subject/mrr_chance`."""
-        return flatten_records(self.records, _record_name, prefix=prefix)
+        return flatten_records(self.records, _record_name, ("ci_low", "ci_high", "chance", "p_value"), prefix=prefix)
 
 
 def _record_name(record: dict[str, Any]) -> str:
@@ -286,15 +290,12 @@ def _rank_records(
     level: str,
     n_candidates: int,
     n_positives: np.ndarray | int,
-    clusters: np.ndarray,
+    ci: dict[str, tuple[float, float]],
+    p_values: dict[str, float] | None,
     ks: Sequence[int],
-    n_boot: int,
-    seed: int,
-    ci_level: float,
 ) -> list[dict[str, Any]]:
     point = rank_metrics(ranks, ks)
     chance = chance_metrics(n_candidates, n_positives, ks)
-    ci = bootstrap_rank_metrics(ranks, clusters, ks, n_boot, seed, ci_level)
     return [
         {
             "direction": direction,
@@ -304,11 +305,18 @@ def _rank_records(
             "ci_low": ci[name][0],
             "ci_high": ci[name][1],
             "chance": chance[name],
+            "p_value": (p_values or {}).get(name, float("nan")),
             "n_queries": len(ranks),
             "n_candidates": n_candidates,
         }
         for name in metric_names(ks)
     ]
+
+
+def _warn_small(n_subjects: int) -> None:
+    if n_subjects < SMALL_N:
+        warnings.warn(f"retrieval: only {n_subjects} subjects; intervals are wide, and bootstrap intervals are "
+                      f"unreliable below {SMALL_N}", UserWarning, stacklevel=3)
 
 
 def retrieval_report(
@@ -321,6 +329,9 @@ def retrieval_report(
     kway: int | None = 300,
     kway_repeats: int = 30,
     n_boot: int = 1000,
+    n_perm: int = 1000,
+    strata: Sequence[Any] | None = None,
+    clusters: Sequence[Any] | None = None,
     level: float = 0.95,
     seed: int = 0,
     normalize: bool = True,
@@ -333,7 +344,11 @@ def retrieval_report(
       given, or when both label lists are equal row by row;
     - subject level (a hit is any item of the right subject): computed whenever labels are given;
     - `kway`-way top-1 over `kway_repeats` repeats (MindEye), skipped when `kway` is None.
-    CIs: percentile bootstrap over query subjects (`n_boot` replicates, `seed`).
+    CIs (R@k, MRR, mean and median rank): the both-sides subject bootstrap of `alignment.intervals` (`n_boot`
+    replicates, `seed`; subjects drawn once serve as queries and gallery, ranks recomputed in the resampled pool;
+    `clusters` (families) resampled whole). p-values (`p_value`, row-paired levels): `n_perm` shuffles of the
+    test pairing (`alignment.significance`), within `strata` (per row: e.g. site x ancestry cell) and moving whole
+    `clusters`; 0 skips them. "Above chance" is `p_value < alpha`, never an interval's end.
     """
     q = as_embeddings(brain, "brain", normalize, device)
     g = as_embeddings(genetics, "genetics", normalize, q.device)
@@ -343,22 +358,30 @@ def retrieval_report(
         raise AlignmentInputError(f"ks: expected positive integers, got {ks!r}")
     report = RetrievalReport(records=[])
     labelled = brain_subjects is not None
-    if not labelled or (q.shape[0] == g.shape[0] and np.array_equal(b_codes, d_codes)):
+    paired = not labelled or (q.shape[0] == g.shape[0] and np.array_equal(b_codes, d_codes))
+    if paired:
+        fam = None if clusters is None else cluster_codes(clusters, q.shape[0], "clusters")
+        _warn_small(q.shape[0] if fam is None else int(fam.max()) + 1)
         fwd, bwd = _pair_ranks(q, g, block)
-        for direction, ranks in zip(DIRECTIONS, (fwd, bwd)):
+        p_values = (retrieval_pvalues(q, g, ks=ks, n_perm=n_perm, strata=strata, clusters=clusters, seed=seed,
+                                      block_size=block) if n_perm else {})
+        for direction, ranks, (query, gallery) in zip(DIRECTIONS, (fwd, bwd), ((q, g), (g, q))):
             report.ranks[(direction, "recording")] = ranks
-            report.records += _rank_records(
-                ranks, direction, "recording", len(ranks), 1, b_codes, ks, n_boot, seed, level
-            )
+            ci = both_sides_intervals(query, gallery, b_codes, b_codes, ks=ks, n_boot=n_boot, level=level,
+                                      seed=seed, families=fam, block_size=block)
+            report.records += _rank_records(ranks, direction, "recording", len(ranks), 1, ci,
+                                            p_values.get(direction), ks)
     if labelled:
         _shared_codes(genetics_subjects, brain_subjects, g.shape[0], q.shape[0], "genetics_subjects", "brain_subjects")
+        if not paired:
+            _warn_small(len(np.union1d(b_codes, d_codes)))
         sides = (("brain_to_genetics", q, g, b_codes, d_codes), ("genetics_to_brain", g, q, d_codes, b_codes))
         for direction, query, gallery, qc, gc in sides:
             ranks, n_pos = _positive_ranks(query, gallery, qc, gc, block)
             report.ranks[(direction, "subject")] = ranks
-            report.records += _rank_records(
-                ranks, direction, "subject", gallery.shape[0], n_pos, qc, ks, n_boot, seed, level
-            )
+            ci = both_sides_intervals(query, gallery, qc, gc, ks=ks, n_boot=n_boot, level=level, seed=seed,
+                                      block_size=block)
+            report.records += _rank_records(ranks, direction, "subject", gallery.shape[0], n_pos, ci, None, ks)
     if kway is not None:
         for direction, res in _kway(q, g, b_codes, d_codes, kway, kway_repeats, seed, level).items():
             report.records.append(
