@@ -22,6 +22,20 @@ SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_WEIGHT_NAMES = ("pytorch_model.bin",)
 
 
+def read_json(file: str | os.PathLike) -> object:
+    """A JSON file's value; EncoderInputError naming the file for bad JSON, bad bytes or nesting too deep to parse."""
+    path = Path(file)
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise EncoderInputError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise EncoderInputError(f"{path} is not usable JSON: nested too deeply to parse (expected a flat object of "
+                                "settings)") from None
+    except OSError as err:
+        raise EncoderInputError(f"{path}: unreadable ({err.strerror or err})") from None
+
+
 def check_safetensors_file(file: str | os.PathLike) -> None:
     """Raise unless the header parses and every tensor's byte range lies inside the file."""
     from safetensors import safe_open

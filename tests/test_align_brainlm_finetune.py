@@ -159,7 +159,7 @@ def test_bad_finetune_settings_give_one_cli_line_each(inputs, tmp_path: Path, ml
         (nys, ["towers.brain.trainable=last_n", "towers.brain.last_n=5", "towers.brain.lora.rank=8"],
          r"'towers.brain.last_n': 5 is more than the 2 blocks of the brainlm_mae encoder"),
         (nys, ["towers.brain.trainable=full"], r"'towers.brain.lora': only used with trainable: lora"),
-        (nys, ["towers.brain.lora.rank=0"], r"'towers.brain.lora.rank must be a positive integer, got 0'"),
+        (nys, ["towers.brain.lora.rank=0"], r"'towers.brain.lora': lora.rank must be a positive integer, got 0$"),
         (nys, ["towers.brain.lora.dropout=0.1"], r"lora.dropout must be 0 when adapting the Nystromformer"),
         ({**nys, "checkpoint": vit["checkpoint"]}, [],
          r"'towers.brain.dataset': fMRI dataset .*num_brain_voxels=424 \(a ViT-MAE BrainLM takes windows of 424 "

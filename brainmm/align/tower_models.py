@@ -14,7 +14,6 @@ dosages, or `table` (precomputed embeddings, identity tower); what each trains (
 
 from __future__ import annotations
 
-import json
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from brainmm.train.common import eval_mode
 from encoders.brainlm.lora import LoraSettings
 from encoders.brainlm.tower import BrainLMTower
 from encoders.precision import autocast, resolve_precision
-from encoders.weights import quiet_transformers
+from encoders.weights import quiet_transformers, read_json
 
 if TYPE_CHECKING:
     from brainmm.data.fmri import FmriDataset, FmriWindows
@@ -222,7 +221,9 @@ def _read_tower_file(folder: Path, kind: str) -> dict[str, Any]:
     path = folder / TOWER_FILE
     if not path.is_file():
         raise BrainmmError(f"tower folder {folder}: no {TOWER_FILE} (expected a tower saved by `brainmm align`)")
-    info = json.loads(path.read_text())
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} must hold a JSON object")
     if info.get("kind") != kind:
         raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} has kind {info.get('kind')!r}, expected {kind!r}")
     return info

@@ -182,6 +182,7 @@ class BrainLMKind(TowerKind):
     tower_class = BrainLMTower
 
     def check(self, cfg: Any, side: str, where: str) -> None:
+        from encoders.brainlm.lora import require_peft
         from encoders.errors import EncoderInputError
 
         for name in ("checkpoint", "dataset"):
@@ -195,8 +196,10 @@ class BrainLMKind(TowerKind):
         _check_trainable(cfg.trainable, cfg.last_n, cfg.lr, where)
         try:
             cfg.lora.check()
+            if cfg.trainable == "lora":
+                require_peft()
         except EncoderInputError as err:
-            raise BrainmmError(f"align config field '{where}.{err}'") from None
+            raise BrainmmError(f"align config field '{where}.lora': {err}") from None
         if cfg.trainable != "lora" and cfg.lora != type(cfg.lora)():
             raise BrainmmError(f"align config field '{where}.lora': only used with trainable: lora (got trainable: "
                                f"{cfg.trainable}); remove it or set trainable: lora")

@@ -12,6 +12,7 @@ import torch
 
 from brainmm.errors import BrainmmError
 from brainmm.io import sha256_file
+from encoders.weights import read_json
 
 if TYPE_CHECKING:
     from encoders.brainlm.tower import BrainLMTower
@@ -33,6 +34,9 @@ def read_model_config(folder: str | Path, where: str = "embed config field 'mode
         config = json.loads(path.read_text())
     except ValueError as err:
         raise BrainmmError(f"BrainLM checkpoint {path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise BrainmmError(f"BrainLM checkpoint {path}: nested too deeply to parse (expected a flat JSON object of "
+                           "settings)") from None
     kind = config.get("model_type") if isinstance(config, dict) else None
     if kind not in KINDS:
         raise BrainmmError(f"BrainLM checkpoint {path}: model_type {kind!r}, expected one of {sorted(KINDS)}")
@@ -189,7 +193,9 @@ def read_tower_info(folder: str | Path) -> dict[str, Any]:
     path = folder / TOWER_FILE
     if not path.is_file():
         raise BrainmmError(f"tower folder {folder}: no {TOWER_FILE} (expected a tower saved by `brainmm align`)")
-    info = json.loads(path.read_text())
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} must hold a JSON object")
     if info.get("kind") != "brainlm":
         raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} has kind {info.get('kind')!r}, expected 'brainlm'")
     if not (folder / "brainlm_finetune.json").is_file():

@@ -15,7 +15,13 @@ import torch
 from safetensors import safe_open
 
 from encoders.errors import EncoderInputError
-from encoders.weights import available_memory, check_safetensors_file, check_torch_file, quiet_transformers
+from encoders.weights import (
+    available_memory,
+    check_safetensors_file,
+    check_torch_file,
+    quiet_transformers,
+    read_json,
+)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -29,10 +35,7 @@ def check_checkpoint_folder(path: str | os.PathLike, model_type: str | None, hin
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise EncoderInputError(f"checkpoint folder {folder} has no config.json")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EncoderInputError(f"{config_file} is not valid JSON: {err}") from None
+    config = read_json(config_file)
     if not isinstance(config, dict):
         raise EncoderInputError(f"{config_file} must hold a JSON object")
     found_type = config.get("model_type")
@@ -76,8 +79,14 @@ def stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
 def check_planned_model(cls, folder: Path, weights: Path, allow_mismatch: bool) -> None:
     """Before anything is allocated: the config's tensor shapes against the safetensors header, and their bytes
     against the available memory (a `hidden_size: 10000000` would otherwise try to allocate terabytes)."""
-    config = cls.config_class.from_pretrained(folder, local_files_only=True)
-    planned = planned_shapes(cls, config)
+    try:
+        config = cls.config_class.from_pretrained(folder, local_files_only=True)
+        planned = planned_shapes(cls, config)
+    except EncoderInputError as err:
+        raise EncoderInputError(f"checkpoint {folder / 'config.json'}: {err}") from None
+    except Exception as err:  # noqa: BLE001 (a field of the wrong type or value fails anywhere in transformers/torch)
+        raise EncoderInputError(f"checkpoint {folder}: config.json does not describe a model this code can build "
+                                f"({err.__class__.__name__}: {str(err)[:200]}); check its fields") from None
     if not allow_mismatch:
         stored = stored_shapes(weights)
         bad = sorted(k for k in planned.keys() & stored.keys() if planned[k][0] != stored[k])

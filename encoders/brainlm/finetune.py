@@ -25,6 +25,7 @@ from encoders.brainlm.lora import LoraSettings
 from encoders.brainlm.preprocessing import VIT_SCALE
 from encoders.brainlm.tower import BrainLMTower
 from encoders.errors import EncoderInputError
+from encoders.weights import read_json
 
 MANIFEST = "brainlm_finetune.json"
 TENSORS = "brainlm_finetune.safetensors"
@@ -110,10 +111,7 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if not path.is_file() or not (Path(folder) / TENSORS).is_file():
         raise EncoderInputError(f"fine-tuned tower {folder}: expected {MANIFEST} and {TENSORS} (written by "
                                 "save_finetuned)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EncoderInputError(f"{path} is not valid JSON: {err}") from None
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise EncoderInputError(f"{path}: not a brainlm_finetune manifest of format {FORMAT}")
     return manifest

@@ -59,8 +59,19 @@ class LoraSettings:
             raise EncoderInputError(f"lora.target_modules must be a list of module names, got {self.target_modules!r}")
 
 
+def require_peft() -> None:
+    """EncoderInputError naming the extra to install when peft cannot be imported."""
+    try:
+        import peft  # noqa: F401
+    except ImportError as err:
+        raise EncoderInputError(f"trainable 'lora' needs the peft package, which cannot be imported ({err}); install "
+                                "the finetune extra: pip install 'brainmm[finetune]' (or pip install 'peft>=0.21')") \
+            from None
+
+
 @functools.cache
 def _weight_lora_class() -> type[nn.Module]:
+    require_peft()
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     class WeightLoraLinear(LoraLinear):
@@ -122,6 +133,7 @@ def inject_lora(model: nn.Module, blocks: Sequence[nn.Module], block_names: Sequ
 
     Only the adapters require grad afterwards; everything else of `model` is frozen.
     """
+    require_peft()
     from peft import LoraConfig, inject_adapter_in_model
 
     settings.check()

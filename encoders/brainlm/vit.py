@@ -87,7 +87,7 @@ class BrainLMViTForPretraining(CheckedFromPretrainedMixin, ViTMAEForPreTraining)
 
     def __init__(self, config: ViTMAEConfig):
         patch = config.patch_size
-        if patch not in PADDED_SIZE:
+        if isinstance(patch, bool) or not isinstance(patch, int) or patch not in PADDED_SIZE:
             raise EncoderInputError(f"ViT-MAE BrainLM config: patch_size must be 16 or 14 (padded to 432 / 434), "
                                     f"got {patch!r}")
         if getattr(config, "train_mode", TRAIN_MODE) != TRAIN_MODE:
