@@ -181,6 +181,23 @@ def test_nan_gradient_with_a_finite_loss_stops_before_the_step(tmp_path: Path, m
     assert ckpt["progress"]["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+def test_precision_is_resolved_once_and_read_back_from_the_heads(tmp_path: Path, mlflow_uri: str) -> None:
+    """`train.precision: auto` is resolved once per run; the value is the run param and heads.json's `precision`, and
+    `run_precision` / `load_model` read it from there (not from the config, which still says auto)."""
+    import mlflow
+
+    from encoders.precision import resolve_precision
+
+    paths = make_inputs(tmp_path)
+    result = align.run_align(config(*tiny(paths, tmp_path / "run", mlflow_uri, "train.epochs=1", "train.precision=auto")))
+    heads = json.loads((tmp_path / "run" / "heads.json").read_text())
+    assert heads["precision"] == resolve_precision("auto", "cpu") == mlflow.get_run(result.run_id).data.params["precision"]
+    assert align.run_precision(tmp_path / "run") == heads["precision"]
+    other = "bf16" if heads["precision"] == "fp32" else "fp32"  # as if the run had been made on another machine
+    (tmp_path / "run" / "heads.json").write_text(json.dumps({**heads, "precision": other}))
+    assert align.run_precision(tmp_path / "run") == other == align.load_model(tmp_path / "run").train_precision
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path, mlflow_uri: str) -> None:
     paths = make_inputs(tmp_path)
     # a learning rate this small leaves the validation score unchanged, so it never improves after epoch 0

@@ -11,11 +11,19 @@ confounds (input residualisation), tower_models (tower modules and configs), tow
 from brainmm.align.config import AlignConfig, AlignDataConfig, AlignTrainConfig
 from brainmm.align.confounds import ConfoundsConfig, covariate_table, residualise_rows, to_dosage_range
 from brainmm.align.data import AlignData, BrainRows, SplitData, load_align_data, table_subjects
-from brainmm.align.io import load_heads, load_model, load_towers, project_fmri, project_table, save_heads
+from brainmm.align.io import (
+    load_heads,
+    load_model,
+    load_towers,
+    project_fmri,
+    project_table,
+    run_precision,
+    save_heads,
+)
 from brainmm.align.loop import CHECKPOINTS, run_align
 from brainmm.align.project import evaluate_split, project
 from brainmm.align.report import AlignResult
-from brainmm.align.tower_models import GeneticsTowerConfig, tower_precision
+from brainmm.align.tower_models import GeneticsTowerConfig
 from brainmm.align.towers import TowerKind, kind_of, list_towers, register_tower, tower_kind
 
 __all__ = [
@@ -47,6 +55,6 @@ __all__ = [
     "save_heads",
     "table_subjects",
     "to_dosage_range",
+    "run_precision",
     "tower_kind",
-    "tower_precision",
 ]

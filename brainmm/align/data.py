@@ -103,6 +103,7 @@ class AlignData:
     recording_keyed: bool
     counts: dict[str, Any]
     brain_dataset: BrainDataset | None = None  # the fMRI dataset of a BrainLM tower
+    precision: str = "fp32"  # the run's compute precision, resolved once (recorded in heads.json)
 
 
 def load_align_data(cfg: AlignDataConfig, brain: BrainRows | None = None,

@@ -18,6 +18,7 @@ from brainmm.align.project import project, project_brain_features
 from brainmm.align.tower_models import (
     BrainLMTower,
     tiled_features,
+    tower_precision,
 )
 from brainmm.align.towers import tower_kind
 from brainmm.embeddings import EmbeddingTable
@@ -81,11 +82,20 @@ def load_model(run_dir: str | Path) -> DualEncoder:
             model.brain_tower = tower
         else:
             model.genetics_towers[name] = tower
-    config = Path(run_dir) / "config.yaml"
-    if config.is_file():  # the precision the run computed its tower features in (project_fmri reuses it)
-        train = (yaml.safe_load(config.read_text()) or {}).get("train") or {}
-        model.train_precision = str(train.get("precision", "auto"))
+    model.train_precision = run_precision(run_dir)  # project_fmri computes tower features in it
     return model.eval()
+
+
+def run_precision(run_dir: str | Path) -> str:
+    """The compute precision an align run resolved once and recorded in its heads.json (`fp32` / `bf16`); runs
+    written before it was recorded: their config's `train.precision`, resolved on this machine."""
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / "heads.json").read_text()) if (run_dir / "heads.json").is_file() else {}
+    if "precision" in record:
+        return str(record["precision"])
+    config = run_dir / "config.yaml"
+    train = ((yaml.safe_load(config.read_text()) or {}).get("train") or {}) if config.is_file() else {}
+    return tower_precision(str(train.get("precision", "auto")), str(train.get("device", "auto")))
 
 
 def project_fmri(model: DualEncoder, dataset: str | Path, split: str | None = None,

@@ -115,11 +115,12 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     LOG.info("align data: %s", ", ".join(f"{key} {value}" for key, value in data.counts.items()))
     train = data.splits["train"]
     data.brain_dataset = brain_data
+    data.precision = resolve_precision(cfg.train.precision, info.device)  # once per run: every pass uses this value
     if brain_tower is not None:
         for name in ("train", "val"):
             split = data.splits[name]
             split.windows = BrainWindows(brain_data, name, split.row_ids, cfg.train.seed, brain_cfg.eval_batch_size,
-                                         cfg.train.precision)
+                                         data.precision)
 
     seed_everything(cfg.train.seed)  # model init must not depend on what loading the data drew (e.g. a DataLoader)
     genetics_towers: dict[str, nn.Module] = {}
@@ -261,7 +262,7 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
             import mlflow
 
             mlflow.log_params({**{f"data.{k}": v for k, v in data.counts.items()},
-                               "precision": resolve_precision(cfg.train.precision, info.device)})
+                               "precision": data.precision})
 
         if cfg.head.init == "cca" and not resume:  # epoch 0 = the CCA solution: val selection keeps or improves it
             prog.best_score = evaluate_split(core, val)["score"]
@@ -284,7 +285,7 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
                 batch = (brain, {m: g[idx] for m, g in train_gen.items()},
                          {m: k[idx] for m, k in train_masks.items()} if any_missing else None,
                          train_labels[idx] if use_labels else None)
-                loss, terms = _train_step(model, core, loss_fn, optimizer, scheduler, batch, cfg.train.precision,
+                loss, terms = _train_step(model, core, loss_fn, optimizer, scheduler, batch, data.precision,
                                           cfg.train.grad_clip, info, _non_finite(train.subjects, batches[b], prog, ckpts))
                 prog.step += 1
                 prog.batch = b + 1

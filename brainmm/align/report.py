@@ -84,7 +84,7 @@ def _brain_embeddings(cfg: AlignConfig, core: DualEncoder, data: AlignData, spli
         z = project(core, "brain", torch.from_numpy(brain.vectors[rows]))
     else:
         windows = BrainWindows(data.brain_dataset, split, ids, cfg.train.seed, cfg.towers.brain.eval_batch_size,
-                               cfg.train.precision)
+                               data.precision)
         z = project_brain_features(core, windows.features(core.brain_tower))
     meta = {k: v for k, v in brain.meta.items() if k != "subject_id"}
     if "subject_id" in brain.meta or brain.ids != brain.subjects:  # keep the row -> subject map of the subset
@@ -111,7 +111,8 @@ def finalize(cfg: AlignConfig, core: DualEncoder, data: AlignData, prog: Progres
         return AlignResult(run_dir, run_id, metrics, heads, embeddings)
     core.eval()
     towers = _save_towers(cfg, core, data, run_dir)
-    save_heads(core, run_dir, {"brainmm_version": _version(), "run_id": run_id, "towers": towers})
+    save_heads(core, run_dir, {"brainmm_version": _version(), "run_id": run_id, "towers": towers,
+                               "precision": data.precision})
     common = {"model": "brainmm.align", "space": "shared", "run_id": run_id}
     brain_source = cfg.data.brain or data.brain.source
     for split in SPLITS:

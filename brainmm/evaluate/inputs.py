@@ -230,6 +230,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
     """Read and check the inputs of an evaluation (NaN rows, leakage between splits, phenotype columns)."""
     from alignment.retrieval import check_disjoint_splits
     from brainmm.align import load_heads
+    from brainmm.align.confounds import check_numeric_cells
     from brainmm.data.splits import load_split
 
     data = run.config.data
@@ -294,6 +295,10 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
             known = cohort["split"].notna()
             check_disjoint_splits(cohort.loc[known, "subject_id"].astype(str).tolist(),
                              cohort.loc[known, "split"].astype(str).tolist(), split_subjects, split_labels)
+        for col in cfg.probes.targets:
+            if cfg.probes.tasks.get(col) != "classification":
+                check_numeric_cells(cohort[col], cohort["subject_id"], f"probe target {col!r}", cohort_path,
+                                    f"set probes.tasks.{col}: classification")
         phenotypes = subject_phenotypes(cohort, columns, cohort_path, text=[cfg.probes.group_col])
 
     group_of = {s: s for s in split_subjects}
@@ -310,7 +315,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
 def _tower_features(run: AlignRun) -> Callable[[], Side]:
     """The align run's BrainLM tower (base checkpoint checked against its recorded hash now) and a function that
     embeds its fMRI dataset with it (`brainmm embed model=<align run>`: tiled windows, mean per recording; cached)."""
-    from brainmm.align import tower_precision
+    from brainmm.align import run_precision
     from brainmm.embed import EmbedConfig, run_brain_embed
     from brainmm.embed.model import brain_tower_folder, check_tower_base
 
@@ -321,7 +326,7 @@ def _tower_features(run: AlignRun) -> Callable[[], Side]:
         with tempfile.TemporaryDirectory() as tmp:  # the cache entry stays; the published copy is not needed
             result = run_brain_embed(EmbedConfig(model=str(run.run_dir), dataset=b.dataset, batch_size=b.eval_batch_size,
                                                  device="auto", cache_dir=b.cache_dir or None,
-                                                 precision=tower_precision(run.config.train.precision),
+                                                 precision=run_precision(run.run_dir),
                                                  out=str(Path(tmp) / "brain")))
         return read_side(str(result.cache_entry / "recordings"), f"BrainLM tower features of align run {run.run_dir}")
 
