@@ -98,7 +98,7 @@ def test_text_cell_in_a_numeric_covariate_names_the_cell(tmp_path: Path, mlflow_
                  f"data.brain={inputs['brain']}", f"data.genetics={{genotype: {inputs['genotype']}}}",
                  f"data.split={inputs['split']}", f"tracking.uri={mlflow_uri}", "confounds.covariates=[age]",
                  f"confounds.cohort={inputs['cohort']}"])
-    check_error(code, capsys.readouterr().err, r"confound column 'age' in .*cohort\.csv: data row 6 \(subject 's05'\) "
+    check_error(code, capsys.readouterr().err, r"confound column 'age' in .*cohort\.csv: row 6 \(subject 's05'\) "
                                                 r"has 'unknown', not a number.*confounds\.categorical")
     assert not out.exists() or not any(out.iterdir())
     cfg = ConfoundsConfig(covariates=["age"], categorical=["age"], cohort=inputs["cohort"])

@@ -48,3 +48,20 @@ def test_a_table_of_another_width_is_refused(run: dict[str, Any], override: str,
                  f"output_dir={out}", "figures.enabled=false", "model.log=false"])
     check_error(code, capsys.readouterr().err, match)
     assert not out.exists()
+
+
+def test_text_cell_in_a_numeric_probe_target_names_the_cell(run: dict[str, Any], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import pandas as pd
+
+    cohort = pd.read_csv(run["folder"] / "cohort.csv")
+    cohort["age"] = cohort["age"].round(1).astype(object)
+    cohort.loc[9, "age"] = "unknown"
+    cohort.to_csv(tmp_path / "cohort.csv", index=False)
+    out = tmp_path / "evaluation"
+    capsys.readouterr()
+    code = main(["-q", "evaluate", "--align-dir", str(run["dir"]), f"data.cohort={tmp_path / 'cohort.csv'}",
+                 "probes.targets=[age]", f"output_dir={out}", "figures.enabled=false", "model.log=false"])
+    check_error(code, capsys.readouterr().err, r"probe target 'age' in .*cohort\.csv: row 10 \(subject 's09'\) has "
+                                               r"'unknown', not a number.*set probes\.tasks\.age: classification")
+    assert not out.exists()

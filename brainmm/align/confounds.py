@@ -128,6 +128,8 @@ def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optio
                 raise BrainmmError(f"confound column {col!r}: {len(bad)} subject(s) have a missing value, e.g. "
                                    f"{bad[:5]} in {cfg.cohort} (impute or drop those subjects first)")
             if col not in cfg.categorical:
+                from brainmm.data.cohort import check_numeric_cells
+
                 check_numeric_cells(values, rows["subject_id"], f"confound column {col!r}", cfg.cohort,
                                     f"list {col!r} in confounds.categorical")
             numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
@@ -161,21 +163,6 @@ def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optio
         for i, name in enumerate(cfg.pc_names):
             out[name] = pcs[:, i]
     return out
-
-
-def check_numeric_cells(values: pd.Series, subjects: pd.Series, what: str, source: str | Path, fix: str) -> None:
-    """A text column whose cells are mostly numbers is a numeric column with a bad cell: name that cell (file,
-    column, data row, subject, value) rather than turning the column into categories."""
-    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        return
-    parsed = pd.to_numeric(values, errors="coerce")
-    bad = parsed.isna() & values.notna()
-    if bad.any() and parsed.notna().sum() >= bad.sum():
-        at = values.index[bad.to_numpy().argmax()]
-        row = f"data row {at + 1}" if isinstance(at, (int, np.integer)) else f"row {at!r}"
-        raise BrainmmError(f"{what} in {source}: {row} (subject "
-                           f"{subjects.loc[at]!r}) has {str(values.loc[at])[:40]!r}, not a number, in a column of "
-                           f"numbers; fix or blank that cell, or {fix}")
 
 
 @dataclass

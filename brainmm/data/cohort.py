@@ -131,3 +131,18 @@ def check_one_value_per(df: pd.DataFrame, key: str, column: str) -> None:
             f"table {table_path(df)}: {key} {k!r} has different {column!r} values {vals} "
             f"(rows {', '.join(str(r + 1) for r in rows)})"
         )
+
+
+def check_numeric_cells(values: pd.Series, subjects: pd.Series, what: str, source: str | Path, fix: str) -> None:
+    """A text column whose cells are mostly numbers is a numeric column with a bad cell: name that cell (file,
+    column, row, subject, value) rather than let the column turn into categories."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return
+    parsed = pd.to_numeric(values, errors="coerce")
+    bad = parsed.isna() & values.notna()
+    if bad.any() and parsed.notna().sum() >= bad.sum():
+        at = values.index[bad.to_numpy().argmax()]
+        row = row_name(at) if pd.api.types.is_integer(at) else f"row {at!r}"
+        raise BrainmmError(f"{what} in {source}: {row} (subject {subjects.loc[at]!r}) has "
+                           f"{str(values.loc[at])[:40]!r}, not a number, in a column of numbers; fix or blank that "
+                           f"cell, or {fix}")

@@ -230,7 +230,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
     """Read and check the inputs of an evaluation (NaN rows, leakage between splits, phenotype columns)."""
     from alignment.retrieval import check_disjoint_splits
     from brainmm.align import load_heads
-    from brainmm.align.confounds import check_numeric_cells
+    from brainmm.data.cohort import check_numeric_cells
     from brainmm.data.splits import load_split
 
     data = run.config.data
