@@ -8,6 +8,7 @@ provenance in one place.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,15 @@ def table_stem(path: str | Path) -> Path:
     """A table path without its .safetensors/.json suffix."""
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+
+
+def safetensors_header(rows: int, dim: int, size: int | None = None) -> bytes:
+    """Length prefix + JSON header of a safetensors file with one float32 tensor `vectors` [rows, dim]; the JSON is
+    space-padded to `size` bytes (default: to a multiple of 8, so the data section starts 8-byte aligned)."""
+    header = json.dumps({"vectors": {"dtype": "F32", "shape": [rows, dim], "data_offsets": [0, rows * dim * 4]}},
+                        separators=(",", ":")).encode()
+    header += b" " * ((size - len(header)) if size else -len(header) % 8)
+    return struct.pack("<Q", len(header)) + header
 
 
 def _with(stem: Path, ext: str) -> Path:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from brainmm.embeddings import safetensors_header
 from brainmm.errors import BrainmmError
 from brainmm.io import atomic_file, sha256_file
 
@@ -49,14 +49,6 @@ def entry_dir(cache_dir: str | Path, key: str) -> Path:
 def is_complete(entry: Path) -> bool:
     """Whether an entry holds both tables."""
     return all((entry / f"{t}{ext}").is_file() for t in TABLES for ext in (".safetensors", ".json"))
-
-
-def safetensors_header(rows: int, dim: int) -> bytes:
-    """Length prefix + JSON header of a safetensors file with one float32 tensor `vectors` [rows, dim]."""
-    header = json.dumps({"vectors": {"dtype": "F32", "shape": [rows, dim], "data_offsets": [0, rows * dim * 4]}},
-                        separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the data section starts 8-byte aligned
-    return struct.pack("<Q", len(header)) + header
 
 
 class StreamingTable:

@@ -14,10 +14,8 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import mmap
 import os
-import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from brainmm.embeddings import safetensors_header
 from brainmm.io import atomic_file, atomic_write_json
 
 CHUNK_BYTES = 32 << 20
@@ -92,13 +91,6 @@ def _hash_calls(h: Any, calls: np.ndarray, fill: np.ndarray, has_fill: np.ndarra
         h.update(calls[j])
 
 
-def _header(n: int, d: int, size: int | None = None) -> bytes:
-    """The safetensors JSON header of `vectors` F32 [n, d], space-padded to `size` (default: to a multiple of 8)."""
-    header = json.dumps({"vectors": {"dtype": "F32", "shape": [n, d], "data_offsets": [0, n * d * 4]}},
-                        separators=(",", ":")).encode()
-    return header + b" " * ((size - len(header)) if size else -len(header) % 8)
-
-
 class ColumnTable:
     """`with ColumnTable(stem, n, cols) as t:` `t.append(block)` column blocks (float32 [n, b]; at most `cols`
     columns in all), then `t.finish(ids, meta)`: the appended columns become the table (meta["data_hash"] set),
@@ -148,7 +140,7 @@ class ColumnTable:
     def finish(self, ids: list[str], meta: dict[str, Any]) -> None:
         """Write the file (header, then the rows) and set meta["data_hash"], hashing the blocks while the disk
         writes; the rename happens on exit."""
-        header = struct.pack("<Q", HEADER_BYTES) + _header(self.n, self.columns, HEADER_BYTES)
+        header = safetensors_header(self.n, self.columns, HEADER_BYTES)
         blocks, self._blocks = self._blocks, []
         hashing = self._hash_blocks(blocks)
         _write_rows(self._tmp, header, blocks, self.n, hashing)
