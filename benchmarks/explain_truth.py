@@ -1,8 +1,9 @@
 """Ground truth for `brainmm explain` (issue 28): on simulated cohorts, how well the link scores of the explain
 section recover what the simulator planted (truth.json), for brainmm's default and the CCA baselines' loadings.
 
-Per regime x seed: one pipeline run with the planted link (the regime's effect size) and one null cohort
-(simulate.effects.effect_size=0), each in its own process and MLflow sqlite file. Read back from
+Per regime x seed: one pipeline run with the planted link (the regime's effect size), then one null cohort
+(simulate.effects.effect_size=0; it embeds with the planted run's BrainLM of the same seed, which saves a pretraining
+and cannot plant a link), each in its own process and MLflow sqlite file. Read back from
 <run>/evaluate/explain/*.tsv:
   - variants: AUROC and precision@k (k = number of causal SNPs) of the score for the causal SNPs of all factors;
   - edges: the same for the driven edges (both parcels in one module driven by a factor: the coupling effect);
@@ -173,13 +174,16 @@ def main() -> None:
     rows = []
     for regime in args.regimes:
         config = pipeline_yaml(regime, args.out, args.n)
-        for seed in args.seeds:
-            for null in ([False] if args.no_null else [False, True]):
-                folder = args.out / f"{regime}_s{seed}{'_null' if null else ''}"
-                wall = run_one(config, folder, seed, null, [f"evaluate.explain.fdr={args.fdr}", *args.overrides])
-                rows.append({"regime": regime, "seed": seed, "null": null, "wall_s": wall,
-                             **score_run(folder, args.fdr)})
-                print(f"{folder.name}: done ({'reused' if wall is None else f'{wall:.0f} s'})", flush=True)
+        for null, seed in [(null, seed) for null in ([False] if args.no_null else [False, True]) for seed in args.seeds]:
+            folder = args.out / f"{regime}_s{seed}{'_null' if null else ''}"
+            extra = [f"evaluate.explain.fdr={args.fdr}", *args.overrides]
+            model = args.out / f"{regime}_s{seed}" / "pretrain" / "model"
+            if null and model.is_dir():  # the null cohort (same seed: same parcels) embeds with the planted run's
+                extra.append(f"embed.model={model}")  # BrainLM: unsupervised, it cannot plant a genetic link
+            wall = run_one(config, folder, seed, null, extra)
+            rows.append({"regime": regime, "seed": seed, "null": null, "wall_s": wall, **score_run(folder, args.fdr)})
+            print(f"{folder.name}: done ({'reused' if wall is None else f'{wall:.0f} s'})", flush=True)
+            (args.out / "explain_truth.md").write_text(report(rows, args.fdr) + "\n")  # so far
     text = report(rows, args.fdr)
     (args.out / "explain_truth.json").write_text(json.dumps(rows, indent=1, default=float))
     (args.out / "explain_truth.md").write_text(text + "\n")

@@ -92,9 +92,9 @@ def _genetic_features(inputs: EvalInputs, cfg: EvaluateConfig, m: str, held: dic
         names, member = units_from_labels(first)
         if names:
             units["genes" if name == "variants" else f"genes_{m}"] = (pd.DataFrame({"gene": names}), member)
-    train = inputs.pairs("train", m, shared=False)[2] if inputs.brain is not None else None
-    return Features(name, "genetics", _rows(side, held), table, units, inputs.projectors[m],
-                    None if train is None else train.mean(axis=0).astype(np.float64))
+    train = sorted(s for s in side.subject_set if inputs.split_of.get(s) == "train")
+    mean = side.subject_level(train, False).mean(axis=0).astype(np.float64) if train else None
+    return Features(name, "genetics", _rows(side, held), table, units, inputs.projectors[m], mean)
 
 
 def _edge_features(inputs: EvalInputs, cfg: EvaluateConfig, fc: Side, held: dict[str, list[str]]) -> Features:
@@ -199,7 +199,7 @@ def explain_summary(tables: dict[str, pd.DataFrame], k: int, fdr: float, splits:
                   for c in table.columns if c == "q" or c.endswith("_q")]
         lines.append(f"**{name}** ({len(table)}; significant: {', '.join(counts)})")
         lines.append("")
-        for _, row in top_rows(table, k).iterrows():
+        for _, row in top_rows(table, 0 if name.endswith("features") else k).iterrows():
             lines.append(f"- {_label(row)}: score {row['score']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}], "
                          f"q {row['q']:.2g}")
         lines.append("")

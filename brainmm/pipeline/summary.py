@@ -138,6 +138,9 @@ def render_summary(result: PipelineResult) -> str:
         if len(confounds) > 2:
             lines += ["", "Confounds, test split: adjusted (inputs residualised, the rows above) vs unadjusted, "
                       "within-stratum retrieval", *confounds]
+        explained = ev.summary.split("## What carries the link", 1)  # the explain section (docs/explain.md)
+        if len(explained) == 2:
+            lines += ["", "What carries the link" + explained[1].rstrip()]
     lines += ["", "Stages (wall / CPU seconds): " + ", ".join(
         f"{s} {r.seconds:.0f}/{r.cpu_seconds:.0f}" for s, r in result.stages.items())
         + f"; total {result.seconds:.0f}/{result.cpu_seconds:.0f}"]
