@@ -236,10 +236,7 @@ def main_process_lock(path: str | os.PathLike, is_main: bool) -> contextlib.Abst
     return run_lock(path) if is_main else contextlib.nullcontext()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

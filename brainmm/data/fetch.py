@@ -44,13 +44,12 @@ def get_fetcher(name: str) -> Callable[[Path], Path]:
 
 @contextlib.contextmanager
 def _fetch_lock(dest: Path) -> Iterator[None]:
-    """Wait for an exclusive lock on `<dest>` (flock on a sibling `.<name>.lock`): processes fetching the same
+    """Wait for an exclusive lock on `<dest>` (`filelock` on a sibling `.<name>.lock`): processes fetching the same
     package into one cache (parallel test workers, two runs) take turns, and the later ones reuse the result."""
-    import fcntl
+    from filelock import FileLock
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with FileLock(dest.parent / f".{dest.name}.lock"):
         yield
 
 
