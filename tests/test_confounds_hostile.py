@@ -134,3 +134,15 @@ def test_evaluate_probes_a_covariate_target_on_unadjusted_inputs_only(tmp_path: 
     assert site == {"brain_unadjusted", "genotype_unadjusted", "concat_brain_genotype_unadjusted"}, site
     assert {"brain", "genotype", "brain_unadjusted", "genotype_unadjusted", "shared_brain"} <= height, height
     assert any("probe target(s) ['site'] are adjusted covariates" in r.getMessage() for r in caplog.records)
+
+
+def test_a_covariate_constant_up_to_rounding_is_refused_not_standardised() -> None:
+    from alignment.errors import AlignmentInputError
+
+    cov, _ = _cohort(50, 5)
+    cov["scanner_gain"] = 1.7 + np.random.default_rng(6).normal(scale=1e-15, size=50)  # 1.7 plus float noise
+    assert np.ptp(cov["scanner_gain"]) > 0
+    with pytest.raises(AlignmentInputError, match=r"confound column 'scanner_gain': constant over the training rows"):
+        CovariateDesign(["age", "scanner_gain"]).fit(cov)
+    cov["scanner_gain"] = 1.7 + np.random.default_rng(6).normal(scale=1e-6, size=50)  # small but real
+    assert CovariateDesign(["age", "scanner_gain"]).fit(cov).stats_["scanner_gain"][1] > 0
