@@ -38,7 +38,8 @@ def test_planted_link_is_found_on_test_subjects(demo: dict) -> None:
     t = demo["table"]
     r1 = t.loc["retrieval/brain_to_genotype/R_at_1"]
     assert r1["n"] >= 50  # held-out test subjects, subject level
-    assert r1["value"] >= 10 * r1["chance"], (r1["value"], r1["chance"])
+    # the README's claim: 0.411 [0.305, 0.526], chance 0.014 (30x); held to its CI's low end (22x chance)
+    assert r1["value"] >= 22 * r1["chance"], (r1["value"], r1["chance"])
     assert r1["ci_low"] > r1["chance"]
     cca = t.loc["baseline/cca/brain_to_genotype/R_at_1"]
     assert r1["value"] > cca["value"], (r1["value"], cca["value"])
