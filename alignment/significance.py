@@ -32,7 +32,7 @@ def pairing_permutations(
     null keeps the dependence inside a family. Seeded."""
     if not isinstance(n_perm, int) or n_perm < 1:
         raise AlignmentInputError(f"n_perm: expected a positive integer, got {n_perm!r}")
-    s_codes = cluster_codes(strata, n, "strata")
+    s_codes = np.zeros(n, dtype=np.int64) if strata is None else cluster_codes(strata, n, "strata")
     c_codes = np.arange(n) if clusters is None else cluster_codes(clusters, n, "clusters")
     n_clusters = int(c_codes.max()) + 1
     order = np.argsort(c_codes, kind="stable")
