@@ -59,9 +59,15 @@ def absolute_uri(uri: str) -> str:
 
 
 def _inside(out: Path, path: str | os.PathLike | None) -> str:
-    """An output path: absolute as given, relative ones inside `out`."""
+    """An output path: absolute as given, relative ones inside `out` (one that climbs out of it is refused)."""
     p = Path(path or "")
-    return str(p if p.is_absolute() else out / p)
+    if p.is_absolute():
+        return str(p)
+    inside = Path(os.path.normpath(out / p))
+    if inside != out and out not in inside.parents:
+        raise BrainmmError(f"pipeline output path {str(p)!r}: a relative stage output lies inside output_dir {out}, "
+                           f"but this one resolves to {inside}, outside it; remove the '..' (or give an absolute path)")
+    return str(out / p)
 
 
 def _given(path: Any) -> str:

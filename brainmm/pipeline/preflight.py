@@ -1,5 +1,7 @@
 """`brainmm run` checks every stage's config against the data before the first stage starts: split sizes (align,
-retrieval; the baselines are skipped with a warning) and probe targets against the cohort's columns, in one message."""
+retrieval; the baselines are skipped with a warning), align's batch against the training subjects, probe targets
+against the cohort's columns, and that every given input path is the kind of output its field expects, in one
+message."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from brainmm.errors import BrainmmError
+from brainmm.pipeline.inputs import input_problems
 from brainmm.pipeline.plan import Plan
 from brainmm.preflight import (
     ALIGN_NEEDS,
@@ -73,6 +76,21 @@ def _probe_columns(plan: Plan, columns: list[str] | None) -> list[str] | None:
     return None
 
 
+def _batch_problem(plan: Plan, counts: dict[str, int] | None, source: str) -> list[str]:
+    """align.train.batch_size larger than the training subjects (an upper bound of the training pairs)."""
+    cfg = plan.config
+    if counts is None or not plan.runs["align"]:
+        return []
+    train, batch = counts["train"], cfg.align.train.batch_size
+    if plan.runs["simulate"] and cfg.ingest.split_from is None and cfg.simulate.genotypes.family_fraction > 0:
+        train = cfg.simulate.n_subjects - (counts["val"] > 0) - (counts["test"] > 0)  # sibships split as groups
+        source = f"at most {train} of simulate.n_subjects {cfg.simulate.n_subjects} after val and test"
+    if batch <= train:
+        return []
+    return [f"align.train.batch_size {batch} is larger than the {train} training subjects ({source}), so align "
+            f"would fail after the earlier stages; set align.train.batch_size <= {train}"]
+
+
 def check_plan(plan: Plan) -> None:
     """Raise ONE error listing every size shortfall and unknown probe column; warn about baselines that will be
     skipped. Nothing has been written when this runs."""
@@ -84,6 +102,7 @@ def check_plan(plan: Plan) -> None:
                  *(retrieval_needs(cfg.evaluate.retrieval.splits) if plan.runs["evaluate"] else ())]
         problems += shortfalls(counts, needs)
     fix = [f"this run needs {minimum_total(needs)}; {PIPELINE_SPLIT_FIX}"] if problems else []
+    problems += _batch_problem(plan, counts, source) + input_problems(plan)
     v = cfg.evaluate
     wanted = list(dict.fromkeys([*v.probes.targets, *([v.probes.group_col] if v.probes.group_col else []),
                                  *([v.figures.color_by] if v.figures.color_by else [])]))
@@ -96,7 +115,7 @@ def check_plan(plan: Plan) -> None:
     if problems:
         sizes = f"subjects per split: {describe(counts)} from {source}; " if counts is not None else ""
         raise BrainmmError(f"pipeline: the stages cannot run on this data ({sizes}nothing was run): "
-                           f"{'; '.join(problems)}; {'; '.join(fix)}")
+                           f"{'; '.join(problems + fix)}")
     if counts is not None and plan.runs["evaluate"] and cfg.evaluate.baselines.methods:
         if short := shortfalls(counts, BASELINE_NEEDS):
             LOG.warning("pipeline: the evaluation will skip baselines %s (%s): %s", cfg.evaluate.baselines.methods,

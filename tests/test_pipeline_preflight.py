@@ -1,0 +1,98 @@
+"""`brainmm run` refuses, before the first stage, what would fail later: a batch larger than the training subjects,
+given input paths of the wrong kind (a pretrain run folder as embed.model, a folder of tables as one table, a CSV as
+a dataset), and stage outputs that climb out of output_dir (issue 29)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_pipeline import TINY
+
+from brainmm.cli import main
+from brainmm.config import load_config
+from brainmm.data.splits import make_split, save_split
+from brainmm.embeddings import EmbeddingTable
+from brainmm.errors import BrainmmError
+from brainmm.pipeline import PipelineConfig, make_plan
+from brainmm.pipeline.preflight import check_plan
+
+
+def _inputs(root: Path, n: int = 30) -> dict[str, Path]:
+    """Stand-ins of the right kind: a dataset folder (manifest + split), a BrainLM folder, two tables."""
+    subjects = [f"s{i:02d}" for i in range(n)]
+    ds = root / "fmri"
+    ds.mkdir(parents=True)
+    (ds / "manifest.json").write_text("{}")
+    save_split(make_split(subjects, seed=0), ds / "split.csv")
+    model = root / "pre" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    tables = root / "genetics"
+    EmbeddingTable(subjects, np.zeros((n, 3)), {}).save(tables / "genotypes")
+    EmbeddingTable(subjects, np.zeros((n, 3)), {}).save(root / "fc")
+    return {"dataset": ds, "model": model, "genotypes": tables / "genotypes", "fc": root / "fc"}
+
+
+def _plan(tmp_path: Path, **given: Path | str):
+    overrides = [f"output_dir={tmp_path / 'run'}", f"data.fmri_dataset={given['dataset']}",
+                 f"embed.model={given['model']}", f"align.data.genetics={{genotype: {given['genotypes']}}}",
+                 f"evaluate.data.brain_fc={given['fc']}", "align.train.batch_size=8",
+                 "evaluate.probes.targets=[]", "evaluate.figures.color_by="]
+    return make_plan(load_config(PipelineConfig, None, overrides))
+
+
+def test_inputs_of_the_right_kind_pass(tmp_path: Path) -> None:
+    check_plan(_plan(tmp_path, **_inputs(tmp_path)))
+
+
+def test_inputs_of_the_wrong_kind_are_named_together_before_any_stage(tmp_path: Path) -> None:
+    good = _inputs(tmp_path)
+    (tmp_path / "cohort.csv").write_text("subject_id,path\n")
+    wrong = {"dataset": tmp_path / "cohort.csv", "model": tmp_path / "pre", "genotypes": tmp_path / "genetics",
+             "fc": tmp_path / "missing_fc"}
+    with pytest.raises(BrainmmError) as err:
+        check_plan(_plan(tmp_path, **wrong))
+    msg = str(err.value)
+    assert "nothing was run" in msg
+    assert f"data.fmri_dataset {tmp_path / 'cohort.csv'} is a file, expected an ingested fMRI dataset folder" in msg
+    assert f"embed.model {tmp_path / 'pre'} is a pretrain run folder, expected its BrainLM checkpoint folder " \
+           f"{good['model']}" in msg
+    assert f"align.data.genetics.genotype {tmp_path / 'genetics'} is a folder" in msg and \
+           f"e.g. {good['genotypes']}" in msg
+    assert f"evaluate.data.brain_fc {tmp_path / 'missing_fc'} is not an embedding table" in msg
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_larger_than_the_training_subjects_is_refused_first(tmp_path: Path) -> None:
+    given = _inputs(tmp_path)  # 30 subjects: 20 in train
+    train = sum(1 for line in (given["dataset"] / "split.csv").read_text().splitlines() if line.endswith(",train"))
+    plan = _plan(tmp_path, **given)
+    plan.config.align.train.batch_size = train + 1
+    with pytest.raises(BrainmmError, match=f"align.train.batch_size {train + 1} is larger than the {train} training "
+                                           "subjects .*set align.train.batch_size <= "):
+        check_plan(plan)
+    plan.config.align.train.batch_size = train
+    check_plan(plan)
+
+
+def test_brainmm_demo_with_a_too_large_batch_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["demo", "--quiet", "--out", "out", *TINY, "align.train.batch_size=500"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "nothing was run" in err and "align.train.batch_size 500 is larger than" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("field", ["align.output_dir", "evaluate.output_dir", "embed.out", "genetics.matrix.out"])
+def test_a_relative_output_that_climbs_out_of_output_dir_is_refused(tmp_path: Path, field: str) -> None:
+    with pytest.raises(BrainmmError, match=r"pipeline output path '\.\./\.\./x'.*outside it"):
+        make_plan(load_config(PipelineConfig, None, [f"output_dir={tmp_path / 'a' / 'run'}", f"{field}=../../x"]))
+    inside = make_plan(load_config(PipelineConfig, None, [f"output_dir={tmp_path / 'run'}", f"{field}=sub/../y"]))
+    value = inside.config
+    for key in field.split("."):
+        value = getattr(value, key)
+    assert Path(value).resolve() == tmp_path / "run" / "y"
