@@ -281,9 +281,18 @@ def test_rerun_refuses_the_folder_then_reuses_outputs_and_skips_stages(tiny_run:
     np.testing.assert_allclose(table.vectors[:, :emb.dim] * rms, centred, atol=1e-5 * rms)
     assert load_config(PipelineConfig, work / "again" / "config.yaml").brain_inputs == ["brainlm", "connectivity"]
     assert not (work / "again" / "pretrain").exists() and not (work / "again" / "cohort").exists()
-    # a failing stage (align: batch larger than the training set) leaves the parent run FAILED
+    # a batch larger than the training set is refused before any stage (tests/test_pipeline_preflight.py)
     bad = main(["demo", "--quiet", "--out", "again", "--overwrite", *TINY, *reuse, "align.train.batch_size=500"])
-    assert bad == 2 and "train.batch_size" in capsys.readouterr().err
+    assert bad == 2 and "nothing was run" in capsys.readouterr().err
+    assert json.loads((work / "again" / "pipeline.json").read_text())["status"] == "finished"
+    # a failing stage leaves the parent run FAILED
+
+    def failing_align(cfg, resume=False):
+        raise BrainmmError("align: a stage failing after the preflight")
+
+    monkeypatch.setattr("brainmm.align.run_align", failing_align)
+    bad = main(["demo", "--quiet", "--out", "again", "--overwrite", *TINY, *reuse])
+    assert bad == 2 and "a stage failing after the preflight" in capsys.readouterr().err
     state = json.loads((work / "again" / "pipeline.json").read_text())
     assert state["status"] == "failed" and state["records"]["align"]["status"] == "running"
     client = mlflow.MlflowClient(f"sqlite:///{(work / 'mlflow.db').resolve()}")
