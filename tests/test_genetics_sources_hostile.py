@@ -118,7 +118,21 @@ def _bgen_ref_on_pgen(tmp: Path) -> tuple[list[str], str]:
     return ["--pgen", str(_pgen(tmp)), "--bgen-ref", "last"], r"config field 'bgen_ref': only for a BGEN source"
 
 
+def _missing_sample_flag(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "dir.sample").mkdir()  # the BGEN stores ids too: a --sample that is not a file must not fall back to them
+    return (["--bgen", str(_bgen(tmp)), "--sample", str(tmp / "dir.sample")],
+            r"BGEN samples .*dir\.sample: not found or not a file \(expected the Oxford \.sample file of g\.bgen\)")
+
+
+def _binary_variant_list(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "v.txt").write_bytes(b"\xff\xfe\x00garbage")
+    return (["--pgen", str(_pgen(tmp)), "--variants", str(tmp / "v.txt")],
+            r"variant list .*v\.txt: not a text file \(invalid start byte at byte 0\)")
+
+
 CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
+    "--sample that is a folder": _missing_sample_flag,
+    "binary --variants list": _binary_variant_list,
     "bgen sample rows swapped": _swapped_sample,
     ".sample row with one field": _one_field_sample,
     ".pvar POS not a number": _pvar_pos_text,
@@ -208,3 +222,26 @@ def test_pca_says_how_many_split_subjects_lack_genotypes(tmp_path: Path, caplog:
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "3 of 43 subjects of the split table have no genotypes" in text
     assert f"train {labels.get('train', 0)}, val {labels.get('val', 0)}, test {labels.get('test', 0)}" in text
+
+
+@pytest.mark.parametrize(("cell", "shown"), [("abc", "'abc'"), ("", "'nan'"), ("inf", "'inf'")])
+def test_pgs_weight_that_is_not_a_finite_number_names_the_row(cell: str, shown: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    weights = tmp_path / "w.tsv"
+    weights.write_text(f"variant_id\teffect_allele\ts1\n1:1000:A:G\tG\t0.5\n1:1010:A:G\tG\t{cell}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    code = main(["-q", "genetics", "matrix", "--pgen", str(_pgen(tmp_path)), "--split", str(_split(tmp_path)),
+                 "--out", str(out / "m"), "--pgs-weights", str(weights)])
+    check_error(code, capsys.readouterr().err, rf"PGS weights .*w\.tsv: row 2 \(variant '1:1010:A:G'\), score column "
+                                               rf"'s1': {shown} is not a finite number")
+    assert [p.name for p in out.iterdir() if not p.name.endswith(".log")] == []
+
+
+def test_balanced_frequencies_raise_no_allele_order_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="brainmm"):
+        table = run_matrix(GenotypeMatrixConfig(bgen=str(_bgen(tmp_path)), split=str(_split(tmp_path)), min_maf=0.0,
+                                                out=str(tmp_path / "m")))
+    assert table.meta["allele_order"]["median_counted_frequency"] < 0.6
+    assert not any("bgen_ref=last" in r.getMessage() for r in caplog.records)

@@ -189,9 +189,17 @@ class PolygenicScores:
                 raise BrainmmError(f"PGS weights {self.path}: missing column {col!r} (expected variant_id, "
                                    "effect_allele, then one numeric column per score)")
         self.scores = [c for c in weights.columns if c not in ("variant_id", "effect_allele")]
-        bad = [c for c in self.scores if not pd.api.types.is_numeric_dtype(weights[c])]
-        if not self.scores or bad:
-            raise BrainmmError(f"PGS weights {self.path}: score columns must be numeric (bad: {bad or 'none given'})")
+        if not self.scores:
+            raise BrainmmError(f"PGS weights {self.path}: score columns must be numeric (bad: none given)")
+        for col in self.scores:
+            values = pd.to_numeric(weights[col], errors="coerce")
+            bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
+            if bad.any():
+                i = int(bad.argmax())
+                raise BrainmmError(f"PGS weights {self.path}: row {i + 1} (variant {weights['variant_id'].iloc[i]!r}), "
+                                   f"score column {col!r}: {str(weights[col].iloc[i])[:40]!r} is not a finite number "
+                                   "(expected a weight; 0 leaves a variant out)")
+            weights[col] = values
         self.weights = weights
         self.values = np.zeros((n_subjects, len(self.scores)))
         self.used = 0
@@ -389,7 +397,7 @@ def bgen_allele_order(inputs: GenotypeInputs, kept: pd.DataFrame) -> dict | None
              "flipped_by_variant_list": int(inputs.selection.flip.sum())}
     if src.allele_check is not None:
         return {**order, **src.allele_check}
-    if order["counted_major_share"] > 0.5 and not order["flipped_by_variant_list"]:
+    if order["median_counted_frequency"] > 0.6 and not order["flipped_by_variant_list"]:
         LOG.warning("BGEN %s: the counted (ALT) allele is the more common one in %.0f %% of the %d kept variants "
                     "(median training frequency %.2f), as when the BGEN lists ALT first (plink2's default export); "
                     "if so set bgen_ref=last (--bgen-ref last), or put its .pvar/.bim beside it to be checked",

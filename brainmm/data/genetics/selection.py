@@ -31,7 +31,12 @@ def read_id_list(path: str | Path) -> list[str]:
     if not path.is_file():
         raise BrainmmError(f"variant list {path}: not found (expected one variant id per line, or a table with a "
                            "variant_id column)")
-    first = path.read_text().splitlines()[:1]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise BrainmmError(f"variant list {path}: not a text file ({err.reason} at byte {err.start}); expected one "
+                           "variant id per line, or a table with a variant_id column") from None
+    first = text.splitlines()[:1]
     if first and ("\t" in first[0] or "," in first[0]):
         table = pd.read_csv(path, sep="\t" if "\t" in first[0] else ",", dtype=str, keep_default_na=False)
         col = "variant_id" if "variant_id" in table else "rsid" if "rsid" in table else None
@@ -39,7 +44,7 @@ def read_id_list(path: str | Path) -> list[str]:
             raise BrainmmError(f"variant list {path}: a table needs a 'variant_id' or 'rsid' column")
         ids = table[col].tolist()
     else:
-        ids = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        ids = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not ids:
         raise BrainmmError(f"variant list {path}: no variant ids")
     return ids

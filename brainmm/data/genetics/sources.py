@@ -352,6 +352,9 @@ class BgenSource(GenotypeSource):
             embedded = list(self._bgen.samples) if self._bgen.header.has_sample_ids else None
         except Exception as err:
             raise BrainmmError(f"BGEN {self.path}: unreadable ({err.__class__.__name__}: {err})") from None
+        if sample and not Path(sample).is_file():
+            raise BrainmmError(f"BGEN samples {sample}: not found or not a file (expected the Oxford .sample file of "
+                               f"{self.path.name})")
         sample = Path(sample) if sample else self.path.with_suffix(".sample")
         if ref not in ("first", "last"):
             raise BrainmmError(f"config field 'bgen_ref': expected 'first' or 'last', got {ref!r}")
