@@ -105,7 +105,7 @@ class CovariateDesign:
                 rounding = DEGENERATE_EPS * np.finfo(np.float64).eps * float(np.sqrt(np.mean(v**2)))
                 if np.ptp(v) == 0 or not sd > rounding:  # standardising rounding noise would make it a covariate
                     raise AlignmentInputError(f"confound column {name!r}: constant over the training rows "
-                                              f"(value {v[0]!r}, SD {sd:.3g}); drop it")
+                                              f"(value {float(v[0])!r}, SD {sd:.3g}); drop it")
                 self.kinds_[name], self.stats_[name] = "numeric", (float(v.mean()), sd)
         self.n_train_ = n
         return self

@@ -146,3 +146,18 @@ def test_a_covariate_constant_up_to_rounding_is_refused_not_standardised() -> No
         CovariateDesign(["age", "scanner_gain"]).fit(cov)
     cov["scanner_gain"] = 1.7 + np.random.default_rng(6).normal(scale=1e-6, size=50)  # small but real
     assert CovariateDesign(["age", "scanner_gain"]).fit(cov).stats_["scanner_gain"][1] > 0
+
+
+def test_an_infinite_covariate_value_names_the_subject(tmp_path: Path) -> None:
+    from brainmm.align import covariate_table
+    from brainmm.errors import BrainmmError
+
+    inputs = small_inputs(tmp_path)
+    cohort = pd.read_csv(inputs["cohort"])
+    cohort["age"] = cohort["age"].astype(str)
+    cohort.loc[2, "age"] = "inf"  # pandas reads it as a float: not a text cell, not a missing value
+    cohort.to_csv(inputs["cohort"], index=False)
+    cfg = ConfoundsConfig(covariates=["age"], cohort=inputs["cohort"])
+    with pytest.raises(BrainmmError, match=r"confound column 'age': 1 subject\(s\) have an infinite value, e\.g\. "
+                                           r"\['s02'\] in .*cohort\.csv"):
+        covariate_table(cfg, inputs["subjects"], "align")

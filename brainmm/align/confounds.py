@@ -133,6 +133,10 @@ def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optio
                 check_numeric_cells(values, rows["subject_id"], f"confound column {col!r}", cfg.cohort,
                                     f"list {col!r} in confounds.categorical")
             numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+            if numeric and np.isinf(values.to_numpy(dtype=np.float64)).any():
+                bad = sorted(set(rows.loc[np.isinf(values.to_numpy(dtype=np.float64)), "subject_id"]))
+                raise BrainmmError(f"confound column {col!r}: {len(bad)} subject(s) have an infinite value, e.g. "
+                                   f"{bad[:5]} in {cfg.cohort}; expected finite numbers")
             if numeric and col not in cfg.categorical:
                 out[col] = grouped[col].mean().reindex(wanted).to_numpy(dtype=np.float64)
             else:
