@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -84,11 +85,29 @@ def is_quiet() -> bool:
     return _QUIET or os.environ.get("BRAINMM_QUIET") == "1"
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """A tqdm progress bar on stderr (hidden with --quiet)."""
+    """A tqdm progress bar on stderr when it is a terminal; elsewhere (a log file, a pipe) one line when the loop
+    ends instead of a bar redrawn at every step. Hidden with --quiet."""
+    if is_quiet():
+        yield from iterable
+        return
+    if not _stderr_is_terminal():
+        start, n = time.perf_counter(), 0
+        for item in iterable:
+            yield item
+            n += 1
+        LOG.info("%s: %d %s in %.1f s", desc, n, unit, time.perf_counter() - start)  # a loop left early: no line
+        return
     from tqdm.auto import tqdm
 
-    yield from tqdm(iterable, desc=desc, total=total, unit=unit, disable=is_quiet(), leave=False, dynamic_ncols=True)
+    yield from tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True)
 
 
 def setup_logging(quiet: bool = False) -> None:

@@ -60,10 +60,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides (same as --set)")
     c.set_defaults(func=_pca)
 
-    i = group.add_parser("import", help="precomputed per-subject vectors (Parquet/CSV/NPY/NPZ) -> table")
-    i.add_argument("--table", required=True, help="input file")
-    i.add_argument("--id-column", default="subject_id")
-    i.add_argument("--ids", default=None, help="ids file for .npy input (one per line)")
+    i = group.add_parser(
+        "import", help="precomputed per-subject vectors (Parquet/CSV/NPY/NPZ) -> table",
+        description="Turn per-subject vectors computed elsewhere (polygenic scores, an external model's embeddings) "
+        "into an embedding table (<out>.safetensors + <out>.json) that `brainmm align` takes as a genetics modality "
+        "(data.genetics.<name>). Parquet/CSV/TSV: an id column plus numeric columns (or one list-valued column); "
+        ".npz: arrays `ids` and `vectors`; .npy: a [subjects, dim] array with --ids naming its rows (default "
+        "<stem>.ids.txt).")
+    i.add_argument("--table", required=True, help="input file (.parquet, .csv, .tsv, .npy, .npz)")
+    i.add_argument("--id-column", default="subject_id", help="column holding the subject ids (default subject_id)")
+    i.add_argument("--ids", default=None, help="ids file for .npy input (one per line; default <stem>.ids.txt)")
     i.add_argument("--out", required=True, help="output table stem")
     i.set_defaults(func=_import)
 

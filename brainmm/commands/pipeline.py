@@ -17,9 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
     d = sub.add_parser(
         "demo", help="the whole pipeline on a simulated cohort with a planted brain-genetics link (a few minutes on CPU)",
-        description="Simulate a cohort, ingest it, pretrain a tiny BrainLM, embed brains, build the genotype matrix, "
-        "align them (genotype MLP tower), evaluate retrieval, probes and baselines (CCA/PLS, ridge, random head, "
-        "shuffled pairs), log it all to MLflow (sqlite:///mlflow.db in the working folder unless tracking.uri or "
+        description="Simulate a cohort, ingest it, compute functional connectivity, pretrain a tiny BrainLM, embed "
+        "brains, build the genotype dosage matrix, align the brain table [BrainLM embeddings, connectivity PCA] with "
+        "the dosages (linear heads initialised by CCA; no genotype tower: genetics.genotype_mlp.kind table), "
+        "evaluate retrieval, probes and baselines (CCA/PLS, ridge, random head, fc_* on connectivity, shuffled "
+        "pairs), log it all to MLflow (sqlite:///mlflow.db in the working folder unless tracking.uri or "
         "$MLFLOW_TRACKING_URI say otherwise) and print a summary. Settings: configs/demo.yaml.")
     d.add_argument("--out", default=None, help="output folder (default runs/demo)")
     _common(d)

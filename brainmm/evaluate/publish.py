@@ -139,7 +139,7 @@ def publish(cfg: EvaluateConfig, inputs: EvalInputs, stage: Path, table: pd.Data
                 _log_params(cfg, counts)
                 tracking.log_metrics(flat)
                 mlflow.log_table(table, f"{ARTIFACT_DIR}/metrics.json")
-                for name in ("metrics.csv", "summary.md", "config.yaml"):
+                for name in ("metrics.csv", "metrics_flat.json", "summary.md", "config.yaml"):
                     mlflow.log_artifact(str(stage / name), ARTIFACT_DIR)
                 for path, fig in figures.items():
                     mlflow.log_figure(fig, f"{ARTIFACT_DIR}/{path}")

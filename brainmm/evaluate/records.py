@@ -101,6 +101,11 @@ def flat_metrics(table: pd.DataFrame) -> dict[str, float]:
     return flat
 
 
+def flat_json(flat: dict[str, float]) -> dict[str, float | None]:
+    """The MLflow metrics as strict JSON (`metrics_flat.json`): name -> value, non-finite values as null."""
+    return {k: v if math.isfinite(v) else None for k, v in sorted(flat.items())}
+
+
 def check_metric_name(name: str) -> str:
     """Raise BrainmmError when MLflow would reject `name` (characters, length, path-like forms)."""
     if sanitize_metric_name(name) != name or len(name) > MAX_NAME or posixpath.normpath(name) != name:
