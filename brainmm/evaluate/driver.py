@@ -94,7 +94,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     from brainmm.evaluate.preflight import check_retrieval_sizes, shuffled_shortfall, skip_warning
     from brainmm.evaluate.probes import probe_data, probe_records
     from brainmm.evaluate.publish import publish, refuse_second_evaluation
-    from brainmm.evaluate.records import flat_metrics, metric_parts, metrics_table
+    from brainmm.evaluate.records import flat_json, flat_metrics, metric_parts, metrics_table
     from brainmm.evaluate.retrieval import retrieval_records
     from brainmm.evaluate.summary import render_summary
     from brainmm.io import atomic_dir, atomic_file, atomic_write_json, atomic_write_text, run_lock
@@ -152,6 +152,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             table.to_json(tmp, orient="split", index=False)  # the format of mlflow.log_table
         with atomic_file(stage / "metrics.csv", suffix=".csv") as tmp:
             table.to_csv(tmp, index=False)
+        atomic_write_json(stage / "metrics_flat.json", flat_json(flat))  # name -> value, readable without pandas
         atomic_write_text(stage / "summary.md", summary)
         save_config(cfg, stage / "config.yaml")
         for path, fig in figures.items():
