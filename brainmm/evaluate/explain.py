@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainmm.errors import BrainmmError
 from brainmm.evaluate.config import EvaluateConfig
 from brainmm.evaluate.inputs import EvalInputs, Side
+from brainmm.evaluate.preflight import skip_warning
 from brainmm.explain.compute import MODEL, Features, Space, explain_features, top_rows
 
 LOG = logging.getLogger("brainmm.evaluate")
@@ -36,10 +36,17 @@ def _held_out(inputs: EvalInputs, m: str, splits: list[str], need: list[Side]) -
         subjects = [s for s in inputs.subjects(split, m) if all(s in side.subject_set for side in need)]
         if subjects:
             out[split] = subjects
-    if sum(len(v) for v in out.values()) < 4:
-        raise BrainmmError(f"config field 'explain.splits': {splits} have {sum(len(v) for v in out.values())} subjects "
-                           f"with brain and {m!r} inputs and shared-space embeddings; need at least 4")
     return out
+
+
+def _too_small(inputs: EvalInputs, m: str, brain: Side | None) -> list[str]:
+    """Why a CCA baseline on `brain` cannot be explained for `m` (the evaluation's baseline needs); empty if it can."""
+    from brainmm.preflight import BASELINE_NEEDS, shortfalls
+
+    if brain is None:
+        return ["no input brain table"]
+    counts = {s: len(inputs.subjects(s, m, shared=False, brain=brain)) for s in ("train", "test")}
+    return shortfalls(counts, BASELINE_NEEDS)
 
 
 def _rows(side: Side, held: dict[str, list[str]]) -> np.ndarray:
@@ -128,12 +135,17 @@ def compute_explain(inputs: EvalInputs, cfg: EvaluateConfig) -> ExplainOutput:
         need = [inputs.genetics[m]] + [s for s in (brain, fc) if s is not None]
         need += [inputs.brain] if "cca" in e.baselines and inputs.brain is not None else []
         held = _held_out(inputs, m, e.splits, need)
-        spaces = {MODEL: _model_space(inputs, m, held)}
-        if "cca" in e.baselines and inputs.brain is not None:
-            spaces["cca"] = _cca_space(inputs, cfg, m, inputs.brain, held)
-        if "fc_cca" in e.baselines and fc is not None:
-            spaces["fc_cca"] = _cca_space(inputs, cfg, m, fc, held)
         n = sum(len(s) for s in held.values())
+        if n < 4:
+            skip_warning(f"explain for {m!r}", [f"{e.splits} have {n} subjects with every input table and shared-"
+                                                f"space embeddings (need >= 4)"])
+            continue
+        spaces = {MODEL: _model_space(inputs, m, held)}
+        for name, table in (("cca", inputs.brain), ("fc_cca", fc)):
+            if name in e.baselines and (why := _too_small(inputs, m, table)):
+                skip_warning(f"explain baseline {name} for {m!r}", why)
+            elif name in e.baselines:
+                spaces[name] = _cca_space(inputs, cfg, m, table, held)
         feature_sets = [_genetic_features(inputs, cfg, m, held)]
         if fc is not None:
             feature_sets.append(_edge_features(inputs, cfg, fc, held))
