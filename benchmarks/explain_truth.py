@@ -34,6 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"model": "score", "cca": "cca_score", "fc_cca": "fc_cca_score"}
+OWN_SIDE = {"model_weight": "weight", "model_ig": "attribution"}  # the model's own-side columns (no test, no q)
 FAST = ["evaluate.probes.targets=[]", "evaluate.baselines.methods=[cca, fc_cca]", "evaluate.baselines.shuffled_pairs=false",
         "evaluate.model.log=false"]
 
@@ -105,15 +106,16 @@ def score_run(folder: Path, fdr: float) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for table, (frame, positive) in positives.items():
-        for method, col in METHODS.items():
+        for method, col in {**METHODS, **OWN_SIDE}.items():
             if col not in frame:
                 continue
             auroc, prec = recovery(frame[col], positive)
-            qcol = "q" if method == "model" else f"{method}_q"
             out[f"{table}/{method}/auroc"] = auroc
             out[f"{table}/{method}/precision_at_k"] = prec
-            out[f"{table}/{method}/n_significant"] = int((frame[qcol] <= fdr).sum())
-            out[f"{table}/{method}/true_significant"] = int(((frame[qcol] <= fdr) & positive).sum())
+            qcol = "q" if method == "model" else f"{method}_q"
+            if qcol in frame:
+                out[f"{table}/{method}/n_significant"] = int((frame[qcol] <= fdr).sum())
+                out[f"{table}/{method}/true_significant"] = int(((frame[qcol] <= fdr) & positive).sum())
         out[f"{table}/n"] = len(frame)
         out[f"{table}/n_positive"] = int(np.asarray(positive).sum())
     return out
@@ -134,12 +136,13 @@ def report(rows: list[dict[str, Any]], fdr: float) -> str:
     planted = frame[~frame["null"]]
     for regime, g in planted.groupby("regime", sort=False):
         for table in ("variants", "edges", "parcels"):
-            for method in METHODS:
+            for method in (*METHODS, *OWN_SIDE):
                 key = f"{table}/{method}"
-                if f"{key}/auroc" not in g:
+                if f"{key}/auroc" not in g or g[f"{key}/auroc"].isna().all() and method in OWN_SIDE:
                     continue
                 sig = ", ".join(f"{int(a)} ({int(b)})" for a, b in zip(g[f"{key}/n_significant"],
-                                                                       g[f"{key}/true_significant"]))
+                                                                       g[f"{key}/true_significant"])) \
+                    if f"{key}/n_significant" in g else "-"
                 lines.append(f"| {regime} | {table} (positives {int(g[f'{table}/n_positive'].iloc[0])} of "
                              f"{int(g[f'{table}/n'].iloc[0])}) | {method} | {_fmt(g[f'{key}/auroc'].tolist())} | "
                              f"{_fmt(g[f'{key}/precision_at_k'].tolist())} | {sig} |")
