@@ -85,8 +85,8 @@ def test_realised_snp_h2_of_each_factor_lands_in_the_configured_range() -> None:
                               np.random.default_rng(ss[6]))
     call_rate = np.isfinite(geno.observed).mean(axis=0)
     factors = simulate_factors(cfg.factors, geno.dosages, call_rate, geno.snp_ids, np.random.default_rng(ss[1]))
-    want = np.array(cfg.factors.h2_values())
-    assert want.min() >= 0.05 and want.max() <= 0.25
+    want = np.linspace(cfg.factors.h2, cfg.factors.h2_high, cfg.factors.n_factors)  # the configured range
+    assert (want.min(), want.max()) == (0.05, 0.25) and np.allclose(cfg.factors.h2_values(), want)
     realised = np.array([np.corrcoef(factors.values[:, k], factors.pgs[:, k])[0, 1] ** 2 for k in range(len(want))])
     # Sampling SD of a squared correlation r^2: about 2 r (1 - r^2) / sqrt(N); allow 4 SD.
     sd = 2 * np.sqrt(want) * (1 - want) / np.sqrt(cfg.n_subjects)
