@@ -35,6 +35,7 @@ class RetrievalSection:
     kway: int = 300  # MindEye protocol: top-1 among min(kway, n_subjects) random subjects; 0 = off
     kway_repeats: int = 30
     n_boot: int = 1000
+    n_permutations: int = 1000  # shuffles of the test pairing for p-values (0 = none; "above chance" needs them)
 
 
 @dataclass
@@ -121,7 +122,8 @@ class EvaluateConfig:
             raise BrainmmError(f"evaluate config field 'level': expected a number in (0, 1), got {self.level}")
         if p.n_splits < 2:
             raise BrainmmError(f"evaluate config field 'probes.n_splits': expected an integer >= 2, got {p.n_splits}")
-        for name, value in (("probes.n_permutations", p.n_permutations), ("baselines.n_permutations", b.n_permutations)):
+        for name, value in (("probes.n_permutations", p.n_permutations), ("baselines.n_permutations", b.n_permutations),
+                            ("retrieval.n_permutations", r.n_permutations)):
             if value < 0:
                 raise BrainmmError(f"evaluate config field '{name}': expected an integer >= 0, got {value}")
         unknown = sorted(set(p.tasks) - set(p.targets))

@@ -95,7 +95,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     from brainmm.evaluate.probes import probe_data, probe_records
     from brainmm.evaluate.publish import publish, refuse_second_evaluation
     from brainmm.evaluate.records import flat_json, flat_metrics, metric_parts, metrics_table
-    from brainmm.evaluate.retrieval import retrieval_records
+    from brainmm.evaluate.retrieval import confound_strata, retrieval_records
     from brainmm.evaluate.summary import render_summary
     from brainmm.io import atomic_dir, atomic_file, atomic_write_json, atomic_write_text, run_lock
     from brainmm.runtime import log_to_file
@@ -123,7 +123,8 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             counts.update({f"probe/{t}/dropped_missing": n for t, n in dropped.items()})
             for rec in records:
                 rec["n_dropped"] = dropped.get(rec["target"], 0)
-        retrieval, ranks = retrieval_records(inputs, cfg)
+        strata = confound_strata(inputs, confounds, cfg) if confounds is not None else None
+        retrieval, ranks = retrieval_records(inputs, cfg, strata)
         records += retrieval
         records += baseline_records(inputs, cfg)
         unadjusted_run_id = None

@@ -1,10 +1,14 @@
 """Brain <-> genetics retrieval of the trained model in the shared space: subject level (recordings averaged),
-recording level (each recording a query; any item of the subject a hit) and the K-random-candidates protocol."""
+recording level (each recording a query; any item of the subject a hit) and the K-random-candidates protocol, each
+with permutation p-values over the test pairing; and the held-out correlation of each paired shared dimension."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from brainmm.errors import BrainmmError
 from brainmm.evaluate.config import EvaluateConfig
@@ -24,7 +28,58 @@ def retrieval_kwargs(cfg: EvaluateConfig) -> dict[str, Any]:
     """Arguments of `alignment.retrieval.retrieval_report` shared by the model and every baseline."""
     r = cfg.retrieval
     return {"ks": tuple(r.ks), "kway": r.kway or None, "kway_repeats": r.kway_repeats, "n_boot": r.n_boot,
-            "level": cfg.level, "seed": cfg.seed}
+            "n_perm": r.n_permutations, "level": cfg.level, "seed": cfg.seed}
+
+
+Strata = Callable[[Sequence[str]], np.ndarray]  # subjects -> permutation stratum per subject (confounds set)
+
+
+def confound_strata(inputs: EvalInputs, conf: Any, cfg: EvaluateConfig) -> Strata:
+    """Permutation strata with confounds (a `brainmm.evaluate.confounds.Confounds`): the cells of every categorical
+    covariate (site, ...) crossed with the ancestry cluster (KMeans on the train subjects' genetic PCs), so test
+    pairings shuffle only between subjects who share them and the adjusted p-value stays valid whatever the
+    residualisation leaves behind (issue 30)."""
+    from alignment.stratified import AncestryClusters
+
+    c, cov = conf.config, conf.covariates
+    clusters = None
+    if c.genetic_pcs:
+        train = [s for s in cov.index if inputs.split_of.get(s) == "train"]
+        clusters = AncestryClusters(seed=cfg.seed).fit(cov.loc[train, c.pc_names].to_numpy())
+
+    def strata(subjects: Sequence[str]) -> np.ndarray:
+        parts = [cov.loc[list(subjects), col].astype(str).to_numpy() for col in conf.strata]
+        if clusters is not None:
+            parts.append(clusters.predict(cov.loc[list(subjects), c.pc_names].to_numpy()).astype(str))
+        if not parts:
+            return np.zeros(len(subjects), dtype=np.int64)
+        return np.unique(np.array(["|".join(p) for p in zip(*parts)]), return_inverse=True)[1].reshape(-1)
+
+    return strata
+
+
+def heldout_correlations(inputs: EvalInputs, cfg: EvaluateConfig, modality: str,
+                         strata: Strata | None = None) -> list[dict[str, Any]]:
+    """`canonical_corr_<k>` of the trained model on test subjects: CCA (PCA size and number of pairs chosen on val,
+    as the CCA baseline) fitted on the train subjects' shared-space projections, correlation of each paired
+    dimension on test, bootstrap CI and permutation p-value of the test pairing (within `strata`)."""
+    from alignment.baselines import CCABaseline, select_cca
+    from alignment.significance import correlation_records
+
+    _, b_train, g_train = inputs.pairs("train", modality)
+    subjects, b_test, g_test = inputs.pairs("test", modality)
+    _, b_val, g_val = inputs.pairs("val", modality)
+    if len(b_train) < 3 or len(subjects) < 3:
+        LOG.info("held-out correlation (%s): fewer than 3 train or test subjects; skipped", modality)
+        return []
+    n_comp = cfg.baselines.n_components
+    model = (select_cca("cca", b_train, g_train, b_val, g_val, n_comp) if len(b_val) >= 3
+             else CCABaseline("cca", n_components=n_comp).fit(b_train, g_train))
+    u, v = model.transform(b_test, g_test)
+    recs = correlation_records("aligned", u, v, n_perm=cfg.retrieval.n_permutations, n_boot=cfg.retrieval.n_boot,
+                               level=cfg.level, seed=cfg.seed, strata=strata(subjects) if strata else None)
+    return [library_record(r, modality, section="retrieval", split="test", model="aligned",
+                           direction=f"brain_{modality}") for r in recs]
 
 
 def library_record(record: dict[str, Any], modality: str, **fields: Any) -> dict[str, Any]:
@@ -38,9 +93,11 @@ def library_record(record: dict[str, Any], modality: str, **fields: Any) -> dict
     return out
 
 
-def retrieval_records(inputs: EvalInputs, cfg: EvaluateConfig) -> tuple[list[dict[str, Any]], dict[tuple, Any]]:
-    """Records for every split in `retrieval.splits` and genetics modality, and the subject-level 0-based ranks
-    {(split, modality): {direction: ranks}} (for the recall@k figure)."""
+def retrieval_records(inputs: EvalInputs, cfg: EvaluateConfig,
+                      strata: Strata | None = None) -> tuple[list[dict[str, Any]], dict[tuple, Any]]:
+    """Records for every split in `retrieval.splits` and genetics modality (p-values from shuffles within `strata`
+    when given: site x ancestry cells with confounds), the model's held-out correlations on test, and the
+    subject-level 0-based ranks {(split, modality): {direction: ranks}} (for the recall@k figure)."""
     from alignment.retrieval import DIRECTIONS, retrieval_report
 
     kw = retrieval_kwargs(cfg)
@@ -56,7 +113,7 @@ def retrieval_records(inputs: EvalInputs, cfg: EvaluateConfig) -> tuple[list[dic
             if n_brain > len(subjects):
                 LOG.info("retrieval %s/%s: %d of %d brain subjects have no %s row and are left out", split, m,
                          n_brain - len(subjects), n_brain, m)
-            report = retrieval_report(brain, genetics, **kw)
+            report = retrieval_report(brain, genetics, **kw, strata=strata(subjects) if strata else None)
             base = {"section": "retrieval", "split": split, "model": "aligned"}
             records += [library_record(r, m, **base) for r in report.records]
             ranks[(split, m)] = {modality_direction(d, m): report.ranks[(d, "recording")]
@@ -66,5 +123,7 @@ def retrieval_records(inputs: EvalInputs, cfg: EvaluateConfig) -> tuple[list[dic
                 rec = retrieval_report(rows, genetics, brain_subjects=labels, genetics_subjects=subjects,
                                        **{**kw, "kway": None})
                 records += [library_record(r, m, **base, level="recording") for r in rec.records]
+            if split == "test":
+                records += heldout_correlations(inputs, cfg, m, strata)
     return records, ranks
 
