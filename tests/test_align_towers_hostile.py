@@ -64,3 +64,32 @@ def test_lora_without_peft_names_the_extra(inputs, tmp_path: Path, mlflow_uri: s
     assert "align config field 'towers.brain.lora': trainable 'lora' needs the peft package" in err, err
     assert "pip install 'brainmm[finetune]'" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def _genotype_folder(tmp: Path, edit=None) -> Path:
+    from encoders.genotype import GenotypeEncoder, GenotypeEncoderConfig
+
+    folder = tmp / "geno"
+    GenotypeEncoder(GenotypeEncoderConfig(n_snps=10, hidden_sizes=[8], output_size=4)).save_pretrained(folder)
+    if edit is not None:
+        path = folder / "config.json"
+        path.write_text(edit(path.read_text()))
+    return folder
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t: "[" * 200_000 + "]" * 200_000, r"config\.json is not usable JSON: nested too deeply"),
+    (lambda t: json.dumps({**json.loads(t), "n_snps": [10]}),
+     r"config\.json does not describe a GenotypeEncoder \(TypeError: "),
+    (lambda t: json.dumps({**json.loads(t), "n_snps": 10**9, "hidden_sizes": [10**6]}),
+     r"the genotype tower its config\.json describes needs about .* GB, more than this machine's available memory"),
+])
+def test_hostile_genotype_tower_config(edit, message: str, tmp_path: Path) -> None:
+    from brainmm.align.tower_models import load_genotype_encoder
+    from brainmm.errors import BrainmmError
+
+    folder = _genotype_folder(tmp_path, edit)
+    with pytest.raises(BrainmmError, match=r"^align config field 'towers\.genetics\.g\.checkpoint': cannot load .*geno.*"
+                                           + message):
+        load_genotype_encoder(folder, "align config field 'towers.genetics.g.checkpoint'")
+    assert load_genotype_encoder(_genotype_folder(tmp_path / "ok"), "x").config.n_snps == 10

@@ -14,6 +14,7 @@ dosages, or `table` (precomputed embeddings, identity tower); what each trains (
 
 from __future__ import annotations
 
+import math
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -400,6 +401,7 @@ class GenotypeTower(Tower):
 
 def load_genotype_encoder(folder: str | Path, where: str) -> GenotypeEncoder:
     """A saved GenotypeEncoder folder (local files only), float32; `where` starts every error message."""
+    from encoders.brainlm.checkpoint import check_memory_budget, planned_shapes
     from encoders.errors import EncoderInputError
     from encoders.genotype import GenotypeEncoder
 
@@ -407,10 +409,18 @@ def load_genotype_encoder(folder: str | Path, where: str) -> GenotypeEncoder:
     if not (folder / "config.json").is_file():
         raise BrainmmError(f"{where}: {folder} is not a GenotypeEncoder folder (no config.json)")
     try:
+        read_json(folder / "config.json")  # bad JSON, nesting too deep: one line
         with quiet_transformers():
+            config = GenotypeEncoder.config_class.from_pretrained(folder, local_files_only=True)
+            planned = planned_shapes(GenotypeEncoder, config)  # on the meta device: nothing allocated
+            check_memory_budget(sum(math.prod(shape) * size for shape, size in planned.values()),
+                                "the genotype tower its config.json describes")
             return GenotypeEncoder.from_pretrained(folder, local_files_only=True).float()
-    except (EncoderInputError, OSError, ValueError) as err:
+    except (EncoderInputError, OSError) as err:
         raise BrainmmError(f"{where}: cannot load {folder} ({err})") from None
+    except Exception as err:  # noqa: BLE001 (a config field of the wrong type fails anywhere in transformers/torch)
+        raise BrainmmError(f"{where}: cannot load {folder}: its config.json does not describe a GenotypeEncoder "
+                           f"({err.__class__.__name__}: {' '.join(str(err).split())[:200]})") from None
 
 
 def check_dosages(vectors: np.ndarray, table: str, where: str) -> None:
