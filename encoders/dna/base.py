@@ -284,11 +284,13 @@ class DNAEncoder(ABC):
 
     def read_config_json(self) -> dict[str, Any]:
         """The folder's config.json as a dict (clear error when missing or not JSON)."""
+        from encoders.weights import read_json
+
         self.require_files("config.json")
-        try:
-            return json.loads((self.path / "config.json").read_text())
-        except json.JSONDecodeError as err:
-            raise EncoderInputError(f"{self.path / 'config.json'}: not valid JSON ({err})") from err
+        config = read_json(self.path / "config.json")  # bad JSON, bad bytes, nesting too deep: EncoderInputError
+        if not isinstance(config, dict):
+            raise EncoderInputError(f"{self.path / 'config.json'}: must hold a JSON object of settings")
+        return config
 
     def load_weights(self, model_cls: Any, ignore_missing: tuple[str, ...] = (), **kwargs: Any) -> torch.nn.Module:
         """`model_cls.from_pretrained(self.path)` offline in the configured dtype, moved to the device.
