@@ -245,3 +245,13 @@ def test_balanced_frequencies_raise_no_allele_order_warning(tmp_path: Path, capl
                                                 out=str(tmp_path / "m")))
     assert table.meta["allele_order"]["median_counted_frequency"] < 0.6
     assert not any("bgen_ref=last" in r.getMessage() for r in caplog.records)
+
+
+def test_haplotype_reader_names_the_re_export_for_an_alt_first_bgen(tmp_path: Path) -> None:
+    from brainmm.data.genetics.bgen_variants import BgenVariantSource
+    from brainmm.errors import BrainmmError
+
+    _alt_first_bgen(tmp_path)  # g.bgen with a .pvar beside it that lists the alleles the other way round
+    with pytest.raises(BrainmmError, match=r"g\.bgen: alleles in the opposite order to .*g\.pvar .*which this reader "
+                                           r"needs: re-export it with `plink2 --export bgen-1\.2 ref-first`"):
+        BgenVariantSource(tmp_path / "g.bgen")

@@ -21,7 +21,7 @@ class BgenVariantSource:
                  contig_aliases: dict[str, str] | None = None) -> None:
         import bgen
 
-        self._meta = BgenSource(path, sample)
+        self._meta = BgenSource(path, sample, ref_option=None)  # haplotypes need REF first
         self.path = self._meta.path
         self.samples = self._meta.samples
         self.selected = list(self.samples)

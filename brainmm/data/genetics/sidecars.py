@@ -153,10 +153,11 @@ def allele_reference(path: Path) -> Path | None:
     return None
 
 
-def check_allele_order(variants: pd.DataFrame, bgen: Path, reference: Path, option: str) -> dict:
+def check_allele_order(variants: pd.DataFrame, bgen: Path, reference: Path, option: str | None) -> dict:
     """Compare the BGEN's REF/ALT (as read) with `reference` (.pvar/.bim) at shared positions.
 
-    Mostly swapped is an error naming both files, the first swapped variant and `option`; a few swapped variants
+    Mostly swapped is an error naming both files, the first swapped variant and `option` (None: the reader
+    needs REF first, so the fix is a re-export); a few swapped variants
     are a warning. Returns the evidence (variants compared, same order, swapped)."""
     table = read_pvar(reference) if reference.suffix == ".pvar" else read_bim(reference)
     alleles: dict[tuple[str, int], set[tuple[str, str]]] = {}
@@ -180,7 +181,9 @@ def check_allele_order(variants: pd.DataFrame, bgen: Path, reference: Path, opti
     if swapped > same:
         raise BrainmmError(f"BGEN {bgen}: alleles in the opposite order to {reference} in {swapped} of {same + swapped} "
                            f"shared variants (e.g. {first}); plink2 writes BGEN ALT-first unless exported with "
-                           f"'ref-first': set {option} last if the BGEN lists ALT first (or re-export it)")
+                           + (f"'ref-first': set {option} last if the BGEN lists ALT first (or re-export it)"
+                              if option else "'ref-first', which this reader needs: re-export it with "
+                              "`plink2 --export bgen-1.2 ref-first`"))
     if swapped:
         LOG.warning("BGEN %s: %d of %d variants shared with %s have REF and ALT swapped (e.g. %s); those count "
                     "the other allele", bgen, swapped, same + swapped, reference, first)

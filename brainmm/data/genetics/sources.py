@@ -339,7 +339,8 @@ class BgenSource(GenotypeSource):
 
     kind = "BGEN"
 
-    def __init__(self, path: str | Path, sample: str | Path | None = None, ref: str = "first") -> None:
+    def __init__(self, path: str | Path, sample: str | Path | None = None, ref: str = "first",
+                 ref_option: str | None = "bgen_ref (--bgen-ref)") -> None:
         import bgen
 
         self.path = Path(path)
@@ -391,7 +392,7 @@ class BgenSource(GenotypeSource):
         self.variants = variant_table(rows, self.path)
         self._record = np.asarray(self._offsets, dtype=np.int64)
         reference = allele_reference(self.path)
-        self.allele_check = (check_allele_order(self.variants, self.path, reference, "bgen_ref (--bgen-ref)")
+        self.allele_check = (check_allele_order(self.variants, self.path, reference, ref_option)
                              if reference else None)
 
     def _check_header(self) -> None:
