@@ -4,6 +4,7 @@ and optionally a shuffled-pair alignment run (the same training on permuted trai
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,36 @@ def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, 
         LOG.info("baselines: fc_* skipped: no connectivity table (set data.brain_fc to a `brainmm fmri connectivity` "
                  "table; the pipeline computes one)")
     elif fc_names:
-        records += _table_records(inputs, cfg, fc_names, inputs.brain_fc, FC_PREFIX)
+        records += _table_records(inputs, cfg, fc_names, fc_reduced(inputs, cfg), FC_PREFIX)
     return records
+
+
+def fc_reduced(inputs: EvalInputs, cfg: EvaluateConfig) -> Side:
+    """The connectivity table reduced to its first `baselines.fc_pca` principal components, fitted on the training
+    subjects' rows only (streamed over row blocks above `pca_in_memory_gb`): no fc_* baseline holds [N, edges]
+    targets. Unchanged when fc_pca is 0, the table is already PCA scores, or it has no more columns than that."""
+    from brainmm.data.fmri.connectivity import ConnectivityConfig, fit_pca, pca_transform
+
+    fc = inputs.brain_fc
+    assert fc is not None
+    k = cfg.baselines.fc_pca
+    if not k or fc.table.meta.get("pca") or fc.table.dim <= k:
+        return fc
+    train = np.array([i for i, s in enumerate(fc.subjects) if inputs.split_of.get(s) == "train"], dtype=np.int64)
+    if len(train) < 3:
+        raise BrainmmError(f"baselines fc_*: the train split has {len(train)} subjects in the connectivity table "
+                           f"(data.brain_fc {fc.path}); need at least 3")
+    k = min(k, len(train) - 1, fc.table.dim)
+    start = time.perf_counter()
+    pca = fit_pca(fc.table.vectors, train, ConnectivityConfig(pca=k, seed=cfg.seed))
+    scores = pca_transform(fc.table.vectors, pca).astype(np.float32)
+    explained = float(pca["explained_variance_ratio"].sum())
+    LOG.info("baselines: fc_* on %d PCA components of the %d connectivity features (fitted on %d train subjects, "
+             "%s solver, %.1f %% of their variance), %.1f s", k, fc.table.dim, len(train), pca["solver"],
+             100 * explained, time.perf_counter() - start)
+    meta = {**fc.table.meta, "pca": {"fitted_on": "train", "subjects": len(train), "components": k,
+                                     "explained_variance": explained, "by": "evaluate baselines.fc_pca"}}
+    return Side(EmbeddingTable(list(fc.table.ids), scores, meta), fc.subjects, fc.path)
 
 
 def _head_for(head: Any, rows: np.ndarray) -> Any:
@@ -85,6 +114,7 @@ def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], br
         if short := baseline_shortfall(inputs, m):
             skip_warning(f"baselines {cfg.baselines.methods} for {m!r}", short)
             continue
+        start = time.perf_counter()
         _, b_train, g_train = _pairs(inputs, "train", m, side)
         _, b_test, g_test = _pairs(inputs, "test", m, side)
         _, b_val, g_val = inputs.pairs("val", m, shared=False, brain=side)  # CCA/PLS sizes chosen on val (>= 3)
@@ -96,11 +126,9 @@ def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], br
             genetics_head=inputs.projectors[m], out_dim=inputs.heads.embed_dim, seed=cfg.seed,
             retrieval_kw=retrieval_kwargs(cfg),
         )
-        for name, fitted in report.models.items():
-            if getattr(fitted, "selection_", None):
-                sel = fitted.selection_
-                LOG.info("baselines: %s%s for %s: PCA %d (brain) / %d (%s), %d pairs, chosen on val (MRR %.3f)", prefix,
-                         name, m, sel["pca_brain"], sel["pca_genetics"], m, sel["n_components"], sel["val_mrr"])
+        chosen = {name: f" (PCA {sel['pca_brain']:.0f} brain / {sel['pca_genetics']:.0f} {m}, "
+                        f"{sel['n_components']:.0f} pairs, chosen on val: MRR {sel['val_mrr']:.3f})"
+                  for name, fitted in report.models.items() if (sel := getattr(fitted, "selection_", None))}
         for r in report.records:
             if r["metric"] == "r2" and r.get("ci_low") is None:
                 r = {**r, **dict(zip(("ci_low", "ci_high"), _ridge_r2_ci(report.models[r["model"]], b_test,
@@ -110,6 +138,8 @@ def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], br
             if rec["direction"] is None:  # canonical correlations belong to the pair of sides
                 rec["direction"] = f"brain_{m}"
             records.append(rec)
+        LOG.info("baselines for %s in %.1f s: %s", m, time.perf_counter() - start,  # one line per table
+                 ", ".join(prefix + n + chosen.get(n, "") for n in names))
     return records
 
 
@@ -153,3 +183,36 @@ def shuffled_pair_run(inputs: EvalInputs, cfg: EvaluateConfig, folder: Path) -> 
         for r in space_records("shuffled_pairs", b, g, **kw):
             records.append(library_record(r, m, section="baseline", split="test", model="shuffled_pairs"))
     return records, str(result.run_id)
+
+
+def control_inputs(inputs: EvalInputs, cfg: EvaluateConfig) -> EvalInputs:
+    """`inputs` whose align run config trains the control alignments (unadjusted, shuffled pairs) for
+    `baselines.control_epochs` epochs; 0: the main run's best epoch (its metrics.json), so a control costs at most
+    the main run's training up to its selected model, without the early-stopping patience tail."""
+    import copy
+    import dataclasses
+    import json
+
+    epochs = cfg.baselines.control_epochs
+    if not epochs:
+        path = Path(inputs.run.run_dir) / "metrics.json"
+        best = json.loads(path.read_text()).get("best_epoch", 0) if path.is_file() else 0
+        epochs = max(1, int(best)) if best else inputs.run.config.train.epochs
+    config = copy.deepcopy(inputs.run.config)
+    config.train.epochs = int(epochs)
+    LOG.info("baselines: control alignments train %d epochs (baselines.control_epochs; main run: %d max)",
+             config.train.epochs, inputs.run.config.train.epochs)
+    return dataclasses.replace(inputs, run=dataclasses.replace(inputs.run, config=config))
+
+
+def main_align_seconds(inputs: EvalInputs) -> float | None:
+    """Wall seconds of the main align run (its MLflow run's start to end), None when not recorded."""
+    try:
+        import mlflow
+
+        info = mlflow.MlflowClient(inputs.run.tracking_uri).get_run(inputs.run.run_id).info
+    except Exception:  # a missing or unreachable record only leaves the reference column empty
+        return None
+    if not info.end_time or not info.start_time:
+        return None
+    return (info.end_time - info.start_time) / 1000

@@ -61,6 +61,9 @@ class BaselineSection:
     n_permutations: int = 1000  # permutations of the test pairing for canonical-correlation p-values
     shuffled_pairs: bool = False  # train a second alignment on permuted train pairs (costs one training run)
     shuffled_overrides: list[str] = field(default_factory=list)  # align overrides for that run, e.g. train.epochs=20
+    unadjusted: bool = True  # with confounds: train the alignment again without them (a control; one training run)
+    control_epochs: int = 0  # epochs of the control trainings (shuffled pairs, unadjusted); 0 = the main run's best
+    fc_pca: int = 256  # fc_* baselines on this many connectivity PCA components (fitted on train); 0 = all edges
 
 
 @dataclass
@@ -123,7 +126,8 @@ class EvaluateConfig:
         if p.n_splits < 2:
             raise BrainmmError(f"evaluate config field 'probes.n_splits': expected an integer >= 2, got {p.n_splits}")
         for name, value in (("probes.n_permutations", p.n_permutations), ("baselines.n_permutations", b.n_permutations),
-                            ("retrieval.n_permutations", r.n_permutations)):
+                            ("retrieval.n_permutations", r.n_permutations),
+                            ("baselines.control_epochs", b.control_epochs), ("baselines.fc_pca", b.fc_pca)):
             if value < 0:
                 raise BrainmmError(f"evaluate config field '{name}': expected an integer >= 0, got {value}")
         unknown = sorted(set(p.tasks) - set(p.targets))

@@ -3,7 +3,10 @@ logged to MLflow (a child run of the align run by default)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,11 +87,37 @@ def _explain(inputs: EvalInputs, cfg: EvaluateConfig, stage: Path, flat: dict[st
     return out.summary
 
 
+@contextlib.contextmanager
+def _section(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Progress line before and after an evaluation section; its wall seconds go to `timings`."""
+    LOG.info("evaluate: %s ...", name)
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+    LOG.info("evaluate: %s done in %.1f s", name, timings[name])
+
+
+def cost_lines(timings: dict[str, float], main_seconds: float | None) -> str:
+    """The 'Cost' section of summary.md: wall seconds per section, controls as a share of the main alignment."""
+    lines = ["## Cost", "", "| section | wall s | vs main alignment |", "|---|---:|---:|"]
+    for name, t in timings.items():
+        share = f"{t / main_seconds:.2f}x" if main_seconds and name.startswith("control") else ""
+        lines.append(f"| {name} | {t:.1f} | {share} |")
+    if main_seconds:
+        lines.append(f"| (main alignment, for reference) | {main_seconds:.1f} | 1.00x |")
+    return "\n".join(lines) + "\n"
+
+
 def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
     """Evaluate the align run named by `cfg.run_id` or `cfg.align_dir`: compute everything first, then write
     <output_dir> atomically and log to MLflow (nothing is logged when a computation fails)."""
     from brainmm.config import save_config
-    from brainmm.evaluate.baselines import baseline_records, shuffled_pair_run
+    from brainmm.evaluate.baselines import (
+        baseline_records,
+        control_inputs,
+        main_align_seconds,
+        shuffled_pair_run,
+    )
     from brainmm.evaluate.confounds import prepare_confounds, stratified_records, unadjusted_run
     from brainmm.evaluate.inputs import load_inputs, resolve_align_run
     from brainmm.evaluate.preflight import check_retrieval_sizes, shuffled_shortfall, skip_warning
@@ -114,9 +143,11 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         log_to_file(stage)
         LOG.info("evaluate: align run %s (%s) -> %s", run.run_id, run.run_dir, out_dir)
         records: list[dict[str, Any]] = []
+        timings: dict[str, float] = {}
         if cfg.probes.targets:  # first: most likely to stop on user data (one class, fewer subjects than folds)
-            pdata = probe_data(inputs, cfg, confounds)
-            probe_recs, dropped = probe_records(pdata, cfg)
+            with _section(timings, "probes"):
+                pdata = probe_data(inputs, cfg, confounds)
+                probe_recs, dropped = probe_records(pdata, cfg)
             records += probe_recs
             counts["probe/subjects"] = len(pdata.table)
             counts["probe/left_out_without_genetics"] = pdata.n_without_genetics
@@ -124,31 +155,40 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             for rec in records:
                 rec["n_dropped"] = dropped.get(rec["target"], 0)
         strata = confound_strata(inputs, confounds, cfg) if confounds is not None else None
-        retrieval, ranks = retrieval_records(inputs, cfg, strata)
+        with _section(timings, "retrieval"):
+            retrieval, ranks = retrieval_records(inputs, cfg, strata)
         records += retrieval
-        records += baseline_records(inputs, cfg)
+        with _section(timings, "baselines"):
+            records += baseline_records(inputs, cfg)
         unadjusted_run_id = None
+        controls = control_inputs(inputs, cfg)  # the align run's config with the control epochs
         if confounds is not None:
             records += confounds.records + stratified_records(inputs, confounds, cfg)
-            unadjusted, unadjusted_run_id = unadjusted_run(inputs, confounds, cfg, stage / "unadjusted")
-            records += unadjusted
-            log_to_file(stage)  # run_align moved the log file to its own folder
+            if cfg.baselines.unadjusted:
+                with _section(timings, "control: unadjusted alignment"):
+                    unadjusted, unadjusted_run_id = unadjusted_run(controls, confounds, cfg, stage / "unadjusted")
+                records += unadjusted
+                log_to_file(stage)  # run_align moved the log file to its own folder
         shuffled_run_id = None
         if shuffled_short:
             skip_warning("baselines.shuffled_pairs", shuffled_short)
         elif cfg.baselines.shuffled_pairs:
-            shuffled, shuffled_run_id = shuffled_pair_run(inputs, cfg, stage / "shuffled_pairs")
+            with _section(timings, "control: shuffled-pair alignment"):
+                shuffled, shuffled_run_id = shuffled_pair_run(controls, cfg, stage / "shuffled_pairs")
             records += shuffled
             log_to_file(stage)  # run_align moved the log file to its own folder
         table = metrics_table(records)
         flat = flat_metrics(table)
 
-        figures = _figures(inputs, cfg, ranks, table) if cfg.figures.enabled else {}
-        explained = _explain(inputs, cfg, stage, flat, figures)
+        with _section(timings, "figures"):
+            figures = _figures(inputs, cfg, ranks, table) if cfg.figures.enabled else {}
+        with _section(timings, "explain"):
+            explained = _explain(inputs, cfg, stage, flat, figures)
         context = {"align_run_id": run.run_id, "align_dir": str(run.run_dir), "modalities": inputs.modalities,
                    "level": cfg.level}
         summary = render_summary(table, counts, context, list(cfg.retrieval.ks))
         summary += f"\n{explained}" if explained else ""
+        summary += "\n" + cost_lines(timings, main_align_seconds(inputs))
         with atomic_file(stage / "metrics.json", suffix=".json") as tmp:
             table.to_json(tmp, orient="split", index=False)  # the format of mlflow.log_table
         with atomic_file(stage / "metrics.csv", suffix=".csv") as tmp:
@@ -169,7 +209,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
         atomic_write_json(stage / "result.json", {
             "mlflow_run_id": run_id, "align_run_id": run.run_id, "tracking_uri": run.tracking_uri,
             "mlflow_run": cfg.mlflow_run, "models": models, "shuffled_pairs_run_id": shuffled_run_id,
-            "unadjusted_run_id": unadjusted_run_id, "counts": counts,
+            "unadjusted_run_id": unadjusted_run_id, "counts": counts, "seconds": timings,
         })
     if shuffled_run_id:  # the shuffled-pair run was trained in the staging folder: point its tag at the final one
         import mlflow

@@ -130,7 +130,7 @@ def correlation_vectors(series: list[np.ndarray], fisher_z: bool = True, dtype: 
                         out: np.ndarray | None = None) -> np.ndarray:
     """[n, V(V-1)/2] Pearson correlations (Fisher z when asked) of [T, V] series in nilearn's order, into `out`
     (float64 when not given): per group of equal-length recordings, centred unit-norm columns in one [B, T, V]
-    buffer, then one BLAS product X_b^T X_b per recording (the Gram matrix of unit columns is the correlation)."""
+    buffer, then one batched BLAS product X^T X (the Gram matrix of unit columns is the correlation)."""
     v = series[0].shape[1]
     mask = tril_mask(v)
     out = np.empty((len(series), int(mask.sum()))) if out is None else out
@@ -143,13 +143,10 @@ def correlation_vectors(series: list[np.ndarray], fisher_z: bool = True, dtype: 
         x -= x.mean(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):  # a constant parcel gives NaN: reported by the caller
             x /= np.sqrt(np.einsum("btv,btv->bv", x, x))[:, None, :]
-        gram = np.empty((v, v), dtype=dtype)
-        for j, i in enumerate(idx):
-            np.dot(x[j].T, x[j], out=gram)
-            row = gram.ravel()[mask]
-            if fisher_z:
-                np.arctanh(np.clip(row, -CLIP, CLIP, out=row), out=row)
-            out[i] = row
+        corr = np.matmul(x.transpose(0, 2, 1), x).reshape(len(idx), -1)[:, mask]  # batched gemm, lower triangle
+        if fisher_z:
+            np.arctanh(np.clip(corr, -CLIP, CLIP, out=corr), out=corr)
+        out[idx] = corr
     return out
 
 

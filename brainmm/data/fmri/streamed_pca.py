@@ -24,7 +24,7 @@ def _blocks(features: np.ndarray, rows: np.ndarray, mean: np.ndarray | None,
 
 
 def streamed_pca(features: np.ndarray, rows: np.ndarray, k: int, seed: int = 0, n_iter: int = 4,
-                 oversample: int = 10, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 oversample: int = 10, block: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean [F], components [k, F], explained variance ratio [k]) of `features[rows]`, signs as sklearn's PCA
     (`svd_flip`, largest loading of each component positive)."""
     from sklearn.utils.extmath import svd_flip
