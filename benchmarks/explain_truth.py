@@ -56,7 +56,8 @@ def run_one(config: Path, folder: Path, seed: int, null: bool, extra: list[str])
     state = folder / "pipeline.json"
     if state.is_file() and json.loads(state.read_text()).get("status") == "finished":
         return None
-    cmd = [sys.executable, "-m", "brainmm.cli", "-q", "run", str(config), "--overwrite", f"output_dir={folder}",
+    mode = "--resume" if state.is_file() else "--overwrite"  # a failed or stopped run continues its finished stages
+    cmd = [sys.executable, "-m", "brainmm.cli", "-q", "run", str(config), mode, f"output_dir={folder}",
            f"simulate.seed={seed}", f"pretrain.train.seed={1234 + seed}", f"align.train.seed={seed}",
            f"tracking.uri=sqlite:///{(folder.parent / f'{folder.name}.db').resolve()}", f"name={folder.name}", *FAST,
            *(["simulate.effects.effect_size=0.0"] if null else []), *extra]

@@ -74,6 +74,22 @@ def _cca_space(inputs: EvalInputs, cfg: EvaluateConfig, m: str, brain: Side, hel
     return Space(u_train, v_train, u, v)
 
 
+def _head_table(inputs: EvalInputs) -> Side | None:
+    """The brain table the align run's brain head was trained on (its data.brain, e.g. the pipeline's [BrainLM, FC
+    PCA] table), else the evaluation's when its width matches the head; None without one."""
+    from pathlib import Path
+
+    from brainmm.evaluate.inputs import read_side
+
+    path = inputs.run.config.data.brain
+    if inputs.brain is not None and Path(inputs.brain.path) == Path(path or ""):
+        return inputs.brain
+    if path and Path(f"{path}.json").is_file():
+        return read_side(path, "the align run's data.brain")
+    width = getattr(inputs.projectors["brain"], "in_dim", None)
+    return inputs.brain if inputs.brain is not None and inputs.brain.table.dim == width else None
+
+
 def _fc_source(inputs: EvalInputs) -> Side | None:
     """The connectivity table whose columns are edges: data.brain_fc, or the brain input table when it is one."""
     if inputs.brain_fc is not None:
@@ -131,7 +147,8 @@ def compute_explain(inputs: EvalInputs, cfg: EvaluateConfig) -> ExplainOutput:
     out = ExplainOutput()
     fc = _fc_source(inputs)
     for m in inputs.modalities:
-        brain = inputs.brain if inputs.brain is not None and inputs.brain is not fc else None
+        brain = _head_table(inputs)
+        brain = brain if brain is not None and brain is not fc else None
         need = [inputs.genetics[m]] + [s for s in (brain, fc) if s is not None]
         need += [inputs.brain] if "cca" in e.baselines and inputs.brain is not None else []
         held = _held_out(inputs, m, e.splits, need)
@@ -150,7 +167,8 @@ def compute_explain(inputs: EvalInputs, cfg: EvaluateConfig) -> ExplainOutput:
         if fc is not None:
             feature_sets.append(_edge_features(inputs, cfg, fc, held))
         if brain is not None:
-            train_brain = inputs.pairs("train", m, shared=False)[1].mean(axis=0).astype(np.float64)
+            train = sorted(s for s in brain.subject_set if inputs.split_of.get(s) == "train")
+            train_brain = brain.subject_level(train, False).mean(axis=0).astype(np.float64)
             feature_sets.append(Features("brain_features", "brain", _rows(brain, held),
                                          pd.DataFrame({"feature": np.arange(brain.table.dim)}), {},
                                          inputs.projectors["brain"], train_brain))
