@@ -98,6 +98,12 @@ def _fc_source(inputs: EvalInputs) -> Side | None:
     return inputs.brain if meta.get("kind") == "connectivity" and not meta.get("pca") else None
 
 
+def _is_edges(side: Side) -> bool:
+    """Whether a table's columns are the V(V-1)/2 edges of a connectivity matrix."""
+    v = int(round((1 + np.sqrt(1 + 8 * side.table.dim)) / 2))
+    return v * (v - 1) // 2 == side.table.dim and not side.table.meta.get("pca")
+
+
 def _genetic_features(inputs: EvalInputs, cfg: EvaluateConfig, m: str, held: dict[str, list[str]]) -> Features:
     from brainmm.explain.features import assign_genes, read_genes, variant_columns
 
@@ -164,8 +170,11 @@ def compute_explain(inputs: EvalInputs, cfg: EvaluateConfig) -> ExplainOutput:
             elif name in e.baselines:
                 spaces[name] = _cca_space(inputs, cfg, m, table, held)
         feature_sets = [_genetic_features(inputs, cfg, m, held)]
-        if fc is not None:
+        if fc is not None and _is_edges(fc):
             feature_sets.append(_edge_features(inputs, cfg, fc, held))
+        elif fc is not None:  # e.g. PCA scores of connectivity: columns without parcels
+            feature_sets.append(Features("fc_features", "brain", _rows(fc, held),
+                                         pd.DataFrame({"feature": np.arange(fc.table.dim)})))
         if brain is not None:
             train = sorted(s for s in brain.subject_set if inputs.split_of.get(s) == "train")
             train_brain = brain.subject_level(train, False).mean(axis=0).astype(np.float64)
