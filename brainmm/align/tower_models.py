@@ -218,18 +218,6 @@ def save_brainlm_tower(tower: BrainLMTower, folder: str | Path, meta: dict[str, 
     return folder
 
 
-def _read_tower_file(folder: Path, kind: str) -> dict[str, Any]:
-    path = folder / TOWER_FILE
-    if not path.is_file():
-        raise BrainmmError(f"tower folder {folder}: no {TOWER_FILE} (expected a tower saved by `brainmm align`)")
-    info = read_json(path)
-    if not isinstance(info, dict):
-        raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} must hold a JSON object")
-    if info.get("kind") != kind:
-        raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} has kind {info.get('kind')!r}, expected {kind!r}")
-    return info
-
-
 @dataclass
 class BrainDataset:
     """The fMRI dataset of a BrainLM tower, checked against the model, and the window length."""
@@ -395,7 +383,9 @@ class GenotypeTower(Tower):
     @classmethod
     def load(cls, folder: str | Path) -> GenotypeTower:
         """Rebuild a tower written by `save` (eval mode)."""
-        _read_tower_file(Path(folder), "genotype_mlp")
+        from brainmm.embed.model import read_tower_file
+
+        read_tower_file(Path(folder), "genotype_mlp")
         return cls(load_genotype_encoder(folder, f"tower {folder}")).eval()
 
 

@@ -187,8 +187,8 @@ def brain_tower_folder(path: str | Path) -> Path | None:
     return None
 
 
-def read_tower_info(folder: str | Path) -> dict[str, Any]:
-    """tower.json of a BrainLM tower folder written by `brainmm align`, checked to hold a fine-tuned tower."""
+def read_tower_file(folder: str | Path, kind: str) -> dict[str, Any]:
+    """tower.json of a tower folder written by `brainmm align`, checked to be an object of tower kind `kind`."""
     folder = Path(folder)
     path = folder / TOWER_FILE
     if not path.is_file():
@@ -196,8 +196,15 @@ def read_tower_info(folder: str | Path) -> dict[str, Any]:
     info = read_json(path)
     if not isinstance(info, dict):
         raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} must hold a JSON object")
-    if info.get("kind") != "brainlm":
-        raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} has kind {info.get('kind')!r}, expected 'brainlm'")
+    if info.get("kind") != kind:
+        raise BrainmmError(f"tower folder {folder}: {TOWER_FILE} has kind {info.get('kind')!r}, expected {kind!r}")
+    return info
+
+
+def read_tower_info(folder: str | Path) -> dict[str, Any]:
+    """tower.json of a BrainLM tower folder written by `brainmm align`, checked to hold a fine-tuned tower."""
+    folder = Path(folder)
+    info = read_tower_file(folder, "brainlm")
     if not (folder / "brainlm_finetune.json").is_file():
         raise BrainmmError(f"tower folder {folder}: no brainlm_finetune.json (a tower saved by an older brainmm "
                            "align; run the align stage again)")
