@@ -69,17 +69,17 @@ def _pvar_empty_alt(tmp: Path) -> tuple[list[str], str]:
     return ["--pgen", str(path)], r"g\.pvar: line 3: empty ALT"
 
 
-def _psam_short_row(tmp: Path) -> tuple[list[str], str]:
-    path = _pgen(tmp)
-    path.with_suffix(".psam").write_text("#FID\tIID\tSEX\n" + "".join(
-        f"F{i}\t{s}\t1\n" if i != 7 else f"F{i}\t{s}\n" for i, s in enumerate(SAMPLES)))
-    return ["--pgen", str(path)], r"g\.psam: line 9 has 2 field\(s\), expected 3 fields \(FID IID SEX\)"
+def _sidecar(kind: str, ext: str, text: str, match: str) -> Callable[[Path], tuple[list[str], str]]:
+    """A case: a valid --pgen / --bgen with the file `ext` beside it replaced by `text`."""
+    def case(tmp: Path) -> tuple[list[str], str]:
+        path = (_bgen if kind == "bgen" else _pgen)(tmp)
+        path.with_suffix(ext).write_text(text)
+        return [f"--{kind}", str(path)], match
+
+    return case
 
 
-def _psam_no_rows(tmp: Path) -> tuple[list[str], str]:
-    path = _pgen(tmp)
-    path.with_suffix(".psam").write_text("#IID\n")
-    return ["--pgen", str(path)], r"g\.psam: no samples"
+PSAM_SHORT = "#FID\tIID\tSEX\n" + "".join(f"F{i}\t{s}\t1\n" if i != 7 else f"F{i}\t{s}\n" for i, s in enumerate(SAMPLES))
 
 
 def _csv_as_pgen(tmp: Path) -> tuple[list[str], str]:
@@ -100,18 +100,6 @@ def _alt_first_bgen(tmp: Path) -> tuple[list[str], str]:
     path.with_suffix(".pvar").write_text("#CHROM\tPOS\tID\tREF\tALT\n" + "\n".join(rows) + "\n")
     return ["--bgen", str(path)], (r"BGEN .*g\.bgen: alleles in the opposite order to .*g\.pvar in 12 of 12 .*"
                                    r"1:1000 read as REF A ALT G.*set bgen_ref \(--bgen-ref\) last")
-
-
-def _bim_pos_text(tmp: Path) -> tuple[list[str], str]:
-    path = _bgen(tmp)
-    path.with_suffix(".bim").write_text("1\trs0\t0\t1000\tG\tA\n1\trs1\t0\tabc\tG\tA\n")
-    return ["--bgen", str(path)], r"g\.bim: line 2: position 'abc' is not a positive integer"
-
-
-def _bim_short_row(tmp: Path) -> tuple[list[str], str]:
-    path = _bgen(tmp)
-    path.with_suffix(".bim").write_text("1\trs0\t0\t1000\tG\n")
-    return ["--bgen", str(path)], r"g\.bim: line 1 has 5 field\(s\), expected 6"
 
 
 def _bgen_ref_on_pgen(tmp: Path) -> tuple[list[str], str]:
@@ -138,13 +126,16 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
     ".pvar POS not a number": _pvar_pos_text,
     ".pvar row with too few fields": _pvar_short_row,
     ".pvar empty ALT": _pvar_empty_alt,
-    ".psam row with too few fields": _psam_short_row,
-    ".psam without samples": _psam_no_rows,
+    ".psam row with too few fields": _sidecar("pgen", ".psam", PSAM_SHORT,
+                                              r"g\.psam: line 9 has 2 field\(s\), expected 3 fields \(FID IID SEX\)"),
+    ".psam without samples": _sidecar("pgen", ".psam", "#IID\n", r"g\.psam: no samples"),
     ".csv given as --pgen": _csv_as_pgen,
     ".csv given as --bed": _csv_as_bed,
     "ALT-first BGEN beside its .pvar": _alt_first_bgen,
-    ".bim POS not a number": _bim_pos_text,
-    ".bim row with too few fields": _bim_short_row,
+    ".bim POS not a number": _sidecar("bgen", ".bim", "1\trs0\t0\t1000\tG\tA\n1\trs1\t0\tabc\tG\tA\n",
+                                      r"g\.bim: line 2: position 'abc' is not a positive integer"),
+    ".bim row with too few fields": _sidecar("bgen", ".bim", "1\trs0\t0\t1000\tG\n",
+                                             r"g\.bim: line 1 has 5 field\(s\), expected 6"),
     "--bgen-ref without a BGEN": _bgen_ref_on_pgen,
 }
 
