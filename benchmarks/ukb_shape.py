@@ -8,7 +8,7 @@ N = 10,000 and 40,000, and the cost model's rates (`brainmm.pipeline.cost.RATES`
 and printed next to the plan's estimate for each measured stage.
 
     python benchmarks/ukb_shape.py --sizes 200,500 --path fc           # FC-only path (brain_inputs [connectivity])
-    python benchmarks/ukb_shape.py --sizes 200 --path brainlm          # + pretrain and embed (BrainLM demo size)
+    python benchmarks/ukb_shape.py --sizes 200 --path brainlm --set pretrain.train.max_steps=3   # + pretrain, embed
     python benchmarks/ukb_shape.py --sizes 10000 --path fc --work /big/tmp   # the full size (about an hour)
 """
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 PARCELS, TIMEPOINTS, TR = 424, 490, 0.735
 PATHS = {
     "fc": ["brain_inputs=[connectivity]"],
-    "brainlm": ["brain_inputs=[brainlm, connectivity]"],
+    "brainlm": ["brain_inputs=[brainlm, connectivity]", "stages.pretrain=true"],  # asked for: no CPU FC-only rule
 }
 
 
@@ -54,9 +54,10 @@ def disk_bytes(output: str) -> int:
 def run_one(n: int, args: argparse.Namespace) -> dict:
     """One pipeline run of size n; returns its per-stage records (+ disk)."""
     out = Path(args.work) / f"{args.path}-{n}"
-    if out.exists():
+    if out.exists() and not args.resume:
         shutil.rmtree(out)
     cmd = [sys.executable, "-m", "brainmm.cli", "run", str(REPO / "configs" / "demo.yaml"), "--quiet",
+           *(["--resume"] if args.resume else []),
            f"output_dir={out}", f"threads={args.threads}", f"tracking.uri=sqlite:///{Path(args.work) / 'mlflow.db'}",
            *overrides(n, args.variants, args.path, args.set)]
     t0 = time.perf_counter()
@@ -150,6 +151,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch/BLAS threads (0: their defaults)")
     ap.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp") + "/ukb_shape")
     ap.add_argument("--keep", action="store_true", help="keep each run's folder")
+    ap.add_argument("--resume", action="store_true", help="continue kept runs (`brainmm run --resume`: stages whose "
+                    "config is unchanged keep their measured records)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more pipeline overrides")
     args = ap.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)

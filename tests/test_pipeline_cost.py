@@ -50,9 +50,10 @@ def test_units_follow_the_shapes(tmp_path: Path) -> None:
     arch = dict(num_brain_voxels=10, num_timepoints_per_voxel=40, timepoint_patching_size=20, mask_ratio=0.5,
                 hidden_size=4, intermediate_size=8, num_hidden_layers=1, decoder_hidden_size=4,
                 decoder_intermediate_size=8, decoder_num_hidden_layers=1)
-    layer = 4 * 16 + 2 * 4 * 8 + 2 * 64 * 4  # 640 multiply-adds per token
-    assert C.pretrain_units(arch, 3) == 6 * 3 * (layer * (0.5 * 20 + 1) + layer * 21)
-    assert C.embed_units(arch) == 2 * layer * 21
+    # per layer over n tokens: (4 h^2 + 2 h i) n + 2 n^2 h; encoder n = 0.5 * 20 + 1 = 11, decoder and embedding 21
+    assert C.pretrain_units(arch, 3) == 6 * 3 * ((128 * 11 + 2 * 121 * 4) + (128 * 21 + 2 * 441 * 4))
+    assert C.embed_units(arch) == 2 * (128 * 21 + 2 * 441 * 4)
+    assert C.checkpoint_bytes(arch) == 28 * 2 * 128
     assert C.stage_units("connectivity", cfg, C.Shapes(subjects=10)) is None  # parcels unknown before ingest
 
 

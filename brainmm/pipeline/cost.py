@@ -42,7 +42,7 @@ class Rate:
     s_per_unit: float
     base_s: float = 0.0
     mb_per_unit: float = 0.0
-    base_mb: float = 0.0
+    base_mb: float | None = 0.0  # None: peak memory not measured on this device
     bytes_per_unit: float = 0.0
 
 
@@ -51,9 +51,15 @@ class Rate:
 #   TRs, 20,000 variants; benchmarks/ukb_shape.md, 2026-12-07): the slope between the two sizes per unit below.
 #   pretrain, embed: `python benchmarks/brainlm_cost.py` at 424 parcels (benchmarks/ukb_shape.md, same day).
 RATES: dict[str, dict[str, Rate]] = {
-    "cpu": {},
+    "cpu": {
+        # median CPU s per FLOP over 4 shapes (hidden 64 / 256, 4,240-20,776 tokens; spread 1.9-2.6e-11); memory: the
+        # 5M shape's 1.52 GB peak over its activations (an upper bound: base included)
+        "pretrain": Rate(s_per_unit=2.04e-11, mb_per_unit=1.17e-4),
+        # median over the same shapes (1.1-1.5e-11); peak memory not measured; tables: float32 recordings + subjects
+        "embed": Rate(s_per_unit=1.43e-11, base_mb=None, bytes_per_unit=8.0),
+    },
 }
-RATES_SOURCE = {"cpu": "AMD EPYC 2-core, benchmarks/ukb_shape.md (2026-12-07)"}
+RATES_SOURCE = {"cpu": "AMD EPYC 2-core, benchmarks/ukb_shape.md (2026-12-07; CPU seconds, so an idle machine's wall time is at most this)"}
 
 
 @dataclass
@@ -168,24 +174,39 @@ def _cohort_shapes(cfg: Any, table: Path, s: Shapes) -> None:
 # ------------------------------------------------------------------------------------------- units
 
 
-def _layer(h: int, i: int) -> float:
-    """Multiply-adds per token of one Nystromformer layer: projections, MLP, 64 landmarks."""
-    return 4 * h * h + 2 * h * i + 2 * 64 * h
+def _layer(h: int, i: int, n: float) -> float:
+    """Multiply-adds of one layer over n tokens: projections and MLP (linear in n) and the attention products
+    (QK^T and AV: quadratic in n; brainmm's BrainLM layers compute exact attention through SDPA)."""
+    return (4 * h * h + 2 * h * i) * n + 2 * n * n * h
+
+
+def _tokens(arch: dict[str, Any]) -> float:
+    return arch["num_brain_voxels"] * arch["num_timepoints_per_voxel"] / arch["timepoint_patching_size"]
 
 
 def pretrain_units(arch: dict[str, Any], batch: int) -> float:
-    """Training FLOPs of one step (forward + backward = 3 x forward), from a BrainLMConfig dict."""
-    tokens = arch["num_brain_voxels"] * arch["num_timepoints_per_voxel"] / arch["timepoint_patching_size"]
-    keep = 1 - arch.get("mask_ratio", 0.2)
-    enc = arch["num_hidden_layers"] * _layer(arch["hidden_size"], arch["intermediate_size"]) * (keep * tokens + 1)
-    dec = arch["decoder_num_hidden_layers"] * _layer(arch["decoder_hidden_size"], arch["decoder_intermediate_size"])
-    return 6.0 * batch * (enc + dec * (tokens + 1))
+    """Training FLOPs of one step (forward + backward = 3 x forward; the encoder sees the unmasked tokens, the
+    decoder all), from a BrainLMConfig dict."""
+    tokens, keep = _tokens(arch), 1 - arch.get("mask_ratio", 0.2)
+    enc = arch["num_hidden_layers"] * _layer(arch["hidden_size"], arch["intermediate_size"], keep * tokens + 1)
+    dec = arch["decoder_num_hidden_layers"] * _layer(arch["decoder_hidden_size"], arch["decoder_intermediate_size"],
+                                                     tokens + 1)
+    return 6.0 * batch * (enc + dec)
 
 
 def embed_units(arch: dict[str, Any]) -> float:
     """Forward FLOPs of embedding one window (encoder only, every token)."""
-    tokens = arch["num_brain_voxels"] * arch["num_timepoints_per_voxel"] / arch["timepoint_patching_size"]
-    return 2.0 * arch["num_hidden_layers"] * _layer(arch["hidden_size"], arch["intermediate_size"]) * (tokens + 1)
+    return 2.0 * arch["num_hidden_layers"] * _layer(arch["hidden_size"], arch["intermediate_size"], _tokens(arch) + 1)
+
+
+def checkpoint_bytes(arch: dict[str, Any]) -> float:
+    """The pretraining folder: two checkpoints (float32 weights + two AdamW moments: 12 bytes per parameter) and the
+    final model (4 bytes per parameter), counting the layers' parameters (the embeddings are small)."""
+    h, i, dh, di = arch["hidden_size"], arch["intermediate_size"], arch["decoder_hidden_size"], \
+        arch["decoder_intermediate_size"]
+    params = arch["num_hidden_layers"] * (4 * h * h + 2 * h * i) + arch["decoder_num_hidden_layers"] * \
+        (4 * dh * dh + 2 * dh * di)
+    return 28.0 * params
 
 
 def _windows(timepoints: int, window: int) -> int:
@@ -209,8 +230,8 @@ def stage_units(stage: str, cfg: Any, s: Shapes) -> tuple[float, float] | None:
             return None
         steps = cfg.pretrain.train.max_steps
         arch = _arch(cfg, s)
-        size = cfg.pretrain.train.batch_size * arch["num_brain_voxels"] * arch["num_timepoints_per_voxel"] / \
-            arch["timepoint_patching_size"] * arch["hidden_size"]
+        layers = arch["num_hidden_layers"] + arch["decoder_num_hidden_layers"]
+        size = cfg.pretrain.train.batch_size * _tokens(arch) * arch["hidden_size"] * layers  # activations
         return steps * pretrain_units(arch, cfg.pretrain.train.batch_size), size
     if stage == "embed":
         if not (r and p and t):
@@ -261,8 +282,8 @@ def estimate_stage(stage: str, cfg: Any, s: Shapes) -> StageCost:
         return cost
     work, size = units
     cost.seconds = cost.table_seconds = rate.base_s + rate.s_per_unit * work
-    cost.peak_mb = rate.base_mb + rate.mb_per_unit * size
-    cost.disk_bytes = rate.bytes_per_unit * size
+    cost.peak_mb = None if rate.base_mb is None else rate.base_mb + rate.mb_per_unit * size
+    cost.disk_bytes = checkpoint_bytes(_arch(cfg, s)) if stage == "pretrain" else rate.bytes_per_unit * size
     return cost
 
 
