@@ -10,17 +10,18 @@ import numpy as np
 import torch
 
 from alignment.errors import AlignmentInputError
+from alignment.intervals import both_sides_intervals
 from alignment.retrieval import (
     DIRECTIONS,
     KS,
     ArrayLike,
     RetrievalReport,
     as_embeddings,
-    bootstrap_rank_metrics,
     metric_names,
     pair_ranks,
     rank_metrics,
 )
+from alignment.significance import pairing_permutations, permuted_ranks, pvalues, rank_statistics
 
 
 def stratum_chance(sizes: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
@@ -50,6 +51,7 @@ def within_stratum_report(
     ks: Sequence[int] = KS,
     min_size: int = 2,
     n_boot: int = 1000,
+    n_perm: int = 1000,
     level: float = 0.95,
     seed: int = 0,
     normalize: bool = True,
@@ -58,7 +60,9 @@ def within_stratum_report(
     competes only with the candidates of its own stratum (`strata[i]`); level `within_<name>`.
 
     Strata with fewer than `min_size` subjects are left out (counted in `n_excluded`). Each metric's chance is
-    `stratum_chance` of the queries' stratum sizes; CIs are percentile bootstraps over queries (`n_boot`, `seed`).
+    `stratum_chance` of the queries' stratum sizes; CIs: the both-sides subject bootstrap (`alignment.intervals`,
+    `n_boot`, `seed`) with candidates restricted to the stratum; p-values: `n_perm` shuffles of the pairing within
+    strata (`alignment.significance`; 0 = none).
     """
     q = as_embeddings(brain, "brain", normalize)
     g = as_embeddings(genetics, "genetics", normalize)
@@ -83,12 +87,15 @@ def within_stratum_report(
         fwd, bwd = pair_ranks(q[rows], g[rows], normalize=False)  # rows are already unit-norm when `normalize`
         ranks[DIRECTIONS[0]][idx], ranks[DIRECTIONS[1]][idx] = fwd, bwd
     chance = stratum_chance(sizes[codes[kept]], ks)
+    qk, gk, ck = q[torch.from_numpy(kept)], g[torch.from_numpy(kept)], codes[kept]
+    p_values = _within_pvalues(qk, gk, ck, ks, n_perm, seed) if n_perm else {}
     report = RetrievalReport(records=[])
-    for direction in DIRECTIONS:
+    for direction, (a, b) in zip(DIRECTIONS, ((qk, gk), (gk, qk))):
         r = ranks[direction][kept]
         report.ranks[(direction, f"within_{name}")] = r
         point = rank_metrics(r, ks)
-        ci = bootstrap_rank_metrics(r, None, ks, n_boot, seed, level)
+        rows = np.arange(len(kept))
+        ci = both_sides_intervals(a, b, rows, rows, ks=ks, n_boot=n_boot, level=level, seed=seed, strata=(ck, ck))
         report.records += [
             {
                 "direction": direction,
@@ -98,6 +105,7 @@ def within_stratum_report(
                 "ci_low": ci[metric][0],
                 "ci_high": ci[metric][1],
                 "chance": chance[metric],
+                "p_value": p_values.get(direction, {}).get(metric, float("nan")),
                 "n_queries": len(r),
                 "n_candidates": float(np.mean(sizes[codes[kept]])),
                 "n_strata": int((sizes >= min_size).sum()),
@@ -106,6 +114,25 @@ def within_stratum_report(
             for metric in metric_names(ks)
         ]
     return report
+
+
+def _within_pvalues(q: torch.Tensor, g: torch.Tensor, codes: np.ndarray, ks: Sequence[int], n_perm: int,
+                    seed: int) -> dict[str, dict[str, float]]:
+    """Permutation p-values of within-stratum retrieval: pairings shuffled within strata, ranks within strata."""
+    perms = np.vstack([np.arange(len(codes)), pairing_permutations(len(codes), n_perm, strata=codes, seed=seed)])
+    local = np.empty(len(codes), dtype=np.int64)
+    out = {}
+    for direction, (a, b, partners) in {"brain_to_genetics": (q, g, perms),
+                                        "genetics_to_brain": (g, q, np.argsort(perms, axis=1))}.items():
+        ranks = np.empty(perms.shape, dtype=np.int64)
+        for c in np.unique(codes):
+            idx = np.flatnonzero(codes == c)
+            local[idx] = np.arange(len(idx))
+            rows = torch.from_numpy(idx)
+            ranks[:, idx] = permuted_ranks(a[rows], b[rows], local[partners[:, idx]])
+        stats = rank_statistics(ranks, ks)
+        out[direction] = pvalues({k: float(v[0]) for k, v in stats.items()}, {k: v[1:] for k, v in stats.items()})
+    return out
 
 
 class AncestryClusters:
