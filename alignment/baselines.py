@@ -23,7 +23,8 @@ from threadpoolctl import threadpool_limits
 
 from alignment.errors import AlignmentInputError
 from alignment.retrieval import RetrievalReport, pair_ranks, retrieval_report
-from alignment.stats import bootstrap_weights, flatten_records, percentile_ci, permutation_pvalue
+from alignment.significance import column_corr, correlation_records
+from alignment.stats import flatten_records
 
 BASELINES = ("cca", "pls", "ridge_brain_to_genetics", "ridge_genetics_to_brain", "random_head")
 RIDGE_ALPHAS = np.logspace(-3, 5, 9)
@@ -259,41 +260,15 @@ def _name(r: Mapping[str, Any]) -> str:
 
 
 def _column_corr(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    uz, vz = (u - u.mean(0)) / u.std(0), (v - v.mean(0)) / v.std(0)
-    return (uz * vz).mean(0)
+    return column_corr(u, v)
 
 
 def _correlation_records(
     name: str, u: np.ndarray, v: np.ndarray, n_permutations: int, n_boot: int, level: float, seed: int
 ) -> list[dict[str, Any]]:
     """Held-out correlation of each score pair, percentile bootstrap CI over test rows, permutation p-value
-    (test pairing shuffled)."""
-    observed = _column_corr(u, v)
-    rng = np.random.default_rng(seed)
-    null = np.array([_column_corr(u, v[rng.permutation(len(v))]) for _ in range(n_permutations)])
-    p_values = permutation_pvalue(observed, null) if n_permutations else np.full(len(observed), np.nan)
-    rows = np.arange(len(u))
-    boot = [
-        _column_corr(u[idx], v[idx])
-        for idx in (np.repeat(rows, w) for w in bootstrap_weights(rows, n_boot, seed))
-    ]
-    low, high = percentile_ci(np.array(boot), level)
-    return [
-        {
-            "model": name,
-            "direction": None,
-            "level": None,
-            "metric": f"canonical_corr_{k + 1}",
-            "value": float(observed[k]),
-            "ci_low": float(low[k]),
-            "ci_high": float(high[k]),
-            "chance": 0.0,
-            "p_value": float(p_values[k]),
-            "n_queries": len(u),
-            "n_candidates": None,
-        }
-        for k in range(len(observed))
-    ]
+    (test pairing shuffled): `alignment.significance.correlation_records`, the same as the trained model's."""
+    return correlation_records(name, u, v, n_perm=n_permutations, n_boot=n_boot, level=level, seed=seed)
 
 
 def run_baselines(
