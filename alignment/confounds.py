@@ -18,7 +18,7 @@ from alignment.baselines import _matrix
 from alignment.errors import AlignmentInputError
 
 RIDGE_ALPHAS = np.logspace(-3, 5, 9)
-DEGENERATE_EPS = 1e3  # a residual column within this many units of roundoff (of the input dtype) of 0 is noise
+DEGENERATE_EPS = 10.0  # a residual within this many units of roundoff of its column's magnitude is rounding noise
 Covariates = Mapping[str, Any]  # column name -> values per row (a pandas DataFrame works)
 
 
@@ -155,8 +155,9 @@ class Residualiser:
     def fit(self, features: Any, covariates: Covariates) -> Residualiser:
         """Fit the design statistics and the regression on the training rows.
 
-        A feature column whose training residual is within `DEGENERATE_EPS` units of roundoff of its own scale
-        (root mean square; roundoff of the input's float type, at least float64's) is (near-)collinear with the
+        A feature column whose training residual is within `DEGENERATE_EPS` units of roundoff of its own magnitude
+        (root mean square; the unit: the input float type's epsilon, or float64's times the rows or the design's
+        condition number when larger, the error scale of the least-squares residual) is (near-)collinear with the
         covariates: what is left of it is rounding noise, so `transform` returns 0 for it (`degenerate_` lists
         those columns) instead of a noise column that later rescaling would stretch.
         """
@@ -169,7 +170,8 @@ class Residualiser:
                                       "(intercept included); need more rows than columns")
         self.coef_, _, self.rank_, _ = np.linalg.lstsq(x, y, rcond=None)  # min-norm if collinear
         resid = y - x @ self.coef_
-        eps = max(np.finfo(dtype).eps if dtype.kind == "f" else 0.0, np.finfo(np.float64).eps * len(x))
+        eps64 = np.finfo(np.float64).eps
+        eps = max(np.finfo(dtype).eps if dtype.kind == "f" else 0.0, eps64 * len(x), eps64 * np.linalg.cond(x))
         rms = np.sqrt((resid**2).mean(0)), np.sqrt((y**2).mean(0))
         self.degenerate_ = np.flatnonzero(rms[0] <= DEGENERATE_EPS * eps * rms[1])
         total = ((y - y.mean(0)) ** 2).sum()

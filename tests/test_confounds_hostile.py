@@ -44,6 +44,14 @@ def test_probe_of_an_adjusted_covariate_is_at_chance_with_in_fold_residuals() ->
     assert fabricated > 0.75 and raw < 0.62 and fixed < 0.62, (raw, fabricated, fixed)
 
 
+def test_a_large_offset_column_with_a_small_real_spread_is_kept() -> None:
+    """Rounding scales with a value's magnitude: a float32 column of 1000 +- 0.05 has 800 units of spread."""
+    cov, dosages = _cohort(200, 9)
+    column = (1000.0 + 0.05 * np.random.default_rng(10).normal(size=200)).astype(np.float32)
+    fit = Residualiser(["age", "sex"]).fit(np.column_stack([dosages[:, :3], column]), cov)
+    assert fit.degenerate_.tolist() == []
+
+
 def test_a_covariate_equal_to_one_column_leaves_zero_not_stretched_noise() -> None:
     cov, dosages = _cohort(200, 1)
     cov["snp"] = dosages[:, 7].astype(np.float64)  # a covariate that is one SNP
@@ -59,9 +67,9 @@ def test_a_covariate_equal_to_one_column_leaves_zero_not_stretched_noise() -> No
     design = np.hstack([np.ones((200, 1)), res.design.transform(cov)])
     noise = dosages[:, 7] - design @ res.coef_[:, 7]
     assert np.abs(noise).max() < 1e-12 and np.ptp(to_dosage_range(noise[:, None], is_train)) > 1.5
-    # near-equal: within 1e3 roundoff units of the input's float type it is noise; above it, a (small) residual
-    for dtype, shift, degenerate in ((np.float32, 1e-6, True), (np.float32, 1e-2, False),
-                                     (np.float64, 1e-14, True), (np.float64, 1e-9, False)):
+    # near-equal: within 10 roundoff units of the input's float type it is noise; above it, a (small) residual
+    for dtype, shift, degenerate in ((np.float32, 1e-7, True), (np.float32, 1e-4, False),
+                                     (np.float64, 1e-14, True), (np.float64, 1e-10, False)):
         near = dosages.astype(np.float64)
         near[:, 3] = cov["snp"] + shift * np.random.default_rng(2).normal(size=200)
         fit = Residualiser(["age", "sex", "snp"]).fit(near[train].astype(dtype), cov.iloc[train])
