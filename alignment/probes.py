@@ -171,6 +171,10 @@ def fold_residuals(
     fit); a probe trained on them would learn the confound back. Fitted inside each fold, the probe's training
     rows carry no linear trace of the confounds."""
     design = np.hstack([np.ones((len(confounds), 1)), confounds])
+    if len(train) <= design.shape[1]:
+        raise AlignmentInputError(f"confounds: a probe fold has {len(train)} training rows for {design.shape[1]} "
+                                  "confound columns (intercept included); need more rows than columns (fewer "
+                                  "covariates or folds, or more subjects)")
     coef = np.linalg.lstsq(design[train], x[train], rcond=None)[0]
     return x[train] - design[train] @ coef, x[test] - design[test] @ coef
 

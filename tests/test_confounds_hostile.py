@@ -169,3 +169,13 @@ def test_an_infinite_covariate_value_names_the_subject(tmp_path: Path) -> None:
     with pytest.raises(BrainmmError, match=r"confound column 'age': 1 subject\(s\) have an infinite value, e\.g\. "
                                            r"\['s02'\] in .*cohort\.csv"):
         covariate_table(cfg, inputs["subjects"], "align")
+
+
+def test_in_fold_residuals_need_more_rows_than_confound_columns() -> None:
+    from alignment.errors import AlignmentInputError
+
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(12, 3)), np.tile([0, 1], 6)
+    with pytest.raises(AlignmentInputError, match=r"a probe fold has \d+ training rows for 13 confound columns"):
+        linear_probe(x, y, task="classification", n_splits=2, n_boot=2, n_permutations=0,
+                     confounds=rng.normal(size=(12, 12)))
