@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import time
 
 from brainmm import __version__
 
@@ -83,12 +82,15 @@ def _describe(parser: argparse.ArgumentParser) -> None:
                 _describe(child)
 
 
-def _mark_interrupted_runs(since_ms: int) -> None:
-    """End as KILLED the MLflow run(s) an interrupt left open or FAILED (runs not started by brainmm.tracking)."""
+def _mark_interrupted_runs(before: set[str]) -> None:
+    """End as KILLED the MLflow runs an interrupt left open: still active, or started by this process (through
+    brainmm.tracking or the pipeline's client) and not ended. brainmm.tracking.start_run already ends its runs
+    KILLED on the way out; this catches what an interrupt at an unlucky moment left behind (`before`: the runs
+    that were open when this command started, left alone)."""
     fluent = sys.modules.get("mlflow")
     if fluent is None:
         return
-    from brainmm.tracking import terminate
+    from brainmm.tracking import OPEN_RUNS, terminate
 
     try:
         while (active := fluent.active_run()) is not None:
@@ -98,15 +100,10 @@ def _mark_interrupted_runs(since_ms: int) -> None:
                 if "database is locked" not in str(err):
                     raise
                 terminate(fluent.MlflowClient(), active.info.run_id, "KILLED")
-        run = fluent.last_active_run()
-        if run is None or run.info.end_time is None or run.info.end_time < since_ms:
-            return
-        client = fluent.MlflowClient()
-        runs = [run, *client.search_runs([run.info.experiment_id],
-                                         f"tags.mlflow.parentRunId = '{run.info.run_id}'")]
-        for r in runs:
-            if r.info.status == "FAILED" and (r.info.end_time or 0) >= since_ms:
-                terminate(client, r.info.run_id, "KILLED", end_time=r.info.end_time)
+            OPEN_RUNS.pop(active.info.run_id, None)
+        for run_id, uri in list(OPEN_RUNS.items()):  # runs driven through the client (the pipeline's parent)
+            if run_id not in before:
+                terminate(fluent.MlflowClient(uri), run_id, "KILLED")
     except Exception as err:  # the interrupt is what the user must see; a tracking hiccup is secondary
         reason = " ".join(str(err).split())[:300]
         print(f"brainmm: could not mark the MLflow run as KILLED ({type(err).__name__}: {reason})", file=sys.stderr)
@@ -124,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    started_ms = int(time.time() * 1000)
+    open_before = set(sys.modules["brainmm.tracking"].OPEN_RUNS) if "brainmm.tracking" in sys.modules else set()
     with handle_interrupts():  # Ctrl-C and SIGTERM: KeyboardInterrupt, held while a write is in progress
         try:
             rc = args.func(args)
         except BaseException as err:
             if caused_by_interrupt(err):  # also an error raised by the cleanup of an interrupt
                 stop_on_first()  # a second Ctrl-C / SIGTERM must not cut the cleanup short
-                _mark_interrupted_runs(started_ms)
+                _mark_interrupted_runs(open_before)
                 print("brainmm: interrupted", file=sys.stderr)
                 return 130
             if not isinstance(err, USER_ERRORS):  # a bug: its traceback

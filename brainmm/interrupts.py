@@ -33,6 +33,8 @@ class _State:
     held: int | None = None
     held_at = 0.0
     delivered = False
+    timer = False  # whether the recheck timer (ITIMER_REAL) is ours and running
+    previous_alarm: Callable | int | None = None  # the SIGALRM handler before ours (called for alarms not ours)
 
 
 def _main_thread() -> bool:
@@ -49,11 +51,22 @@ def _in_critical_code(frame: FrameType | None) -> bool:
     return False
 
 
+def _recheck_later() -> None:
+    _State.timer = True
+    signal.setitimer(signal.ITIMER_REAL, RECHECK_S)
+
+
+def _stop_timer() -> None:
+    if _State.timer:  # never cancel a timer someone else set
+        _State.timer = False
+        with contextlib.suppress(ValueError):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def _deliver(signum: int) -> None:
     _State.held = None
     _State.delivered = True
-    with contextlib.suppress(ValueError):
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    _stop_timer()
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -67,17 +80,22 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         return
     if _State.depth > 0 or _in_critical_code(frame):
         _State.held, _State.held_at = signum, time.monotonic()
-        signal.setitimer(signal.ITIMER_REAL, RECHECK_S)
+        _recheck_later()
         return
     _deliver(signum)
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     """Timer tick while a signal is held: deliver it once the write has ended."""
+    if not _State.timer:  # someone else's alarm
+        if callable(_State.previous_alarm):
+            _State.previous_alarm(signum, frame)
+        return
+    _State.timer = False
     if _State.held is None or _State.delivered:
         return
     if _State.depth > 0 or _in_critical_code(frame):
-        signal.setitimer(signal.ITIMER_REAL, RECHECK_S)
+        _recheck_later()
         return
     _deliver(_State.held)
 
@@ -91,13 +109,14 @@ def handle_interrupts() -> Iterator[None]:
     watched = (*SIGNALS, signal.SIGALRM)
     previous: dict[int, Callable | int | None] = {s: signal.getsignal(s) for s in watched}
     _State.installed, _State.depth, _State.held, _State.delivered = True, 0, None, False
+    _State.previous_alarm = previous[signal.SIGALRM]
     for s in SIGNALS:
         signal.signal(s, _on_signal)
     signal.signal(signal.SIGALRM, _on_alarm)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _stop_timer()
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         _State.installed, _State.held = False, None

@@ -25,6 +25,8 @@ from brainmm.interrupts import caused_by_interrupt, deferred_interrupts
 
 _VALID_NAME = re.compile(r"^[/\w.\- :]*$")
 _SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
+# runs this process started and has not ended yet (run id -> tracking URI): the CLI ends them KILLED on an interrupt
+OPEN_RUNS: dict[str, str] = {}
 LOCK_RETRIES = 4  # tries of a run's final status update while sqlite reports "database is locked"
 LOCK_WAIT_S = 0.5  # first wait between those tries (doubled each time)
 
@@ -130,19 +132,21 @@ def start_run(
         setup(cfg)
     all_tags = {"brainmm.version": _version()}
     all_tags.update(tags or {})
-    with deferred_interrupts():
-        run = mlflow.start_run(
-            run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name), nested=nested, tags=all_tags
-        )
-    status = "FAILED"
+    run, status = None, "FAILED"
     try:
+        with deferred_interrupts():  # a signal now is raised once the run is started and registered
+            run = mlflow.start_run(
+                run_id=run_id, run_name=None if run_id else (run_name or cfg.run_name), nested=nested, tags=all_tags
+            )
+            OPEN_RUNS[run.info.run_id] = mlflow.get_tracking_uri()
         yield run
         status = "FINISHED"
     except BaseException as err:
         status = "KILLED" if caused_by_interrupt(err) else "FAILED"
         raise
     finally:
-        _end_run(run.info.run_id, status)
+        if run is not None:
+            _end_run(run.info.run_id, status)
 
 
 def _end_run(run_id: str, status: str) -> None:
@@ -150,12 +154,14 @@ def _end_run(run_id: str, status: str) -> None:
     import mlflow
 
     active = mlflow.active_run()
-    if active is None or active.info.run_id != run_id:  # ended already
+    if active is None or active.info.run_id != run_id:  # ended already (by the code inside the block)
+        OPEN_RUNS.pop(run_id, None)
         return
     try:
         with deferred_interrupts():
             try:
                 mlflow.end_run(status)  # leaves the active runs first, then sets the status
+                OPEN_RUNS.pop(run_id, None)
             except Exception as err:
                 if "database is locked" not in str(err):
                     raise
@@ -168,11 +174,13 @@ def _end_run(run_id: str, status: str) -> None:
 
 
 def terminate(client: Any, run_id: str, status: str, end_time: int | None = None) -> None:
-    """`client.set_terminated`, tried again (with growing waits) while the sqlite store reports a lock."""
+    """`client.set_terminated`, tried again (with growing waits) while the sqlite store reports a lock; the run
+    leaves OPEN_RUNS."""
     for attempt in range(LOCK_RETRIES):
         try:
             with deferred_interrupts():
                 client.set_terminated(run_id, status, end_time=end_time)
+                OPEN_RUNS.pop(run_id, None)
             return
         except Exception as err:
             if "database is locked" not in str(err) or attempt == LOCK_RETRIES - 1:

@@ -285,3 +285,22 @@ def test_a_real_brainmm_run_sigterm_at_a_random_moment(tmp_path: Path, _migrated
                           random.Random(SEED).uniform(0, 3.0), signal.SIGTERM)
     check_interrupted(rc, err, tmp_path / "mlflow.db", tmp_path / "out")
     assert "KILLED" in statuses(tmp_path / "mlflow.db")  # the parent and the stage running then
+
+
+def test_an_interrupt_before_the_pipeline_enters_its_stages_still_kills_the_parent(
+        tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The parent run is created through the client before run.py's try block: the CLI ends it from OPEN_RUNS."""
+    from brainmm import tracking
+    from brainmm.pipeline.tracking import PipelineRun
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
+
+    def interrupted(self, cfg, artifact_file="config.yaml"):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PipelineRun, "log_config", interrupted)
+    check_interrupted(main(pipeline_argv()), capsys.readouterr().err, tmp_path / "mlflow.db", tmp_path / "out")
+    assert statuses(tmp_path / "mlflow.db") == ["KILLED"] and tracking.OPEN_RUNS == {}

@@ -34,6 +34,7 @@ class PipelineRun:
         self.uri = uri
         all_tags = {"brainmm.stage": "pipeline", "brainmm.version": _version(), "mlflow.runName": name, **tags}
         self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+        tr.OPEN_RUNS[self.run_id] = uri  # ended KILLED by the CLI if an interrupt comes before `end`
 
     def log_config(self, cfg: Any, artifact_file: str = "config.yaml") -> None:
         """Flattened params (MLflow's value limit) and the YAML as an artifact, like brainmm.tracking.log_config."""
