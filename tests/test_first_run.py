@@ -81,6 +81,7 @@ def test_every_command_describes_itself_and_demo_describes_the_demo() -> None:
     assert "MLP tower" not in demo if tower == "table" else "MLP" in demo
     assert f"genetics.genotype_mlp.kind {tower}" in demo
     assert f"initialised by {defaults.align.head.init.upper()}" in demo
+    assert ("explain" in demo) == defaults.evaluate.explain.enabled
 
 
 def test_shared_pca_shows_pairs_and_the_per_component_link() -> None:

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "brains, build the genotype dosage matrix, align the brain table [BrainLM embeddings, connectivity PCA] with "
         "the dosages (linear heads initialised by CCA; no genotype tower: genetics.genotype_mlp.kind table), "
         "evaluate retrieval, probes and baselines (CCA/PLS, ridge, random head, fc_* on connectivity, shuffled "
-        "pairs), log it all to MLflow (sqlite:///mlflow.db in the working folder unless tracking.uri or "
+        "pairs) and explain which variants, edges and parcels carry the link, log it all to MLflow (sqlite:///mlflow.db in the working folder unless tracking.uri or "
         "$MLFLOW_TRACKING_URI say otherwise) and print a summary. Settings: configs/demo.yaml.")
     d.add_argument("--out", default=None, help="output folder (default runs/demo)")
     _common(d)
@@ -41,7 +41,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _execute(args: argparse.Namespace, path: str | None, overrides: list[str]) -> int:
     from brainmm.config import load_config
-    from brainmm.pipeline import PipelineConfig, run_pipeline
+    from brainmm.pipeline import PipelineConfig
     from brainmm.runtime import set_quiet
 
     if args.stage_quiet:
@@ -52,6 +52,8 @@ def _execute(args: argparse.Namespace, path: str | None, overrides: list[str]) -
 
         print(dry_run(cfg, resume=args.resume))
         return 0
+    from brainmm.pipeline import run_pipeline
+
     result = run_pipeline(cfg, overwrite=args.overwrite, resume=args.resume, show=print)
     print(result.summary)
     return 0
