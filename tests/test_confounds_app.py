@@ -191,6 +191,8 @@ def test_evaluate_reports_adjusted_unadjusted_confounds_only_and_within_stratum(
                      f"retrieval/within_ancestry_cluster/{d}/R_at_1", f"retrieval/unadjusted/within_site/{d}/mrr",
                      f"baseline/confounds_only/{d}/R_at_1", f"baseline/cca/{d}/R_at_1"):
             assert name in m and f"{name}_chance" in m and f"{name}_ci_low" in m, name
+        # p-values: adjusted retrieval shuffled within site x ancestry cells, within-site shuffled within sites
+        assert 0 < m[f"retrieval/{d}/mrr_p_value"] <= 1 and 0 < m[f"retrieval/within_site/{d}/mrr_p_value"] <= 1
     # within-site chance: 8 test subjects, 4 per site -> mean 1/4 (the whole test split: 1/8)
     assert m["retrieval/within_site/brain_to_genotype/R_at_1_chance"] == pytest.approx(0.25)
     assert m["retrieval/brain_to_genotype/R_at_1_chance"] == pytest.approx(1 / 8)
