@@ -109,7 +109,8 @@ def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
     keep = {}
     for name, value in metrics.items():
         head = name.split("/")
-        if head[0] == "retrieval" and len(head) == 3 and head[2].split("_ci")[0].split("_chance")[0] in RETRIEVAL_METRICS:
+        if head[0] == "retrieval" and len(head) == 3 and \
+                head[2].split("_ci")[0].split("_chance")[0].split("_p_value")[0] in RETRIEVAL_METRICS:
             keep[name] = value
         elif head[0] == "retrieval" and len(head) >= 4 and head[1] in CONFOUND_VARIANTS \
                 and head[-1].split("_ci")[0].split("_chance")[0] in ("R_at_1", "mrr"):
@@ -129,6 +130,10 @@ def render_summary(result: PipelineResult) -> str:
         sizes = ", ".join(f"{s} {counts.get(f'{s}/subjects', 0)}" for s in ("train", "val", "test"))
         lines += ["", f"Subjects: {sizes}.",
                   "", "Retrieval, test split (subject level): value [95% CI] (chance)", *retrieval_lines(ev.table, modalities)]
+        verdict = ev.summary.split("## Verdict (test split)", 1)  # from permutation tests (docs/evaluation.md)
+        if len(verdict) == 2:
+            lines += ["", "Verdict, test split (permutation tests over test pairings):",
+                      *[x for x in verdict[1].split("\n## ")[0].splitlines() if x.startswith("- ")]]
         probes = probe_lines(ev.table)
         if len(probes) > 2:
             lines += ["", "Linear probes (val + test subjects, grouped CV): value [95% CI], chance, permuted-label mean",
