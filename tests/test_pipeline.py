@@ -188,6 +188,10 @@ def test_tiny_demo_run_tree_outputs_and_summary(tiny_run: dict) -> None:
     assert {r["status"] for r in state["records"].values()} == {"finished"}
     assert all(r["peak_rss_mb"] > 0 for r in state["records"].values())
     assert "[8/8] evaluate done" in (out / "brainmm.log").read_text()
+    # the explain section runs by default: every variant, edge and parcel, and a top-k section in the summary
+    for table in ("variants", "edges", "parcels"):
+        assert (out / "evaluate" / "explain" / f"{table}.tsv").is_file(), table
+    assert "What carries the link" in stdout and "**variants** (" in stdout
 
     # the MLflow run tree: pipeline -> pretrain, align -> evaluate
     client = mlflow.MlflowClient(f"sqlite:///{db}")
