@@ -4,7 +4,6 @@ its .sample, and a BGEN's allele order against a .pvar/.bim of the same variants
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,6 @@ import pandas as pd
 
 from brainmm.errors import BrainmmError
 from brainmm.runtime import LOG
-
-_POSITION = re.compile(r"[0-9]+")
 
 
 def _fields(path: Path) -> list[tuple[int, list[str]]]:
@@ -31,7 +28,10 @@ def _cut(value: str, width: int = 40) -> str:
 
 def check_positions(values: pd.Series, lines: pd.Series, path: Path, what: str) -> None:
     """Every base-pair position a positive integer, else an error naming the file, line and value."""
-    bad = ~values.astype(str).map(lambda v: bool(_POSITION.fullmatch(v)) and int(v) > 0)
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~((numbers > 0) & (numbers == np.floor(numbers)))  # NaN (not a number) is bad too
+    bad = pd.Series(bad, index=values.index)
     if bad.any():
         i = int(bad.to_numpy().argmax())
         raise BrainmmError(f"{what} {path}: line {int(lines.iloc[i])}: position {_cut(str(values.iloc[i]))!r} is not "
@@ -153,6 +153,9 @@ def allele_reference(path: Path) -> Path | None:
     return None
 
 
+CHECK_VARIANTS = 100_000  # the allele-order check compares the BGEN's first variants (evidence, not a full pass)
+
+
 def check_allele_order(variants: pd.DataFrame, bgen: Path, reference: Path, option: str | None) -> dict:
     """Compare the BGEN's REF/ALT (as read) with `reference` (.pvar/.bim) at shared positions.
 
@@ -160,22 +163,23 @@ def check_allele_order(variants: pd.DataFrame, bgen: Path, reference: Path, opti
     needs REF first, so the fix is a re-export); a few swapped variants
     are a warning. Returns the evidence (variants compared, same order, swapped)."""
     table = read_pvar(reference) if reference.suffix == ".pvar" else read_bim(reference)
-    alleles: dict[tuple[str, int], set[tuple[str, str]]] = {}
-    for chrom, pos, ref, alts in zip(table["CHROM"], table["POS"], table["REF"], table["ALT"]):
-        for alt in str(alts).split(","):
-            alleles.setdefault((str(chrom), int(pos)), set()).add((ref.upper(), alt.upper()))
-    same = swapped = 0
+    mine = variants.head(CHECK_VARIANTS)[["contig", "pos", "ref", "alt"]].reset_index(drop=True)
+    theirs = pd.DataFrame({"contig": table["CHROM"].astype(str), "pos": pd.to_numeric(table["POS"]).astype(np.int64),
+                           "REF": table["REF"].str.upper(), "ALT": table["ALT"].str.upper().str.split(",")})
+    theirs = theirs[theirs["pos"].isin(set(mine["pos"]))].explode("ALT")
+    pairs = mine.reset_index().merge(theirs, on=["contig", "pos"])
+    ref, alt = pairs["ref"].str.upper(), pairs["alt"].str.upper()
+    flags = pairs.assign(same=(ref == pairs["REF"]) & (alt == pairs["ALT"]),
+                         swapped=(ref == pairs["ALT"]) & (alt == pairs["REF"]))
+    per_variant = flags.groupby("index")[["same", "swapped"]].any()  # one verdict per BGEN variant
+    same = int(per_variant["same"].sum())
+    flipped = per_variant["swapped"] & ~per_variant["same"]
+    swapped = int(flipped.sum())
     first = None
-    for chrom, pos, ref, alt in zip(variants["contig"], variants["pos"], variants["ref"], variants["alt"]):
-        known = alleles.get((str(chrom), int(pos)))
-        if not known:
-            continue
-        pair = (str(ref).upper(), str(alt).upper())
-        if pair in known:
-            same += 1
-        elif pair[::-1] in known:
-            swapped += 1
-            first = first or f"{chrom}:{pos} read as REF {ref} ALT {alt}, {reference.name} has REF {alt} ALT {ref}"
+    if swapped:
+        row = mine.loc[flipped.index[flipped.to_numpy().argmax()]]
+        first = (f"{row.contig}:{row.pos} read as REF {row.ref} ALT {row.alt}, {reference.name} has REF {row.alt} "
+                 f"ALT {row.ref}")
     evidence = {"checked_against": str(reference), "variants_compared": same + swapped, "same_order": same,
                 "swapped": swapped}
     if swapped > same:
