@@ -258,13 +258,19 @@ def pipeline_argv(out: str = "out") -> list[str]:
     return ["demo", "--quiet", "--out", out, *TINY, "threads=1"]
 
 
-def test_brainmm_run_interrupted_inside_its_align_stage_ends_parent_and_stage_killed(
-        tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """The parent run (driven through the client) was FAILED after an interrupt although the README says KILLED."""
+@pytest.fixture
+def workdir(tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the working folder, with its own mlflow.db (the pipeline's default backend)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+def test_brainmm_run_interrupted_inside_its_align_stage_ends_parent_and_stage_killed(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The parent run (driven through the client) was FAILED after an interrupt although the README says KILLED."""
+    tmp_path = workdir
     k = random.Random(SEED).randint(1, 30)
     hook = SignalAtWrite(monkeypatch, k, signal.SIGINT, armed=lambda: (tmp_path / "out" / "align" / "run.json").exists())
     rc = main(pipeline_argv())
@@ -288,15 +294,12 @@ def test_a_real_brainmm_run_sigterm_at_a_random_moment(tmp_path: Path, _migrated
 
 
 def test_an_interrupt_before_the_pipeline_enters_its_stages_still_kills_the_parent(
-        tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The parent run is created through the client before run.py's try block: the CLI ends it from OPEN_RUNS."""
     from brainmm import tracking
     from brainmm.pipeline.tracking import PipelineRun
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
+    tmp_path = workdir
 
     def interrupted(self, cfg, artifact_file="config.yaml"):
         raise KeyboardInterrupt
