@@ -35,6 +35,8 @@ CASES = {
                                  r"ckpt/config\.json: .*patch_size must be 16 or 14 .*got \[16, 16\]"),
     "config.json of nested brackets": ("vit_mae", lambda text: "[" * 200_000 + "]" * 200_000,
                                        r"config\.json.*nested too deeply to parse"),
+    "model_type is a list": ("vit_mae", lambda t: json.dumps({**json.loads(t), "model_type": ["vit_mae"]}),
+                             r"model_type \['vit_mae'\], expected one of"),
     "ViT hidden_size is a list": ("vit_mae", lambda t: json.dumps({**json.loads(t), "hidden_size": [32]}),
                                   r"checkpoint .*ckpt: config\.json does not describe a model .*hidden_size.*check "
                                   r"its fields"),

@@ -38,7 +38,7 @@ def read_model_config(folder: str | Path, where: str = "embed config field 'mode
         raise BrainmmError(f"BrainLM checkpoint {path}: nested too deeply to parse (expected a flat JSON object of "
                            "settings)") from None
     kind = config.get("model_type") if isinstance(config, dict) else None
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise BrainmmError(f"BrainLM checkpoint {path}: model_type {kind!r}, expected one of {sorted(KINDS)}")
     return config
 

@@ -24,7 +24,7 @@ def checkpoint_model_type(path: str | os.PathLike) -> str:
     folder = Path(path)
     check_checkpoint_folder(folder, None)
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    if model_type not in MODEL_CLASSES:
+    if not isinstance(model_type, str) or model_type not in MODEL_CLASSES:
         raise EncoderInputError(f"{folder / 'config.json'}: model_type must be one of {sorted(MODEL_CLASSES)}, "
                                 f"got {model_type!r}")
     return model_type
