@@ -138,7 +138,11 @@ def bootstrap_rank_metrics(
     level: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
     """Percentile CIs of `rank_metrics` from a seeded bootstrap over query clusters (subjects; each query its own
-    cluster when None). Vectorised over replicates: the ranks are resampled, never recomputed."""
+    cluster when None). Vectorised over replicates: the ranks are resampled, never recomputed.
+
+    Query-only: the gallery stays fixed, so near chance these intervals under-cover (benchmarks/
+    retrieval_intervals.md); `retrieval_report` uses `alignment.intervals.both_sides_intervals` instead. Kept for
+    callers that hold only ranks."""
     ranks = np.asarray(ranks)
     codes = cluster_codes(clusters, len(ranks), "clusters")
     order = np.argsort(ranks, kind="stable")
