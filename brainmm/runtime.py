@@ -47,13 +47,14 @@ def _console_handlers() -> list[logging.Handler]:
 def set_quiet(quiet: bool) -> None:
     """Silence progress bars (ours and the Hugging Face libraries') and info messages on the console.
 
-    The run's log file still gets every message.
+    The run's log file still gets every message. The Hugging Face bars are also off when stderr is not a terminal
+    (a log file would get every redraw); ours then print one line per loop (`progress`).
     """
     global _QUIET
     _QUIET = quiet
     for h in _console_handlers():
         h.setLevel(logging.WARNING if quiet else logging.INFO)
-    _hf_progress_bars(not is_quiet())
+    _hf_progress_bars(not is_quiet() and _stderr_is_terminal())
 
 
 def _hf_progress_bars(enabled: bool) -> None:

@@ -41,6 +41,7 @@ def test_progress_bars_only_on_a_terminal(terminal: bool, monkeypatch: pytest.Mo
     finally:
         runtime.set_quiet(False)
     text = stream.getvalue()
+    assert runtime._HF_BARS_OFF is not terminal  # transformers / datasets / hub bars follow the same rule
     if terminal:
         assert "\r" in text and "align epoch 3" in text  # tqdm's bar
     else:
