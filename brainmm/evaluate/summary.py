@@ -74,7 +74,8 @@ def verdict_lines(table: pd.DataFrame, modalities: list[str]) -> list[str]:
         p_min = min(1.0, len(ps) * min(ps))
         n = int((r1 if r1 is not None else mrrs[0])["n"])
         detail = (f"r = {_ci(r1)}, p = {_p(r1)}; " if r1 is not None else "") + "MRR " + ", ".join(
-            f"{_num(x['value'])} vs chance {_num(x['chance'])} (p = {_p(x)})" for x in mrrs if x is not None)
+            f"{x['direction']} {_num(x['value'])} (chance {_num(x['chance'])}, p = {_p(x)})"
+            for x in mrrs if x is not None)
         if p_min < ALPHA:
             lines.append(f"- **{m}: held-out association** (test, N = {n}): {detail}; Bonferroni p = {p_min:.3g}.")
         else:
