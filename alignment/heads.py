@@ -2,50 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from alignment.configs import HeadConfig
 from alignment.errors import AlignmentInputError
-
-
-@dataclass
-class HeadConfig:
-    """Shape of one projector head; the default is Linear(in, 1024) -> GELU -> Dropout(0.1) -> Linear(1024, 512)
-    -> LayerNorm(512). `kind: linear` is a single Linear(in, out_dim) (no norm, no dropout).
-
-    `standardize` adds a fixed per-feature (x - mean) / std in front (statistics set with `fit_standardizer`
-    on the training split and saved with the head's weights). `init: cca` (linear heads only) starts both heads from
-    the train-fitted PCA -> CCA solution (`init_heads_from_cca`), so training can only refine the classical fit.
-    """
-
-    kind: Literal["mlp", "linear"] = "mlp"
-    out_dim: int = 512
-    hidden_dim: int = 1024
-    depth: int = 2  # number of Linear layers in the MLP
-    dropout: float = 0.1
-    layer_norm: bool = True
-    standardize: bool = False
-    init: Literal["random", "cca"] = "random"
-
-    def validate(self) -> None:
-        """Raise AlignmentInputError for impossible shapes."""
-        for name in ("out_dim", "hidden_dim", "depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise AlignmentInputError(f"head.{name}: expected a positive integer, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise AlignmentInputError(f"head.dropout: expected a number in [0, 1), got {self.dropout!r}")
-        if self.kind not in ("mlp", "linear"):
-            raise AlignmentInputError(f"head.kind: expected 'mlp' or 'linear', got {self.kind!r}")
-        if self.init not in ("random", "cca"):
-            raise AlignmentInputError(f"head.init: expected 'random' or 'cca', got {self.init!r}")
-        if self.init == "cca" and self.kind != "linear":
-            raise AlignmentInputError(f"head.init: 'cca' needs head.kind 'linear' (a CCA solution is linear), got "
-                                      f"{self.kind!r}")
 
 
 class ProjectionHead(nn.Module):

@@ -13,77 +13,17 @@ exactly the full-batch gradient. Logged values should be averaged over ranks (`d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignment.configs import LossConfig
 from alignment.distributed import gather_features, gather_tensor, world
 from alignment.errors import AlignmentInputError
-from alignment.model import CLIP_INIT_LOGIT_SCALE, AlignmentOutput
-
-LossKind = Literal["clip", "siglip", "supcon", "xbm"]
-
-
-@dataclass
-class LossConfig:
-    """Which contrastive loss and its settings.
-
-    kind: clip (symmetric InfoNCE, learnable temperature), siglip (sigmoid, learnable temperature and bias),
-    supcon (pytorch-metric-learning SupConLoss on subject ids, fixed temperature), xbm (cross-batch memory queue of
-    negatives around NTXentLoss, fixed temperature). alpha weighs the directions (ContIG):
-    alpha * L(brain->genetics) + (1 - alpha) * L(genetics->brain).
-    """
-
-    kind: LossKind = "clip"
-    alpha: float = 0.5
-    local_loss: bool = True
-    temperature: float = 0.07  # fixed temperature of the PML losses (supcon, xbm)
-    memory_size: int = 1024  # xbm queue length (rows per direction)
-    init_logit_scale: float | None = None  # None: ln(1/0.07) clip, ln(10) siglip, ln(1/temperature) PML
-    init_logit_bias: float | None = None  # siglip only; None: -10
-
-    def validate(self) -> None:
-        """Raise AlignmentInputError for inconsistent settings."""
-        if self.kind not in ("clip", "siglip", "supcon", "xbm"):
-            raise AlignmentInputError(f"loss.kind: expected clip, siglip, supcon or xbm, got {self.kind!r}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise AlignmentInputError(f"loss.alpha: expected a number in [0, 1], got {self.alpha}")
-        if self.kind == "siglip" and self.alpha != 0.5:
-            raise AlignmentInputError("loss.alpha: SigLIP scores each pair once (symmetric); leave alpha at 0.5")
-        if self.temperature <= 0:
-            raise AlignmentInputError(f"loss.temperature: expected a positive number, got {self.temperature}")
-        if self.memory_size < 1:
-            raise AlignmentInputError(f"loss.memory_size: expected a positive integer, got {self.memory_size}")
-        if self.init_logit_bias is not None and self.kind != "siglip":
-            raise AlignmentInputError(f"loss.init_logit_bias: only SigLIP has a logit bias (loss.kind={self.kind})")
-        if self.init_logit_scale is not None and not self.learnable_temperature:
-            raise AlignmentInputError(
-                f"loss.init_logit_scale: loss.kind={self.kind} uses the fixed loss.temperature instead"
-            )
-
-    @property
-    def learnable_temperature(self) -> bool:
-        """Whether the model's logit scale is trained (native losses) or fixed at 1/temperature (PML losses)."""
-        return self.kind in ("clip", "siglip")
-
-    def logit_scale_init(self) -> float:
-        """Initial log-scale for the model."""
-        if not self.learnable_temperature:
-            return math.log(1.0 / self.temperature)
-        if self.init_logit_scale is not None:
-            return self.init_logit_scale
-        return math.log(10.0) if self.kind == "siglip" else CLIP_INIT_LOGIT_SCALE
-
-    def logit_bias_init(self) -> float | None:
-        """Initial logit bias (SigLIP only)."""
-        if self.kind != "siglip":
-            return None
-        return -10.0 if self.init_logit_bias is None else self.init_logit_bias
+from alignment.model import AlignmentOutput
 
 
 def check_pair(

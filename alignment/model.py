@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignment.configs import CLIP_INIT_LOGIT_SCALE
 from alignment.errors import AlignmentInputError
 from alignment.heads import HeadConfig, ProjectionHead
 
-CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100)
 
 HEADS_FORMAT = "brainmm.align.heads/1"  # heads.json tag (files written since the first release)

@@ -8,23 +8,41 @@ Modules: config (typed config), data (tables, split, pairs), project (eval-mode 
 confounds (input residualisation), tower_models (tower modules and configs), towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
 """
 
-from brainmm.align.config import AlignConfig, AlignDataConfig, AlignTrainConfig
-from brainmm.align.confounds import ConfoundsConfig, covariate_table, residualise_rows, to_dosage_range
-from brainmm.align.data import AlignData, BrainRows, SplitData, load_align_data, table_subjects
-from brainmm.align.io import (
-    load_heads,
-    load_model,
-    load_towers,
-    project_fmri,
-    project_table,
-    run_precision,
-    save_heads,
-)
-from brainmm.align.loop import CHECKPOINTS, run_align
-from brainmm.align.project import evaluate_split, project
-from brainmm.align.report import AlignResult
-from brainmm.align.tower_models import GeneticsTowerConfig
-from brainmm.align.towers import TowerKind, kind_of, list_towers, register_tower, tower_kind
+from brainmm.lazy import lazy_exports
+
+# public name -> defining module, imported on first use (a config is read and checked without torch)
+_EXPORTS = {
+    "AlignConfig": "brainmm.align.config",
+    "AlignDataConfig": "brainmm.align.config",
+    "AlignTrainConfig": "brainmm.align.config",
+    "ConfoundsConfig": "brainmm.align.confounds",
+    "covariate_table": "brainmm.align.confounds",
+    "residualise_rows": "brainmm.align.confounds",
+    "to_dosage_range": "brainmm.align.confounds",
+    "AlignData": "brainmm.align.data",
+    "BrainRows": "brainmm.align.data",
+    "SplitData": "brainmm.align.data",
+    "load_align_data": "brainmm.align.data",
+    "table_subjects": "brainmm.align.data",
+    "load_heads": "brainmm.align.io",
+    "load_model": "brainmm.align.io",
+    "load_towers": "brainmm.align.io",
+    "project_fmri": "brainmm.align.io",
+    "project_table": "brainmm.align.io",
+    "run_precision": "brainmm.align.io",
+    "save_heads": "brainmm.align.io",
+    "CHECKPOINTS": "brainmm.align.loop",
+    "run_align": "brainmm.align.loop",
+    "evaluate_split": "brainmm.align.project",
+    "project": "brainmm.align.project",
+    "AlignResult": "brainmm.align.report",
+    "GeneticsTowerConfig": "brainmm.align.tower_config",
+    "TowerKind": "brainmm.align.towers",
+    "kind_of": "brainmm.align.towers",
+    "list_towers": "brainmm.align.towers",
+    "register_tower": "brainmm.align.towers",
+    "tower_kind": "brainmm.align.towers",
+}
 
 __all__ = [
     "CHECKPOINTS",
@@ -58,3 +76,4 @@ __all__ = [
     "run_precision",
     "tower_kind",
 ]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

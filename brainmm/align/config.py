@@ -11,9 +11,7 @@ from alignment import (
     LossConfig,
 )
 from brainmm.align.confounds import ConfoundsConfig
-from brainmm.align.tower_models import (
-    TowersConfig,
-)
+from brainmm.align.tower_config import TowersConfig
 from brainmm.align.towers import check_towers, tower_kind
 from brainmm.errors import BrainmmError
 from brainmm.tracking import TrackingConfig

@@ -13,26 +13,14 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
-
-from brainmm.align.tower_models import (
-    BrainDataset,
-    BrainLMTower,
-    GenotypeTower,
-    build_brainlm_tower,
-    build_genotype_tower,
-    check_brainlm_pooling,
-    check_dosages,
-    check_split_agrees,
-    frozen_brain_table,
-    open_brain_dataset,
-    save_brainlm_tower,
-    set_trainable,
-)
 from brainmm.errors import BrainmmError
+
+if TYPE_CHECKING:  # the registry imports no torch: configs are checked before any model code loads
+    from torch import nn
+
+    from brainmm.align.tower_models import BrainDataset
 
 LOG = logging.getLogger("brainmm.align")
 _REGISTRY: dict[str, TowerKind] = {}
@@ -179,7 +167,12 @@ class BrainLMKind(TowerKind):
     """A BrainLM encoder (Nystromformer or ViT-MAE, from the checkpoint's model_type) on an fMRI dataset: frozen
     (its embeddings computed once), last N blocks, full, or LoRA adapters (peft)."""
 
-    tower_class = BrainLMTower
+    @property
+    def tower_class(self) -> type:
+        """The tower module class (for `kind_of`)."""
+        from brainmm.align.tower_models import BrainLMTower
+
+        return BrainLMTower
 
     def check(self, cfg: Any, side: str, where: str) -> None:
         from encoders.brainlm.lora import require_peft
@@ -206,6 +199,13 @@ class BrainLMKind(TowerKind):
 
     def build_brain(self, cfg: Any, device: str) -> BrainSide:
         from brainmm.align.data import BrainRows, check_table_finite
+        from brainmm.align.tower_models import (
+            build_brainlm_tower,
+            check_brainlm_pooling,
+            check_split_agrees,
+            frozen_brain_table,
+            open_brain_dataset,
+        )
 
         b = cfg.towers.brain
         check_brainlm_pooling(b)
@@ -228,6 +228,8 @@ class BrainLMKind(TowerKind):
         return BrainSide(rows, tower, dataset)
 
     def save(self, cfg: Any, name: str, tower: nn.Module | None, data: Any, folder: Path) -> dict[str, str] | None:
+        from brainmm.align.tower_models import BrainLMTower, build_brainlm_tower, save_brainlm_tower
+
         b = cfg.towers.brain
         if not isinstance(tower, BrainLMTower):  # frozen: the heads were trained on its cached embeddings
             tower = build_brainlm_tower(b, data.brain_dataset)
@@ -257,7 +259,12 @@ class BrainLMKind(TowerKind):
 class GenotypeMLPKind(TowerKind):
     """A genotype MLP (ContIG-style) on a dosage-matrix table; input scaling fitted on the train split."""
 
-    tower_class = GenotypeTower
+    @property
+    def tower_class(self) -> type:
+        """The tower module class (for `kind_of`)."""
+        from brainmm.align.tower_models import GenotypeTower
+
+        return GenotypeTower
 
     def check(self, cfg: Any, side: str, where: str) -> None:
         if cfg.n_snps < 0:
@@ -269,6 +276,10 @@ class GenotypeMLPKind(TowerKind):
         _check_trainable(cfg.trainable, cfg.last_n, cfg.lr, where)
 
     def build_genetics(self, cfg: Any, modality: str, table: Any, train_rows: list[int]) -> nn.Module | None:
+        import torch
+
+        from brainmm.align.tower_models import build_genotype_tower, check_dosages, set_trainable
+
         g, where = cfg.towers.genetics_tower(modality), f"towers.genetics.{modality}"
         check_dosages(table.vectors, cfg.data.genetics[modality], f"align config field '{where}'")
         train_dosages = torch.from_numpy(table.vectors[train_rows])  # every training subject of the table
@@ -282,6 +293,8 @@ class GenotypeMLPKind(TowerKind):
         return {"kind": self.name, "trainable": g.trainable, "path": f"towers/{name}"}
 
     def load(self, folder: Path) -> nn.Module:
+        from brainmm.align.tower_models import GenotypeTower
+
         return GenotypeTower.load(folder)
 
     def describe(self, cfg: Any, data: Any, name: str) -> str:
@@ -291,16 +304,6 @@ class GenotypeMLPKind(TowerKind):
                 "subjects, input scaling fitted on the train split)")
 
     def export(self, module: nn.Module) -> nn.Module:
-        return _DosageMLP(module.encoder)
+        from brainmm.align.tower_models import DosageMLP
 
-
-class _DosageMLP(nn.Module):
-    """A genotype tower's inference path (input scaling, then the MLP) without the encoder's data-dependent input
-    checks, which torch.export cannot trace; callers pass dosages in [0, 2] without NaN."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, dosages: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_unchecked(dosages)
+        return DosageMLP(module.encoder)

@@ -21,10 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _align(args: argparse.Namespace) -> int:
-    from brainmm.align import AlignConfig, run_align
+    from brainmm.align import AlignConfig
     from brainmm.config import load_config
 
-    cfg = load_config(AlignConfig, args.config, args.overrides)
+    cfg = load_config(AlignConfig, args.config, args.overrides)  # checked before torch loads
+    from brainmm.align import run_align
+
     result = run_align(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # one line per job under torchrun
         val = result.metrics["val"]

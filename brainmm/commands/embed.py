@@ -17,10 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _embed(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
-    from brainmm.embed import EmbedConfig, run_brain_embed
+    from brainmm.embed import EmbedConfig
 
     overrides = [*args.overrides, *(["allow_split_mismatch=true"] if args.allow_split_mismatch else [])]
-    cfg = load_config(EmbedConfig, args.config, overrides)
+    cfg = load_config(EmbedConfig, args.config, overrides)  # checked before torch loads
+    from brainmm.embed import run_brain_embed
+
     result = run_brain_embed(cfg)
     if result is not None:  # rank 0
         state = "cached" if result.cache_hit else "computed"

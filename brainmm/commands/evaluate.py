@@ -41,9 +41,10 @@ def evaluate_config(args: argparse.Namespace):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    cfg = evaluate_config(args)  # checked before torch and mlflow load
     from brainmm.evaluate import run_evaluate
 
-    result = run_evaluate(evaluate_config(args))
+    result = run_evaluate(cfg)
     print(result.summary)
     print(f"evaluation written to {result.output_dir} (MLflow run {result.run_id}, align run {result.align_run_id})")
     return 0

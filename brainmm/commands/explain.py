@@ -23,9 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    cfg = evaluate_config(args)  # checked before torch and mlflow load
     from brainmm.evaluate.explain import run_explain
 
-    folder, run_id, summary = run_explain(evaluate_config(args))
+    folder, run_id, summary = run_explain(cfg)
     print(summary)
     print(f"explain written to {folder} (MLflow run {run_id})")
     return 0

@@ -178,7 +178,6 @@ def _embed(args: argparse.Namespace) -> int:
 
     from brainmm.config import load_config
     from brainmm.data.genetics.config import GeneticsEmbedConfig
-    from brainmm.data.genetics.embed import run_embed, table_stem
     from brainmm.io import run_lock
     from brainmm.runtime import log_to_file
 
@@ -188,6 +187,8 @@ def _embed(args: argparse.Namespace) -> int:
                   "subtract_reference": False if args.keep_reference else None})
     cfg = load_config(GeneticsEmbedConfig, args.config, _overrides(flags) + list(args.set) + list(args.overrides))
     cfg.require_inputs()
+    from brainmm.data.genetics.embed import run_embed, table_stem  # after the config checks: loads torch
+
     out = table_stem(cfg.out)
     log_to_file(out.parent if str(out.parent) else Path("."))
     with run_lock(out):
@@ -203,14 +204,15 @@ def _embed(args: argparse.Namespace) -> int:
 def _matrix(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
     from brainmm.data.genetics.config import GenotypeMatrixConfig
-    from brainmm.data.genetics.embed import table_stem
-    from brainmm.data.genetics.matrix import run_matrix
     from brainmm.io import run_lock
     from brainmm.runtime import log_to_file
 
     flags = {**_genotype_values(args), "impute": args.impute, "pgs_weights": args.pgs_weights}
     cfg = load_config(GenotypeMatrixConfig, args.config, _overrides(flags) + list(args.set) + list(args.overrides))
     cfg.require_inputs()
+    from brainmm.data.genetics.embed import table_stem
+    from brainmm.data.genetics.matrix import run_matrix
+
     out = table_stem(cfg.out)
     log_to_file(out.parent)
     with run_lock(out):
@@ -222,8 +224,6 @@ def _matrix(args: argparse.Namespace) -> int:
 def _pca(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
     from brainmm.data.genetics.config import GeneticPcaConfig
-    from brainmm.data.genetics.embed import table_stem
-    from brainmm.data.genetics.pca import run_pca
     from brainmm.io import run_lock
     from brainmm.runtime import log_to_file
 
@@ -231,6 +231,9 @@ def _pca(args: argparse.Namespace) -> int:
              "ld_window": args.ld_window}
     cfg = load_config(GeneticPcaConfig, args.config, _overrides(flags) + list(args.set) + list(args.overrides))
     cfg.require_source()
+    from brainmm.data.genetics.embed import table_stem
+    from brainmm.data.genetics.pca import run_pca
+
     out = table_stem(cfg.out)
     log_to_file(out.parent)
     with run_lock(out):

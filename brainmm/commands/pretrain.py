@@ -17,9 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
-    from brainmm.train.pretrain import PretrainConfig, run_pretrain
+    from brainmm.train.pretrain_config import PretrainConfig
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    cfg = load_config(PretrainConfig, args.config, args.overrides)  # checked before torch loads
+    from brainmm.train.pretrain import run_pretrain
+
     result = run_pretrain(cfg, resume=args.resume)
     if result.finished and result.model_dir is not None:
         for split in ("val", "test"):

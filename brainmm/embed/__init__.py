@@ -5,10 +5,22 @@
     EmbeddingTable.load(result.recordings)   # one row per recording, meta: subject_id, split, provenance
 """
 
-from brainmm.embed.cache import StreamingTable, cache_key, dataset_hash
-from brainmm.embed.config import EmbedConfig
-from brainmm.embed.extract import EmbedResult, default_cache_dir, run_brain_embed
-from brainmm.embed.model import FrozenBrainLM, load_brainlm_encoder, load_frozen_brainlm, model_hash
+from brainmm.lazy import lazy_exports
+
+# public name -> defining module, imported on first use (the config loads without torch)
+_EXPORTS = {
+    "StreamingTable": "brainmm.embed.cache",
+    "cache_key": "brainmm.embed.cache",
+    "dataset_hash": "brainmm.embed.cache",
+    "EmbedConfig": "brainmm.embed.config",
+    "EmbedResult": "brainmm.embed.extract",
+    "default_cache_dir": "brainmm.embed.extract",
+    "run_brain_embed": "brainmm.embed.extract",
+    "FrozenBrainLM": "brainmm.embed.model",
+    "load_brainlm_encoder": "brainmm.embed.model",
+    "load_frozen_brainlm": "brainmm.embed.model",
+    "model_hash": "brainmm.embed.model",
+}
 
 __all__ = [
     "EmbedConfig",
@@ -23,3 +35,4 @@ __all__ = [
     "model_hash",
     "run_brain_embed",
 ]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

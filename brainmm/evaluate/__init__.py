@@ -5,7 +5,14 @@
     result = run_evaluate(load_config(EvaluateConfig, "configs/evaluate.yaml", ["align_dir=runs/align/clip"]))
 """
 
-from brainmm.evaluate.config import EvaluateConfig
-from brainmm.evaluate.driver import EvaluateResult, run_evaluate
+from brainmm.lazy import lazy_exports
+
+# public name -> defining module, imported on first use (the config loads without torch)
+_EXPORTS = {
+    "EvaluateConfig": "brainmm.evaluate.config",
+    "EvaluateResult": "brainmm.evaluate.driver",
+    "run_evaluate": "brainmm.evaluate.driver",
+}
 
 __all__ = ["EvaluateConfig", "EvaluateResult", "run_evaluate"]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,9 +6,22 @@
     print(result.summary)
 """
 
-from brainmm.pipeline.config import STAGES, GeneticsSection, PipelineConfig, PipelineData, StageSwitches
-from brainmm.pipeline.plan import Plan, make_plan
-from brainmm.pipeline.run import PipelineResult, StageRecord, dry_run, run_pipeline
+from brainmm.lazy import lazy_exports
+
+# public name -> defining module, imported on first use (the config loads without torch)
+_EXPORTS = {
+    "STAGES": "brainmm.pipeline.config",
+    "GeneticsSection": "brainmm.pipeline.config",
+    "PipelineConfig": "brainmm.pipeline.config",
+    "PipelineData": "brainmm.pipeline.config",
+    "StageSwitches": "brainmm.pipeline.config",
+    "Plan": "brainmm.pipeline.plan",
+    "make_plan": "brainmm.pipeline.plan",
+    "PipelineResult": "brainmm.pipeline.run",
+    "StageRecord": "brainmm.pipeline.run",
+    "dry_run": "brainmm.pipeline.run",
+    "run_pipeline": "brainmm.pipeline.run",
+}
 
 __all__ = [
     "STAGES",
@@ -23,3 +36,4 @@ __all__ = [
     "make_plan",
     "run_pipeline",
 ]
+__getattr__ = lazy_exports(__name__, _EXPORTS)
