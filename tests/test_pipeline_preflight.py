@@ -18,6 +18,8 @@ from brainmm.errors import BrainmmError
 from brainmm.pipeline import PipelineConfig, make_plan
 from brainmm.pipeline.preflight import check_plan
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _inputs(root: Path, n: int = 30) -> dict[str, Path]:
     """Stand-ins of the right kind: a dataset folder (manifest + split), a BrainLM folder, two tables."""
@@ -96,3 +98,17 @@ def test_a_relative_output_that_climbs_out_of_output_dir_is_refused(tmp_path: Pa
     for key in field.split("."):
         value = getattr(value, key)
     assert Path(value).resolve() == tmp_path / "run" / "y"
+
+
+def test_the_real_data_config_without_its_data_names_every_missing_input_at_once(tmp_path: Path) -> None:
+    """A missing cohort table used to stop the check on its own ('table ...: file not found'), the rest unchecked."""
+    cfg = load_config(PipelineConfig, REPO / "configs" / "pipeline_real_bgen.yaml", [f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(BrainmmError) as err:
+        check_plan(make_plan(cfg))
+    msg = str(err.value)
+    for line in ("data.fmri_cohort /data/cohort/fmri.csv not found", "ingest.coords /data/atlas/parcel_coords.tsv "
+                 "not found", "embed.model /models/brainlm/old_13M not found (expected a BrainLM checkpoint folder)",
+                 "genetics.matrix.bgen /data/ukb/ukb22828_c22_b0_v3.bgen not found",
+                 "genetics.matrix.sample /data/ukb/ukb22828_c22_b0_v3.sample not found"):
+        assert line in msg, msg
+    assert "nothing was run" in msg and not (tmp_path / "run").exists()

@@ -8,6 +8,8 @@ from pathlib import Path
 from brainmm.pipeline.plan import Plan
 
 MATRIX_FILES = ("vcf", "bed", "pgen", "bgen", "sample", "variants", "regions", "cohort", "pgs_weights")
+SEQUENCE_FILES = ("vcf", "bgen", "sample", "fasta", "regions", "cohort")
+INGEST_FILES = ("atlas", "atlas_labels", "coords", "split_from")
 
 
 def _table(path: str) -> str | None:
@@ -43,6 +45,8 @@ def _model(path: str) -> str | None:
         return None
     if (p / "model" / "config.json").is_file():
         return f"is a pretrain run folder, expected its BrainLM checkpoint folder {p / 'model'}"
+    if not p.exists():
+        return "not found (expected a BrainLM checkpoint folder)"
     return "is not a BrainLM checkpoint folder (no config.json)"
 
 
@@ -51,6 +55,13 @@ def _file(path: str) -> str | None:
     if p.is_file():
         return None
     return "is a folder, expected a file" if p.is_dir() else "not found"
+
+
+def _folder(path: str) -> str | None:
+    p = Path(path)
+    if p.is_dir():
+        return None
+    return "is a file, expected a model folder" if p.is_file() else "not found (expected a model folder)"
 
 
 def _cohort(path: str) -> str | None:
@@ -66,6 +77,11 @@ def input_problems(plan: Plan) -> list[str]:
         checks.append(("data.fmri_dataset", str(plan.fmri_dataset), _dataset))
     elif not runs["simulate"] and plan.fmri_cohort is not None:
         checks.append(("data.fmri_cohort", str(plan.fmri_cohort), _file))
+    if runs["ingest"]:
+        i = cfg.ingest
+        checks += [(f"ingest.{k}", str(getattr(i, k)), _file) for k in INGEST_FILES if getattr(i, k)]
+        if i.stats_from:
+            checks.append(("ingest.stats_from", str(i.stats_from), _dataset))
     if not runs["pretrain"] and plan.brain_model is not None and (runs["embed"] or cfg.align.towers.brain.checkpoint):
         checks.append(("embed.model", str(plan.brain_model), _model))
     a, v = cfg.align, cfg.evaluate
@@ -76,6 +92,12 @@ def input_problems(plan: Plan) -> list[str]:
     elif cfg.genetics.kind == "genotype_matrix" and not runs["simulate"]:
         m = cfg.genetics.matrix
         checks += [(f"genetics.matrix.{k}", getattr(m, k), _file) for k in MATRIX_FILES if getattr(m, k)]
+    elif cfg.genetics.kind == "dna":
+        d = cfg.genetics.dna
+        checks += [(f"genetics.dna.inputs.{k}", getattr(d.inputs, k), _file) for k in SEQUENCE_FILES
+                   if getattr(d.inputs, k) and not (runs["simulate"] and cfg.simulate.write_sequences)]
+        if d.encoder.path:
+            checks.append(("genetics.dna.encoder.path", d.encoder.path, _folder))
     if a.data.split and Path(a.data.split) != plan.fmri_dataset / "split.csv":
         checks.append(("align.data.split", a.data.split, _file))
     if runs["evaluate"]:

@@ -95,14 +95,16 @@ def check_plan(plan: Plan) -> None:
     """Raise ONE error listing every size shortfall and unknown probe column; warn about baselines that will be
     skipped. Nothing has been written when this runs."""
     cfg = plan.config
-    counts, source, columns = _data(plan)
+    given = input_problems(plan)  # first: a missing cohort table is named as its field, with every other input
+    unreadable = any(line.startswith("data.fmri_cohort ") for line in given)
+    counts, source, columns = (None, "", None) if unreadable else _data(plan)
     problems: list[str] = []
     if counts is not None:
         needs = [*(ALIGN_NEEDS if plan.runs["align"] else ()),
                  *(retrieval_needs(cfg.evaluate.retrieval.splits) if plan.runs["evaluate"] else ())]
         problems += shortfalls(counts, needs)
     fix = [f"this run needs {minimum_total(needs)}; {PIPELINE_SPLIT_FIX}"] if problems else []
-    problems += _batch_problem(plan, counts, source) + input_problems(plan)
+    problems += _batch_problem(plan, counts, source) + given
     v = cfg.evaluate
     wanted = list(dict.fromkeys([*v.probes.targets, *([v.probes.group_col] if v.probes.group_col else []),
                                  *([v.figures.color_by] if v.figures.color_by else [])]))
