@@ -20,7 +20,8 @@ Held-out r is the test correlation of the first pair (model: a CCA fitted on its
 pairings (`--n-perm` shuffles of the genetics rows; siblings are ~1 % of the realistic cohort, so subject-level
 shuffles). Power = share of seeds with p(r) < 0.05, with a Wilson 95 % CI; the smallest N with power >= 0.8 (point
 estimate) is reported per method and scale. p-values come from `permutation_pvalue` (alignment.stats) over the
-statistics computed here, until alignment/significance.py offers them for every method.
+statistics computed here over shuffles from `alignment.significance.pairing_permutations`; the model's r and p
+are cross-checked against evaluate's own (`evaluate_r`, `evaluate_p_r`: alignment.significance, issue 27 item 2).
 
     python benchmarks/power.py --out runs/power                      # the full grid: hours to days on 2 cores
     python benchmarks/power.py --quick --out runs/power-quick        # N 150/300, 2 seeds, scale 1, 20 pretrain steps
@@ -51,10 +52,12 @@ FULL = {"n": [1000, 2000, 5000, 10000], "seeds": [0, 1, 2, 3, 4], "h2_scale": [0
 QUICK = {"n": [150, 300], "seeds": [0, 1], "h2_scale": [1.0]}
 # --quick also shortens BrainLM pretraining (100 -> 20 steps): at 424 parcels it dominates a run on a shared CPU.
 QUICK_OVERRIDES = ["pretrain.train.max_steps=20"]
-# What the benchmark reads from evaluate is fc_cca; the rest of evaluate (other baselines, a shuffled-pair align
-# run, probes, figures) is switched off to save time. The model's recipe is untouched.
+# What the benchmark reads from evaluate is fc_cca and the model's held-out correlation; the rest of evaluate (other
+# baselines, a shuffled-pair align run, probes, figures, explain) is switched off to save time. The model's recipe
+# is untouched.
 EVALUATE_TRIM = ["evaluate.baselines.methods=[fc_cca]", "evaluate.baselines.shuffled_pairs=false",
-                 "evaluate.probes.targets=[]", "evaluate.figures.enabled=false", "evaluate.model.log=false"]
+                 "evaluate.probes.targets=[]", "evaluate.figures.enabled=false", "evaluate.model.log=false",
+                 "evaluate.explain.enabled=false"]
 PGS_COMPONENTS = 8
 ALPHA = 0.05
 
@@ -94,9 +97,11 @@ def nested_subsets(cohort_dir: Path, ns: list[int], seed: int) -> dict[int, pd.D
 
 
 def run_pipeline(cohort_dir: Path, split: pd.DataFrame, folder: Path, extra: list[str]) -> dict[str, Any]:
-    """`brainmm run configs/demo.yaml` on one subset (skipped when a finished run is there)."""
+    """`brainmm run configs/demo.yaml` on one subset (skipped when a finished run is there, resumed when an
+    unfinished one is: its finished stages with unchanged config and inputs are reused)."""
     state = folder / "pipeline.json"
-    if state.is_file() and json.loads(state.read_text()).get("status") == "finished":
+    status = json.loads(state.read_text()).get("status") if state.is_file() else None
+    if status == "finished":
         return {"reused": True}
     inputs = folder.parent / f"{folder.name}-inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -105,7 +110,8 @@ def run_pipeline(cohort_dir: Path, split: pd.DataFrame, folder: Path, extra: lis
     cohort["file"] = [str((cohort_dir / f).resolve()) for f in cohort["file"]]
     cohort.to_csv(inputs / "cohort.csv", index=False)
     split.to_csv(inputs / "split.csv", index=False)
-    cmd = [sys.executable, "-m", "brainmm.cli", "-q", "run", "--overwrite", str(REPO / "configs" / "demo.yaml"),
+    mode = "--resume" if status is not None else "--overwrite"
+    cmd = [sys.executable, "-m", "brainmm.cli", "-q", "run", mode, str(REPO / "configs" / "demo.yaml"),
            f"output_dir={folder}", "stages.simulate=false", f"data.fmri_cohort={inputs / 'cohort.csv'}",
            f"ingest.split_from={inputs / 'split.csv'}", f"ingest.coords={cohort_dir / 'coords.tsv'}",
            f"genetics.matrix.vcf={cohort_dir / 'genotypes.vcf.gz'}", "genetics.matrix.drop_unmatched_samples=true",
@@ -132,9 +138,11 @@ def _corr(u: np.ndarray, v: np.ndarray) -> float:
 def heldout_stats(first: tuple[np.ndarray, np.ndarray], space: tuple[np.ndarray, np.ndarray], n_perm: int,
                   seed: int) -> dict[str, float]:
     """Test r of the first pair and brain -> genetics MRR (cosine in `space`), each with a one-sided permutation
-    p-value over test pairings (the same shuffles of the genetics rows for both)."""
+    p-value over test pairings (the same shuffles of the genetics rows for both, from
+    `alignment.significance.pairing_permutations`)."""
     from scipy.stats import rankdata
 
+    from alignment.significance import pairing_permutations
     from alignment.stats import permutation_pvalue
 
     b, g = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in space)
@@ -142,9 +150,8 @@ def heldout_stats(first: tuple[np.ndarray, np.ndarray], space: tuple[np.ndarray,
     n = len(b)
     rows = np.arange(n)
     r, mrr = _corr(*first), float(np.mean(1 / (1 + ranks[rows, rows])))
-    rng = np.random.default_rng(seed)
     null = np.array([(_corr(first[0], first[1][p]), np.mean(1 / (1 + ranks[rows, p])))
-                     for p in (rng.permutation(n) for _ in range(n_perm))])
+                     for p in pairing_permutations(n, n_perm, seed=seed)])
     p_r, p_mrr = permutation_pvalue(np.array([r, mrr]), null)
     chance = float(np.mean(1 / np.arange(1, n + 1)))
     return {"r": r, "p_r": float(p_r), "mrr": mrr, "p_mrr": float(p_mrr), "mrr_chance": chance, "n_test": n}
@@ -228,6 +235,11 @@ def score(folder: Path, n_perm: int, seed: int) -> dict[str, dict[str, float]]:
     table = pd.read_json(folder / "evaluate" / "metrics.json", orient="split")
     reported = _metric(table, "baseline", "fc_cca", "mrr")  # evaluate's own fc_cca: the refit must match it
     out["fc_cca"]["evaluate_mrr"] = reported.get("value", float("nan"))
+    corr = table[(table["section"] == "retrieval") & (table["split"] == "test")
+                 & (table["metric"] == "canonical_corr_1")]  # evaluate's held-out r of the model (issue 27 item 2)
+    if len(corr):
+        out["model"]["evaluate_r"] = float(corr.iloc[0]["value"])
+        out["model"]["evaluate_p_r"] = float(corr.iloc[0].get("p_value", float("nan")))
     return out
 
 
