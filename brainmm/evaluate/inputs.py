@@ -256,7 +256,11 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
         raise BrainmmError(f"align folder {run.run_dir}: heads.json has modalities {heads.modalities}, its config "
                            f"{modalities}")
     projectors, brain_tower = _projectors(run.run_dir, heads)
-    tables = {**({"brain": (brain, brain_path)} if brain is not None and brain_tower != "brainlm" else {}),
+    # the pipeline aligns on a composite [BrainLM, connectivity PCA] table (kind brain_inputs) and evaluates the
+    # baselines on its BrainLM part: another width by design; a run aligned on a plain table needs that width
+    composite = brain_path != data.brain and _table_kind(data.brain) == "brain_inputs"
+    tables = {**({"brain": (brain, brain_path)} if brain is not None and brain_tower != "brainlm" and not composite
+                 else {}),
               **{m: (genetics[m], genetics_paths[m]) for m in modalities}}
     for key, (side, path) in tables.items():
         check_width(side, path, projectors[key], "data.brain" if key == "brain" else f"data.genetics.{key}", run)
@@ -344,6 +348,18 @@ def _projectors(run_dir: Path, heads: Any) -> tuple[dict[str, nn.Module], str | 
     for m, head in heads.genetics_heads.items():
         modules[m] = nn.Sequential(loaded[m], head).eval() if m in loaded else head
     return modules, (towers.get("brain") or {}).get("kind")
+
+
+def _table_kind(path: str | None) -> str | None:
+    """meta.kind of an embedding table from its .json alone (None when absent or unreadable)."""
+    if not path:
+        return None
+    stem = Path(path)
+    stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
+    try:
+        return json.loads(stem.with_name(stem.name + ".json").read_text()).get("meta", {}).get("kind")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
 
 
 def check_width(side: Side, path: str, projector: nn.Module, field: str, run: AlignRun) -> None:
