@@ -34,7 +34,8 @@ from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"model": "score", "cca": "cca_score", "fc_cca": "fc_cca_score"}
-OWN_SIDE = {"model_weight": "weight", "model_ig": "attribution"}  # the model's own-side columns (no test, no q)
+OWN_SIDE = {"model_weight": "weight", "model_ig": "attribution", "cca_weight": "cca_weight",
+            "fc_cca_weight": "fc_cca_weight"}  # head / CCA weights and integrated gradients (no test, no q)
 FAST = ["evaluate.probes.targets=[]", "evaluate.baselines.methods=[cca, fc_cca]", "evaluate.baselines.shuffled_pairs=false",
         "evaluate.model.log=false"]
 
@@ -69,6 +70,19 @@ def run_one(config: Path, folder: Path, seed: int, null: bool, extra: list[str])
     if rc != 0:
         raise SystemExit(f"{folder.name} failed (exit {rc}); see {log}:\n{log.read_text()[-2000:]}")
     return time.perf_counter() - t0
+
+
+def rescore(folder: Path) -> None:
+    """Recompute <run>/evaluate/explain/*.tsv with the current code (the pipeline's evaluate config and inputs)."""
+    from brainmm.config import load_config
+    from brainmm.evaluate.explain import compute_explain, write_explain
+    from brainmm.evaluate.inputs import load_inputs, resolve_align_run
+    from brainmm.pipeline import PipelineConfig
+    from brainmm.pipeline.plan import make_plan
+
+    ev = make_plan(load_config(PipelineConfig, folder / "config.yaml")).config.evaluate
+    ev.figures.enabled = False
+    write_explain(compute_explain(load_inputs(ev, resolve_align_run(ev)), ev), folder / "evaluate" / "explain")
 
 
 def truth_sets(folder: Path) -> dict[str, Any]:
@@ -171,6 +185,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="simulate.n_subjects (default: the regime's)")
     ap.add_argument("--no-null", action="store_true", help="skip the effect_size 0 cohorts")
     ap.add_argument("--fdr", type=float, default=0.05)
+    ap.add_argument("--rescore", action="store_true", help="recompute the explain tables of finished runs in-process "
+                    "with the current code before scoring (the pipeline runs are reused)")
     ap.add_argument("--out", type=Path, default=Path("runs/explain_truth"))
     ap.add_argument("overrides", nargs="*", help="pipeline overrides for every run, e.g. align.train.epochs=50")
     args = ap.parse_args()
@@ -185,6 +201,8 @@ def main() -> None:
             if null and model.is_dir():  # the null cohort (same seed: same parcels) embeds with the planted run's
                 extra.append(f"embed.model={model}")  # BrainLM: unsupervised, it cannot plant a genetic link
             wall = run_one(config, folder, seed, null, extra)
+            if args.rescore:
+                rescore(folder)
             rows.append({"regime": regime, "seed": seed, "null": null, "wall_s": wall, **score_run(folder, args.fdr)})
             print(f"{folder.name}: done ({'reused' if wall is None else f'{wall:.0f} s'})", flush=True)
             (args.out / "explain_truth.md").write_text(report(rows, args.fdr) + "\n")  # so far

@@ -135,7 +135,7 @@ def test_explain_cli_on_1000_genomes_lists_rsids(sample_data_dir: Path, tmp_path
     geno = EmbeddingTable.load(tmp_path / "geno")
     assert len(variants) == geno.dim  # every variant, not a top k
     for col in ("variant_id", "rsid", "chrom", "pos", "score", "ci_low", "ci_high", "p", "p_perm", "q",
-                "significant", "structure_1", "weight", "attribution", "cca_score", "cca_q"):
+                "significant", "structure_1", "weight", "attribution", "cca_score", "cca_q", "cca_weight"):
         assert col in variants, col
     assert variants["rsid"].str.startswith("rs").sum() > 20 and variants["chrom"].eq("2").all()
     top = variants.sort_values("score", ascending=False)["rsid"].head(2).tolist()

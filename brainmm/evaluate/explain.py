@@ -71,7 +71,20 @@ def _cca_space(inputs: EvalInputs, cfg: EvaluateConfig, m: str, brain: Side, hel
              else CCABaseline("cca", n_components=k).fit(b_train, g_train))
     u_train, v_train = model.transform(b_train, g_train)
     u, v = model.transform(_rows(brain, held), _rows(inputs.genetics[m], held))
-    return Space(u_train, v_train, u, v)
+    return Space(u_train, v_train, u, v, _genetics_map(model, b_train.shape[1], g_train.shape[1]))
+
+
+def _genetics_map(model: Any, brain_dim: int, p: int, block: int = 1024) -> np.ndarray:
+    """[dim, p] linear part of a fitted CCA baseline's genetics side (PCA -> CCA -> standardised scores, affine),
+    read off the basis vectors block by block."""
+    zero = model.transform(np.zeros((1, brain_dim)), np.zeros((1, p)))[1][0]
+    cols = []
+    for start in range(0, p, block):
+        n = min(block, p - start)
+        basis = np.zeros((n, p))
+        basis[np.arange(n), start + np.arange(n)] = 1.0
+        cols.append((model.transform(np.zeros((n, brain_dim)), basis)[1] - zero).T)
+    return np.hstack(cols)
 
 
 def _head_table(inputs: EvalInputs) -> Side | None:

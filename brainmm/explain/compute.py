@@ -26,6 +26,7 @@ class Space:
     genetics_train: np.ndarray
     brain_test: np.ndarray
     genetics_test: np.ndarray
+    genetics_map: np.ndarray | None = None  # [dim, p]: the genetics side's linear map (a baseline's loadings)
 
     def directions(self, n_dims: int) -> tuple[np.ndarray, np.ndarray]:
         """Shared directions and their training paired similarity (alignment.attribution.shared_directions)."""
@@ -100,6 +101,8 @@ def explain_features(feat: Features, spaces: dict[str, Space], cfg: ExplainSecti
         if method == MODEL:
             for col, values in _own_side(feat, space, q, cfg).items():
                 tables[feat.name][col] = values
+        elif feat.side == "genetics" and space.genetics_map is not None:  # the baseline's weights, like the head's
+            tables[feat.name][f"{method}_weight"] = np.linalg.norm(q.T @ space.genetics_map, axis=0)
     return tables
 
 
