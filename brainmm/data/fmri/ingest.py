@@ -81,10 +81,10 @@ class IngestConfig:
             raise BrainmmError(f"num_timepoints: expected a positive integer, got {self.num_timepoints}")
         if self.fit_max_timepoints < 1:
             raise BrainmmError(f"fit_max_timepoints: expected a positive integer, got {self.fit_max_timepoints}")
-        if self.tr is not None and not self.tr > 0:
+        if self.tr is not None and not 0 < self.tr < float("inf"):
             raise BrainmmError(f"tr: expected seconds > 0, got {self.tr}")
         fractions = tuple(self.split_fractions)
-        if len(fractions) != 3 or not all(isinstance(f, (int, float)) and f >= 0 for f in fractions):
+        if len(fractions) != 3 or not all(isinstance(f, (int, float)) and 0 <= f < float("inf") for f in fractions):
             raise BrainmmError(f"split_fractions: expected three non-negative numbers (train, val, test), got {fractions}")
         if self.normalise is not None and self.normalise not in METHODS:
             raise BrainmmError(f"normalise {self.normalise!r}: expected one of {', '.join(METHODS)}")
@@ -138,7 +138,7 @@ def _read_cohort(path: Path, cfg: IngestConfig) -> tuple[pd.DataFrame, list[Path
     ct.check_unique(df, ["recording_id"], "duplicate recording_id")
     if "tr" in df:
         tr = pd.to_numeric(df["tr"], errors="coerce")
-        bad = ~(tr > 0) & df["tr"].notna()
+        bad = ~((tr > 0) & (tr < float("inf"))) & df["tr"].notna()
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
             raise BrainmmError(f"table {ct.table_path(df)}: {ct.row_name(i)}, column 'tr': expected seconds > 0, "
