@@ -94,17 +94,18 @@ def report(runs: list[dict], args: argparse.Namespace) -> None:
     if len(runs) < 2:
         return
     a, b = runs[-2], runs[-1]
-    print(f"\nscaling exponents from N = {a['n']} and {b['n']}, projections (time ~ N^b per stage):")
-    print(f"  {'stage':13s} {'b time':>7s} {'b disk':>7s} {'wall 10k':>10s} {'wall 40k':>10s} {'disk 10k':>10s} "
-          f"{'disk 40k':>10s}")
+    key = "cpu_seconds" if args.project == "cpu" else "seconds"
+    print(f"\nscaling exponents from N = {a['n']} and {b['n']}, projections ({args.project} time ~ N^b per stage):")
+    print(f"  {'stage':13s} {'b time':>7s} {'b disk':>7s} {args.project + ' 10k':>10s} {args.project + ' 40k':>10s} "
+          f"{'disk 10k':>10s} {'disk 40k':>10s}")
     totals = {10_000: [0.0, 0.0], 40_000: [0.0, 0.0]}
     for stage in b["records"]:
         ra, rb = a["records"][stage], b["records"][stage]
-        bt = exponent(ra["seconds"], rb["seconds"], a["n"], b["n"])
+        bt = exponent(ra[key], rb[key], a["n"], b["n"])
         bd = exponent(ra["disk_bytes"] / 1e6, rb["disk_bytes"] / 1e6, a["n"], b["n"])
         cells = []
         for target in (10_000, 40_000):
-            t = rb["seconds"] * (target / b["n"]) ** (bt if bt is not None else 0.0)
+            t = rb[key] * (target / b["n"]) ** (bt if bt is not None else 0.0)
             d = rb["disk_bytes"] * (target / b["n"]) ** (bd if bd is not None else 0.0)
             totals[target][0] += t
             totals[target][1] += d
@@ -151,6 +152,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch/BLAS threads (0: their defaults)")
     ap.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp") + "/ukb_shape")
     ap.add_argument("--keep", action="store_true", help="keep each run's folder")
+    ap.add_argument("--project", choices=["cpu", "wall"], default="cpu",
+                    help="project CPU seconds (default: a shared machine's wall time says little) or wall seconds")
     ap.add_argument("--resume", action="store_true", help="continue kept runs (`brainmm run --resume`: stages whose "
                     "config is unchanged keep their measured records)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more pipeline overrides")
