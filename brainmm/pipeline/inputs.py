@@ -77,7 +77,7 @@ def input_problems(plan: Plan) -> list[str]:
         checks.append(("data.fmri_dataset", str(plan.fmri_dataset), _dataset))
     elif not runs["simulate"] and plan.fmri_cohort is not None:
         checks.append(("data.fmri_cohort", str(plan.fmri_cohort), _file))
-    if runs["ingest"]:
+    if runs["ingest"] and not runs["simulate"]:  # (the simulated cohort brings its own coords.tsv)
         i = cfg.ingest
         checks += [(f"ingest.{k}", str(getattr(i, k)), _file) for k in INGEST_FILES if getattr(i, k)]
         if i.stats_from:

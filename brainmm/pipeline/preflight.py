@@ -104,7 +104,8 @@ def check_plan(plan: Plan) -> None:
                  *(retrieval_needs(cfg.evaluate.retrieval.splits) if plan.runs["evaluate"] else ())]
         problems += shortfalls(counts, needs)
     fix = [f"this run needs {minimum_total(needs)}; {PIPELINE_SPLIT_FIX}"] if problems else []
-    problems += _batch_problem(plan, counts, source) + given
+    if not problems:  # the batch against split sizes that can run (short splits are fixed first)
+        problems += _batch_problem(plan, counts, source)
     v = cfg.evaluate
     wanted = list(dict.fromkeys([*v.probes.targets, *([v.probes.group_col] if v.probes.group_col else []),
                                  *([v.figures.color_by] if v.figures.color_by else [])]))
@@ -114,6 +115,7 @@ def check_plan(plan: Plan) -> None:
         problems.append(f"evaluate.probes.targets / probes.group_col / figures.color_by name {missing}, not columns "
                         f"of the cohort (it has {shown})")
         fix.append("name cohort columns there, or set evaluate.probes.targets=[]")
+    problems += given
     if problems:
         sizes = f"subjects per split: {describe(counts)} from {source}; " if counts is not None else ""
         raise BrainmmError(f"pipeline: the stages cannot run on this data ({sizes}nothing was run): "
