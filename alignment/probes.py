@@ -248,7 +248,10 @@ def _encode_target(
         raise AlignmentInputError(
             f"target {target!r}: task must be 'classification' or 'regression', got {task!r}"
         )
-    classes, y_fit = np.unique(np.asarray(y), return_inverse=True)
+    try:
+        classes, y_fit = np.unique(np.asarray(y), return_inverse=True)
+    except TypeError:  # labels of mixed types (1 and "x"): compared as text
+        classes, y_fit = np.unique(np.asarray(y).astype(str), return_inverse=True)
     y_fit = y_fit.reshape(-1)
     if len(classes) < 2:
         raise AlignmentInputError(
@@ -442,6 +445,8 @@ def probe_representations(
                 report.dropped[target],
                 n,
             )
+        if not keep.any():
+            raise AlignmentInputError(f"target {target!r}: no row has a value (all {n} missing)")
         task = tasks.get(target) or infer_task(column)
         y = np.asarray(column)[keep]
         for name, x in arrays.items():

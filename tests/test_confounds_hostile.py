@@ -179,3 +179,17 @@ def test_in_fold_residuals_need_more_rows_than_confound_columns() -> None:
     with pytest.raises(AlignmentInputError, match=r"a probe fold has \d+ training rows for 13 confound columns"):
         linear_probe(x, y, task="classification", n_splits=2, n_boot=2, n_permutations=0,
                      confounds=rng.normal(size=(12, 12)))
+
+
+def test_probe_targets_all_missing_or_of_mixed_types() -> None:
+    from alignment.errors import AlignmentInputError
+    from alignment.probes import probe_representations
+
+    rng = np.random.default_rng(12)
+    table = pd.DataFrame({"subject_id": [f"s{i}" for i in range(20)], "empty": [np.nan] * 20,
+                          "mixed": [1, "x"] * 10})
+    kw: dict[str, Any] = {"n_boot": 2, "n_permutations": 0, "n_splits": 2}
+    with pytest.raises(AlignmentInputError, match=r"target 'empty': no row has a value \(all 20 missing\)"):
+        probe_representations({"x": rng.normal(size=(20, 3))}, table, ["empty"], **kw)
+    report = probe_representations({"x": rng.normal(size=(20, 3))}, table, ["mixed"], **kw)  # labels as text
+    assert {r["task"] for r in report.records} == {"classification"}
