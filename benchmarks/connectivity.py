@@ -12,7 +12,7 @@ covariance) and nilearn without the inverse (`store_precision=False`) are timed 
 Command: an ingested synthetic dataset of `--subjects` recordings, then `connectivity_table` (the code behind
 `brainmm fmri connectivity --pca K`) with each phase timed: reading the series from the Arrow dataset, the kernel,
 the float32 feature memmap writes, PCA fit (train only) and transform, the table write. The 40,000-subject figure is
-a linear extrapolation of the measured per-subject time (each phase is one pass over the rows; IncrementalPCA is
+a linear extrapolation of the measured per-subject time (each phase is one pass over the rows; the streamed PCA is
 forced so the PCA is the out-of-core solver a 40,000 x 89,676 table needs).
 """
 
@@ -104,7 +104,7 @@ def make_dataset(root: Path, n: int) -> Path:
 
 
 def command(root: Path, n: int, pca: int, batch: int) -> dict[str, float]:
-    """Wall seconds per phase of `connectivity_table` on n ingested subjects (IncrementalPCA forced)."""
+    """Wall seconds per phase of `connectivity_table` on n ingested subjects (the streamed PCA forced)."""
     import brainmm.data.fmri.connectivity as conn
     from brainmm.embeddings import EmbeddingTable
 
@@ -125,7 +125,7 @@ def command(root: Path, n: int, pca: int, batch: int) -> dict[str, float]:
     save = EmbeddingTable.save
     conn._series = timed("read series", originals["_series"])
     conn._vectors = timed("correlation kernel", originals["_vectors"])
-    conn.fit_pca = timed("PCA fit (train, incremental)", originals["fit_pca"])
+    conn.fit_pca = timed("PCA fit (train, streamed)", originals["fit_pca"])
     conn.pca_transform = timed("PCA transform", originals["pca_transform"])
     EmbeddingTable.save = timed("table write", save)
     try:
@@ -171,7 +171,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             phases = command(Path(tmp), args.subjects, args.pca, args.batch_size)
         total = phases["command total"]
-        print(f"command, {args.subjects} subjects, --pca {args.pca} (IncrementalPCA), {args.threads} threads "
+        print(f"command, {args.subjects} subjects, --pca {args.pca} (streamed PCA), {args.threads} threads "
               f"(s, share of the command, {UKB_N:,}-subject linear projection):")
         for name, t in phases.items():
             share = "" if name.startswith("ingest") else f"{100 * t / total:5.1f} %"
