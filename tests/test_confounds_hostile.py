@@ -86,7 +86,7 @@ def test_adjustment_warnings_name_the_modality_column_and_share(caplog: pytest.L
         fit = residualise_rows(cfg, cov, vectors.astype(np.float32), list(cov.index), set(cov.index[:60]),
                                "genotype inputs")
     text = " ".join(r.getMessage() for r in caplog.records)
-    assert "confounds (genotype inputs): 1 of 4 column(s) (0-based [2])" in text
+    assert "confounds (genotype inputs): 1 of 4 column(s) (0-based [2]; for a genotype matrix" in text
     assert f"confounds (genotype inputs): the adjustment removed {100 * fit.r2:.0f} % of the variance" in text
     assert fit.r2 > 0.9
 

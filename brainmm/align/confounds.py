@@ -193,10 +193,11 @@ def residualise_rows(cfg: ConfoundsConfig, covariates: pd.DataFrame, vectors: np
     LOG.info("confounds: %s residualised on %s (fitted on %d train rows; R^2 %.3f)", what, ", ".join(cfg.columns),
              int(fit.sum()), res.r2_)
     if len(res.degenerate_):
-        LOG.warning("confounds (%s): %d of %d column(s) (0-based %s) are (near-)exact linear combinations of the "
-                    "covariates %s on the train rows: their residual is rounding noise and is set to 0; drop that "
-                    "covariate or those columns if this is not intended", what, len(res.degenerate_), out.shape[1],
-                    res.degenerate_[:10].tolist(), cfg.columns)
+        LOG.warning("confounds (%s): %d of %d column(s) (0-based %s; for a genotype matrix, those rows of its "
+                    ".variants.tsv) are (near-)exact linear combinations of the covariates %s on the train rows: "
+                    "their residual is rounding noise and is set to 0; drop that covariate or those columns if this "
+                    "is not intended", what, len(res.degenerate_), out.shape[1], res.degenerate_[:10].tolist(),
+                    cfg.columns)
     if res.r2_ > 0.5:
         LOG.warning("confounds (%s): the adjustment removed %.0f %% of the variance of the train rows (covariates "
                     "%s); the alignment sees what is left. Check that no covariate duplicates the features (e.g. "
