@@ -307,3 +307,26 @@ def test_config_and_metric_names() -> None:
     assert order == ["a", "b", "c"] and np.allclose(plain, [[0, 2], [2, 0], [0, 1]])
     _, shared = subject_mean(x, ["a", "a", "b", "b"], normalize=True)
     assert np.allclose(shared, [[np.sqrt(0.5), np.sqrt(0.5)], [np.sqrt(0.5), np.sqrt(0.5)]])
+
+
+def test_verdict_comes_from_permutation_tests() -> None:
+    """summary.md's verdict: 'held-out association' only when the Bonferroni-combined permutation p-value (first
+    held-out correlation, MRR both ways) is below 0.05; a null table says 'no detectable link at this N'."""
+    from alignment.retrieval import retrieval_report
+    from alignment.significance import correlation_records
+    from brainmm.evaluate.records import metrics_table
+    from brainmm.evaluate.retrieval import library_record
+    from brainmm.evaluate.summary import render_summary
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 8))
+    context = {"align_run_id": "r", "align_dir": "d", "modalities": ["dna"], "level": 0.95}
+    for y, expected in ((0.5 * x + rng.standard_normal((60, 8)), "dna: held-out association"),
+                        (rng.standard_normal((60, 8)), "dna: no detectable link at this N")):
+        recs = [library_record(r, "dna", section="retrieval", split="test", model="aligned")
+                for r in retrieval_report(x, y, n_boot=50, n_perm=199, kway=None).records]
+        recs += [library_record(r, "dna", section="retrieval", split="test", model="aligned", direction="brain_dna")
+                 for r in correlation_records("aligned", x[:, :2], y[:, :2], n_perm=199, n_boot=50)]
+        summary = render_summary(metrics_table(recs), {}, context, [1, 5, 10])
+        assert expected in summary and "Bonferroni p = " in summary
+        assert "| aligned | brain_dna | canonical_corr_1 |" in summary
