@@ -46,7 +46,7 @@ def test_planted_features_recovered_and_units_are_member_means() -> None:
     partner = np.c_[x[:, planted] @ [1.0, -0.8, 0.6] + rng.normal(size=n), rng.normal(size=(n, 2))]
     labels = [f"g{j // 5}" for j in range(p)]
     names, member = units_from_labels(labels)
-    res = link_scores(x, partner, [1.0, 0.5, 0.5], {"genes": member}, n_permutations=500, n_boot=100, seed=0)
+    res = link_scores(x, partner, [1.0, 0.5, 0.5], {"genes": member}, n_permutations=2000, n_boot=100, seed=0)
     f = res["features"]
     assert set(np.argsort(-f.score)[:3]) == set(planted)
     significant = set(np.flatnonzero(f.qvalue <= 0.05))
@@ -63,7 +63,7 @@ def test_null_pairs_give_no_significant_feature() -> None:
     for seed in range(20):
         rng = np.random.default_rng(100 + seed)
         x, partner = rng.normal(size=(60, 30)), rng.normal(size=(60, 3))
-        res = link_scores(x, partner, [1.0, 1.0, 1.0], n_permutations=200, n_boot=5, seed=seed)["features"]
+        res = link_scores(x, partner, [1.0, 1.0, 1.0], n_permutations=2000, n_boot=5, seed=seed)["features"]
         assert 0 < res.pvalue.min() and res.pvalue.max() <= 1
         hits += bool((res.qvalue <= 0.05).any())
     assert hits <= 3  # BH at 0.05 under the global null: P(any rejection) <= 0.05 (20 seeds: <= 3 by a wide margin)
@@ -128,13 +128,13 @@ def _kg_run(sample_data_dir: Path, root: Path, uri: str) -> tuple[Path, list[str
 def test_explain_cli_on_1000_genomes_lists_rsids(sample_data_dir: Path, tmp_path: Path, mlflow_uri: str,
                                                  capsys) -> None:
     run_dir, planted = _kg_run(sample_data_dir, tmp_path, mlflow_uri)
-    assert main(["explain", "--align-dir", str(run_dir), "explain.splits=[val, test]", "explain.n_permutations=300",
+    assert main(["explain", "--align-dir", str(run_dir), "explain.splits=[val, test]", "explain.n_permutations=2000",
                  "explain.n_boot=50", f"data.brain_fc={tmp_path / 'fc'}"]) == 0
     out = capsys.readouterr().out
     variants = pd.read_csv(run_dir / "explain" / "variants.tsv", sep="\t", dtype={"rsid": str, "chrom": str})
     geno = EmbeddingTable.load(tmp_path / "geno")
     assert len(variants) == geno.dim  # every variant, not a top k
-    for col in ("variant_id", "rsid", "chrom", "pos", "score", "ci_low", "ci_high", "p", "p_perm", "q",
+    for col in ("variant_id", "rsid", "chrom", "pos", "score", "ci_low", "ci_high", "p", "q",
                 "significant", "structure_1", "weight", "attribution", "cca_score", "cca_q", "cca_weight"):
         assert col in variants, col
     assert variants["rsid"].str.startswith("rs").sum() > 20 and variants["chrom"].eq("2").all()

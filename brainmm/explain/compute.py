@@ -50,7 +50,7 @@ class Features:
 
 def _columns(scores: Any, prefix: str, fdr: float) -> dict[str, np.ndarray]:
     cols = {"score": scores.score, "ci_low": scores.ci_low, "ci_high": scores.ci_high, "p": scores.pvalue,
-            "p_perm": scores.p_perm, "q": scores.qvalue, "significant": scores.qvalue <= fdr}
+            "q": scores.qvalue, "significant": scores.qvalue <= fdr}
     if prefix:  # a baseline: score, interval and q beside the model's
         return {f"{prefix}_{k}": cols[k] for k in ("score", "ci_low", "ci_high", "q")}
     return cols
