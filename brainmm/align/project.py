@@ -62,7 +62,8 @@ def evaluate_split(model: DualEncoder, data: SplitData, ci: bool = False) -> dic
     Uses `alignment.retrieval` (open_clip definitions, pessimistic ties) with exact chance levels for N subjects;
     `ci` adds 95% bootstrap intervals over subjects (`<metric>_ci_low`, `<metric>_ci_high`).
     """
-    from alignment.retrieval import bootstrap_rank_metrics, chance_metrics, pair_ranks, rank_metrics
+    from alignment.intervals import both_sides_intervals
+    from alignment.retrieval import KS, as_embeddings, chance_metrics, pair_ranks, rank_metrics
     from alignment.stats import stat_name
 
     subjects, brain = _subject_mean(brain_shared(model, data), data.subjects)
@@ -75,12 +76,15 @@ def evaluate_split(model: DualEncoder, data: SplitData, ci: bool = False) -> dic
             continue
         genetics = project(model, m, data.genetics[m][[row_of[subjects[i]] for i in keep]])
         chance = chance_metrics(len(keep))
-        for direction, ranks in zip((f"brain_to_{m}", f"{m}_to_brain"), pair_ranks(brain[keep], genetics)):
+        b, g = as_embeddings(brain[keep], "brain"), as_embeddings(genetics, m)
+        codes = np.arange(len(keep))
+        for direction, ranks, (q, d) in zip((f"brain_to_{m}", f"{m}_to_brain"), pair_ranks(b, g, normalize=False),
+                                            ((b, g), (g, b))):
             for key, value in rank_metrics(ranks).items():
                 metrics[f"{direction}/{key}"] = value
                 metrics[stat_name(f"{direction}/{key}", "chance")] = chance[key]
-            if ci:
-                for key, (low, high) in bootstrap_rank_metrics(ranks, n_boot=1000, seed=0).items():
+            if ci:  # both-sides subject bootstrap (docs/evaluation.md), as evaluate
+                for key, (low, high) in both_sides_intervals(q, d, codes, codes, ks=KS, n_boot=1000).items():
                     metrics[stat_name(f"{direction}/{key}", "ci_low")] = low
                     metrics[stat_name(f"{direction}/{key}", "ci_high")] = high
         scores.append(0.5 * (metrics[f"brain_to_{m}/R_at_1"] + metrics[f"{m}_to_brain/R_at_1"]))
