@@ -44,7 +44,7 @@ def _too_small(inputs: EvalInputs, m: str, brain: Side | None) -> list[str]:
     from brainmm.preflight import BASELINE_NEEDS, shortfalls
 
     if brain is None:
-        return ["no input brain table"]
+        return ["no table to fit it on (set data.brain_fc to a connectivity table, data.brain for cca)"]
     counts = {s: len(inputs.subjects(s, m, shared=False, brain=brain)) for s in ("train", "test")}
     return shortfalls(counts, BASELINE_NEEDS)
 
