@@ -264,11 +264,13 @@ def _column_corr(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _correlation_records(
-    name: str, u: np.ndarray, v: np.ndarray, n_permutations: int, n_boot: int, level: float, seed: int
+    name: str, u: np.ndarray, v: np.ndarray, n_permutations: int, n_boot: int, level: float, seed: int,
+    strata: Any = None,
 ) -> list[dict[str, Any]]:
     """Held-out correlation of each score pair, percentile bootstrap CI over test rows, permutation p-value
     (test pairing shuffled): `alignment.significance.correlation_records`, the same as the trained model's."""
-    return correlation_records(name, u, v, n_perm=n_permutations, n_boot=n_boot, level=level, seed=seed)
+    return correlation_records(name, u, v, n_perm=n_permutations, n_boot=n_boot, level=level, seed=seed,
+                               strata=strata)
 
 
 def run_baselines(
@@ -308,7 +310,7 @@ def run_baselines(
                     model = select_cca(name, b_train, d_train, brain_val, genetics_val, n_components)  # type: ignore[arg-type]
                 u, v = model.transform(b_test, d_test)
                 report.records += _correlation_records(
-                    name, u, v, n_permutations, kw.get("n_boot", 1000), kw.get("level", 0.95), seed
+                    name, u, v, n_permutations, kw.get("n_boot", 1000), kw.get("level", 0.95), seed, kw.get("strata")
                 )
             elif name.startswith("ridge_"):
                 model = RidgeMap(name.removeprefix("ridge_")).fit(b_train, d_train)  # type: ignore[arg-type]

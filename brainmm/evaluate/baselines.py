@@ -14,7 +14,7 @@ from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.evaluate.config import EvaluateConfig
 from brainmm.evaluate.inputs import EvalInputs, Side
-from brainmm.evaluate.retrieval import library_record, modality_direction, retrieval_kwargs
+from brainmm.evaluate.retrieval import Strata, library_record, modality_direction, retrieval_kwargs
 
 LOG = logging.getLogger("brainmm.evaluate")
 LIBRARY_NAMES = {"cca": ["cca"], "pls": ["pls"], "ridge": ["ridge_brain_to_genetics", "ridge_genetics_to_brain"],
@@ -49,21 +49,22 @@ def _ridge_r2_ci(model: Any, brain: np.ndarray, genetics: np.ndarray, cfg: Evalu
     return float(low), float(high)
 
 
-def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig) -> list[dict[str, Any]]:
+def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig, strata: Strata | None = None) -> list[dict[str, Any]]:
     """CCA, PLS, ridge and random-head records for every genetics modality (fitted on train, scored on test), on the
-    input brain table, and fc_cca / fc_pls / fc_ridge on the connectivity table (data.brain_fc) when it is given."""
+    input brain table, and fc_cca / fc_pls / fc_ridge on the connectivity table (data.brain_fc) when it is given.
+    Permutation p-values shuffle the test pairing within `strata` (confounds set), as the model's."""
     methods = cfg.baselines.methods
     names = [n for method in methods if not method.startswith(FC_PREFIX) for n in LIBRARY_NAMES[method]]
     fc_names = [n for method in methods if method.startswith(FC_PREFIX)
                 for n in LIBRARY_NAMES[method.removeprefix(FC_PREFIX)]]
     records: list[dict[str, Any]] = []
     if names:
-        records += _table_records(inputs, cfg, names, inputs.input_brain("baselines (baselines.methods)"), "")
+        records += _table_records(inputs, cfg, names, inputs.input_brain("baselines (baselines.methods)"), "", strata)
     if fc_names and inputs.brain_fc is None:
         LOG.info("baselines: fc_* skipped: no connectivity table (set data.brain_fc to a `brainmm fmri connectivity` "
                  "table; the pipeline computes one)")
     elif fc_names:
-        records += _table_records(inputs, cfg, fc_names, fc_reduced(inputs, cfg), FC_PREFIX)
+        records += _table_records(inputs, cfg, fc_names, fc_reduced(inputs, cfg), FC_PREFIX, strata)
     return records
 
 
@@ -102,7 +103,7 @@ def _head_for(head: Any, rows: np.ndarray) -> Any:
 
 
 def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], brain: Side,
-                   prefix: str) -> list[dict[str, Any]]:
+                   prefix: str, strata: Strata | None = None) -> list[dict[str, Any]]:
     """The library baselines `names` on one brain table, model names prefixed with `prefix`."""
     from alignment.baselines import run_baselines
 
@@ -116,7 +117,7 @@ def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], br
             continue
         start = time.perf_counter()
         _, b_train, g_train = _pairs(inputs, "train", m, side)
-        _, b_test, g_test = _pairs(inputs, "test", m, side)
+        test_subjects, b_test, g_test = _pairs(inputs, "test", m, side)
         _, b_val, g_val = inputs.pairs("val", m, shared=False, brain=side)  # CCA/PLS sizes chosen on val (>= 3)
         val = (b_val, g_val) if len(b_val) >= 3 else (None, None)
         report = run_baselines(
@@ -124,7 +125,7 @@ def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], br
             n_components=cfg.baselines.n_components,
             n_permutations=cfg.baselines.n_permutations, brain_head=_head_for(inputs.projectors["brain"], b_train),
             genetics_head=inputs.projectors[m], out_dim=inputs.heads.embed_dim, seed=cfg.seed,
-            retrieval_kw=retrieval_kwargs(cfg),
+            retrieval_kw={**retrieval_kwargs(cfg), "strata": strata(test_subjects) if strata else None},
         )
         chosen = {name: f" (PCA {sel['pca_brain']:.0f} brain / {sel['pca_genetics']:.0f} {m}, "
                         f"{sel['n_components']:.0f} pairs, chosen on val: MRR {sel['val_mrr']:.3f})"

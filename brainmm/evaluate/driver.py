@@ -159,7 +159,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateResult:
             retrieval, ranks = retrieval_records(inputs, cfg, strata)
         records += retrieval
         with _section(timings, "baselines"):
-            records += baseline_records(inputs, cfg)
+            records += baseline_records(inputs, cfg, strata)
         unadjusted_run_id = None
         controls = control_inputs(inputs, cfg)  # the align run's config with the control epochs
         if confounds is not None:
