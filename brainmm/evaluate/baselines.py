@@ -85,7 +85,8 @@ def fc_reduced(inputs: EvalInputs, cfg: EvaluateConfig) -> Side:
                            f"(data.brain_fc {fc.path}); need at least 3")
     k = min(k, len(train) - 1, fc.table.dim)
     start = time.perf_counter()
-    pca = fit_pca(fc.table.vectors, train, ConnectivityConfig(pca=k, seed=cfg.seed))
+    # streamed above 0.25 GB of float32 training rows: sklearn's in-memory PCA peaks at several float64 copies
+    pca = fit_pca(fc.table.vectors, train, ConnectivityConfig(pca=k, seed=cfg.seed, pca_in_memory_gb=0.25))
     scores = pca_transform(fc.table.vectors, pca).astype(np.float32)
     explained = float(pca["explained_variance_ratio"].sum())
     LOG.info("baselines: fc_* on %d PCA components of the %d connectivity features (fitted on %d train subjects, "
