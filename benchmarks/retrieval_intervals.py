@@ -10,6 +10,9 @@ permutation p < 0.05 (null: the false-positive rate; weak: power).
     OMP_NUM_THREADS=2 python benchmarks/retrieval_intervals.py --n 150 1500 15000 --draws 200 200 10 \
         --truth-draws 1000 200 10 --boot 200 --perm 1000
 
+    # families: sibling pairs, resampled and shuffled whole
+    OMP_NUM_THREADS=1 python benchmarks/retrieval_intervals.py --n 150 --draws 200 --rho 0 --families 1.2 --perm 199
+
 Results: benchmarks/retrieval_intervals.md.
 """
 
@@ -33,10 +36,17 @@ KS = (1, 5, 10)
 METRICS = ("R_at_1", "R_at_10", "mrr", "mean_rank", "median_rank")
 
 
+FAMILY = 0  # > 0: subjects come in sibling pairs sharing this much family structure on each side (--families)
+
+
 def table(rng: np.random.Generator, n: int, rho: float, dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One brain / genetics table pair (unit rows)."""
     x = rng.standard_normal((n, dim))
     g = rho * x + np.sqrt(1 - rho**2) * rng.standard_normal((n, dim))
+    if FAMILY:
+        pairs = np.arange(n) // 2
+        x = x + FAMILY * rng.standard_normal((n // 2 + 1, dim))[pairs]
+        g = g + FAMILY * rng.standard_normal((n // 2 + 1, dim))[pairs]
     return as_embeddings(x, "brain", device=device), as_embeddings(g, "genetics", device=device)
 
 
@@ -57,18 +67,20 @@ def run(n: int, rho: float, draws: int, truth_draws: int, boot: int, perm: int, 
     rejected = 0
     start = time.perf_counter()
     codes = np.arange(n)
+    families = codes // 2 if FAMILY else None
     for d in range(draws):
         q, g = table(rng, n, rho, dim, device)
-        new = both_sides_intervals(q, g, codes, codes, ks=KS, n_boot=boot, seed=d)
+        new = both_sides_intervals(q, g, codes, codes, ks=KS, n_boot=boot, seed=d, families=families)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            old = bootstrap_rank_metrics(pair_ranks(q, g, normalize=False)[0], ks=KS, n_boot=boot, seed=d)
+            old = bootstrap_rank_metrics(pair_ranks(q, g, normalize=False)[0], families, ks=KS, n_boot=boot, seed=d)
         for m in METRICS:
             for name, ci in (("new", new[m]), ("old", old[m])):
                 counts[m][name][0] += ci[0] > target[m]
                 counts[m][name][1] += ci[1] < target[m]
         if perm:
-            rejected += retrieval_pvalues(q, g, ks=KS, n_perm=perm, seed=d)["brain_to_genetics"]["mrr"] < 0.05
+            rejected += retrieval_pvalues(q, g, ks=KS, n_perm=perm, clusters=families,
+                                          seed=d)["brain_to_genetics"]["mrr"] < 0.05
     seconds = time.perf_counter() - start
     band = [float(binom.ppf(q, draws, 0.025) / draws) for q in (0.005, 0.995)]
     p_band = [float(binom.ppf(q, draws, 0.05) / draws) for q in (0.005, 0.995)]
@@ -89,7 +101,11 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="")
+    ap.add_argument("--families", type=float, default=0.0,
+                    help="sibling pairs with this much shared family structure per side (resampled / shuffled whole)")
     args = ap.parse_args()
+    global FAMILY
+    FAMILY = args.families
     results = []
     for n, draws, tdraws in zip(args.n, args.draws, args.truth_draws):
         for rho in args.rho:
