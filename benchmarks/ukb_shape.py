@@ -133,9 +133,10 @@ def rates(a: dict, b: dict, args: argparse.Namespace) -> None:
         ra, rb = a["records"][stage], b["records"][stage]
         s_per = (rb["cpu_seconds"] - ra["cpu_seconds"]) / (ub[0] - ua[0])  # CPU seconds (the machine is shared)
         mb_per = max((rb["peak_rss_mb"] - ra["peak_rss_mb"]) / (ub[1] - ua[1]), 0.0)
+        b_per = max((rb["disk_bytes"] - ra["disk_bytes"]) / (ub[1] - ua[1]), 0.0)
         print(f'    "{stage}": Rate(s_per_unit={s_per:.3e}, base_s={max(rb["cpu_seconds"] - s_per * ub[0], 0):.1f}, '
               f'mb_per_unit={mb_per:.3e}, base_mb={rb["peak_rss_mb"] - mb_per * ub[1]:.0f}, '
-              f'bytes_per_unit={rb["disk_bytes"] / ub[1]:.3f}),')
+              f'bytes_per_unit={b_per:.3f}, base_bytes={max(rb["disk_bytes"] - b_per * ub[1], 0):.3e}),')
     print("\nthe plan's current estimate vs measured CPU seconds:")
     for r, c in zip((a, b), cfgs):
         shapes = data_shapes(c)

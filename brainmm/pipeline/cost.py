@@ -1,7 +1,7 @@
 """The cost plan: estimated wall time, peak memory and disk per stage, from the data shapes and measured rates.
 
 Each stage's cost is a linear model in its work units (`stage_units`): time = base_s + s_per_unit * work,
-peak RSS = base_mb + mb_per_unit * size, disk = bytes_per_unit * size. The coefficients are measured per device
+peak RSS = base_mb + mb_per_unit * size, disk = base_bytes + bytes_per_unit * size. The coefficients are measured per device
 and kept in `RATES` with where they came from (benchmarks/ukb_shape.md, benchmarks/brainlm_cost.py). A stage on
 a device without measured rates is shown as unknown rather than guessed. During a run, `refine` rescales the
 remaining stages by how the finished ones compared with their estimates.
@@ -44,6 +44,7 @@ class Rate:
     mb_per_unit: float = 0.0
     base_mb: float | None = 0.0  # None: peak memory not measured on this device
     bytes_per_unit: float = 0.0
+    base_bytes: float = 0.0
 
 
 # Measured rates per device. "cpu": AMD EPYC (Zen 4), 2 cores, shared, torch/BLAS threads 2.
@@ -52,6 +53,17 @@ class Rate:
 #   pretrain, embed: `python benchmarks/brainlm_cost.py` at 424 parcels (benchmarks/ukb_shape.md, same day).
 RATES: dict[str, dict[str, Rate]] = {
     "cpu": {
+        # FC-only runs at N = 100 and 200 (align: 30 epochs): slope and intercept between the two sizes
+        "simulate": Rate(s_per_unit=2.570e-07, base_s=1.5, mb_per_unit=1.894e-05, base_mb=235, bytes_per_unit=3.703,
+                         base_bytes=3.805e+05),
+        "ingest": Rate(s_per_unit=6.477e-08, base_s=0.8, mb_per_unit=1.604e-05, base_mb=502, bytes_per_unit=4.012,
+                       base_bytes=6.229e+04),
+        "connectivity": Rate(s_per_unit=2.637e-10, base_s=0.0, mb_per_unit=1.656e-05, base_mb=795, bytes_per_unit=4.001,
+                             base_bytes=1.643e+03),
+        "genetics": Rate(s_per_unit=9.348e-07, base_s=0.0, mb_per_unit=3.689e-05, base_mb=595, bytes_per_unit=4.079,
+                         base_bytes=1.405e+06),
+        "align": Rate(s_per_unit=3.606e-07, base_s=46.0, mb_per_unit=3.700e-05, base_mb=6684, bytes_per_unit=1.096,
+                      base_bytes=2.016e+08),
         # median CPU s per FLOP over 4 shapes (hidden 64 / 256, 4,240-20,776 tokens; spread 1.9-2.6e-11); memory: the
         # 5M shape's 1.52 GB peak over its activations (an upper bound: base included)
         "pretrain": Rate(s_per_unit=2.04e-11, mb_per_unit=1.17e-4),
@@ -283,7 +295,8 @@ def estimate_stage(stage: str, cfg: Any, s: Shapes) -> StageCost:
     work, size = units
     cost.seconds = cost.table_seconds = rate.base_s + rate.s_per_unit * work
     cost.peak_mb = None if rate.base_mb is None else rate.base_mb + rate.mb_per_unit * size
-    cost.disk_bytes = checkpoint_bytes(_arch(cfg, s)) if stage == "pretrain" else rate.bytes_per_unit * size
+    cost.disk_bytes = (checkpoint_bytes(_arch(cfg, s)) if stage == "pretrain" else
+                       rate.base_bytes + rate.bytes_per_unit * size)
     return cost
 
 
