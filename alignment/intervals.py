@@ -23,10 +23,9 @@ from alignment.stats import percentile_ci
 _MAX_BOOT_COLUMNS = 1 << 25  # [queries, replicates] float32 ranks kept at once (128 MB); more are done in chunks
 
 
-def _weights(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
-    """[n_clusters, n_boot] multinomial draw counts (as many draws as clusters per replicate), seeded."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot).T
+def _weights(rng: np.random.Generator, n_clusters: int, n_boot: int) -> np.ndarray:
+    """[n_clusters, n_boot] int32 multinomial draw counts (as many draws as clusters per replicate)."""
+    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_boot).T.astype(np.int32)
 
 
 def _competitors(
@@ -135,7 +134,7 @@ def both_sides_intervals(
     n_subjects = int(max(q_codes.max(), g_codes.max())) + 1
     unit = np.arange(n_subjects) if families is None else np.asarray(families)
     n_clusters = int(unit.max()) + 1
-    all_w = _weights(n_clusters, n_boot, seed)[unit]
+    rng = np.random.default_rng(seed)
     chunk = max(1, _MAX_BOOT_COLUMNS // len(q_codes))
     own = np.bincount(g_codes, minlength=n_subjects)[q_codes]  # gallery items of the query's own subject
     if strata is None:
@@ -146,7 +145,7 @@ def both_sides_intervals(
     samples: dict[str, list[np.ndarray]] = {}
     observed = None
     for start in range(0, n_boot, chunk):
-        w = all_w[:, start:start + chunk]
+        w = _weights(rng, n_clusters, min(chunk, n_boot - start))[unit]  # drawn chunk by chunk: O(N x chunk)
         observed, r = resampled_ranks(q, g, q_codes, g_codes, w, strata, block_size)
         wq = w[q_codes].astype(np.float64)
         total = wq.sum(0)
