@@ -34,6 +34,16 @@ def safetensors_header(rows: int, dim: int, size: int | None = None) -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
+def require_table(path: str | Path) -> Path:
+    """The stem of a table whose two files exist, else one BrainmmError naming the missing file (no data read:
+    commands call this before heavy imports)."""
+    stem = table_stem(path)
+    for f in (_with(stem, ".safetensors"), _with(stem, ".json")):
+        if not f.is_file():
+            raise BrainmmError(f"embedding table {f}: not found (expected {stem}.safetensors and {stem}.json)")
+    return stem
+
+
 def _with(stem: Path, ext: str) -> Path:
     return stem.with_name(stem.name + ext)  # keeps dots in table names ("x.pgs" -> "x.pgs.json")
 
@@ -89,11 +99,8 @@ class EmbeddingTable:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        stem = table_stem(path)
+        stem = require_table(path)
         st, js = _with(stem, ".safetensors"), _with(stem, ".json")
-        for f in (st, js):
-            if not f.is_file():
-                raise BrainmmError(f"embedding table {f}: not found (expected {stem}.safetensors and {stem}.json)")
         try:
             side = json.loads(js.read_text())
             vectors = load_file(str(st))["vectors"]

@@ -50,3 +50,19 @@ def test_config_error_before_heavy_imports(tmp_path: Path, command: str, problem
     assert len(lines) == 1 and lines[0].startswith("brainmm: error:") and expected in lines[0], done.stderr
     heavy = next(line for line in done.stderr.splitlines() if line.startswith("HEAVY="))
     assert heavy == "HEAVY=", f"{command}: imported {heavy[6:]} before reporting the config error"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["align", "--config", "{repo}/configs/align_clip.yaml", "data.brain={tmp}/nope", "data.genetics.dna={tmp}/dna"],
+     "embedding table {tmp}/nope.safetensors: not found"),
+    (["evaluate", "--align-dir", "{tmp}/no_run"], "align folder {tmp}/no_run: does not exist"),
+])
+def test_missing_input_paths_before_heavy_imports(tmp_path: Path, argv: list[str], expected: str) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    argv = [a.format(repo=repo, tmp=tmp_path) for a in argv]
+    done = subprocess.run([sys.executable, "-c", WRAPPER.format(heavy=HEAVY), *argv], capture_output=True,
+                          text=True, cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("HEAVY=")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert expected.format(tmp=tmp_path) in lines[0], done.stderr
+    assert "HEAVY=\n" in done.stderr + "\n", done.stderr

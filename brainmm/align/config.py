@@ -67,8 +67,19 @@ class AlignConfig:
     confounds: ConfoundsConfig = field(default_factory=ConfoundsConfig)  # residualise the inputs (train fit)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def check_paths(self) -> None:
+        """The input tables and the split exist (the CLI calls this before torch loads; the run reads them later)."""
+        from pathlib import Path
+
+        from brainmm.embeddings import require_table
+
+        for stem in ([self.data.brain] if self.data.brain else []) + list(self.data.genetics.values()):
+            require_table(stem)
+        if self.data.split and not Path(self.data.split).is_file():
+            raise BrainmmError(f"split file {self.data.split}: not found")
+
     def validate(self) -> None:
-        """Cross-field checks (input paths are checked when the run starts)."""
+        """Cross-field checks (input paths: `check_paths`, and again when the run starts)."""
         t = self.train
         positive = {"train.batch_size": t.batch_size, "train.epochs": t.epochs, "train.log_every": t.log_every,
                     "train.checkpoint_every": t.checkpoint_every}

@@ -25,6 +25,7 @@ def _align(args: argparse.Namespace) -> int:
     from brainmm.config import load_config
 
     cfg = load_config(AlignConfig, args.config, args.overrides)  # checked before torch loads
+    cfg.check_paths()
     from brainmm.align import run_align
 
     result = run_align(cfg, resume=args.resume)

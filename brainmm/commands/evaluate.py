@@ -37,6 +37,7 @@ def evaluate_config(args: argparse.Namespace):
         cfg.run_id, cfg.align_dir = args.run_id, ""
     else:
         cfg.align_dir, cfg.run_id = args.align_dir, ""
+    cfg.check_paths()
     return cfg
 
 

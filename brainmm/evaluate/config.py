@@ -104,8 +104,21 @@ class EvaluateConfig:
     confounds: ConfoundsConfig = field(default_factory=ConfoundsConfig)  # empty: the align run's
     explain: ExplainSection = field(default_factory=ExplainSection)  # link scores per variant/edge/parcel
 
+    def check_paths(self) -> None:
+        """The align folder and the given input tables exist (the CLI calls this before torch and mlflow load)."""
+        from pathlib import Path
+
+        from brainmm.embeddings import require_table
+
+        if self.align_dir and not Path(self.align_dir).is_dir():
+            raise BrainmmError(f"align folder {self.align_dir}: does not exist (expected the output_dir of "
+                               "`brainmm align`)")
+        d = self.data
+        for stem in [s for s in (d.brain, d.brain_fc) if s] + list(d.genetics.values()):
+            require_table(stem)
+
     def validate(self) -> None:
-        """Cross-field checks (paths and columns are checked when the run starts)."""
+        """Cross-field checks (paths: `check_paths`; columns are checked when the run starts)."""
         r, p, b = self.retrieval, self.probes, self.baselines
         _choices("retrieval.splits", r.splits, SPLIT_NAMES, nonempty=True)
         _choices("probes.splits", p.splits, SPLIT_NAMES, nonempty=bool(p.targets))
