@@ -154,7 +154,7 @@ def link_scores(
             s = m @ null
             tol = 1e-12 * np.maximum(np.abs(obs[k]), 1e-300)
             exceed[k] += (s >= (obs[k] - tol)[:, None]).sum(axis=1)
-    boot = {k: np.empty((len(v), n_boot)) for k, v in obs.items()}
+    boot = {k: np.empty((len(v), n_boot), dtype=np.float32) for k, v in obs.items()}  # CIs need no more digits
     for b in range(n_boot):
         idx = rng.integers(0, n, n)
         s = _score(standardise(x[idx]), standardise(z[idx]), w)
