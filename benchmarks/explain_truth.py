@@ -190,6 +190,9 @@ def main() -> None:
     ap.add_argument("--no-null", action="store_true", help="skip the effect_size 0 cohorts")
     ap.add_argument("--fdr", type=float, default=0.05)
     ap.add_argument("--permutations", type=int, default=10000, help="explain.n_permutations")
+    ap.add_argument("--null-seeds", nargs="*", type=int, default=[], help="extra null cohorts without a planted run")
+    ap.add_argument("--null-model", type=Path, default=None,
+                    help="BrainLM folder the extra null cohorts embed with (default: pretrain one per run)")
     ap.add_argument("--rescore", action="store_true", help="recompute the explain tables of finished runs in-process "
                     "with the current code before scoring (the pipeline runs are reused)")
     ap.add_argument("--out", type=Path, default=Path("runs/explain_truth"))
@@ -199,13 +202,16 @@ def main() -> None:
     rows = []
     for regime in args.regimes:
         config = pipeline_yaml(regime, args.out, args.n)
-        for null, seed in [(null, seed) for null in ([False] if args.no_null else [False, True]) for seed in args.seeds]:
+        runs = [(False, seed) for seed in args.seeds] + ([] if args.no_null else [(True, s) for s in args.seeds])
+        runs += [(True, seed) for seed in args.null_seeds if seed not in args.seeds]
+        for null, seed in runs:
             folder = args.out / f"{regime}_s{seed}{'_null' if null else ''}"
             extra = [f"evaluate.explain.fdr={args.fdr}", f"evaluate.explain.n_permutations={args.permutations}",
                      *args.overrides]
             model = args.out / f"{regime}_s{seed}" / "pretrain" / "model"
-            if null and model.is_dir():  # the null cohort (same seed: same parcels) embeds with the planted run's
-                extra.append(f"embed.model={model}")  # BrainLM: unsupervised, it cannot plant a genetic link
+            model = model if model.is_dir() else args.null_model
+            if null and model:  # the null cohort embeds with the planted run's BrainLM of its seed (or --null-model):
+                extra.append(f"embed.model={model}")  # unsupervised, it cannot plant a genetic link
             wall = run_one(config, folder, seed, null, extra)
             if args.rescore:
                 rescore(folder, args.permutations)
