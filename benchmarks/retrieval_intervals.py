@@ -36,6 +36,7 @@ KS = (1, 5, 10)
 METRICS = ("R_at_1", "R_at_10", "mrr", "mean_rank", "median_rank")
 
 
+SEED = 0  # offset of the table seeds (--seed): more draws at a size without repeating tables
 FAMILY = 0  # > 0: subjects come in sibling pairs sharing this much family structure on each side (--families)
 
 
@@ -62,7 +63,7 @@ def truth(n: int, rho: float, draws: int, dim: int, device: str, seed: int) -> d
 def run(n: int, rho: float, draws: int, truth_draws: int, boot: int, perm: int, dim: int, device: str) -> dict:
     """Exclusion rates per side for both interval methods and the MRR permutation rejection rate."""
     target = truth(n, rho, truth_draws, dim, device, seed=10_000 + n)
-    rng = np.random.default_rng(n)
+    rng = np.random.default_rng(n + SEED)
     counts = {m: {"new": [0, 0], "old": [0, 0]} for m in METRICS}
     rejected = 0
     start = time.perf_counter()
@@ -101,11 +102,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="")
+    ap.add_argument("--seed", type=int, default=0, help="offset of the table seeds")
     ap.add_argument("--families", type=float, default=0.0,
                     help="sibling pairs with this much shared family structure per side (resampled / shuffled whole)")
     args = ap.parse_args()
-    global FAMILY
-    FAMILY = args.families
+    global FAMILY, SEED
+    FAMILY, SEED = args.families, args.seed
     results = []
     for n, draws, tdraws in zip(args.n, args.draws, args.truth_draws):
         for rho in args.rho:
