@@ -116,9 +116,10 @@ def _subjects(ds) -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
     return order, recordings, split
 
 
-def _series(ds, recording_ids: list[str]) -> list[np.ndarray]:
-    """[T, V] float64 series (nilearn's orientation) of the given recordings."""
-    return [ds.signal(r).T.astype(np.float64) for r in recording_ids]
+def _series(ds, recording_ids: list[str], as_float64: bool = True) -> list[np.ndarray]:
+    """[T, V] series (nilearn's orientation) of the given recordings: float64 for nilearn, else the stored float32
+    (the BLAS kernel copies them into its own buffer of its dtype)."""
+    return [ds.signal(r).T.astype(np.float64) if as_float64 else ds.signal(r).T for r in recording_ids]
 
 
 def tril_mask(v: int) -> np.ndarray:
@@ -227,7 +228,7 @@ def subject_features(ds, cfg: ConnectivityConfig, out: np.ndarray) -> dict[str, 
     row = 0
     for batch in progress(list(_batches(order, cfg.batch_size)), desc="connectivity", unit="batch"):
         rec_ids = [r for s in batch for r in recordings[s]]
-        vec = _vectors(measure, _series(ds, rec_ids), cfg, fitted)
+        vec = _vectors(measure, _series(ds, rec_ids, as_float64=measure is not None), cfg, fitted)
         counts = np.array([len(recordings[s]) for s in batch])
         if (counts == 1).all():
             out[row : row + len(batch)] = vec
