@@ -134,6 +134,19 @@ def test_a_signal_inside_mlflow_code_waits_for_it_to_return(handlers: None) -> N
         interrupts._State.delivered = False
 
 
+def test_a_second_signal_after_a_while_stops_a_write_that_hangs(handlers: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(interrupts, "FORCE_AFTER_S", 0.05)
+    code = ("def write(log):\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.01)\n    log.append('held')\n"
+            "    time.sleep(0.1)\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(0.1)\n    log.append('never')\n")
+    scope = {"__name__": "mlflow.store.hangs", "os": os, "signal": signal, "time": time}
+    exec(code, scope)
+    log: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        scope["write"](log)
+    assert log == ["held"]
+
+
 def test_one_interrupt_per_process_and_the_handlers_restored_after() -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     with interrupts.handle_interrupts():
