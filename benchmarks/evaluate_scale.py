@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -57,18 +56,16 @@ def make_tables(root: Path, n: int) -> dict[str, str]:
     return {k: str(root / k) for k in ("fc", "brain", "genetics")} | {"split": str(root / "split.csv")}
 
 
-def child_usage() -> tuple[float, float]:
-    """(CPU seconds, peak RSS MB) of the waited-for children so far (the largest child for RSS)."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime, r.ru_maxrss / 1024
-
-
-def run(cmd: list[str], env: dict[str, str]) -> float:
+def run(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of one child process (its own rusage, from os.wait4); output to `log`."""
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"failed: {' '.join(cmd)}\n{log.read_text()[-3000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -86,22 +83,19 @@ def main() -> None:
         paths = make_tables(root, args.subjects)
         print(f"tables: {args.subjects} subjects, connectivity {EDGES:,} edges, {time.perf_counter() - t0:.0f} s")
         uri = f"sqlite:///{root / 'mlflow.db'}"
-        align_s = run([*brainmm, "align", "--config", str(REPO / "configs" / "align_clip.yaml"),
+        align_s, _, _ = run([*brainmm, "align", "--config", str(REPO / "configs" / "align_clip.yaml"),
                        f"data.brain={paths['brain']}", f"data.genetics={{dna: {paths['genetics']}}}",
                        f"data.split={paths['split']}", f"output_dir={root / 'align'}", f"train.epochs={args.epochs}",
-                       "train.patience=5", "train.device=cpu", f"tracking.uri={uri}"], env)
+                       "train.patience=5", "train.device=cpu", f"tracking.uri={uri}"], env, root / "align.log")
         print(f"align: {align_s:.0f} s wall")
         for k in args.fc_pca:
-            cpu0, _ = child_usage()
             out = root / f"eval_{k}"
-            wall = run([*brainmm, "evaluate", "--align-dir", str(root / "align"), "--config",
+            wall, cpu, rss = run([*brainmm, "evaluate", "--align-dir", str(root / "align"), "--config",
                         str(REPO / "configs" / "evaluate.yaml"), f"data.brain_fc={paths['fc']}",
                         f"baselines.fc_pca={k}", "baselines.shuffled_pairs=true", "explain.enabled=false",
-                        f"output_dir={out}", f"tracking_uri={uri}"], env)
-            cpu1, rss = child_usage()
+                        f"output_dir={out}", f"tracking_uri={uri}"], env, root / f"eval_{k}.log")
             seconds = json.loads((out / "result.json").read_text()).get("seconds", {})
-            print(f"evaluate, baselines.fc_pca={k}: {wall:.0f} s wall, {cpu1 - cpu0:.0f} CPU s, peak RSS of the "
-                  f"largest child so far {rss:.0f} MB")
+            print(f"evaluate, baselines.fc_pca={k}: {wall:.0f} s wall, {cpu:.0f} CPU s, peak RSS {rss:.0f} MB")
             print("  sections: " + ", ".join(f"{name} {t:.1f} s" for name, t in seconds.items()))
 
 
