@@ -64,6 +64,9 @@ RATES: dict[str, dict[str, Rate]] = {
                          base_bytes=1.405e+06),
         "align": Rate(s_per_unit=3.606e-07, base_s=46.0, mb_per_unit=3.700e-05, base_mb=6684, bytes_per_unit=1.096,
                       base_bytes=2.016e+08),
+        # evaluate as of 2026-12-07 (probes, retrieval, baselines, shuffled-pair control, figures, explain)
+        "evaluate": Rate(s_per_unit=4.799e-06, base_s=214.9, mb_per_unit=6.531e-05, base_mb=5697, bytes_per_unit=0.225,
+                         base_bytes=2.191e+08),
         # median CPU s per FLOP over 4 shapes (hidden 64 / 256, 4,240-20,776 tokens; spread 1.9-2.6e-11); memory: the
         # 5M shape's 1.52 GB peak over its activations (an upper bound: base included)
         "pretrain": Rate(s_per_unit=2.04e-11, mb_per_unit=1.17e-4),
