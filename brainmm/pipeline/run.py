@@ -187,6 +187,8 @@ def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool, resume: bool =
         for i, stage in enumerate(plan.stages, 1):
             if stage in reused:
                 records[stage] = _reused_record(parent, reused[stage])
+                if plan.costs is not None:  # not part of this run's remaining estimate
+                    plan.costs.stages.pop(stage, None)
                 LOG.info("[%d/%d] %s reused (finished earlier; config and inputs unchanged) -> %s", i,
                          len(plan.stages), stage, records[stage].output)
                 continue
