@@ -52,7 +52,9 @@ def test_resume_reuses_finished_stages_and_reruns_changed_ones(work: Path, capsy
                    "genetics/genotypes.stage.json", "align/stage.json"):
         assert (out / marker).is_file(), marker
     first = _mtimes(out)
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert printed.index("plan (60 subjects") < printed.index("Stages (wall / CPU seconds)")  # the plan comes first
+    assert "pretrain took" in (out / "brainmm.log").read_text()  # measured against the estimate, rest re-estimated
 
     # the folder is taken: the message names --resume and --overwrite, and no option `brainmm run` lacks
     assert main(["run", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--quiet", "output_dir=out",
@@ -103,3 +105,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(work: Path, capsys: pytest.C
         assert f"\n  {stage} " in text, stage
     assert "evaluate" not in text and "total" in text
     assert not (work / "out").exists()
+
+
+def test_plan_warns_before_a_long_stage_naming_its_knobs(work: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from brainmm.pipeline import cost
+
+    slow = dict(cost.RATES["cpu"], align=cost.Rate(s_per_unit=1.0))  # align estimated at days
+    monkeypatch.setitem(cost.RATES, "cpu", slow)
+    assert main(["demo", "--dry-run", "--out", "out", *TINY]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "stage align" in warnings[0] and "align.train.epochs" in warnings[0]
