@@ -14,10 +14,20 @@ from brainmm.errors import BrainmmError
 
 def variant_columns(table_path: str, meta: dict[str, Any], dim: int) -> pd.DataFrame | None:
     """The variants of a genotype-matrix table in column order (variant_id, rsid, chrom, pos), or None when the
-    table is not a genotype matrix (e.g. DNA-model embeddings)."""
+    table is not a genotype matrix (e.g. DNA-model embeddings) or has no variants sidecar (a table written without
+    `brainmm genetics matrix`: its columns are then scored by index, with a warning)."""
+    import logging
+
     from brainmm.data.genetics import read_variant_table
+    from brainmm.embeddings import table_stem
 
     if meta.get("kind") != "genotype_matrix":
+        return None
+    stem = table_stem(table_path)
+    if not stem.with_name(stem.name + ".variants.tsv").is_file():
+        logging.getLogger("brainmm.explain").warning(
+            "explain: genotype matrix %s has no %s.variants.tsv sidecar (not written by `brainmm genetics matrix`); "
+            "its columns are scored by index, without variant IDs or positions", stem, stem.name)
         return None
     table = read_variant_table(table_path)
     if len(table) != dim:
