@@ -90,6 +90,7 @@ def cli_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_vit_lora_saves_adapters_and_embed_and_evaluate_reload_them(inputs, tmp_path: Path, mlflow_uri: str,
                                                                     capsys) -> None:
     paths = dict(inputs["vit_mae"])
@@ -214,6 +215,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_the_tower_like_one_process(inputs, tmp_path: Path, mlflow_uri: str) -> None:
     """Same global batches (epoch_batches splits each global batch over the ranks), fp32 throughout, no dropout: the
     logged loss of every step and every saved tensor (ViT LoRA adapters; Nystromformer last block + final LayerNorm

@@ -359,6 +359,7 @@ def _rank_worker(rank: int, port: int, world: int, runs: list[tuple[align.AlignC
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_resume_each_with_its_own_rng_stream(tmp_path: Path, mlflow_uri: str) -> None:
     """Head dropout on 2 gloo ranks: every rank's RNG state is checkpointed and each rank gets its own back on
     --resume, so a crashed-then-resumed run ends with the heads of the uninterrupted one (bitwise: same batches,

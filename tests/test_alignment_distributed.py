@@ -82,6 +82,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process_on_the_global_batch(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 

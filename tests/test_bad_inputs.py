@@ -664,6 +664,7 @@ def test_bad_input_gives_one_clear_line(case: Case, world: World, tmp_path: Path
 PROCESS_CASES = ["fmri-nan-values", "genetics-ref-mismatch", "brainlm-inspect-corrupt"]
 
 
+@pytest.mark.slow
 def test_real_processes_exit_2_with_one_line(world: World, tmp_path: Path) -> None:
     by_id = {c.id: c for c in CASES}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

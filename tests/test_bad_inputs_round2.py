@@ -455,6 +455,7 @@ def _clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_mlflow_telemetry_is_off_outside_pytest(tmp_path: Path, _migrated_mlflow_db: Path) -> None:
     """The real CLI, without PYTEST_CURRENT_TEST (MLflow disables telemetry under pytest by itself), with sockets
     blocked: `brainmm pretrain` (MLflow run, metrics, artifacts) makes no connection and no DNS lookup."""
@@ -490,6 +491,7 @@ def _arch() -> list[str]:
     return [f"model.arch.{k}={'null' if v is None else v}" for k, v in BRAINLM_ARCH.items()]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_as_killed(src: Path, tmp_path: Path, _migrated_mlflow_db: Path) -> None:
     assert main(ingest_argv(src, tmp_path / "dataset")) == 0
     shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")

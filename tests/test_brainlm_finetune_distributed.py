@@ -14,6 +14,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 
 from alignment import AlignmentLoss, AlignmentOutput, DualEncoder, HeadConfig, LossConfig
@@ -21,6 +22,8 @@ from encoders.brainlm import BrainLMForPretraining, BrainLMViTForPretraining
 from encoders.brainlm.lora import LoraSettings
 from encoders.brainlm.testing import random_brainlm_inputs, tiny_brainlm_config, tiny_vit_config
 from encoders.brainlm.tower import BrainLMTower, dropout_seed
+
+pytestmark = pytest.mark.slow  # end to end (the fast lane, -m 'not slow', leaves it out)
 
 WORLD, GLOBAL_BATCH, STEPS, SEED = 2, 4, 2, 11
 EPS32 = torch.finfo(torch.float32).eps

@@ -24,6 +24,8 @@ from test_bad_inputs import BRAINLM_ARCH, REPO, WINDOW, write_fmri_cohort, write
 
 from brainmm.cli import main
 
+pytestmark = pytest.mark.slow  # end to end (the fast lane, -m 'not slow', leaves it out)
+
 KILL_SEED = 20240611  # picks the step marker and the delay after it
 
 

@@ -17,6 +17,8 @@ from scipy.stats import binomtest
 
 from brainmm.cli import main
 
+pytestmark = pytest.mark.slow  # end to end (the fast lane, -m 'not slow', leaves it out)
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path) -> dict:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from test_bad_inputs import BRAINLM_ARCH, REPO, write_nt
 
 from brainmm.cli import main
+
+pytestmark = pytest.mark.slow  # end to end (the fast lane, -m 'not slow', leaves it out)
 
 # Outputs whose bytes must not change between two runs (relative to a run's root). Files that hold their own
 # path, an MLflow run id or a timestamp (configs, run.json, logs, table sidecars, the dataset manifest) are

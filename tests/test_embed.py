@@ -109,6 +109,7 @@ def test_bf16_precision_is_its_own_cache_entry_recorded_in_meta_and_close_to_fp3
     assert auto.cache_entry == bf16.cache_entry and auto.cache_hit
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_give_the_one_process_table(setup, tmp_path):
     one = run_brain_embed(config(setup, "one"))
     cfg = config(setup, "two", cache_dir=str(tmp_path / "cache2"))

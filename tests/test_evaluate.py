@@ -78,6 +78,7 @@ def download_text(run_id: str, path: str) -> str:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_text()
 
 
+@pytest.mark.slow
 def test_planted_relation_end_to_end(tmp_path: Path, mlflow_uri: str) -> None:
     paths = make_inputs(tmp_path)
     aligned = align(paths, tmp_path / "align", mlflow_uri, modalities=("dna", "geno"))
@@ -209,6 +210,7 @@ def test_independent_data_sits_at_chance_cli_same_run(tmp_path: Path, mlflow_uri
     assert "already holds an evaluation" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fc_baselines_read_the_connectivity_table(tmp_path: Path, mlflow_uri: str) -> None:
     paths = make_inputs(tmp_path, n=120)
     aligned = align(paths, tmp_path / "align", mlflow_uri, "train.epochs=2")

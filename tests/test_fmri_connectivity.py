@@ -154,6 +154,7 @@ def test_table_is_a_brain_table_for_align(dataset, tmp_path) -> None:
     assert sum(len(data.splits[s]) for s in ("train", "val", "test")) == N
 
 
+@pytest.mark.slow
 def test_bad_config_and_cli(dataset, tmp_path) -> None:
     with pytest.raises(BrainmmError, match="'kind'"):
         connectivity_table(dataset, tmp_path / "x", ConnectivityConfig(kind="coherence"))

@@ -179,6 +179,7 @@ class LockedClient:
             raise RuntimeError(self.error)
 
 
+@pytest.mark.slow
 def test_the_final_status_update_is_retried_while_sqlite_is_locked(monkeypatch: pytest.MonkeyPatch) -> None:
     from brainmm import tracking
 
@@ -199,6 +200,7 @@ def test_the_final_status_update_is_retried_while_sqlite_is_locked(monkeypatch: 
 # ------------------------------------------------------------------------------------------- align runs
 
 
+@pytest.mark.slow
 def test_align_interrupted_at_the_kth_write_for_many_k(tables: Path, tmp_path: Path, _migrated_mlflow_db: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -249,6 +251,7 @@ def signal_when(proc: subprocess.Popen, ready, delay: float, signum: int, timeou
     return proc.returncode, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_real_align_process_signalled_at_a_random_moment(signum: int, tables: Path, tmp_path: Path,
                                                           _migrated_mlflow_db: Path) -> None:
@@ -296,6 +299,7 @@ def test_brainmm_run_interrupted_inside_its_align_stage_ends_parent_and_stage_ki
     assert json.loads((tmp_path / "out" / "pipeline.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_real_brainmm_run_sigterm_at_a_random_moment(tmp_path: Path, _migrated_mlflow_db: Path) -> None:
     shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
     proc = _popen(pipeline_argv(), tmp_path)

@@ -26,6 +26,7 @@ def band(draws: int, rate: float) -> tuple[float, float]:
     return binom.ppf(0.005, draws, rate) / draws, binom.ppf(0.995, draws, rate) / draws
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [50, 150])
 def test_null_coverage_each_side(n: int) -> None:
     """200 pure-noise tables (true value = chance exactly): each interval excludes chance from above, and from below,

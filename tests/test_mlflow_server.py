@@ -17,6 +17,8 @@ from brainmm.config import load_config
 from brainmm.data.splits import make_split, save_split
 from brainmm.embeddings import EmbeddingTable
 
+pytestmark = pytest.mark.slow  # end to end (the fast lane, -m 'not slow', leaves it out)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

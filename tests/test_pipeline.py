@@ -165,6 +165,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path: Path, capsys: pytest.Ca
 # -------------------------------------------------------------------------------------------- tiny run
 
 
+@pytest.mark.slow
 def test_tiny_demo_run_tree_outputs_and_summary(tiny_run: dict) -> None:
     assert tiny_run["rc"] == 0
     out, work = tiny_run["out"], tiny_run["work"]
@@ -255,6 +256,7 @@ def test_shuffle_pairs_deranges_train_subjects_only(tmp_path: Path) -> None:
     assert torch.equal(again, shuffled.splits["train"].genetics["g"])  # seeded
 
 
+@pytest.mark.slow
 def test_rerun_refuses_the_folder_then_reuses_outputs_and_skips_stages(tiny_run: dict,
                                                                        capsys: pytest.CaptureFixture[str],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:

@@ -272,6 +272,7 @@ def test_bad_inputs_give_one_clear_error(dataset: Path, tmp_path: Path, mlflow_u
         run_pretrain(done, resume=True)
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_train_with_ddp_and_rank0_logs(dataset: Path, tmp_path: Path, mlflow_uri: str):
     import os
     import subprocess

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from brainmm.config import load_config
 from brainmm.train.pretrain import PretrainConfig, run_pretrain
 
@@ -18,6 +20,7 @@ def _pooled(metrics: dict[str, dict[str, float]], key: str) -> float:
     return sum(metrics[s][key] * n[s] for s in n) / sum(n.values())
 
 
+@pytest.mark.slow
 def test_small_brainlm_beats_the_mean_predictor_on_held_out_hcp_subjects(sample_data_dir: Path, mlflow_uri: str,
                                                                           tmp_path: Path):
     import mlflow

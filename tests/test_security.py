@@ -293,6 +293,7 @@ TINY_DEMO = [
 ]
 
 
+@pytest.mark.slow
 def test_the_demo_pipeline_runs_without_network(no_network: list[str], tmp_path: Path, _migrated_mlflow_db: Path,
                                                 monkeypatch, capsys) -> None:
     from brainmm.cli import main

@@ -52,6 +52,7 @@ def test_permuted_ranks_identity_matches_pair_ranks() -> None:
     np.testing.assert_array_equal(ranks[1], expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [50, 150])
 def test_null_false_positive_rate(n: int) -> None:
     """200 null tables: the rate of p < 0.05 (MRR both directions, R@1, and the first held-out canonical correlation
