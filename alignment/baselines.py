@@ -24,10 +24,9 @@ from threadpoolctl import threadpool_limits
 from alignment.errors import AlignmentInputError
 from alignment.retrieval import RetrievalReport, pair_ranks, retrieval_report
 from alignment.significance import column_corr, correlation_records
-from alignment.stats import flatten_records
+from alignment.stats import RIDGE_ALPHAS, flatten_records
 
 BASELINES = ("cca", "pls", "ridge_brain_to_genetics", "ridge_genetics_to_brain", "random_head")
-RIDGE_ALPHAS = np.logspace(-3, 5, 9)
 
 
 def _matrix(x: Any, what: str) -> np.ndarray:

@@ -16,8 +16,8 @@ from sklearn.preprocessing import StandardScaler
 
 from alignment.baselines import _matrix
 from alignment.errors import AlignmentInputError
+from alignment.stats import RIDGE_ALPHAS
 
-RIDGE_ALPHAS = np.logspace(-3, 5, 9)
 DEGENERATE_EPS = 10.0  # a residual within this many units of roundoff of its column's magnitude is rounding noise
 Covariates = Mapping[str, Any]  # column name -> values per row (a pandas DataFrame works)
 

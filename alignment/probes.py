@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from alignment.errors import AlignmentInputError
-from alignment.stats import bootstrap_weights, cluster_codes, flatten_records, percentile_ci
+from alignment.stats import RIDGE_ALPHAS, bootstrap_weights, cluster_codes, flatten_records, percentile_ci
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ Task = Literal["classification", "regression"]
 CLASSIFICATION_METRICS = ("balanced_accuracy", "macro_f1", "auroc")
 REGRESSION_METRICS = ("r2", "mae", "r")
 LOGREG_CS = np.logspace(-4, 2, 7)
-RIDGE_ALPHAS = np.logspace(-3, 5, 9)
 INNER_SPLITS = 3
 
 

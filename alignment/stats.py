@@ -14,6 +14,7 @@ import numpy as np
 from alignment.errors import AlignmentInputError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+RIDGE_ALPHAS = np.logspace(-3, 5, 9)  # the ridge penalty grid of probes, baselines and confound checks
 SMALL_N = 20  # below this many subjects a bootstrap interval is unreliable (and can collapse to a point)
 
 
