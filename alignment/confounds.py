@@ -200,6 +200,81 @@ class Residualiser:
         return self.fit(features, covariates).transform(features, covariates)
 
 
+MIN_STRATUM_ROWS = 20  # training rows a stratum needs for its own location and scale
+
+
+def merged_strata(levels: Sequence[Sequence[Any]], train: Any, min_rows: int = MIN_STRATUM_ROWS) -> np.ndarray:
+    """One stratum label per row from nested labelings, finest first (e.g. ancestry cluster x site, then ancestry
+    cluster): among the rows not yet placed, each group of a level with >= `min_rows` training rows becomes a
+    stratum. Rows left after the coarsest level never mix its groups: they join the largest stratum of their own
+    coarsest group, else form that group's stratum (>= 2 training rows), else join the largest stratum. Mixing
+    groups would let a covariate fitted across them (a genetic PC) carry the groups' difference into the residuals
+    of everybody (docs/confounds.md)."""
+    train = np.asarray(train, dtype=bool)
+    if not isinstance(min_rows, int) or min_rows < 1:
+        raise AlignmentInputError(f"min_rows: expected an integer >= 1, got {min_rows!r}")
+    if not len(levels):
+        raise AlignmentInputError("strata: expected at least one level of labels")
+    labels = np.full(len(train), "", dtype=object)
+    left = np.ones(len(train), dtype=bool)
+    values = []
+    for depth, level in enumerate(levels):
+        values.append(np.asarray(level).astype(str))
+        if values[-1].shape != train.shape:
+            raise AlignmentInputError(f"strata level {depth}: expected {len(train)} labels, got shape "
+                                      f"{values[-1].shape}")
+        for value in np.unique(values[-1][left]):
+            rows = left & (values[-1] == value)
+            if (rows & train).sum() >= min_rows:
+                labels[rows], left[rows] = f"{depth}:{value}", False
+    coarse = values[-1]
+    for value in np.unique(coarse[left]):
+        rows = left & (coarse == value)
+        placed = ~left & (coarse == value) & train
+        if placed.any():
+            names, counts = np.unique(labels[placed].astype(str), return_counts=True)
+            labels[rows] = names[np.argmax(counts)]
+        elif (rows & train).sum() >= 2 or not (~left & train).any():
+            labels[rows] = f"{len(levels) - 1}:{value}"
+        else:
+            names, counts = np.unique(labels[~left & train].astype(str), return_counts=True)
+            labels[rows] = names[np.argmax(counts)]
+    return labels.astype(str)
+
+
+class StratumScaler:
+    """Per-stratum scale of residual features (the scale step of ComBat-style harmonisation, without empirical-Bayes
+    shrinkage): each column of a row is multiplied by pooled SD / its stratum's SD, both fitted on training rows,
+    so groups (sites, ancestry clusters) that differ in feature variance, not only in mean, look alike. Columns
+    constant within a stratum keep their scale there; strata unseen in training are left unchanged."""
+
+    def fit(self, features: Any, strata: Sequence[Any]) -> StratumScaler:
+        """Per-stratum and pooled SD of every column on the training rows."""
+        x = _features(features, "features to scale")
+        labels = np.asarray(strata).astype(str)
+        if labels.shape != (len(x),):
+            raise AlignmentInputError(f"strata: expected {len(x)} labels (one per row), got shape {labels.shape}")
+        pooled = x.std(0)
+        self.factors_: dict[str, np.ndarray] = {}
+        for value in np.unique(labels):
+            sd = x[labels == value].std(0)
+            self.factors_[value] = np.where(sd > 0, pooled / np.where(sd > 0, sd, 1.0), 1.0)
+        return self
+
+    def transform(self, features: Any, strata: Sequence[Any]) -> np.ndarray:
+        """Rows of any split scaled by their stratum's training factor."""
+        if not hasattr(self, "factors_"):
+            raise AlignmentInputError("StratumScaler: call fit() on the training rows first")
+        x = _features(features, "features to scale")
+        labels = np.asarray(strata).astype(str)
+        if labels.shape != (len(x),):
+            raise AlignmentInputError(f"strata: expected {len(x)} labels (one per row), got shape {labels.shape}")
+        out = x.copy()
+        for value, factor in self.factors_.items():
+            out[labels == value] *= factor
+        return out
+
+
 class ConfoundSpace:
     """The `confounds_only` baseline: a ridge from each modality's training features to the training covariate
     design (StandardScaler + RidgeCV, alpha by leave-one-out), so a test subject's brain and genetic features are

@@ -1,5 +1,5 @@
 """Confound adjustment: residualiser vs a float64 least-squares oracle, train-only fitting, bad covariates,
-the confounds-only baseline, within-stratum retrieval and its chance level, ancestry clusters."""
+per-stratum scale and merged strata, the confounds-only baseline, within-stratum retrieval and its chance level, ancestry clusters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import pytest
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import adjusted_rand_score
 
-from alignment.confounds import ConfoundSpace, CovariateDesign, Residualiser, confounds_only_records
+from alignment.confounds import (
+    ConfoundSpace,
+    CovariateDesign,
+    Residualiser,
+    StratumScaler,
+    confounds_only_records,
+    merged_strata,
+)
 from alignment.errors import AlignmentInputError
 from alignment.retrieval import chance_metrics, pair_ranks, rank_metrics, retrieval_report
 from alignment.stratified import AncestryClusters, stratum_chance, within_stratum_report
@@ -117,6 +124,49 @@ def test_residualising_removes_group_driven_retrieval_and_keeps_a_real_link() ->
         assert (adj_mrr["ci_low"] > adj_mrr["chance"]) == adjusted_above_chance
         if not adjusted_above_chance:
             assert adj_mrr["ci_low"] <= adj_mrr["chance"] <= adj_mrr["ci_high"]
+
+
+def test_merged_strata_fall_back_from_the_finest_level_with_enough_training_rows() -> None:
+    # cells a|x (30 train rows), a|y (5), b|x (4), b|y (1 train + 1 other), c|x (1 other); coarser level: a / b / c
+    fine = np.array(["a|x"] * 30 + ["a|y"] * 5 + ["b|x"] * 4 + ["b|y"] * 2 + ["c|x"])
+    coarse = np.array([c.split("|")[0] for c in fine])
+    train = np.ones(len(fine), dtype=bool)
+    train[[40, 41]] = False
+    got = merged_strata([fine, coarse], train, min_rows=5)
+    assert (got[:30] == "0:a|x").all() and (got[30:35] == "0:a|y").all()  # both a cells have >= 5 train rows
+    assert (got[35:41] == "1:b").all()  # b|x (4) and b|y (1) merge at the coarser level: 5 train rows
+    assert got[41] == "0:a|x"  # group c has no training row: the largest stratum
+    # too few rows at every level: left-over rows never mix coarse groups; they join their own group's largest
+    # stratum, else form their group's own stratum (>= 2 train rows)
+    got = merged_strata([fine, coarse], train, min_rows=20)
+    assert (got[:35] == "0:a|x").all() and (got[35:41] == "1:b").all() and got[41] == "0:a|x"
+    assert (merged_strata([fine], np.ones(len(fine), dtype=bool), min_rows=100) == [f"0:{f}" for f in fine]).all()
+    with pytest.raises(AlignmentInputError, match="strata level 0: expected 42 labels"):
+        merged_strata([fine[:-1]], train)
+
+
+def test_stratum_scaler_matches_per_stratum_sd_ratios_and_leaves_unseen_strata() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b"], 200)
+    x = rng.normal(size=(400, 3)) * np.where(labels == "a", 1.0, 3.0)[:, None]
+    x[:, 2] = np.where(labels == "a", 0.0, x[:, 2])  # constant within stratum a: left at its scale there
+    train = np.arange(400) % 2 == 0
+    scaler = StratumScaler().fit(x[train], labels[train])
+    out = scaler.transform(x, labels)
+    pooled = x[train].std(0)
+    for lab in ("a", "b"):
+        rows = train & (labels == lab)
+        sd = x[rows].std(0)
+        expected = np.where(sd > 0, pooled / np.where(sd > 0, sd, 1), 1.0)
+        np.testing.assert_allclose(out[labels == lab], x[labels == lab] * expected, rtol=1e-12)
+    # on the training rows both strata now have the pooled SD in every column that varies within them
+    np.testing.assert_allclose(out[train & (labels == "a")][:, :2].std(0), pooled[:2], rtol=1e-12)
+    np.testing.assert_allclose(out[train & (labels == "b")].std(0), pooled, rtol=1e-12)
+    np.testing.assert_array_equal(scaler.transform(x[:5], ["c"] * 5), x[:5])  # unseen stratum: unchanged
+    with pytest.raises(AlignmentInputError, match="call fit"):
+        StratumScaler().transform(x, labels)
+    with pytest.raises(AlignmentInputError, match="expected 400 labels"):
+        StratumScaler().fit(x, labels[:10])
 
 
 def test_confounds_only_baseline_scores_what_the_confounds_explain() -> None:

@@ -15,6 +15,9 @@ import pandas as pd
 from brainmm.errors import BrainmmError
 
 LOG = logging.getLogger("brainmm.align")
+ANCESTRY = "ancestry_cluster"  # covariate-table column: KMeans cluster of the genetic PCs (fitted on train)
+CELL = "confound_cell"  # covariate-table column: ancestry cluster x categorical covariates (permutation strata)
+STRATUM = "confound_stratum"  # design column: CELL merged until each stratum has enough training rows
 
 
 @dataclass
@@ -52,10 +55,11 @@ class ConfoundsConfig:
             raise BrainmmError(f"config field 'confounds.genetic_pcs': expected an integer >= 0, got {self.genetic_pcs}")
         if len(set(self.covariates)) != len(self.covariates):
             raise BrainmmError(f"config field 'confounds.covariates': repeated columns in {self.covariates}")
-        clash = [c for c in self.covariates if c in self.pc_names or c == "subject_id"]
+        clash = [c for c in self.covariates if c in self.pc_names or c in ("subject_id", ANCESTRY, CELL, STRATUM)]
         if clash:
             raise BrainmmError(f"config field 'confounds.covariates': {clash} clash with the genetic PC columns "
-                               "(pc1..) or the subject id; rename them in the cohort table")
+                               f"(pc1..), the subject id or the strata ({ANCESTRY}, {CELL}, {STRATUM}); rename "
+                               "them in the cohort table")
         unknown = sorted(set(self.categorical) - set(self.covariates))
         if unknown:
             raise BrainmmError(f"config field 'confounds.categorical': {unknown} are not in confounds.covariates "
@@ -169,6 +173,48 @@ def covariate_table(cfg: ConfoundsConfig, subjects: list[str], where: str, optio
     return out
 
 
+
+def ancestry_clusters(cfg: ConfoundsConfig, covariates: pd.DataFrame, train: set[str]) -> np.ndarray | None:
+    """Ancestry cluster per row of `covariates` (KMeans on the train subjects' genetic PCs, number by silhouette,
+    seed 0, so align and evaluate draw the same clusters); None without genetic PCs."""
+    if not cfg.genetic_pcs:
+        return None
+    from alignment.stratified import AncestryClusters
+
+    pcs = covariates[cfg.pc_names].to_numpy(dtype=np.float64)
+    rows = covariates.index.isin(list(train))
+    if rows.sum() < 3:
+        raise BrainmmError(f"confounds: {int(rows.sum())} training subjects with genetic PCs; need at least 3 to "
+                           "cluster ancestry")
+    return AncestryClusters(seed=0).fit(pcs[rows]).predict(pcs)
+
+
+def with_strata(cfg: ConfoundsConfig, covariates: pd.DataFrame, train: set[str]) -> pd.DataFrame:
+    """`covariates` plus ANCESTRY (with genetic PCs), CELL (ancestry cluster x every categorical covariate) and, when that gives >= 2 strata
+    with MIN_STRATUM_ROWS training rows, STRATUM: cells merged (categorical columns dropped from the end, then
+    the cluster alone, then the rest) until each has that many training rows (`alignment.confounds.merged_strata`).
+    `residualise_rows` takes STRATUM as the design's categorical part and scales residuals within it."""
+    from alignment.confounds import merged_strata
+
+    categorical = [c for c in cfg.covariates if c in cfg.categorical
+                   or not pd.api.types.is_numeric_dtype(covariates[c])]
+    parts = [covariates[c].astype(str).to_numpy() for c in categorical]
+    clusters = ancestry_clusters(cfg, covariates, train)
+    out = covariates.copy()
+    if clusters is not None:
+        out[ANCESTRY] = clusters
+        parts.insert(0, np.array([f"ancestry{c}" for c in clusters]))
+    if not parts:
+        return out
+    levels = [np.array(["|".join(p) for p in zip(*parts[:k])]) for k in range(len(parts), 0, -1)]
+    out[CELL] = levels[0]
+    fit = covariates.index.isin(list(train))
+    stratum = merged_strata(levels, fit)
+    if len(np.unique(stratum[fit])) >= 2:
+        out[STRATUM] = stratum
+    return out
+
+
 @dataclass
 class Adjusted:
     """Residualised rows of one table and what the fit explained."""
@@ -181,16 +227,25 @@ class Adjusted:
 def residualise_rows(cfg: ConfoundsConfig, covariates: pd.DataFrame, vectors: np.ndarray, subjects: list[str],
                      train: set[str], what: str) -> Adjusted:
     """Residuals of every row of `vectors` (subject `subjects[i]`, covariates by subject) under the least-squares
-    fit on the rows of `train` subjects (`alignment.confounds.Residualiser`)."""
-    from alignment.confounds import Residualiser
+    fit on the rows of `train` subjects (`alignment.confounds.Residualiser`); with a STRATUM column (`with_strata`)
+    the design is the numeric covariates, the PCs and the strata, and residuals are scaled within strata."""
+    from alignment.confounds import Residualiser, StratumScaler
 
     rows = covariates.loc[subjects]
     fit = np.array([s in train for s in subjects], dtype=bool)
     if fit.sum() < 2:
         raise BrainmmError(f"confounds ({what}): {int(fit.sum())} training rows; need more")
-    res = Residualiser(cfg.columns, cfg.categorical).fit(vectors[fit], rows.iloc[np.flatnonzero(fit)])
-    out = res.transform(vectors, rows).astype(np.float32)
-    LOG.info("confounds: %s residualised on %s (fitted on %d train rows; R^2 %.3f)", what, ", ".join(cfg.columns),
+    columns, categorical = cfg.columns, cfg.categorical
+    if STRATUM in rows.columns:  # the strata carry the categorical covariates (and ancestry) in location and scale
+        columns = [c for c in cfg.columns if c not in set(cfg.categorical) and pd.api.types.is_numeric_dtype(rows[c])]
+        columns, categorical = [*columns, STRATUM], [STRATUM]
+    res = Residualiser(columns, categorical).fit(vectors[fit], rows.iloc[np.flatnonzero(fit)])
+    out = res.transform(vectors, rows)
+    if STRATUM in rows.columns:
+        strata = rows[STRATUM].to_numpy()
+        out = StratumScaler().fit(out[fit], strata[fit]).transform(out, strata)
+    out = out.astype(np.float32)
+    LOG.info("confounds: %s residualised on %s (fitted on %d train rows; R^2 %.3f)", what, ", ".join(columns),
              int(fit.sum()), res.r2_)
     if len(res.degenerate_):
         LOG.warning("confounds (%s): %d of %d column(s) (0-based %s; for a genotype matrix, those rows of its "
@@ -221,7 +276,7 @@ def input_adjuster(cfg: ConfoundsConfig, report: dict) -> Callable:
         optional = {s for subjects in gen_subjects.values() for s in subjects} - set(brain.subjects)
         every = [brain.subjects[i] for i in brain_rows]
         every += [s for subjects in gen_subjects.values() for s in subjects if s in split_of]
-        cov = covariate_table(cfg, every, "align", optional)
+        cov = with_strata(cfg, covariate_table(cfg, every, "align", optional), train)
         vectors = np.array(brain.vectors, dtype=np.float32, copy=True)
         fit = residualise_rows(cfg, cov, vectors[brain_rows], [brain.subjects[i] for i in brain_rows], train,
                                "brain inputs")

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from brainmm.align import ANCESTRY
 from brainmm.errors import BrainmmError
 from brainmm.evaluate.config import EvaluateConfig
 from brainmm.evaluate.inputs import AlignRun, EvalInputs, Side
 from brainmm.evaluate.retrieval import library_record, retrieval_kwargs
 
 LOG = logging.getLogger("brainmm.evaluate")
-ANCESTRY = "ancestry_cluster"
 
 
 @dataclass
@@ -55,7 +55,7 @@ def resolve_confounds(cfg: EvaluateConfig, run: AlignRun) -> Any:
 def prepare_confounds(cfg: EvaluateConfig, inputs: EvalInputs) -> Confounds | None:
     """Read and check the covariates, compute `confounds_only` on the unadjusted inputs, then residualise the input
     tables in place (fitted on train subjects, exactly as `brainmm align` did). None without confounds."""
-    from brainmm.align import covariate_table
+    from brainmm.align import covariate_table, with_strata
 
     conf = resolve_confounds(cfg, inputs.run)
     if conf is None:
@@ -66,7 +66,8 @@ def prepare_confounds(cfg: EvaluateConfig, inputs: EvalInputs) -> Confounds | No
         if "brain" in split_sides:
             required |= set(split_sides["brain"].subjects)
     in_split = sorted(required) + [s for side in sides for s in side.subjects if s in inputs.split_of]
-    cov = covariate_table(conf, in_split, "evaluate", set(in_split) - required)
+    train = {s for s, name in inputs.split_of.items() if name == "train"}
+    cov = with_strata(conf, covariate_table(conf, in_split, "evaluate", set(in_split) - required), train)
     strata = [c for c in conf.covariates if c in conf.categorical or not pd.api.types.is_numeric_dtype(cov[c])]
     out = Confounds(conf, cov, strata)
     out.raw = {**({"brain": inputs.brain} if inputs.brain is not None else {}), **inputs.genetics}
@@ -123,16 +124,14 @@ def stratified_records(inputs: EvalInputs, conf: Confounds, cfg: EvaluateConfig,
                        shared: dict[str, dict[str, Side]] | None = None, variant: str = "") -> list[dict[str, Any]]:
     """Within-stratum retrieval of the test pairs in the shared space: candidates restricted to the query's site
     (every categorical covariate) and ancestry cluster (KMeans on the train subjects' genetic PCs)."""
-    from alignment.stratified import AncestryClusters, within_stratum_report
+    from alignment.stratified import within_stratum_report
 
-    c, cov = conf.config, conf.covariates
+    cov = conf.covariates
     strata: dict[str, Any] = {}
     for col in conf.strata:
         strata[col] = lambda subjects, col=col: cov.loc[subjects, col].astype(str).to_numpy()
-    if c.genetic_pcs:
-        train = [s for s in cov.index if inputs.split_of.get(s) == "train"]
-        clusters = AncestryClusters(seed=cfg.seed).fit(cov.loc[train, c.pc_names].to_numpy())
-        strata[ANCESTRY] = lambda subjects: clusters.predict(cov.loc[subjects, c.pc_names].to_numpy())
+    if ANCESTRY in cov.columns:
+        strata[ANCESTRY] = lambda subjects: cov.loc[subjects, ANCESTRY].to_numpy()
     records: list[dict[str, Any]] = []
     r = cfg.retrieval
     for m in inputs.modalities:

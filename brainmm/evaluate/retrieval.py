@@ -36,24 +36,17 @@ Strata = Callable[[Sequence[str]], np.ndarray]  # subjects -> permutation stratu
 
 def confound_strata(inputs: EvalInputs, conf: Any, cfg: EvaluateConfig) -> Strata:
     """Permutation strata with confounds (a `brainmm.evaluate.confounds.Confounds`): the cells of every categorical
-    covariate (site, ...) crossed with the ancestry cluster (KMeans on the train subjects' genetic PCs), so test
+    covariate (site, ...) crossed with the ancestry cluster (`brainmm.align.confounds.with_strata`), so test
     pairings shuffle only between subjects who share them and the adjusted p-value stays valid whatever the
-    residualisation leaves behind (issue 30)."""
-    from alignment.stratified import AncestryClusters
+    adjustment leaves behind (issue 30)."""
+    from brainmm.align import CELL
 
-    c, cov = conf.config, conf.covariates
-    clusters = None
-    if c.genetic_pcs:
-        train = [s for s in cov.index if inputs.split_of.get(s) == "train"]
-        clusters = AncestryClusters(seed=cfg.seed).fit(cov.loc[train, c.pc_names].to_numpy())
+    cov = conf.covariates
 
     def strata(subjects: Sequence[str]) -> np.ndarray:
-        parts = [cov.loc[list(subjects), col].astype(str).to_numpy() for col in conf.strata]
-        if clusters is not None:
-            parts.append(clusters.predict(cov.loc[list(subjects), c.pc_names].to_numpy()).astype(str))
-        if not parts:
+        if CELL not in cov.columns:
             return np.zeros(len(subjects), dtype=np.int64)
-        return np.unique(np.array(["|".join(p) for p in zip(*parts)]), return_inverse=True)[1].reshape(-1)
+        return np.unique(cov.loc[list(subjects), CELL].to_numpy(), return_inverse=True)[1].reshape(-1)
 
     return strata
 
