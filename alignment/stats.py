@@ -13,7 +13,9 @@ import numpy as np
 
 from alignment.errors import AlignmentInputError
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+# MLflow's own rule for metric and param names (mlflow.utils.validation): word characters, / . - space :
+_UNSAFE = re.compile(r"[^/\w.\- :]")
+MAX_NAME = 250  # MLflow's longest metric / param name
 RIDGE_ALPHAS = np.logspace(-3, 5, 9)  # the ridge penalty grid of probes, baselines and confound checks
 SMALL_N = 20  # below this many subjects a bootstrap interval is unreliable (and can collapse to a point)
 
@@ -105,9 +107,10 @@ def permutation_pvalue(observed: np.ndarray | float, null: np.ndarray) -> np.nda
 
 
 def metric_name(*parts: str | None) -> str:
-    """MLflow-safe name from the non-empty parts joined by '/': '@' -> '_at_', other odd characters -> '_'."""
+    """MLflow-safe name from the non-empty parts joined by '/': '@' -> '_at_', any other character MLflow refuses
+    -> '_', cut to MLflow's 250 characters (the one name cleaner; `brainmm.tracking.sanitize_metric_name` is it)."""
     name = "/".join(str(p) for p in parts if p not in (None, ""))
-    return _UNSAFE.sub("_", name.replace("@", "_at_"))
+    return _UNSAFE.sub("_", name.replace("@", "_at_"))[:MAX_NAME]
 
 
 STATS = ("ci_low", "ci_high", "chance", "perm_mean", "perm_std", "p_value")

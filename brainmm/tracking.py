@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -23,7 +22,6 @@ from brainmm.config import flatten, to_dict
 from brainmm.errors import BrainmmError
 from brainmm.interrupts import caused_by_interrupt, deferred_interrupts
 
-_VALID_NAME = re.compile(r"^[/\w.\- :]*$")
 _SUPPORTED_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "databricks")
 # runs this process started and has not ended yet (run id -> tracking URI): the CLI ends them KILLED on an interrupt
 OPEN_RUNS: dict[str, str] = {}
@@ -90,11 +88,11 @@ def check_tracking_server(uri: str, timeout: float = 3.0) -> None:
 
 
 def sanitize_metric_name(name: str) -> str:
-    """MLflow-safe metric/param name: '@k' -> '_at_k', any other invalid character -> '_'."""
-    name = name.replace("@", "_at_")
-    if not _VALID_NAME.match(name):
-        name = re.sub(r"[^/\w.\- :]", "_", name)
-    return name[:250]
+    """MLflow-safe metric/param name: `alignment.stats.metric_name` ('@k' -> '_at_k', other invalid characters ->
+    '_'), imported here on first use so that importing this module stays light (the CLI's config-error path)."""
+    from alignment.stats import metric_name
+
+    return metric_name(name)
 
 
 def setup(cfg: TrackingConfig) -> str:
@@ -198,10 +196,8 @@ def log_config(cfg: Any, artifact_file: str = "config.yaml") -> None:
 
     data = to_dict(cfg)
     params = {sanitize_metric_name(k): str(v)[:6000] for k, v in flatten(data).items()}
-    items = list(params.items())
     with deferred_interrupts():
-        for i in range(0, len(items), 100):
-            mlflow.log_params(dict(items[i : i + 100]))
+        mlflow.log_params(params)  # one MlflowClient.log_batch, which splits at MLflow's own batch limits
         mlflow.log_text(yaml.safe_dump(data, sort_keys=False), artifact_file)
 
 
@@ -210,10 +206,8 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
     clean = {sanitize_metric_name(k): float(v) for k, v in metrics.items()}
-    items = list(clean.items())
     with deferred_interrupts():
-        for i in range(0, len(items), 1000):
-            mlflow.log_metrics(dict(items[i : i + 1000]), step=step)
+        mlflow.log_metrics(clean, step=step)  # one MlflowClient.log_batch (split at MLflow's batch limits)
 
 
 def _version() -> str:

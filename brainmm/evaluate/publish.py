@@ -78,9 +78,7 @@ def _log_params(cfg: EvaluateConfig, counts: dict[str, Any]) -> None:
 
     params = {f"evaluate.{k}": v for k, v in flatten(to_dict(cfg)).items()}
     params.update({f"evaluate.counts.{k}": v for k, v in counts.items()})
-    items = [(sanitize_metric_name(k), str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i : i + 100]))
+    mlflow.log_params({sanitize_metric_name(k): str(v)[:6000] for k, v in params.items()})  # MLflow batches them
 
 
 def _log_heads(inputs: EvalInputs, cfg: EvaluateConfig) -> dict[str, dict[str, str]]:
