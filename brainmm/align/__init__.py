@@ -5,7 +5,7 @@
     model = load_model(result.run_dir)                      # heads + towers, eval mode
 
 Modules: config (typed config), data (tables, split, pairs), project (eval-mode projection, validation retrieval),
-confounds (input residualisation), tower_models (tower modules and configs), towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
+confounds_config (the confounds section), confounds (input residualisation), tower_models (tower modules and configs), towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
 """
 
 from brainmm.lazy import lazy_exports
@@ -15,13 +15,13 @@ _EXPORTS = {
     "AlignConfig": "brainmm.align.config",
     "AlignDataConfig": "brainmm.align.config",
     "AlignTrainConfig": "brainmm.align.config",
-    "ConfoundsConfig": "brainmm.align.confounds",
+    "ConfoundsConfig": "brainmm.align.confounds_config",
     "covariate_table": "brainmm.align.confounds",
     "residualise_rows": "brainmm.align.confounds",
     "to_dosage_range": "brainmm.align.confounds",
     "with_strata": "brainmm.align.confounds",
-    "ANCESTRY": "brainmm.align.confounds",
-    "CELL": "brainmm.align.confounds",
+    "ANCESTRY": "brainmm.align.confounds_config",
+    "CELL": "brainmm.align.confounds_config",
     "AlignData": "brainmm.align.data",
     "BrainRows": "brainmm.align.data",
     "SplitData": "brainmm.align.data",

@@ -10,7 +10,7 @@ from alignment import (
     HeadConfig,
     LossConfig,
 )
-from brainmm.align.confounds import ConfoundsConfig
+from brainmm.align.confounds_config import ConfoundsConfig
 from brainmm.align.tower_config import TowersConfig
 from brainmm.align.towers import check_towers, tower_kind
 from brainmm.errors import BrainmmError
