@@ -116,3 +116,37 @@ def test_plan_warns_before_a_long_stage_naming_its_knobs(work: Path, capsys: pyt
     assert main(["demo", "--dry-run", "--out", "out", *TINY]) == 0
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "stage align" in warnings[0] and "align.train.epochs" in warnings[0]
+
+
+def test_digests_ignore_settings_at_their_defaults(tmp_path: Path) -> None:
+    """A field a newer brainmm adds (at its default) or a default value written out explicitly keeps a finished
+    stage's digest; a value that differs from the default changes it and every later stage's."""
+    import dataclasses
+
+    from brainmm.config import load_config
+    from brainmm.pipeline import PipelineConfig
+    from brainmm.pipeline.plan import make_plan
+    from brainmm.pipeline.resume import digests, settings
+
+    @dataclasses.dataclass
+    class Old:
+        lr: float = 1e-3
+        layers: list[int] = dataclasses.field(default_factory=lambda: [64])
+
+    @dataclasses.dataclass
+    class New(Old):
+        warmup: int = 0  # added later, at its default
+
+    assert settings(Old(lr=0.01)) == settings(New(lr=0.01)) == {"lr": 0.01}
+    assert settings(New(layers=[64])) == {} and settings(New(layers=[32])) == {"layers": [32]}
+
+    def plan_digests(*overrides: str) -> dict[str, str]:
+        return digests(make_plan(load_config(PipelineConfig, None, [f"output_dir={tmp_path}", *overrides])))
+
+    base = plan_digests()
+    default_steps = PipelineConfig().pretrain.train.max_steps
+    assert plan_digests(f"pretrain.train.max_steps={default_steps}") == base
+    changed = plan_digests(f"pretrain.train.max_steps={default_steps + 1}")
+    stages = list(base)
+    after = stages[stages.index("pretrain"):]
+    assert {s: changed[s] != base[s] for s in stages} == {s: s in after for s in stages}

@@ -9,6 +9,7 @@ unchanged); the first one that does not, and every stage after it, runs again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from brainmm.io import atomic_write_json
 from brainmm.pipeline.plan import BRAIN_TABLE, Plan
 
 LOG = logging.getLogger("brainmm.pipeline")
-MARKER_FORMAT = 1
+MARKER_FORMAT = 2  # 2: digests of the non-default settings
 # the config sections each stage reads (the wired copies in the plan: paths are absolute)
 SECTIONS = {
     "simulate": ["simulate"], "ingest": ["ingest", "data"], "connectivity": ["connectivity"], "pretrain": ["pretrain"],
@@ -102,12 +103,34 @@ def inputs(plan: Plan, stage: str) -> dict[str, Any]:
     return {p: identity(Path(p)) for p in sorted(found) if not (p == out or p.startswith(out + "/"))}
 
 
+def settings(value: Any) -> Any:
+    """A config value with every dataclass field still at its default left out (recursively), so a field added
+    by a newer brainmm (at its default) does not make a finished stage look changed."""
+    if not dataclasses.is_dataclass(value):
+        return to_dict(value) if isinstance(value, (list, tuple, dict, Path)) else value
+    out = {}
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if default is not dataclasses.MISSING and to_dict(v) == to_dict(default):
+            continue
+        v = settings(v)
+        if not (isinstance(v, dict) and not v and dataclasses.is_dataclass(getattr(value, f.name))):
+            out[f.name] = v
+    return out
+
+
 def digests(plan: Plan) -> dict[str, str]:
-    """Per planned stage: SHA-256 of its config sections chained with the previous stage's digest."""
+    """Per planned stage: SHA-256 of its config sections (values that differ from the defaults) chained with the
+    previous stage's digest."""
     c, previous, result = plan.config, "", {}
     for stage in plan.stages:
-        sections = {name: to_dict(getattr(c, name)) if hasattr(getattr(c, name), "__dataclass_fields__")
-                    else getattr(c, name) for name in SECTIONS[stage]}
+        sections = {name: settings(getattr(c, name)) for name in SECTIONS[stage]}
         text = json.dumps({"format": MARKER_FORMAT, "previous": previous, "stage": stage, "config": sections},
                           sort_keys=True, default=str)
         previous = result[stage] = hashlib.sha256(text.encode()).hexdigest()
