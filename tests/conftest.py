@@ -1,4 +1,5 @@
-"""Shared test fixtures: golden BrainLM fixtures, a per-test MLflow backend, the sample-data cache."""
+"""Shared test fixtures: golden BrainLM fixtures, a per-test MLflow backend, the sample-data cache, a read-only
+folder, and the small valid inputs of every stage (`world`, `src`; tests/stage_inputs.py)."""
 
 from __future__ import annotations
 
@@ -155,3 +156,49 @@ def read_only_folder(tmp_path: Path):
             data[0] = saved
             libc.capset(header, data)
         ro.chmod(0o700)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path):
+    """Small valid inputs of every stage (tests/stage_inputs.py), an fMRI dataset ingested from them and a tiny
+    align run: what the CLI-level tests edit into bad inputs (each test copies before it changes anything)."""
+    from stage_inputs import (
+        WINDOW,
+        World,
+        align_argv,
+        write_brainlm,
+        write_fmri_cohort,
+        write_genetics,
+        write_nt,
+        write_tables,
+    )
+
+    from brainmm.cli import main
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    shutil.copy(_migrated_mlflow_db, root / "mlflow.db")
+    w = World(root, f"sqlite:///{root / 'mlflow.db'}")
+    write_fmri_cohort(w.src)
+    assert main(["-q", "fmri", "ingest", "--cohort", str(w.src / "cohort.csv"), "--coords", str(w.src / "coords.tsv"),
+                 "--out", str(root / "dataset"), "--num-timepoints", str(WINDOW)]) == 0
+    write_genetics(w.gen, [f"sub{s}" for s in range(8)])
+    write_brainlm(root / "brainlm")
+    write_nt(root / "nt")
+    write_tables(root / "tables")
+    cwd = os.getcwd()
+    os.chdir(root)  # nothing of the align run may land in the repository
+    try:
+        assert main(align_argv(w, root / "align")) == 0
+    finally:
+        os.chdir(cwd)
+    return w
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid 8-subject fMRI cohort (time series, cohort.csv, coords.tsv; tests/stage_inputs.py)."""
+    from stage_inputs import write_fmri_cohort
+
+    folder = tmp_path_factory.mktemp("cohort") / "fmri"
+    write_fmri_cohort(folder)
+    return folder

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from stage_inputs import check_error, edited_cohort, ingest_argv, run
 
 from brainmm.data.cohort import (
     check_one_value_per,
@@ -75,3 +76,12 @@ def test_relative_paths_resolve_against_the_table_folder(tmp_path: Path, monkeyp
     path.write_text(f"subject_id,path\ns1,a.npy\ns2,{tmp_path / 'b.npy'}\n")
     monkeypatch.chdir(tmp_path)  # the working folder must not matter
     assert resolve_paths(read_table(path), "path") == [tmp_path / "sub" / "a.npy", tmp_path / "b.npy"]
+
+
+def test_symlink_loop_in_cohort_paths(src: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a.npy").symlink_to(tmp_path / "b.npy")
+    (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
+    cohort = edited_cohort(src, tmp_path, str(tmp_path / "a.npy"))
+    code, err = run(ingest_argv(src, tmp_path / "out", cohort), capsys)
+    check_error(code, err, r"table .*cohort\.csv: row 3, column 'path': path .*a\.npy cannot be resolved "
+                           r"\(a symbolic-link loop\?\)")

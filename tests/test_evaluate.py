@@ -4,6 +4,8 @@ bad inputs."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
 import mlflow
@@ -332,3 +334,24 @@ def test_verdict_comes_from_permutation_tests() -> None:
         summary = render_summary(metrics_table(recs), {}, context, [1, 5, 10])
         assert expected in summary and "Bonferroni p = " in summary
         assert "| aligned | brain_dna | canonical_corr_1 |" in summary
+
+
+def test_evaluate_writes_flat_metrics_and_one_line_per_baseline_table(tmp_path: Path, mlflow_uri: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    paths = make_inputs(tmp_path, n=80)
+    aligned = align(paths, tmp_path / "align", mlflow_uri, "train.epochs=2")
+    caplog.set_level(logging.INFO, logger="brainmm")
+    result = run_evaluate(evaluate_config(f"align_dir={aligned.run_dir}", "baselines.methods=[cca, pls]",
+                                          "figures.color_by=age", "model.log=false", "retrieval.splits=[test]",
+                                          f"output_dir={tmp_path / 'ev'}", "probes.targets=[age]",
+                                          f"data.cohort={paths['cohort']}"))
+    flat = json.loads((tmp_path / "ev" / "metrics_flat.json").read_text())
+    assert flat == {k: (v if math.isfinite(v) else None) for k, v in result.metrics.items()}
+    assert flat["retrieval/brain_to_dna/R_at_1"] == result.metrics["retrieval/brain_to_dna/R_at_1"]
+    logged = mlflow.MlflowClient().list_artifacts(result.run_id, "evaluation")
+    assert "evaluation/metrics_flat.json" in [a.path for a in logged]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("baselines")]
+    pls = [line for line in lines if " pls" in line]
+    assert len(pls) == 1 and pls == [line for line in lines if " cca" in line], lines  # one line for the table
+    assert pls[0].count("chosen on val") == 2, pls
+    assert (tmp_path / "ev" / "figures" / "shared_pca_dna.png").is_file()

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_bad_inputs import check_error
+from stage_inputs import check_error
 from test_confounds_app import align_config, small_inputs
 
 from brainmm.align import run_align

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_bad_inputs import check_error
+from stage_inputs import check_error
 
 from brainmm.cli import main
 from brainmm.data.fmri import IngestConfig, ingest

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_bad_inputs import WINDOW, check_error, write_fmri_cohort
+from stage_inputs import WINDOW, check_error, write_fmri_cohort
 
 from brainmm.cli import main
 from brainmm.data.fmri import IngestConfig

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import scipy.io
+from stage_inputs import check_error, edited_cohort, ingest_argv, run
 
 from brainmm.data.fmri.atlas import atlas_centroids, atlas_labels, image_tr, parcellate
 from brainmm.data.fmri.readers import load_array, orient, read_coords, read_timeseries
@@ -166,3 +167,22 @@ def test_parcellate_matches_voxel_means_and_checks_grids(tmp_path: Path) -> None
         parcellate(tmp_path / "small.nii.gz", path, [2, 7, 11])
     out2 = parcellate(tmp_path / "shifted.nii.gz", path, [2, 7, 11], resample=True)  # explicit resampling works
     assert out2.shape == (3, 9) and np.isfinite(out2).all()
+
+
+def test_zero_byte_npy(src: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty.npy").write_bytes(b"")
+    cohort = edited_cohort(src, tmp_path, str(tmp_path / "empty.npy"))
+    code, err = run(ingest_argv(src, tmp_path / "out", cohort), capsys)
+    check_error(code, err, r"empty\.npy: not a numeric \.npy array \(the file is empty \(0 bytes\)\)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_headerless_csv_with_a_bom_keeps_its_first_time_point(tmp_path: Path) -> None:
+    from brainmm.data.fmri.readers import load_array
+
+    x = np.arange(12, dtype=np.float64).reshape(4, 3) + 0.5
+    text = "\n".join(",".join(str(v) for v in row) for row in x) + "\n"
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "plain.csv").write_text(text)
+    np.testing.assert_array_equal(load_array(tmp_path / "bom.csv"), x)
+    np.testing.assert_array_equal(load_array(tmp_path / "plain.csv"), x)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from stage_inputs import World, check_error, left_in, matrix, run
 
 from brainmm.cli import main
 from brainmm.data.genetics.config import GenotypeMatrixConfig
@@ -249,3 +250,32 @@ def test_train_statistics_match_a_column_by_column_reference(layout: str) -> Non
     beyond = calls.astype(np.float32)
     beyond[5, 10] = 3.0  # an integer that is no diploid dosage: the block stays float
     assert BlockImputer(is_train, "mean", 0.0, 1.0)(beyond).calls is None
+
+
+def test_ragged_pgs_weights(tmp_path: Path) -> None:
+    from brainmm.data.genetics.matrix import PolygenicScores
+    from brainmm.errors import BrainmmError
+
+    path = tmp_path / "pgs.tsv"
+    path.write_text("variant_id\teffect_allele\tpgs1\n1:60:T:A\tA\t0.5\n1:90:G:C\tC\t0.1\t9\t9\n")
+    with pytest.raises(BrainmmError, match=r"PGS weights .*pgs\.tsv: not a readable table \(Error tokenizing data\. "
+                                           r"C error: Expected 3 fields in line 3, saw 5\)"):
+        PolygenicScores(path, n_subjects=2)
+
+
+def test_genetics_import_of_a_string_array(tmp_path: Path, capsys) -> None:
+    np.save(tmp_path / "s.npy", np.array([["a", "b"], ["c", "d"]]))
+    (tmp_path / "ids.txt").write_text("s1\ns2\n")
+    code, err = run(["-q", "genetics", "import", "--table", str(tmp_path / "s.npy"), "--ids", str(tmp_path / "ids.txt"),
+                     "--out", str(tmp_path / "out" / "t")], capsys)
+    check_error(code, err, r"embedding file .*s\.npy: expected numeric vectors, got dtype <U1 \(e\.g\. 'a'\)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ragged_pgs_weights_via_the_cli(world: World, tmp_path: Path, capsys) -> None:
+    pgs = tmp_path / "pgs.tsv"
+    pgs.write_text("variant_id\teffect_allele\tpgs1\n1:60:T:A\tA\t0.5\n1:90:G:C\tC\t0.1\t9\t9\n")
+    code, err = run(matrix(world, tmp_path / "out", None, f"pgs_weights={pgs}"), capsys)
+    check_error(code, err, r"PGS weights .*pgs\.tsv: not a readable table \(Error tokenizing data\. C error: "
+                           r"Expected 3 fields in line 3, saw 5\)")
+    assert left_in(tmp_path / "out") == []

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bad_inputs import check_error
-from test_genotype_formats import SAMPLES, N, _plink2, _split, _truth, _write_bgen, _write_pgen
+from stage_inputs import check_error
+from test_genetics_sources import SAMPLES, N, _plink2, _split, _truth, _write_bgen, _write_pgen
 
 from brainmm.cli import main
 from brainmm.data.genetics.config import GeneticPcaConfig, GenotypeMatrixConfig

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from stage_inputs import World, align_argv, check_error, left_in, run
 
 from encoders.errors import EncoderInputError
 from encoders.genotype import GenotypeEncoder, GenotypeEncoderConfig
@@ -113,3 +117,40 @@ def test_forward_unchecked_equals_forward() -> None:
     x = torch.randint(0, 3, (5, 7)).float()
     enc.fit_input_scaling(x)
     torch.testing.assert_close(enc.forward_unchecked(x), enc(x), rtol=0, atol=0)
+
+
+def test_pickled_genotype_tower_names_the_blocked_global(tmp_path: Path) -> None:
+    import torch
+
+    from encoders.errors import EncoderInputError
+    from encoders.genotype import GenotypeEncoder, GenotypeEncoderConfig
+
+    folder = tmp_path / "tower"
+    GenotypeEncoder(GenotypeEncoderConfig(n_snps=5, hidden_sizes=(4,), output_size=3)).save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"weights": torch.ones(2), "payload": Path("/tmp")}, folder / "pytorch_model.bin")
+    with pytest.raises(EncoderInputError, match=r"pytorch_model\.bin cannot be read as a PyTorch state dict with "
+                                                r"weights_only=True: .*\(it needs pathlib\.PosixPath\)"):
+        GenotypeEncoder.from_pretrained(folder, local_files_only=True)
+
+
+def test_pickled_genotype_tower_via_the_cli(world: World, tmp_path: Path, capsys) -> None:
+    import torch
+
+    from encoders.genotype import GenotypeEncoder, GenotypeEncoderConfig
+
+    folder = tmp_path / "tower"
+    GenotypeEncoder(GenotypeEncoderConfig(n_snps=5, hidden_sizes=(4,), output_size=3)).save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"weights": torch.ones(2), "payload": Path("/tmp")}, folder / "pytorch_model.bin")
+    from brainmm.embeddings import EmbeddingTable
+
+    ids = EmbeddingTable.load(world.root / "tables" / "dna").ids
+    dosages = np.random.default_rng(0).integers(0, 3, size=(len(ids), 5)).astype(np.float32)
+    EmbeddingTable(ids, dosages, {}).save(tmp_path / "dosages")
+    argv = align_argv(world, tmp_path / "out" / "align", f"towers.genetics={{dna: {{kind: genotype_mlp, checkpoint: "
+                                                         f"{folder}}}}}", dna=tmp_path / "dosages")
+    code, err = run(argv, capsys)
+    check_error(code, err, r"pytorch_model\.bin cannot be read as a PyTorch state dict with weights_only=True: .*"
+                           r"\(it needs pathlib\.PosixPath\)")
+    assert left_in(tmp_path / "out") == []

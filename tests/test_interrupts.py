@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_bad_inputs import REPO, write_tables
+from stage_inputs import REPO, arch_overrides, ingest_argv, write_tables
 from test_pipeline import TINY
 
 from brainmm import interrupts
@@ -324,3 +324,36 @@ def test_an_interrupt_before_the_pipeline_enters_its_stages_still_kills_the_pare
     monkeypatch.setattr(PipelineRun, "log_config", interrupted)
     check_interrupted(main(pipeline_argv()), capsys.readouterr().err, tmp_path / "mlflow.db", tmp_path / "out")
     assert statuses(tmp_path / "mlflow.db") == ["KILLED"] and tracking.OPEN_RUNS == {}
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_as_killed(src: Path, tmp_path: Path, _migrated_mlflow_db: Path) -> None:
+    assert main(ingest_argv(src, tmp_path / "dataset")) == 0
+    shutil.copy(_migrated_mlflow_db, tmp_path / "mlflow.db")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "pre"
+    argv = [sys.executable, "-m", "brainmm.cli", "-q", "pretrain", f"data.dataset={tmp_path / 'dataset'}",
+            f"output_dir={out}", "train.max_steps=100000", "train.batch_size=2", "train.checkpoint_every=5",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *arch_overrides()]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.rglob("*.pt")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # wait for the first checkpoint
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "brainmm: interrupted" in err and "Traceback" not in err, err[-3000:]
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        statuses = [s for (s,) in db.execute("SELECT status FROM runs")]
+    assert statuses == ["KILLED"], statuses
+    import torch
+
+    checkpoints = list(out.rglob("*.pt"))
+    assert checkpoints
+    for f in checkpoints:  # every checkpoint left behind is complete
+        assert torch.load(f, map_location="cpu", weights_only=True)["model"]
+    assert not [p for p in out.rglob("*.tmp")], "half-written files left"

@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from stage_inputs import check_error, left_in, run
 from test_pipeline import TINY
 
 from brainmm.cli import main
@@ -112,3 +114,51 @@ def test_the_real_data_config_without_its_data_names_every_missing_input_at_once
                  "genetics.matrix.sample /data/ukb/ukb22828_c22_b0_v3.sample not found"):
         assert line in msg, msg
     assert "nothing was run" in msg and not (tmp_path / "run").exists()
+
+
+TINY_PIPELINE = [
+    "simulate.brain.n_timepoints=200", "pretrain.train.max_steps=2", "pretrain.train.batch_size=4",
+    "pretrain.eval.max_windows=4", "pretrain.model.arch.hidden_size=16", "pretrain.model.arch.intermediate_size=32",
+    "pretrain.model.arch.decoder_hidden_size=16", "pretrain.model.arch.decoder_intermediate_size=32",
+    "pretrain.model.arch.timepoint_patching_size=20", "genetics.genotype_mlp.hidden_sizes=[16]",
+    "genetics.genotype_mlp.output_size=8", "align.train.epochs=2", "align.train.batch_size=4",
+    "align.head.hidden_dim=16", "align.head.out_dim=8", "evaluate.retrieval.n_boot=50", "evaluate.retrieval.kway=0",
+    "evaluate.probes.targets=[age]", "evaluate.probes.n_splits=2", "evaluate.probes.n_permutations=0",
+    "evaluate.probes.n_boot=50", "evaluate.baselines.methods=[cca]", "evaluate.baselines.n_permutations=10",
+    "evaluate.baselines.shuffled_pairs=true", "evaluate.baselines.shuffled_overrides=[train.epochs=1]",
+    "evaluate.model.log=false", "evaluate.figures.enabled=false", "threads=1",
+]
+
+
+def test_a_small_cohort_works_the_first_time(mlflow_uri: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    """`brainmm demo` on 12 simulated subjects (8 train, 2 val, 2 test) runs every stage at the first attempt; the
+    CCA baseline, which needs 3 test subjects, is skipped with a warning; the shuffled-pair baseline reports a
+    Wilson interval, not a point."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run(["-q", "demo", "--out", "small", "simulate.n_subjects=12", f"tracking.uri={mlflow_uri}",
+                     *TINY_PIPELINE], capsys)
+    assert code == 0, err
+    assert "the evaluation will skip baselines ['cca'] (train 8, val 2, test 2)" in err, err
+    assert "evaluate: baselines ['cca'] for 'genotype' skipped: test has 2 subjects" in err, err
+    table = pd.read_csv(tmp_path / "small" / "evaluate" / "metrics.csv")
+    assert not (table["model"] == "cca").any()
+    shuffled = table[(table["model"] == "shuffled_pairs") & table["metric"].isin(["R_at_1", "mrr"])]
+    assert len(shuffled) >= 2 and (shuffled["n"] == 2).all()
+    assert (shuffled["ci_low"] < shuffled["ci_high"]).all(), shuffled  # honest at N = 2: not [x, x]
+    assert (shuffled["ci_low"] < 0.5).all()
+
+
+def test_an_impossible_size_is_one_message_before_any_stage(mlflow_uri: str, tmp_path: Path, capsys,
+                                                            monkeypatch) -> None:
+    work = tmp_path / "work"  # beside the test's mlflow.db
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, err = run(["-q", "demo", "--out", "tiny", "simulate.n_subjects=5", "evaluate.probes.targets=[agee]",
+                     f"tracking.uri={mlflow_uri}"], capsys)
+    check_error(code, err, r"pipeline: the stages cannot run on this data \(subjects per split: train 3, val 1, test 1 "
+                           r"from simulate\.n_subjects 5 .*; nothing was run\): val has 1 subject \(align .* needs >= 2, "
+                           r"evaluate \(retrieval on val\) needs >= 2\); test has 1 subject \(evaluate \(retrieval on "
+                           r"test\) needs >= 2\); evaluate\.probes\.targets .* \['agee'\], not columns of the cohort "
+                           r"\(it has .*'age'.*\); this run needs at least 6 subjects in all \(train 2, val 2, test 2\); "
+                           r".*ingest\.split_fractions .*ingest\.split_from")
+    assert left_in(work) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -262,3 +263,19 @@ def test_leakage_guard_names_subjects() -> None:
     check_disjoint_splits(["s1", "s2"], ["test", "test"], ["s1", "s3"], ["test", "test"])
     with pytest.raises(AlignmentInputError, match=r"\['s2'\]"):
         check_disjoint_splits(["s1", "s2"], ["test", "test"], ["s2", "s3"], ["train", "test"])
+
+
+def test_tiny_n_retrieval_intervals_are_not_points() -> None:
+    from alignment.retrieval import bootstrap_rank_metrics, chance_metrics
+
+    with pytest.warns(UserWarning, match="only 2 subjects"):
+        ci = bootstrap_rank_metrics(np.array([0, 0]), ks=(1,), n_boot=50)
+    assert ci["R_at_1"][0] < 0.5 and ci["R_at_1"][1] == 1.0
+    with pytest.warns(UserWarning):
+        shuffled = bootstrap_rank_metrics(np.array([1, 1]), ks=(1,), n_boot=50)  # MRR 0.5 in every resample
+    assert shuffled["mrr"][0] < 0.5 < shuffled["mrr"][1]
+    assert shuffled["mrr"][0] < chance_metrics(2)["mrr"] < shuffled["mrr"][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        big = bootstrap_rank_metrics(np.arange(40) % 5, ks=(1,), n_boot=50)  # no warning at 40 subjects
+    assert big["R_at_1"][0] < 0.2 < big["R_at_1"][1]

@@ -1,17 +1,14 @@
-"""Bad-input catalogue: every stage refuses a malformed input with exit code 2, ONE line on stderr naming the
-file/field and what was expected, no traceback, and no files in the output folder.
+"""`brainmm.cli` under hostile inputs, the bad-input catalogue: every stage refuses a malformed input with exit
+code 2, ONE line on stderr naming the file/field and what was expected, no traceback, and no files in the output
+folder.
 
 Most cases run the CLI in-process (`brainmm.cli.main`); a few run `python -m brainmm.cli` as real processes.
-docs/bad-inputs.md lists the cases. The input writers below are also used by the other hardening tests
-(test_crash_resume.py, test_determinism.py, test_security.py).
-"""
+docs/bad-inputs.md lists the cases; the valid inputs they edit are tests/stage_inputs.py (fixture `world`)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,140 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from stage_inputs import T, V, World, align_argv, check_error, embed, ingest, matrix, pretrain
 
 from brainmm.cli import main
-
-REPO = Path(__file__).resolve().parents[1]
-V, T, WINDOW = 6, 30, 10  # parcels, time points per recording, window length
-BRAINLM_ARCH = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-                    decoder_hidden_size=8, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-                    decoder_intermediate_size=16, timepoint_patching_size=5, conv_kernel_size=None)
-NT_VOCAB = (["<unk>", "<pad>", "<mask>", "<cls>", "<eos>", "<bos>"]
-            + ["".join(p) for p in itertools.product("ATCG", repeat=6)] + list("ATCGN"))
-
-
-# ------------------------------------------------------------------------------------------------ inputs
-
-
-@dataclass
-class World:
-    """Small valid inputs of every stage (the bad cases are edits of these)."""
-
-    root: Path
-    uri: str  # sqlite tracking URI
-
-    @property
-    def src(self) -> Path:
-        return self.root / "fmri"
-
-    @property
-    def gen(self) -> Path:
-        return self.root / "genetics"
-
-
-def write_fmri_cohort(src: Path, n_subjects: int = 8, seed: int = 0) -> None:
-    """`n_subjects` recordings [T, V] (.npy) with a shared slow signal, cohort.csv and coords.tsv."""
-    rng = np.random.default_rng(seed)
-    src.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for s in range(n_subjects):
-        slow = np.cumsum(rng.normal(size=(T, 1)), axis=0)
-        x = slow * rng.uniform(0.5, 1.5, size=(1, V)) + rng.normal(size=(T, V))
-        np.save(src / f"s{s}.npy", x.astype(np.float32))
-        rows.append({"subject_id": f"sub{s}", "path": f"s{s}.npy", "age": 20 + 3 * s})
-    pd.DataFrame(rows).to_csv(src / "cohort.csv", index=False)
-    coords = rng.uniform(-60, 60, size=(V, 3))
-    pd.DataFrame(coords, columns=["x", "y", "z"]).to_csv(src / "coords.tsv", sep="\t", index=False)
-
-
-def write_genetics(gen: Path, subjects: list[str], seed: int = 0) -> None:
-    """ref.fa (contig '1', 400 bp), regions.bed (2 regions), cohort.vcf.gz (phased SNVs of `subjects`)."""
-    from brainmm.data.genetics.simulate import VcfRecord, write_fasta, write_vcf
-
-    rng = np.random.default_rng(seed)
-    gen.mkdir(parents=True, exist_ok=True)
-    seq = "".join(rng.choice(list("ACGT"), size=400))
-    write_fasta(gen / "ref.fa", {"1": seq})
-    (gen / "regions.bed").write_text("1\t50\t150\tr1\n1\t200\t300\tr2\n")
-    records = []
-    for pos in (60, 90, 120, 220, 250, 280):
-        ref = seq[pos - 1]
-        alt = "A" if ref != "A" else "C"
-        gts = [tuple(int(a) for a in rng.integers(0, 2, size=2)) for _ in subjects]
-        records.append(VcfRecord("1", pos, ref, (alt,), gts))
-    write_vcf(gen / "cohort.vcf.gz", {"1": 400}, subjects, records)
-
-
-def write_brainlm(folder: Path, parcels: int = V, window: int = WINDOW, seed: int = 0) -> Path:
-    """A tiny random-init BrainLM MAE checkpoint folder."""
-    from encoders.brainlm import BrainLMConfig, BrainLMForPretraining
-
-    torch.manual_seed(seed)
-    model = BrainLMForPretraining(BrainLMConfig(**BRAINLM_ARCH, num_brain_voxels=parcels,
-                                                num_timepoints_per_voxel=window))
-    model.save_pretrained(folder)
-    return folder
-
-
-def write_nt(folder: Path, seed: int = 1) -> Path:
-    """A tiny random-init Nucleotide Transformer v1 folder (native ESM weights + 6-mer vocab.txt)."""
-    from transformers import EsmConfig, EsmForMaskedLM
-
-    torch.manual_seed(seed)
-    config = EsmConfig(vocab_size=len(NT_VOCAB), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                       num_attention_heads=2, pad_token_id=1, mask_token_id=2, max_position_embeddings=66,
-                       position_embedding_type="absolute", token_dropout=True)
-    EsmForMaskedLM(config).save_pretrained(folder)
-    (folder / "vocab.txt").write_text("\n".join(NT_VOCAB) + "\n")
-    return folder
-
-
-def write_tables(root: Path, n: int = 30, seed: int = 0) -> None:
-    """brain / dna embedding tables sharing a latent signal, and their split table."""
-    from brainmm.data.splits import make_split, save_split
-    from brainmm.embeddings import EmbeddingTable
-
-    rng = np.random.default_rng(seed)
-    subjects = [f"s{i:02d}" for i in range(n)]
-    z = rng.normal(size=(n, 3))
-    EmbeddingTable(subjects, z @ rng.normal(size=(3, 6)) + 0.1 * rng.normal(size=(n, 6)), {}).save(root / "brain")
-    EmbeddingTable(subjects, z @ rng.normal(size=(3, 5)) + 0.1 * rng.normal(size=(n, 5)), {}).save(root / "dna")
-    save_split(make_split(subjects, seed=0), root / "split.csv")
-
-
-def align_argv(w: World, out: Path, *extra: str, brain: Path | None = None, dna: Path | None = None,
-               split: Path | None = None) -> list[str]:
-    """A tiny `brainmm align` on the world's tables."""
-    t = w.root / "tables"
-    return ["-q", "align", "--config", str(REPO / "configs" / "align_clip.yaml"), f"data.brain={brain or t / 'brain'}",
-            f"data.genetics={{dna: {dna or t / 'dna'}}}", f"data.split={split or t / 'split.csv'}",
-            f"output_dir={out}", "head.hidden_dim=8", "head.out_dim=4", "train.batch_size=4", "train.epochs=1",
-            "train.warmup_steps=1", "train.device=cpu", f"tracking.uri={w.uri}", "tracking.experiment=bad-inputs",
-            *extra]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path) -> World:
-    root = tmp_path_factory.mktemp("bad-inputs")
-    shutil.copy(_migrated_mlflow_db, root / "mlflow.db")
-    w = World(root, f"sqlite:///{root / 'mlflow.db'}")
-    write_fmri_cohort(w.src)
-    assert main(["-q", "fmri", "ingest", "--cohort", str(w.src / "cohort.csv"), "--coords", str(w.src / "coords.tsv"),
-                 "--out", str(root / "dataset"), "--num-timepoints", str(WINDOW)]) == 0
-    write_genetics(w.gen, [f"sub{s}" for s in range(8)])
-    write_brainlm(root / "brainlm")
-    write_nt(root / "nt")
-    write_tables(root / "tables")
-    cwd = os.getcwd()
-    os.chdir(root)  # nothing of the align run may land in the repository
-    try:
-        assert main(align_argv(w, root / "align")) == 0
-    finally:
-        os.chdir(cwd)
-    return w
-
-
-# ------------------------------------------------------------------------------------------------- cases
 
 
 @dataclass
@@ -187,15 +53,6 @@ def _edited_cohort(w: World, name: str, edit: Callable[[pd.DataFrame], pd.DataFr
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
     return path
-
-
-def ingest(w: World, cohort: Path, out: Path, *extra: str, coords: Path | None = None,
-           no_coords: bool = False) -> list[str]:
-    """`brainmm fmri ingest` of `cohort` with the world's coordinates (or `coords`, or none)."""
-    argv = ["-q", "fmri", "ingest", "--cohort", str(cohort), "--out", str(out), "--num-timepoints", str(WINDOW)]
-    if not no_coords:
-        argv += ["--coords", str(coords or w.src / "coords.tsv")]
-    return argv + list(extra)
 
 
 def series_case(id: str, name: str, write: Callable[[np.ndarray, Path], None], match: str) -> Case:
@@ -348,9 +205,6 @@ ATLAS_CASES = [
 ]
 
 
-# ----------------------------------------------------------------------------------------------- genetics
-
-
 def _vcf(w: World, name: str, contig: str = "1", samples: list[str] | None = None, ref_mismatch: bool = False,
          records: bool = True, extra_sample: bool = False) -> Path:
     """A VCF variant of cohort.vcf.gz: renamed contig, wrong REF at the first record, no records, one more sample."""
@@ -380,11 +234,6 @@ def haplotypes(w: World, out: Path, vcf: Path | None = None, fasta: Path | None 
     return ["-q", "genetics", "haplotypes", "--vcf", str(vcf or w.gen / "cohort.vcf.gz"),
             "--fasta", str(fasta or w.gen / "ref.fa"), "--regions", str(regions or w.gen / "regions.bed"),
             "--out", str(out / "haplotypes.fa"), *extra]
-
-
-def matrix(w: World, out: Path, vcf: Path | None = None, *extra: str) -> list[str]:
-    return ["-q", "genetics", "matrix", "--vcf", str(vcf or w.gen / "cohort.vcf.gz"),
-            "--split", str(w.root / "dataset" / "split.csv"), "--out", str(out / "genotypes"), *extra]
 
 
 def dna_embed(w: World, out: Path, model: Path, *extra: str, family: str = "nt") -> list[str]:
@@ -479,20 +328,6 @@ def _gzip(w: World) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------ models, configs
-
-
-def embed(w: World, out: Path, model: Path | None = None, *extra: str) -> list[str]:
-    return ["-q", "embed", f"model={model or w.root / 'brainlm'}", f"dataset={w.root / 'dataset'}",
-            f"out={out / 'brain'}", f"cache_dir={w.root / 'brain-cache'}", "device=cpu", *extra]
-
-
-def pretrain(w: World, out: Path, *extra: str) -> list[str]:
-    arch = [f"model.arch.{k}={'null' if v is None else v}" for k, v in BRAINLM_ARCH.items()]
-    return ["-q", "pretrain", f"data.dataset={w.root / 'dataset'}", f"output_dir={out}", "train.max_steps=2",
-            "train.batch_size=2", f"tracking.uri={w.uri}", *arch, *extra]
-
-
 MODEL_CASES = [
     Case("brainlm-missing-config",
          lambda w, out: embed(w, out, _model_copy(w, "brainlm", "no-config", lambda f: (f / "config.json").unlink())),
@@ -544,8 +379,6 @@ MODEL_CASES = [
          r"pretrain config field 'train\.batch_size': 512 is more than the \d+ training windows"),
 ]
 
-
-# ---------------------------------------------------------------------------------------- MLflow, align, eval
 
 def _leaky_split(w: World) -> Path:
     split = pd.read_csv(w.root / "tables" / "split.csv", dtype=str)
@@ -618,26 +451,8 @@ TRACKING_CASES = [
          r"align folder .*no-run: does not exist \(expected the output_dir of `brainmm align`\)"),
 ]
 
+
 CASES = FMRI_CASES + ATLAS_CASES + GENETICS_CASES + MODEL_CASES + TRACKING_CASES
-
-
-# ------------------------------------------------------------------------------------------------- tests
-
-
-def check_error(code: int, err: str, match: str, quiet: bool = True) -> str:
-    """Exit code 2, exactly one line on stderr, `brainmm: error: ` + a message matching `match`, no traceback.
-
-    With -q (`quiet`) nothing else may reach stderr, not even a progress bar.
-    """
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.rstrip("\n").split("\n")
-    assert err and len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
-    assert not quiet or "\r" not in err, f"progress output despite -q: {err!r}"
-    line = lines[0].rsplit("\r", 1)[-1]  # progress bars (when not quiet) erase themselves with carriage returns
-    assert line.startswith("brainmm: error: "), line
-    assert re.search(match, line), f"{match!r} not in {line!r}"
-    return line
 
 
 def test_catalogue_ids_are_unique_and_cover_every_stage() -> None:

@@ -1,6 +1,6 @@
-"""`ColumnTable`: a matrix appended column block by column block reads back as the same table as `EmbeddingTable.save`
-writes (values, ids, data hash), whatever the blocks, the row passes and the file system's O_DIRECT support; on an
-error nothing is left."""
+"""`brainmm.data.genetics.store.ColumnTable`: a matrix appended column block by column block reads back as the
+same table as `EmbeddingTable.save` writes (values, ids, data hash), whatever the blocks, the row passes and the
+file system's O_DIRECT support; on an error nothing is left."""
 
 from __future__ import annotations
 

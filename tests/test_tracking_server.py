@@ -1,5 +1,6 @@
-"""A real `mlflow server` (tests/conftest.py): a short alignment logs over HTTP and is read back with the client; an
-unreachable server stops every stage's command before any work, with one line and exit code 2."""
+"""`brainmm.tracking` with a real `mlflow server` (tests/conftest.py): a short alignment logs over HTTP and is
+read back with the client; an unreachable server stops every stage's command before any work, with one line and
+exit code 2."""
 
 from __future__ import annotations
 

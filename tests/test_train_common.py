@@ -1,5 +1,6 @@
-"""Crash and resume: `brainmm align` and `brainmm pretrain` killed with SIGKILL at a random step (real processes),
-resumed with `--resume`, end with the weights, metrics and MLflow history of an uninterrupted run (CPU, same seed).
+"""`brainmm.train.common`, the training-loop core of both drivers: resume refuses a checkpoint that does not fit
+the model; `brainmm align` and `brainmm pretrain` killed with SIGKILL at a random step (real processes), resumed
+with `--resume`, end with the weights, metrics and MLflow history of an uninterrupted run (CPU, same seed).
 
 A half-written temp file next to the newest checkpoint (what a kill during a save leaves) must not matter, the
 MLflow run must be the same one, and no metric step may be logged twice.
@@ -18,13 +19,46 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from test_bad_inputs import BRAINLM_ARCH, REPO, WINDOW, write_fmri_cohort, write_tables
+from stage_inputs import (
+    BRAINLM_ARCH,
+    REPO,
+    WINDOW,
+    World,
+    align_argv,
+    check_error,
+    run,
+    write_fmri_cohort,
+    write_tables,
+)
 
 from brainmm.cli import main
 
-pytestmark = pytest.mark.slow  # end to end (the fast lane, -m 'not slow', leaves it out)
+
+def test_resume_after_the_model_shape_changed(world: World, tmp_path: Path, capsys, monkeypatch) -> None:
+    from brainmm.embeddings import EmbeddingTable
+
+    monkeypatch.chdir(tmp_path)
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    brain = EmbeddingTable.load(world.root / "tables" / "brain")
+    brain.save(tables / "brain")
+    out = tmp_path / "align"
+    assert main(align_argv(world, out, "train.checkpoint_every=1", brain=tables / "brain")) == 0
+    saved = out / "config.yaml"
+    original = saved.read_text()
+    saved.write_text(original.replace("hidden_dim: 8", "hidden_dim: 12"))  # the head size, edited in place
+    code, err = run(["-q", "align", "--config", str(saved), "--resume"], capsys)
+    check_error(code, err, r"align --resume \(.*checkpoints\): the checkpoint does not fit the model this run builds: "
+                           r"tensor '.*' is \[.*8.*\] in the checkpoint, \[.*12.*\] now \(a model size in the config or "
+                           r"the width of an input table changed")
+    saved.write_text(original)
+    EmbeddingTable(brain.ids, np.hstack([brain.vectors, brain.vectors[:, :1]]), brain.meta).save(tables / "brain")
+    code, err = run(["-q", "align", "--config", str(saved), "--resume"], capsys)
+    check_error(code, err, r"align --resume .*: tensor '.*' is \[.*6.*\] in the checkpoint, \[.*7.*\] now")
+
 
 KILL_SEED = 20240611  # picks the step marker and the delay after it
 
@@ -93,6 +127,7 @@ def check_history(uri_a: str, run_a: str, uri_b: str, run_b: str, train_key: str
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > killed_at
 
 
+@pytest.mark.slow
 def test_align_killed_at_a_random_step_resumes_to_the_uninterrupted_result(
         tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch) -> None:
     from brainmm.embeddings import EmbeddingTable
@@ -138,6 +173,7 @@ def test_align_killed_at_a_random_step_resumes_to_the_uninterrupted_result(
     check_history(uri_a, run_a, uri_b, killed_run, "align/train/loss", killed_at)
 
 
+@pytest.mark.slow
 def test_pretrain_killed_at_a_random_step_resumes_to_the_uninterrupted_result(
         tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

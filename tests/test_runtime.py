@@ -1,21 +1,76 @@
-"""Determinism: the same config and seed give bit-identical datasets, embeddings, heads and metrics on CPU.
+"""`brainmm.runtime`: a quiet console with a full log file, progress bars only on a terminal (one line per loop
+in a log), and seeding: the same config and seed give bit-identical datasets, embeddings, heads and metrics on CPU.
 
-The whole pipeline (simulate -> ingest -> genotype matrix -> DNA embeddings with a tiny model -> pretrain ->
-brain embeddings -> align -> evaluate) runs twice in separate folders through the CLI; the tables, weights and
-metric files of both runs must be byte-identical.
-"""
+The determinism test runs the whole pipeline (simulate -> ingest -> genotype matrix -> DNA embeddings with a tiny
+model -> pretrain -> brain embeddings -> align -> evaluate) twice in separate folders through the CLI; the tables,
+weights and metric files of both runs must be byte-identical."""
 
 from __future__ import annotations
 
+import io
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
-from test_bad_inputs import BRAINLM_ARCH, REPO, write_nt
+from stage_inputs import BRAINLM_ARCH, REPO, write_nt
 
+from brainmm import runtime
 from brainmm.cli import main
 
-pytestmark = pytest.mark.slow  # end to end (the fast lane, -m 'not slow', leaves it out)
+
+def test_quiet_console_but_full_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from brainmm.runtime import log_to_file, setup_logging
+
+    setup_logging(quiet=True)
+    path = log_to_file(tmp_path)
+    log = logging.getLogger("brainmm.test")
+    log.info("detail line")
+    log.warning("warning line")
+    for h in logging.getLogger("brainmm").handlers:
+        h.flush()
+    err = capsys.readouterr().err
+    assert "detail line" not in err and "warning line" in err
+    assert "detail line" in path.read_text()
+    setup_logging(quiet=False)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bars_only_on_a_terminal(terminal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log file got a redrawn bar per step (168 KB); now it gets one line per loop."""
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    runtime.setup_logging(quiet=False)
+    try:
+        assert list(runtime.progress(range(50), desc="align epoch 3", unit="it")) == list(range(50))
+    finally:
+        runtime.set_quiet(False)
+    text = stream.getvalue()
+    assert runtime._HF_BARS_OFF is not terminal  # transformers / datasets / hub bars follow the same rule
+    if terminal:
+        assert "\r" in text and "align epoch 3" in text  # tqdm's bar
+    else:
+        assert "\r" not in text and text.count("\n") == 1, text
+        assert text.startswith("align epoch 3: 50 it in ")
+
+
+def test_quiet_progress_prints_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    runtime.setup_logging(quiet=True)
+    try:
+        assert sum(runtime.progress(range(5), desc="x")) == 10
+    finally:
+        runtime.set_quiet(False)
+    assert stream.getvalue() == ""
+
 
 # Outputs whose bytes must not change between two runs (relative to a run's root). Files that hold their own
 # path, an MLflow run id or a timestamp (configs, run.json, logs, table sidecars, the dataset manifest) are
@@ -77,6 +132,7 @@ def run_pipeline(root: Path, uri: str, nt_model: Path, evaluate: tuple[str, ...]
     return root
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_bytes(tmp_path: Path, _migrated_mlflow_db: Path, monkeypatch) -> None:
     import json
 
