@@ -1,4 +1,4 @@
-"""`brainmm brainlm inspect` / `smoke` on the golden fixtures and a tiny random model."""
+"""`brainmm.commands.brainlm`: `brainmm brainlm inspect` / `smoke` on the golden fixtures and a tiny random model."""
 
 from __future__ import annotations
 
