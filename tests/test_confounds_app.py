@@ -143,7 +143,7 @@ def test_align_residualises_both_inputs_on_train_fitted_confounds(tmp_path: Path
 ])
 def test_bad_confound_column_is_one_line_and_writes_nothing(tmp_path: Path, mlflow_uri: str, capsys: Any,
                                                             covariate: str, message: str) -> None:
-    from test_bad_inputs import check_error
+    from stage_inputs import check_error
 
     from brainmm.cli import main
 

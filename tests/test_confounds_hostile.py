@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from test_bad_inputs import check_error
+from stage_inputs import check_error
 from test_confounds_app import align_config, small_inputs
 
 from alignment.confounds import CovariateDesign, Residualiser
