@@ -1,9 +1,8 @@
-"""BrainLM pretraining driver and the shared training utilities (tiny random-init model, small synthetic dataset)."""
+"""`brainmm.train.pretrain`: the BrainLM pretraining driver (tiny random-init model, small synthetic dataset)."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +11,11 @@ import pytest
 import torch
 
 from brainmm.config import ConfigError, load_config
-from brainmm.distributed import shard_range
 from brainmm.errors import BrainmmError
 from brainmm.train.common import (
     CheckpointDir,
-    capture_rng_state,
-    restore_rng_state,
-    save_checkpoint,
 )
 from brainmm.train.pretrain import PretrainConfig, run_pretrain
-from brainmm.train.pretrain_eval import interpolate_masked, masked_sums, metrics_from_sums
 
 V, T_REC, WINDOW = 8, 60, 20
 TINY_ARCH = {
@@ -71,76 +65,6 @@ def tiny_config(dataset: Path, out: Path, **train) -> PretrainConfig:
 
     path.write_text(yaml.safe_dump(data))
     return load_config(PretrainConfig, path)
-
-
-# ---------------------------------------------------------------------------------------------- common
-
-
-def test_rng_state_round_trip_covers_python_numpy_torch():
-    random.seed(1)
-    np.random.seed(2)
-    torch.manual_seed(3)
-    state = capture_rng_state()
-    first = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
-    restore_rng_state(state)
-    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == first
-
-
-def test_checkpoint_dir_keeps_previous_and_falls_back(tmp_path: Path):
-    ckpts = CheckpointDir(tmp_path / "ckpt", keep=2)
-    for step in (1, 2, 3):
-        ckpts.save(step, {"model": {"w": torch.full((2,), float(step))}, "rng": capture_rng_state()})
-    assert [p.name for p in ckpts.paths()] == ["step-000000002.pt", "step-000000003.pt"]
-    assert ckpts.load_latest()["model"]["w"][0] == 3
-    newest = ckpts.paths()[-1]
-    newest.write_bytes(newest.read_bytes()[:50])  # damaged newest checkpoint: the previous one is used
-    assert ckpts.load_latest()["model"]["w"][0] == 2
-    with pytest.raises(BrainmmError, match="non-finite"):
-        save_checkpoint(tmp_path / "bad.pt", {"model": {"w": torch.tensor([float("nan")])}})
-    assert not (tmp_path / "bad.pt").exists() and not list(tmp_path.glob(".bad.pt*"))
-    with pytest.raises(BrainmmError, match="no checkpoint"):
-        CheckpointDir(tmp_path / "empty").load_latest()
-
-
-def test_shard_range_is_a_disjoint_cover():
-    for n, world in ((10, 3), (2, 4), (0, 2)):
-        parts = [list(shard_range(n, r, world)) for r in range(world)]
-        assert sum(parts, []) == list(range(n))
-
-
-# --------------------------------------------------------------------------------------------- metrics
-
-
-def test_interpolation_baseline_fills_spans_linearly_and_holds_edges():
-    signal = torch.tensor([[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]], [[7.0, 7.0, 7.0, 7.0, 7.0, 7.0]]])
-    masked = torch.tensor([[[True, False, True, True, False, True]], [[True] * 6]])
-    signal[0, 0, [2, 3]] = 99.0  # hidden values must not leak into the interpolation
-    out = interpolate_masked(signal, masked, fallback=torch.tensor([-1.0]))
-    assert out[0, 0].tolist() == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]
-    assert out[1, 0].tolist() == [-1.0] * 6
-
-
-def test_metrics_match_sklearn_and_scipy_and_r2_is_unclipped():
-    from scipy.stats import pearsonr
-    from sklearn.metrics import r2_score
-
-    gen = torch.Generator().manual_seed(0)
-    signal = torch.randn(3, 4, 10, generator=gen)
-    pred = -signal + 0.1 * torch.randn(3, 4, 10, generator=gen)  # anti-correlated: R^2 well below 0
-    masked = torch.rand(3, 4, 10, generator=gen) < 0.4
-    sums = masked_sums(signal[:2], pred[:2], masked[:2], torch.zeros(4))
-    sums += masked_sums(signal[2:], pred[2:], masked[2:], torch.zeros(4))
-    m = metrics_from_sums(sums)
-    y, p = signal[masked].double().numpy(), pred[masked].double().numpy()  # float64 references
-    # the metrics come from float64 sums of n terms: relative error <= n eps64 (gamma_n) times a small
-    # conditioning factor (r2 and the MSEs have no cancellation here), on any CPU
-    tol = float(64 * len(y) * np.finfo(np.float64).eps)
-    assert m["masked_mse"] == pytest.approx(float(((p - y) ** 2).mean()), rel=tol)
-    assert m["masked_mae"] == pytest.approx(float(np.abs(p - y).mean()), rel=tol)
-    assert m["r2"] == pytest.approx(r2_score(y, p), rel=tol) and m["r2"] < -1
-    assert m["r2_clipped"] == 0.0
-    assert m["pearson_r"] == pytest.approx(pearsonr(y, p).statistic, rel=1e-5)
-    assert m["baseline_mean_mse"] == pytest.approx(float((y**2).mean()), rel=tol)
 
 
 # -------------------------------------------------------------------------------------------- training

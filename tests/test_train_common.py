@@ -1,6 +1,7 @@
-"""`brainmm.train.common`, the training-loop core of both drivers: resume refuses a checkpoint that does not fit
-the model; `brainmm align` and `brainmm pretrain` killed with SIGKILL at a random step (real processes), resumed
-with `--resume`, end with the weights, metrics and MLflow history of an uninterrupted run (CPU, same seed).
+"""`brainmm.train.common`, the training-loop core of both drivers: the RNG state round trip, CheckpointDir
+(keeps the previous checkpoint, falls back to it), resume refuses a checkpoint that does not fit the model;
+`brainmm align` and `brainmm pretrain` killed with SIGKILL at a random step (real processes), resumed with
+`--resume`, end with the weights, metrics and MLflow history of an uninterrupted run (CPU, same seed).
 
 A half-written temp file next to the newest checkpoint (what a kill during a save leaves) must not matter, the
 MLflow run must be the same one, and no metric step may be logged twice.
@@ -35,6 +36,8 @@ from stage_inputs import (
 )
 
 from brainmm.cli import main
+from brainmm.errors import BrainmmError
+from brainmm.train.common import CheckpointDir, capture_rng_state, restore_rng_state, save_checkpoint
 
 
 def test_resume_after_the_model_shape_changed(world: World, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -217,3 +220,30 @@ def test_pretrain_killed_at_a_random_step_resumes_to_the_uninterrupted_result(
     assert json.loads((straight / "metrics.json").read_text()) == json.loads((crashed / "metrics.json").read_text())
     run_a = json.loads((straight / "run.json").read_text())["mlflow_run_id"]
     check_history(uri_a, run_a, uri_b, killed_run, "pretrain/train/loss", killed_at)
+
+
+def test_rng_state_round_trip_covers_python_numpy_torch():
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = capture_rng_state()
+    first = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    restore_rng_state(state)
+    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == first
+
+
+
+def test_checkpoint_dir_keeps_previous_and_falls_back(tmp_path: Path):
+    ckpts = CheckpointDir(tmp_path / "ckpt", keep=2)
+    for step in (1, 2, 3):
+        ckpts.save(step, {"model": {"w": torch.full((2,), float(step))}, "rng": capture_rng_state()})
+    assert [p.name for p in ckpts.paths()] == ["step-000000002.pt", "step-000000003.pt"]
+    assert ckpts.load_latest()["model"]["w"][0] == 3
+    newest = ckpts.paths()[-1]
+    newest.write_bytes(newest.read_bytes()[:50])  # damaged newest checkpoint: the previous one is used
+    assert ckpts.load_latest()["model"]["w"][0] == 2
+    with pytest.raises(BrainmmError, match="non-finite"):
+        save_checkpoint(tmp_path / "bad.pt", {"model": {"w": torch.tensor([float("nan")])}})
+    assert not (tmp_path / "bad.pt").exists() and not list(tmp_path.glob(".bad.pt*"))
+    with pytest.raises(BrainmmError, match="no checkpoint"):
+        CheckpointDir(tmp_path / "empty").load_latest()
