@@ -334,3 +334,36 @@ def test_mlflow_servers_bind_loopback_only() -> None:
     exposed = [(name, cmd) for name, cmd, hosts in commands if any(h not in LOOPBACK for h in hosts)]
     assert not exposed, exposed
     assert "0.0.0.0" not in "".join(p.read_text() for p in texts)
+
+
+def _resolves(name: str) -> bool:
+    """Whether a dotted name (`brainmm.io.run_lock`, `align.loop`: relative to brainmm) is a module or attribute."""
+    for candidate in (name, f"brainmm.{name}"):
+        parts = candidate.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[i:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                break
+            return True
+    return False
+
+
+def test_the_code_named_on_the_architecture_page_exists() -> None:
+    """Every dotted code name (`brainmm.x.y`, `alignment.x`, `encoders.x`, `align.x` ...) and every repository path
+    in backticks on docs/architecture.md exists: a renamed module or function fails here, not in a reader's hands."""
+    text = re.sub(r"```.*?```", "", (REPO / "docs" / "architecture.md").read_text(), flags=re.S)
+    units = {"brainmm", "alignment", "encoders"} | {p.stem for p in (REPO / "brainmm").iterdir()
+                                                    if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    tokens = {re.sub(r"\(.*", "", t).strip() for t in re.findall(r"`([^`]+)`", text)}
+    names = {t for t in tokens if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", t) and t.split(".")[0] in units}
+    paths = {t for t in tokens if re.fullmatch(r"[\w./-]+/[\w./-]*", t) and "/" in t and not t.startswith(".")
+             and t.split("/")[0] in {"brainmm", "alignment", "encoders", "tests", "docs", "configs", "benchmarks"}}
+    assert len(names) > 20 and len(paths) > 3
+    assert sorted(n for n in names if not _resolves(n)) == []
+    assert sorted(p for p in paths if not (REPO / p).exists()) == []
