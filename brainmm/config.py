@@ -1,6 +1,8 @@
 """Typed configs: YAML -> dataclasses with unknown-key and type errors, dotted overrides, resolved dumps.
 
-Each stage defines its own dataclass (nested dataclasses for sections); this module only converts.
+Each stage defines its own dataclass (nested dataclasses for sections); this module only converts. A section's
+class may choose the dataclass a mapping builds (classmethod `config_variant(value, where) -> (class, value)`, e.g.
+`brainmm.align.towers.TowerConfig` by the section's `kind`).
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ def _convert(value: Any, tp: Any, where: str, finite: bool = True) -> Any:
         kt, vt = get_args(tp) or (Any, Any)
         return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}", finite) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        variant = getattr(tp, "config_variant", None)
+        if callable(variant):  # the class is chosen by the value (e.g. a tower section by its `kind`)
+            tp, value = variant(value, where)
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -5,7 +5,9 @@
     model = load_model(result.run_dir)                      # heads + towers, eval mode
 
 Modules: config (typed config), data (tables, split, pairs), project (eval-mode projection, validation retrieval),
-confounds_config (the confounds section), confounds (input residualisation), tower_models (tower modules and configs), towers (tower-kind registry), loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
+confounds_config (the confounds section), confounds (input residualisation), towers (tower-kind registry), kinds/ (one module per tower kind: config, input
+provider, build, save/load, describe, projection), tower_config (the towers section), tower_models (tower modules),
+loop (build + training loop), io (run folders: heads, towers, models), report (artifacts, model card).
 """
 
 from brainmm.lazy import lazy_exports
@@ -38,13 +40,21 @@ _EXPORTS = {
     "run_align": "brainmm.align.loop",
     "evaluate_split": "brainmm.align.project",
     "project": "brainmm.align.project",
+    "project_brain_features": "brainmm.align.project",
     "AlignResult": "brainmm.align.report",
-    "GeneticsTowerConfig": "brainmm.align.tower_config",
+    "BrainLMTowerConfig": "brainmm.align.kinds.brainlm",
+    "GenotypeMLPTowerConfig": "brainmm.align.kinds.genotype_mlp",
+    "TableTowerConfig": "brainmm.align.kinds.table",
+    "BrainSide": "brainmm.align.towers",
+    "BrainTowerConfig": "brainmm.align.towers",
+    "GeneticsTowerConfig": "brainmm.align.towers",
     "TowerKind": "brainmm.align.towers",
     "kind_of": "brainmm.align.towers",
     "list_towers": "brainmm.align.towers",
     "register_tower": "brainmm.align.towers",
     "tower_kind": "brainmm.align.towers",
+    "tower_precision": "brainmm.align.tower_models",
+    "unregister_tower": "brainmm.align.towers",
 }
 
 __all__ = [
@@ -56,8 +66,13 @@ __all__ = [
     "AlignTrainConfig",
     "BrainRows",
     "ConfoundsConfig",
+    "BrainLMTowerConfig",
+    "BrainSide",
+    "BrainTowerConfig",
     "GeneticsTowerConfig",
+    "GenotypeMLPTowerConfig",
     "SplitData",
+    "TableTowerConfig",
     "TowerKind",
     "covariate_table",
     "evaluate_split",
@@ -68,6 +83,7 @@ __all__ = [
     "load_model",
     "load_towers",
     "project",
+    "project_brain_features",
     "project_fmri",
     "project_table",
     "register_tower",
@@ -81,5 +97,7 @@ __all__ = [
     "CELL",
     "run_precision",
     "tower_kind",
+    "tower_precision",
+    "unregister_tower",
 ]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -111,8 +111,8 @@ class AlignConfig:
                 )
         if tower_kind(self.towers.brain.kind, "brain").has_model and self.data.brain:
             raise BrainmmError(
-                f"align config field 'data.brain': with towers.brain.kind: {self.towers.brain.kind} the recordings come from "
-                f"towers.brain.dataset; leave data.brain empty (got {self.data.brain!r})"
+                f"align config field 'data.brain': with towers.brain.kind: {self.towers.brain.kind} the brain rows come "
+                f"from the tower's own inputs (towers.brain); leave data.brain empty (got {self.data.brain!r})"
             )
 
 

@@ -11,10 +11,7 @@ import numpy as np
 import torch
 
 from brainmm.align.config import AlignDataConfig
-from brainmm.align.tower_models import (
-    BrainDataset,
-    BrainWindows,
-)
+from brainmm.align.towers import BrainInputs, BrainSide
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 from brainmm.preflight import ALIGN_NEEDS, check_sizes
@@ -81,11 +78,11 @@ class SplitData:
 
     row_ids: list[str]
     subjects: list[str]
-    brain: torch.Tensor | None  # input vectors; None when `windows` feeds a BrainLM tower
+    brain: torch.Tensor | None  # input vectors; None when `windows` feeds a brain tower
     genetics: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor]
     labels: torch.Tensor  # subject index (unique over all splits)
-    windows: BrainWindows | None = None
+    windows: BrainInputs | None = None  # the brain tower kind's input provider (BrainLM: windows)
 
     def __len__(self) -> int:
         return len(self.row_ids)
@@ -102,7 +99,7 @@ class AlignData:
     splits: dict[str, SplitData]
     recording_keyed: bool
     counts: dict[str, Any]
-    brain_dataset: BrainDataset | None = None  # the fMRI dataset of a BrainLM tower
+    brain_side: BrainSide | None = None  # what the brain tower kind built (its state, its input provider)
     precision: str = "fp32"  # the run's compute precision, resolved once (recorded in heads.json)
 
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -14,13 +13,9 @@ from torch import nn
 from alignment import (
     DualEncoder,
 )
-from brainmm.align.project import project, project_brain_features
-from brainmm.align.tower_models import (
-    BrainLMTower,
-    tiled_features,
-    tower_precision,
-)
-from brainmm.align.towers import tower_kind
+from brainmm.align.project import project
+from brainmm.align.tower_models import tower_precision
+from brainmm.align.towers import kind_of, tower_kind
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
 
@@ -51,11 +46,10 @@ def project_table(model: DualEncoder, table: EmbeddingTable, modality: str, meta
 
 
 def load_towers(run_dir: str | Path, only: list[str] | None = None) -> dict[str, nn.Module]:
-    """The BrainLM / genotype towers of an align run folder ('brain' and modality names), in eval mode.
+    """The towers of an align run folder ('brain' and modality names), in eval mode, each read by its kind.
 
-    Towers are read from `towers/<name>/`; a BrainLM tower is its base checkpoint (refused when its weights hash
-    changed) + the tensors fine-tuning changed.
-    Sides that used a table have no tower and are left out.
+    Towers are read from `towers/<name>/` (e.g. a BrainLM tower: its base checkpoint, refused when its weights hash
+    changed, + the tensors fine-tuning changed). Sides that used a table have no tower and are left out.
     """
     run_dir = Path(run_dir)
     path = run_dir / "heads.json"
@@ -73,8 +67,8 @@ def load_towers(run_dir: str | Path, only: list[str] | None = None) -> dict[str,
 def load_model(run_dir: str | Path) -> DualEncoder:
     """Heads and towers of an align run folder (`load_heads` + `load_towers`), in eval mode.
 
-    Inputs are then what the towers take: fMRI windows for a BrainLM tower (use `project_fmri`), dosages for a
-    genotype tower, embeddings for table sides.
+    Inputs are then what the towers take: new brain data through the brain tower's kind (`project_fmri`, e.g. an
+    fMRI dataset for a BrainLM tower), dosages for a genotype tower, embeddings for table sides.
     """
     model = load_heads(run_dir)
     for name, tower in load_towers(run_dir).items():
@@ -100,24 +94,10 @@ def run_precision(run_dir: str | Path) -> str:
 
 def project_fmri(model: DualEncoder, dataset: str | Path, split: str | None = None,
                  batch_size: int = 64, precision: str | None = None) -> EmbeddingTable:
-    """Shared-space embeddings of an fMRI dataset's recordings (one split or all) through the model's BrainLM tower:
-    the tower's output averaged over each recording's tiled windows, then the brain head. `precision` None: the
-    run's `train.precision` (recorded by `load_model`), so the vectors equal the run's own."""
-    precision = precision or getattr(model, "train_precision", "auto")
-    from brainmm.data.fmri import FmriDataset, check_compatible
-
-    tower = model.brain_tower
-    if not isinstance(tower, BrainLMTower):
-        raise BrainmmError("project_fmri: the model has no BrainLM brain tower (load it with load_model(run_dir))")
-    coords = tower.coords.double().cpu().numpy()
-    ds = check_compatible(FmriDataset.load(dataset), coords.shape[0], tower.num_timepoints)
-    if ds.coords.shape != coords.shape or not np.allclose(ds.coords, coords, atol=1e-3):
-        raise BrainmmError(f"fMRI dataset {ds.path}: its parcel coordinates differ from those the tower was trained "
-                           "with (another atlas or parcel order?)")
-    windows = ds.windows(split, tower.num_timepoints, mode="tiled")
-    z = project_brain_features(model, tiled_features(tower, windows, batch_size=batch_size, precision=precision))
-    subjects = dict(zip(windows.recording_ids, windows.subject_ids))
-    meta = {"model": "brainmm.align", "space": "shared", "modality": "brain", "source": str(dataset),
-            "split": split or "all", "subject_id": subjects}
-    return EmbeddingTable(windows.recording_ids, z.numpy(), meta)
-
+    """Shared-space embeddings of new brain data (one split or all) through the model's brain tower, by its kind (a
+    BrainLM tower: an fMRI dataset's recordings, the tower's output averaged over each one's tiled windows, then the
+    brain head). `precision` None: the run's (recorded by `load_model`), so the vectors equal the run's own."""
+    kind = kind_of(model.brain_tower)
+    if kind is None:
+        raise BrainmmError("project_fmri: the model has no brain tower (load it with load_model(run_dir))")
+    return kind.project(model, dataset, split, batch_size, precision or getattr(model, "train_precision", "auto"))

@@ -1,7 +1,7 @@
 """`brainmm align`: align brain and genetics inputs in one shared space (projector heads, optionally towers).
 
 Inputs: the brain side is a brain EmbeddingTable (keyed by subject, or by recording with a `subject_id` map in its
-meta) or a BrainLM tower on an fMRI dataset (`towers.brain`); one or more genetics EmbeddingTables keyed by subject
+meta) or a brain tower of a registered kind, e.g. BrainLM on an fMRI dataset (`towers.brain`); one or more genetics EmbeddingTables keyed by subject
 (one per modality; a dosage matrix can feed a genotype MLP tower, `towers.genetics.<modality>`); the split table.
 Outputs in the run folder: config.yaml, heads.safetensors + heads.json, towers/<brain|modality>/ (trained towers),
 metrics.json, model_card.md, brainmm.log, checkpoints/step-*.pt and the shared-space embeddings of every split under
@@ -32,10 +32,7 @@ from brainmm.align.confounds import input_adjuster
 from brainmm.align.data import AlignData, first_rows, load_align_data
 from brainmm.align.project import evaluate_split, tower_outputs
 from brainmm.align.report import AlignResult, Progress, finalize, tower_summary
-from brainmm.align.tower_models import (
-    BrainWindows,
-    tower_param_groups,
-)
+from brainmm.align.tower_models import tower_param_groups
 from brainmm.align.towers import tower_kind
 from brainmm.config import dump_yaml, save_config
 from brainmm.distributed import barrier, distributed
@@ -100,10 +97,10 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     """
     from brainmm.runtime import seed_everything
     towers = cfg.towers
-    brain_cfg = towers.brain
+    brain_kind = tower_kind(towers.brain.kind, "brain")
     seed_everything(cfg.train.seed)  # the brain tower's own initialisation (LoRA A matrices) is seeded too
-    side = tower_kind(brain_cfg.kind, "brain").build_brain(cfg, cfg.train.device)
-    brain_rows, brain_tower, brain_data = side.rows, side.tower, side.dataset
+    side = brain_kind.build_brain(cfg, cfg.train.device)
+    brain_rows, brain_tower = side.rows, side.tower
     adjusted: dict[str, Any] = {}
     adjust = input_adjuster(cfg.confounds, adjusted) if cfg.confounds.enabled else None
     data = load_align_data(cfg.data, brain_rows, cfg.train.seed if cfg.train.shuffle_pairs else None, adjust)
@@ -114,13 +111,12 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
                  "(seed %d); val and test keep their true pairs", cfg.train.seed)
     LOG.info("align data: %s", ", ".join(f"{key} {value}" for key, value in data.counts.items()))
     train = data.splits["train"]
-    data.brain_dataset = brain_data
+    data.brain_side = side
     data.precision = resolve_precision(cfg.train.precision, info.device)  # once per run: every pass uses this value
-    if brain_tower is not None:
+    if brain_tower is not None and side.inputs is not None:  # the kind's input provider (e.g. BrainLM windows)
         for name in ("train", "val"):
             split = data.splits[name]
-            split.windows = BrainWindows(brain_data, name, split.row_ids, cfg.train.seed, brain_cfg.eval_batch_size,
-                                         data.precision)
+            split.windows = side.inputs(name, split.row_ids, data.precision)
 
     seed_everything(cfg.train.seed)  # model init must not depend on what loading the data drew (e.g. a DataLoader)
     genetics_towers: dict[str, nn.Module] = {}
@@ -150,8 +146,9 @@ def _build(cfg: AlignConfig, info: DistInfo) -> tuple[AlignData, DualEncoder, di
     if not cfg.loss.learnable_temperature:
         core.logit_scale.requires_grad_(False)  # PML losses use their fixed temperature
     torch.manual_seed(dropout_seed(cfg.train.seed, info.rank))  # every torchrun rank draws its own dropout masks
-    tower_lr = {"brain": brain_cfg.lr or cfg.train.lr}
-    tower_lr.update({m: towers.genetics_tower(m).lr or cfg.train.lr for m in data.genetics})
+    tower_lr = {"brain": brain_kind.tower_lr(towers.brain) or cfg.train.lr}
+    tower_lr.update({m: tower_kind(towers.genetics_tower(m).kind).tower_lr(towers.genetics_tower(m)) or cfg.train.lr
+                     for m in data.genetics})
     return data, core, tower_lr
 
 
@@ -278,7 +275,7 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
             for b in progress(range(prog.batch, len(batches)), desc=f"align epoch {prog.epoch}",
                               total=len(batches) - prog.batch):
                 idx = batches[b].to(info.device)
-                if train.windows is not None:  # random windows of (seed, epoch, recording) for the BrainLM tower
+                if train.windows is not None:  # the tower kind's inputs (BrainLM: random windows of seed, epoch)
                     brain = train.windows.batch(batches[b].tolist(), prog.epoch).to(info.device, non_blocking=True)
                 else:
                     brain = train_brain[idx]

@@ -41,7 +41,7 @@ def tower_outputs(tower: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> 
 
 
 def brain_shared(model: DualEncoder, data: SplitData) -> torch.Tensor:
-    """Shared-space brain embeddings of a split's rows (BrainLM tower: mean over each recording's tiled windows)."""
+    """Shared-space brain embeddings of a split's rows (a brain tower: its kind's provider, e.g. BrainLM windows)."""
     if data.windows is None:
         return project(model, "brain", data.brain)
     return project_brain_features(model, data.windows.features(model.brain_tower))

@@ -18,9 +18,6 @@ from brainmm.align.config import AlignConfig
 from brainmm.align.data import AlignData
 from brainmm.align.io import project_table, save_heads
 from brainmm.align.project import evaluate_split, project, project_brain_features
-from brainmm.align.tower_models import (
-    BrainWindows,
-)
 from brainmm.align.towers import tower_kind
 from brainmm.config import dump_yaml
 from brainmm.embeddings import EmbeddingTable
@@ -58,11 +55,12 @@ class Progress:
 def tower_summary(cfg: AlignConfig, modalities: list[str]) -> str:
     """`brain:brainlm/last_n,genotype:genotype_mlp/full` (model towers only), or `tables`."""
     sides = [("brain", cfg.towers.brain)] + [(m, cfg.towers.genetics_tower(m)) for m in modalities]
-    return ",".join(f"{name}:{t.kind}/{t.trainable}" for name, t in sides if tower_kind(t.kind).has_model) or "tables"
+    return ",".join(f"{name}:{tower_kind(t.kind).summary(t)}" for name, t in sides
+                    if tower_kind(t.kind).has_model) or "tables"
 
 
 def _save_towers(cfg: AlignConfig, core: DualEncoder, data: AlignData, run_dir: Path) -> dict[str, dict[str, str]]:
-    """Write towers/<name>/ for every model tower (a frozen BrainLM one names its checkpoint); returns the records."""
+    """Write towers/<name>/ for every model tower (through its kind); returns the heads.json records."""
     sides = [("brain", cfg.towers.brain.kind, core.brain_tower)]
     sides += [(m, cfg.towers.genetics_tower(m).kind, core.genetics_towers[m]) for m in data.genetics]
     records: dict[str, dict[str, str]] = {}
@@ -74,7 +72,7 @@ def _save_towers(cfg: AlignConfig, core: DualEncoder, data: AlignData, run_dir: 
 
 
 def _brain_embeddings(cfg: AlignConfig, core: DualEncoder, data: AlignData, split: str) -> EmbeddingTable | None:
-    """Shared-space brain embeddings of every brain row of `split` (BrainLM tower: tiled windows, mean per recording)."""
+    """Shared-space brain embeddings of every brain row of `split` (a brain tower: its kind's input provider)."""
     brain = data.brain
     rows = [i for i, s in enumerate(brain.subjects) if data.split_of.get(s) == split]
     if not rows:
@@ -83,9 +81,8 @@ def _brain_embeddings(cfg: AlignConfig, core: DualEncoder, data: AlignData, spli
     if brain.vectors is not None:
         z = project(core, "brain", torch.from_numpy(brain.vectors[rows]))
     else:
-        windows = BrainWindows(data.brain_dataset, split, ids, cfg.train.seed, cfg.towers.brain.eval_batch_size,
-                               data.precision)
-        z = project_brain_features(core, windows.features(core.brain_tower))
+        inputs = data.brain_side.inputs(split, ids, data.precision)
+        z = project_brain_features(core, inputs.features(core.brain_tower))
     meta = {k: v for k, v in brain.meta.items() if k != "subject_id"}
     if "subject_id" in brain.meta or brain.ids != brain.subjects:  # keep the row -> subject map of the subset
         meta["subject_id"] = {brain.ids[i]: brain.subjects[i] for i in rows}

@@ -167,24 +167,32 @@ def load_frozen_brainlm(folder: str | Path, device: torch.device, pooling: str) 
     return frozen
 
 
-TOWER_FILE = "tower.json"
+TOWER_FILE = "tower.json"  # every align tower folder: {"kind": <tower kind>, ...what its kind records}
+FINETUNE_FILE = "brainlm_finetune.json"  # what `encoders.brainlm.finetune.save_finetuned` writes: a BrainLM tower
 
 
 def brain_tower_folder(path: str | Path) -> Path | None:
     """The BrainLM tower folder that `path` names: an align run folder (its `towers/brain`), or a tower folder
-    itself (tower.json of kind brainlm); None for anything else (e.g. a checkpoint folder)."""
+    itself (a fine-tuned BrainLM: tower.json + brainlm_finetune.json); None for anything else (e.g. a checkpoint)."""
     path = Path(path)
     heads = path / "heads.json"
     if heads.is_file():
         record = (json.loads(heads.read_text()).get("towers") or {}).get("brain")
-        if not record or record.get("kind") != "brainlm":
+        folder = path / record["path"] if record and record.get("path") else None
+        if folder is None or not (folder / FINETUNE_FILE).is_file():
             raise BrainmmError(f"align run {path}: its brain side has no BrainLM tower (it was trained on an embedding "
-                               "table); embed with the BrainLM checkpoint instead")
-        return path / record["path"]
-    tower_file = path / TOWER_FILE
-    if tower_file.is_file() and json.loads(tower_file.read_text()).get("kind") == "brainlm":
+                               "table or another tower kind); embed with the BrainLM checkpoint instead")
+        return folder
+    if (path / TOWER_FILE).is_file() and (path / FINETUNE_FILE).is_file():
         return path
     return None
+
+
+def write_tower_file(folder: str | Path, kind: str, meta: dict[str, Any]) -> Path:
+    """Write tower.json (`kind` and what the kind records) into a tower folder being written (atomically)."""
+    from brainmm.io import atomic_write_json
+
+    return atomic_write_json(Path(folder) / TOWER_FILE, {"kind": kind, **meta})
 
 
 def read_tower_file(folder: str | Path, kind: str) -> dict[str, Any]:
@@ -205,7 +213,7 @@ def read_tower_info(folder: str | Path) -> dict[str, Any]:
     """tower.json of a BrainLM tower folder written by `brainmm align`, checked to hold a fine-tuned tower."""
     folder = Path(folder)
     info = read_tower_file(folder, "brainlm")
-    if not (folder / "brainlm_finetune.json").is_file():
+    if not (folder / FINETUNE_FILE).is_file():
         raise BrainmmError(f"tower folder {folder}: no brainlm_finetune.json (a tower saved by an older brainmm "
                            "align; run the align stage again)")
     return info

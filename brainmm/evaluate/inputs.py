@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,11 +110,16 @@ def resolve_align_run(cfg: EvaluateConfig) -> AlignRun:
 def finite_table(path: str | Path, where: str) -> EmbeddingTable:
     """Load an embedding table and refuse rows with NaN/inf (naming the table, the count and some ids)."""
     table = EmbeddingTable.load(path)
+    check_finite_rows(table, path, where)
+    return table
+
+
+def check_finite_rows(table: EmbeddingTable, path: str | Path, where: str) -> None:
+    """Refuse rows with NaN/inf (naming the table, the count and some ids)."""
     bad = ~np.isfinite(table.vectors).all(axis=1)
     if bad.any():
         ids = [table.ids[i] for i in np.flatnonzero(bad)[:5]]
         raise BrainmmError(f"embedding table {path} ({where}): {int(bad.sum())} rows contain NaN/inf, e.g. {ids}")
-    return table
 
 
 def subject_mean(vectors: np.ndarray, subjects: list[str], normalize: bool) -> tuple[list[str], np.ndarray]:
@@ -169,7 +173,7 @@ class EvalInputs:
     split: pd.DataFrame
     split_path: str
     split_of: dict[str, str]
-    brain: Side | None  # input brain table (subjects or recordings); None for a BrainLM tower without data.brain
+    brain: Side | None  # input brain table (subjects or recordings); None for a brain tower without data.brain
     genetics: dict[str, Side]  # input genetics tables (subjects; dosages for a genotype tower)
     shared: dict[str, dict[str, Side]]  # split -> 'brain' | modality -> shared-space table of that split
     heads: Any  # alignment.DualEncoder (identity towers)
@@ -177,8 +181,8 @@ class EvalInputs:
     phenotypes: pd.DataFrame | None  # one row per subject (index subject_id)
     cohort_path: str | None
     group_of: dict[str, str]  # subject -> CV group (family/site or the subject)
-    brain_tower: str | None = None  # kind of the brain tower ('brainlm') when the brain side had one
-    tower_features: Callable[[], Side] | None = None  # a BrainLM tower's input features, computed when first needed
+    brain_tower: str | None = None  # kind of the brain tower (e.g. 'brainlm') when the brain side had one
+    tower_features: Callable[[], Side] | None = None  # a brain tower's input features, computed when first needed
     brain_fc: Side | None = None  # connectivity table for the fc_* baselines (data.brain_fc)
 
     def subjects(self, split: str, modality: str, shared: bool = True, brain: Side | None = None) -> list[str]:
@@ -204,8 +208,8 @@ class EvalInputs:
         return subjects, b.subject_level(subjects, shared), g.subject_level(subjects, shared)
 
     def input_brain(self, what: str) -> Side:
-        """The input brain table (a BrainLM tower without data.brain: its features on its fMRI dataset, by `brainmm
-        embed` of the align run, cached), or an error saying how to provide one."""
+        """The input brain table (a brain tower without data.brain: its features, by the tower's kind, e.g. `brainmm
+        embed` of the align run on its fMRI dataset, cached), or an error saying how to provide one."""
         if self.brain is None and self.tower_features is not None:
             self.brain = self.tower_features()
         if self.brain is None:
@@ -224,6 +228,14 @@ def read_side(path: str, where: str) -> Side:
 
     table = finite_table(path, where)
     return Side(table, table_subjects(table, f"embedding table {path}"), str(path))
+
+
+def side_of(table: EmbeddingTable, path: str, where: str) -> Side:
+    """A table in memory as a Side, refused with NaN/inf rows like `finite_table`."""
+    from brainmm.align import table_subjects
+
+    check_finite_rows(table, path, where)
+    return Side(table, table_subjects(table, f"embedding table {path}"), path)
 
 
 def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
@@ -259,7 +271,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
     # the pipeline aligns on a composite [BrainLM, connectivity PCA] table (kind brain_inputs) and evaluates the
     # baselines on its BrainLM part: another width by design; a run aligned on a plain table needs that width
     composite = brain_path != data.brain and _table_kind(data.brain) == "brain_inputs"
-    tables = {**({"brain": (brain, brain_path)} if brain is not None and brain_tower != "brainlm" and not composite
+    tables = {**({"brain": (brain, brain_path)} if brain is not None and brain_tower is None and not composite
                  else {}),
               **{m: (genetics[m], genetics_paths[m]) for m in modalities}}
     for key, (side, path) in tables.items():
@@ -311,30 +323,25 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
         group_of.update({s: str(g) for s, g in column.items() if pd.notna(g)})
     elif "group" in split.columns:
         group_of.update({s: str(g) for s, g in zip(split_subjects, split["group"]) if pd.notna(g)})
-    features = _tower_features(run) if brain is None and brain_tower == "brainlm" else None
+    features = _tower_features(run, brain_tower) if brain is None and brain_tower is not None else None
     return EvalInputs(run, modalities, split, str(split_path), split_of, brain, genetics, shared, heads, projectors,
                       phenotypes, cohort_path, group_of, brain_tower, features, brain_fc)
 
 
-def _tower_features(run: AlignRun) -> Callable[[], Side]:
-    """The align run's BrainLM tower (base checkpoint checked against its recorded hash now) and a function that
-    embeds its fMRI dataset with it (`brainmm embed model=<align run>`: tiled windows, mean per recording; cached)."""
-    from brainmm.align import run_precision
-    from brainmm.embed import EmbedConfig, run_brain_embed
-    from brainmm.embed.model import brain_tower_folder, check_tower_base
+def _tower_features(run: AlignRun, kind: str) -> Callable[[], Side] | None:
+    """The input features of the align run's brain tower, by its kind (checked now, computed when first needed;
+    BrainLM: `brainmm embed model=<align run>` on its fMRI dataset, tiled windows, mean per recording, cached)."""
+    from brainmm.align import tower_kind
 
-    check_tower_base(brain_tower_folder(run.run_dir))
-    b = run.config.towers.brain
+    features = tower_kind(kind, "brain").input_features(run.run_dir, run.config)
+    if features is None:
+        return None
 
-    def features() -> Side:
-        with tempfile.TemporaryDirectory() as tmp:  # the cache entry stays; the published copy is not needed
-            result = run_brain_embed(EmbedConfig(model=str(run.run_dir), dataset=b.dataset, batch_size=b.eval_batch_size,
-                                                 device="auto", cache_dir=b.cache_dir or None,
-                                                 precision=run_precision(run.run_dir),
-                                                 out=str(Path(tmp) / "brain")))
-        return read_side(str(result.cache_entry / "recordings"), f"BrainLM tower features of align run {run.run_dir}")
+    def side() -> Side:
+        table, where = features()
+        return side_of(table, where, f"{kind} tower features of align run {run.run_dir}")
 
-    return features
+    return side
 
 
 def _projectors(run_dir: Path, heads: Any) -> tuple[dict[str, nn.Module], str | None]:

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from brainmm.align import AlignConfig, AlignTrainConfig, ConfoundsConfig, GeneticsTowerConfig
+from brainmm.align import (
+    AlignConfig,
+    AlignTrainConfig,
+    ConfoundsConfig,
+    GeneticsTowerConfig,
+    GenotypeMLPTowerConfig,
+)
 from brainmm.data.fmri.connectivity import ConnectivityConfig
 from brainmm.data.fmri.ingest import IngestConfig
 from brainmm.data.genetics.config import GeneticsEmbedConfig, GenotypeMatrixConfig
@@ -66,7 +72,7 @@ class GeneticsSection:
     matrix: GenotypeMatrixConfig = field(default_factory=lambda: GenotypeMatrixConfig(out="genetics/genotypes"))
     # the tower in front of a genotype matrix (kind genotype_matrix); align.towers.genetics.<modality> replaces it.
     # Default `table` (the linear CCA-initialised head sees the dosages); kind genotype_mlp: 256 hidden, 128 out
-    genotype_mlp: GeneticsTowerConfig = field(default_factory=lambda: GeneticsTowerConfig(
+    genotype_mlp: GeneticsTowerConfig = field(default_factory=lambda: GenotypeMLPTowerConfig(
         kind="table", hidden_sizes=[256], output_size=128, dropout=0.5))
     dna: GeneticsEmbedConfig = field(default_factory=lambda: GeneticsEmbedConfig(out="genetics/dna"))
 

@@ -82,7 +82,7 @@ def input_problems(plan: Plan) -> list[str]:
         checks += [(f"ingest.{k}", str(getattr(i, k)), _file) for k in INGEST_FILES if getattr(i, k)]
         if i.stats_from:
             checks.append(("ingest.stats_from", str(i.stats_from), _dataset))
-    if not runs["pretrain"] and plan.brain_model is not None and (runs["embed"] or cfg.align.towers.brain.checkpoint):
+    if not runs["pretrain"] and plan.brain_model is not None and (runs["embed"] or getattr(cfg.align.towers.brain, "checkpoint", "")):
         checks.append(("embed.model", str(plan.brain_model), _model))
     a, v = cfg.align, cfg.evaluate
     if a.data.brain and not runs["embed"] and cfg.brain_inputs == ["brainlm"]:

@@ -208,10 +208,8 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     if runs["genetics"] and g.kind == "genotype_matrix" and name not in a.towers.genetics:
         a.towers.genetics[name] = copy.deepcopy(g.genotype_mlp)
     a.data.split = _given(a.data.split) if a.data.split else split
-    if not table_tower:
-        b = a.towers.brain
-        b.checkpoint = _given(b.checkpoint) if b.checkpoint else str(plan.brain_model)
-        b.dataset = _given(b.dataset) if b.dataset else dataset
+    if not table_tower:  # the brain tower's kind takes the checkpoint and the fMRI dataset of earlier stages
+        tower_kind(a.towers.brain.kind).pipeline_inputs(a.towers.brain, str(plan.brain_model), dataset, _given)
     a.tracking.uri, a.tracking.experiment = uri, cfg.tracking.experiment
     a.tracking.artifact_location = cfg.tracking.artifact_location
     p.tracking.uri, p.tracking.experiment = uri, cfg.tracking.experiment
