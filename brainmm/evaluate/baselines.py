@@ -12,14 +12,12 @@ import numpy as np
 
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
+from brainmm.evaluate.baseline_registry import TABLE_PREFIX, baseline_needs, on_table
 from brainmm.evaluate.config import EvaluateConfig
 from brainmm.evaluate.inputs import EvalInputs, Side
 from brainmm.evaluate.retrieval import Strata, library_record, modality_direction, retrieval_kwargs
 
 LOG = logging.getLogger("brainmm.evaluate")
-LIBRARY_NAMES = {"cca": ["cca"], "pls": ["pls"], "ridge": ["ridge_brain_to_genetics", "ridge_genetics_to_brain"],
-                 "random_head": ["random_head"]}
-FC_PREFIX = "fc_"  # fc_cca, fc_pls, fc_ridge: the same library baselines on the connectivity table (data.brain_fc)
 
 
 def _pairs(inputs: EvalInputs, split: str, modality: str,
@@ -54,17 +52,17 @@ def baseline_records(inputs: EvalInputs, cfg: EvaluateConfig, strata: Strata | N
     input brain table, and fc_cca / fc_pls / fc_ridge on the connectivity table (data.brain_fc) when it is given.
     Permutation p-values shuffle the test pairing within `strata` (confounds set), as the model's."""
     methods = cfg.baselines.methods
-    names = [n for method in methods if not method.startswith(FC_PREFIX) for n in LIBRARY_NAMES[method]]
-    fc_names = [n for method in methods if method.startswith(FC_PREFIX)
-                for n in LIBRARY_NAMES[method.removeprefix(FC_PREFIX)]]
+    names = [n for b in on_table(methods, "brain") for n in b.fit]
+    fc_names = [n for b in on_table(methods, "connectivity") for n in b.fit]
     records: list[dict[str, Any]] = []
     if names:
-        records += _table_records(inputs, cfg, names, inputs.input_brain("baselines (baselines.methods)"), "", strata)
+        records += _table_records(inputs, cfg, names, inputs.input_brain("baselines (baselines.methods)"),
+                                  TABLE_PREFIX["brain"], strata)
     if fc_names and inputs.brain_fc is None:
         LOG.info("baselines: fc_* skipped: no connectivity table (set data.brain_fc to a `brainmm fmri connectivity` "
                  "table; the pipeline computes one)")
     elif fc_names:
-        records += _table_records(inputs, cfg, fc_names, fc_reduced(inputs, cfg), FC_PREFIX, strata)
+        records += _table_records(inputs, cfg, fc_names, fc_reduced(inputs, cfg), TABLE_PREFIX["connectivity"], strata)
     return records
 
 
@@ -113,7 +111,7 @@ def _table_records(inputs: EvalInputs, cfg: EvaluateConfig, names: list[str], br
     from brainmm.evaluate.preflight import baseline_shortfall, skip_warning
 
     for m in inputs.modalities:
-        if short := baseline_shortfall(inputs, m):
+        if short := baseline_shortfall(inputs, m, baseline_needs(cfg.baselines.methods)):
             skip_warning(f"baselines {cfg.baselines.methods} for {m!r}", short)
             continue
         start = time.perf_counter()

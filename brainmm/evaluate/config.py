@@ -7,10 +7,11 @@ from typing import Literal
 
 from brainmm.align import ConfoundsConfig
 from brainmm.errors import BrainmmError
+from brainmm.evaluate.baseline_registry import BASELINES, baseline_names
 from brainmm.explain import ExplainSection
 
-BASELINE_METHODS = ("cca", "pls", "ridge", "random_head", "fc_cca", "fc_pls", "fc_ridge")
-FC_METHODS = ("fc_cca", "fc_pls", "fc_ridge")  # the classical pipeline on data.brain_fc (skipped without it)
+BASELINE_METHODS = baseline_names()  # brainmm.evaluate.baseline_registry
+FC_METHODS = tuple(n for n, b in BASELINES.items() if b.table == "connectivity")  # on data.brain_fc (skipped without)
 PROBE_REPRESENTATIONS = ("brain", "genetics", "shared_brain", "shared_genetics", "concat")
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -8,7 +8,15 @@ import logging
 from brainmm.errors import BrainmmError
 from brainmm.evaluate.config import EvaluateConfig
 from brainmm.evaluate.inputs import EvalInputs
-from brainmm.preflight import ALIGN_NEEDS, BASELINE_NEEDS, SPLIT_FIX, describe, retrieval_needs, shortfalls
+from brainmm.preflight import (
+    ALIGN_NEEDS,
+    BASELINE_NEEDS,
+    SPLIT_FIX,
+    Need,
+    describe,
+    retrieval_needs,
+    shortfalls,
+)
 
 LOG = logging.getLogger("brainmm.evaluate")
 
@@ -24,10 +32,10 @@ def check_retrieval_sizes(inputs: EvalInputs, cfg: EvaluateConfig) -> None:
                            f"{'; '.join(problems)}; {SPLIT_FIX}, or evaluate fewer splits (retrieval.splits)")
 
 
-def baseline_shortfall(inputs: EvalInputs, modality: str) -> list[str]:
-    """Why the input-table baselines cannot run for `modality` (empty when they can)."""
-    counts = {s: len(inputs.subjects(s, modality, shared=False)) for s in ("train", "test")}
-    return shortfalls(counts, BASELINE_NEEDS)
+def baseline_shortfall(inputs: EvalInputs, modality: str, needs: tuple[Need, ...] = BASELINE_NEEDS) -> list[str]:
+    """Why the input-table baselines (their registered `needs`) cannot run for `modality` (empty when they can)."""
+    counts = {s: len(inputs.subjects(s, modality, shared=False)) for s in ("train", "val", "test")}
+    return shortfalls(counts, needs)
 
 
 def shuffled_shortfall(inputs: EvalInputs) -> list[str]:

@@ -266,7 +266,9 @@ def stage_units(stage: str, cfg: Any, s: Shapes) -> tuple[float, float] | None:
 
 
 def _fc_methods(cfg: Any) -> int:
-    return sum(x.startswith("fc_") for x in cfg.evaluate.baselines.methods)
+    from brainmm.evaluate.baseline_registry import connectivity_methods
+
+    return len(connectivity_methods(cfg.evaluate.baselines.methods))
 
 
 # ----------------------------------------------------------------------------------------- estimate

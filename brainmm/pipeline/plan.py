@@ -16,6 +16,7 @@ from typing import Any
 
 from brainmm.align import tower_kind
 from brainmm.errors import BrainmmError
+from brainmm.evaluate.baseline_registry import connectivity_methods
 from brainmm.pipeline.config import STAGES, PipelineConfig
 
 COHORT_DIR = "cohort"  # the simulated cohort, inside output_dir
@@ -36,6 +37,9 @@ class Plan:
     fmri_cohort: Path | None = None  # the cohort table ingest reads
     fmri_dataset: Path | None = None
     brain_model: Path | None = None  # the BrainLM checkpoint folder embed reads
+    # the connectivity table: the connectivity stage's output, or a given one (evaluate.data.brain_fc); the plan
+    # hands it to align (brain_inputs with connectivity) and to evaluate (the connectivity baselines)
+    connectivity: Path | None = None
     genetic_pcs: bool = False  # the genetics stage also computes the confounds' genetic PCs (confounds.pcs)
     notes: list[str] = field(default_factory=list)  # decisions the plan made for the user (printed with the plan)
     costs: Any = None  # brainmm.pipeline.cost.CostPlan, once estimated
@@ -107,7 +111,7 @@ def make_plan(cfg: PipelineConfig) -> Plan:
                            "(a dataset is already ingested)")
     runs["ingest"] = _switch("ingest", sw.ingest, not data.fmri_dataset, "data.fmri_dataset",
                              "set data.fmri_dataset (an ingested fMRI dataset folder)")
-    fc_wanted = sw.evaluate and any(m.startswith("fc_") for m in cfg.evaluate.baselines.methods)
+    fc_wanted = sw.evaluate and bool(connectivity_methods(cfg.evaluate.baselines.methods))
     if sw.connectivity and cfg.evaluate.data.brain_fc:
         raise BrainmmError("pipeline config field 'stages.connectivity': true, but evaluate.data.brain_fc is given, "
                            "which replaces this stage's output; leave the switch null or remove that input")
@@ -117,6 +121,10 @@ def make_plan(cfg: PipelineConfig) -> Plan:
                            "set evaluate.data.brain_fc (a connectivity table) or turn the stage on")
     runs["connectivity"] = ((fc_wanted or fc_input) and not cfg.evaluate.data.brain_fc if sw.connectivity is None
                             else sw.connectivity)
+    if runs["connectivity"]:
+        plan.connectivity = out / FC_TABLE
+    elif cfg.evaluate.data.brain_fc:
+        plan.connectivity = Path(_given(cfg.evaluate.data.brain_fc))
     table_tower = not tower_kind(cfg.align.towers.brain.kind).has_model
     fc_only = "brainlm" not in cfg.brain_inputs and table_tower  # no BrainLM at all: no pretrain, no embed
     if fc_only:
@@ -221,10 +229,7 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     v.align_dir, v.tracking_uri = a.output_dir, uri
     v.output_dir = _inside(out, v.output_dir)
     v.data.cohort = _given(v.data.cohort) if v.data.cohort else dataset
-    if runs["connectivity"]:
-        v.data.brain_fc = str(out / FC_TABLE)
-    elif v.data.brain_fc:
-        v.data.brain_fc = _given(v.data.brain_fc)
+    v.data.brain_fc = str(plan.connectivity or "")
     if (mixed or not table_tower) and not v.data.brain and runs["embed"]:
         v.data.brain = e.out  # the baselines and probes read the frozen model's features
     _wire_confounds(plan, dataset)

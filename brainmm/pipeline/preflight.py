@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from brainmm.errors import BrainmmError
+from brainmm.evaluate.baseline_registry import baseline_needs
 from brainmm.pipeline.inputs import input_problems
 from brainmm.pipeline.plan import Plan
 from brainmm.preflight import (
     ALIGN_NEEDS,
-    BASELINE_NEEDS,
     PIPELINE_SPLIT_FIX,
     SPLITS,
     describe,
@@ -121,6 +121,6 @@ def check_plan(plan: Plan) -> None:
         raise BrainmmError(f"pipeline: the stages cannot run on this data ({sizes}nothing was run): "
                            f"{'; '.join(problems + fix)}")
     if counts is not None and plan.runs["evaluate"] and cfg.evaluate.baselines.methods:
-        if short := shortfalls(counts, BASELINE_NEEDS):
+        if short := shortfalls(counts, baseline_needs(cfg.evaluate.baselines.methods)):
             LOG.warning("pipeline: the evaluation will skip baselines %s (%s): %s", cfg.evaluate.baselines.methods,
                         describe(counts), "; ".join(short))

@@ -51,7 +51,7 @@ def outputs(plan: Plan, stage: str) -> list[Path]:
         return [Path(c.align.output_dir), plan.out / BRAIN_TABLE]
     return [Path(p) for p in {
         "simulate": [plan.cohort_dir], "ingest": [plan.fmri_dataset, plan.out / "ingest.config.yaml"],
-        "connectivity": [c.evaluate.data.brain_fc], "pretrain": [c.pretrain.output_dir], "embed": [c.embed.out],
+        "connectivity": [plan.connectivity], "pretrain": [c.pretrain.output_dir], "embed": [c.embed.out],
         "align": [c.align.output_dir], "evaluate": [c.evaluate.output_dir]}[stage]]
 
 
@@ -99,6 +99,8 @@ def inputs(plan: Plan, stage: str) -> dict[str, Any]:
     found = set(_paths(values))
     if stage == "ingest" and plan.fmri_cohort:
         found.add(str(plan.fmri_cohort))
+    if stage == "align" and plan.connectivity and "connectivity" in c.brain_inputs:  # align's brain table reads it
+        found.add(str(plan.connectivity))
     out = str(plan.out)
     return {p: identity(Path(p)) for p in sorted(found) if not (p == out or p.startswith(out + "/"))}
 

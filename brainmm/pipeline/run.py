@@ -279,7 +279,7 @@ def _stage_configs(plan: Plan) -> dict[str, Path]:
     c = plan.config
     genetics_out = c.genetics.matrix.out if c.genetics.kind == "genotype_matrix" else c.genetics.dna.out
     return {"simulate": plan.cohort_dir / "config.yaml", "ingest": plan.out / "ingest.config.yaml",
-            "connectivity": Path(c.evaluate.data.brain_fc + ".config.yaml"),
+            "connectivity": Path(f"{plan.connectivity}.config.yaml"),
             "pretrain": Path(c.pretrain.output_dir) / "config.yaml", "embed": Path(c.embed.out + ".config.yaml"),
             "genetics": Path(genetics_out + ".config.yaml"), "align": Path(c.align.output_dir) / "config.yaml",
             "evaluate": Path(c.evaluate.output_dir) / "config.yaml"}
@@ -364,7 +364,7 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
     def connectivity(rec: StageRecord) -> Any:
         from brainmm.data.fmri.connectivity import connectivity_table
 
-        rec.output = c.evaluate.data.brain_fc
+        rec.output = str(plan.connectivity)
         save_config(c.connectivity, Path(rec.output + ".config.yaml"))
         return connectivity_table(plan.fmri_dataset, rec.output, c.connectivity)
 
@@ -410,7 +410,7 @@ def _steps(plan: Plan) -> dict[str, Callable[[StageRecord], Any]]:
         if c.brain_inputs != ["brainlm"]:
             from brainmm.pipeline.brain_inputs import brain_input_table
 
-            brain_input_table(c.brain_inputs, c.embed.out, c.evaluate.data.brain_fc, c.align.data.split,
+            brain_input_table(c.brain_inputs, c.embed.out, str(plan.connectivity or ""), c.align.data.split,
                               c.brain_fc_pca, c.align.data.brain)
         result = run_align(c.align)
         rec.run_id = result.run_id
