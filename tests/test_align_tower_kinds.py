@@ -205,3 +205,16 @@ def test_kind_chooses_the_config_class_and_old_configs_load(toy, tmp_path: Path)
     assert load_config(align.AlignConfig, path) == shipped
     demo = read_yaml(REPO / "configs" / "demo.yaml")["align"]["towers"]
     assert to_dict(align.AlignConfig())["towers"] == demo
+
+
+def test_no_stage_outside_the_kinds_tests_a_tower_kind_string() -> None:
+    import re
+
+    test = re.compile(r"""(kind|tower)[\w.()"'\[\]]*\s*(==|!=)\s*["'](table|brainlm|genotype_mlp)["']""")
+    files = [REPO / "brainmm" / "align" / f"{m}.py" for m in ("loop", "report", "io", "project", "data")]
+    for package in ("embed", "evaluate", "pipeline"):
+        files += sorted((REPO / "brainmm" / package).glob("*.py"))
+    found = [f"{p.relative_to(REPO)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+             if test.search(line)]
+    assert found == []
+    assert test.search('if record.get("kind") != "brainlm":') and test.search('brain_tower == "brainlm"')

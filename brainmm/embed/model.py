@@ -74,7 +74,7 @@ def model_hash(folder: str | Path) -> str:
     if tower is not None:
         check_tower_base(tower)  # the cached rows of a tower whose base changed would not be its embeddings
         h = hashlib.sha256(b"brainmm align brainlm tower")
-        for name in (TOWER_FILE, "brainlm_finetune.json", "brainlm_finetune.safetensors"):
+        for name in (TOWER_FILE, FINETUNE_FILE, "brainlm_finetune.safetensors"):
             h.update(name.encode() + sha256_file(tower / name).encode())
         return h.hexdigest()
     h = hashlib.sha256(json.dumps(read_model_config(folder), sort_keys=True).encode())
