@@ -145,6 +145,7 @@ def make_inputs(root: Path, n: int = 60) -> dict[str, str]:
     return {"features": str(root / "features"), "dna": str(root / "dna"), "split": str(root / "split.csv")}
 
 
+@pytest.mark.slow  # end to end: align, projection and evaluate (the fast lane leaves it out)
 def test_a_toy_brain_kind_runs_align_projection_and_evaluate(toy, tmp_path: Path, mlflow_uri: str) -> None:
     from brainmm.evaluate import EvaluateConfig, run_evaluate
 
