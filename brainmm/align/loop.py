@@ -35,18 +35,10 @@ from brainmm.align.report import AlignResult, Progress, finalize, tower_summary
 from brainmm.align.tower_models import tower_param_groups
 from brainmm.align.towers import tower_kind
 from brainmm.config import dump_yaml, save_config
-from brainmm.distributed import barrier, distributed
+from brainmm.distributed import distributed
 from brainmm.errors import BrainmmError
-from brainmm.train.common import (
-    CheckpointDir,
-    check_finite,
-    check_run_dir,
-    check_tracking,
-    load_matching_state,
-    rank_rng_states,
-    restore_rank_rng,
-    tracked_run,
-)
+from brainmm.train.common import check_run_dir, check_tracking, tracked_run
+from brainmm.train.runner import LoopRunner
 from encoders.brainlm.tower import dropout_seed
 from encoders.precision import autocast, resolve_precision
 
@@ -54,36 +46,26 @@ LOG = logging.getLogger("brainmm.align")
 CHECKPOINTS = "checkpoints"  # step-numbered checkpoints (CheckpointDir) in the run folder
 
 
-def _non_finite(subjects: list[str], batch: torch.Tensor, prog: Progress,
-                ckpts: CheckpointDir) -> Callable[[str], Callable[[], str]]:
-    """The error message of a non-finite `what` (loss, gradient norm) in this step: names the batch's subjects and
-    the last checkpoint."""
-
-    def message(what: str) -> str:
-        ids = [subjects[i] for i in batch.tolist()]
-        last = ckpts.paths()[-1] if ckpts.paths() else None
-        return (f"align: non-finite {what} at step {prog.step + 1} (epoch {prog.epoch}); batch subject ids {ids}; "
-                f"nothing was saved for this step (the last checkpoint, if any, is {last}); lower train.lr or check "
-                "these subjects' embeddings")
-
-    return lambda what: lambda: message(what)
+def _batch_subjects(subjects: list[str], batch: torch.Tensor) -> Callable[[], str]:
+    """The part of a non-finite error that names this step's batch (its subjects)."""
+    return lambda: f"batch subject ids {[subjects[i] for i in batch.tolist()]}"
 
 
 def _train_step(model: nn.Module, core: DualEncoder, loss_fn: AlignmentLoss, optimizer: torch.optim.Optimizer,
                 scheduler: Any, batch: tuple, precision: str, grad_clip: float, info: DistInfo,
-                non_finite: Callable[[str], Callable[[], str]]) -> tuple[torch.Tensor, dict]:
-    """One optimiser step; returns the (rank-local) loss and per-modality terms; raises on a non-finite loss or
-    gradient norm (before the optimiser steps: the weights stay finite)."""
+                check: Callable[[torch.Tensor, str], None]) -> tuple[torch.Tensor, dict]:
+    """One optimiser step; returns the (rank-local) loss and per-modality terms; `check(value, what)` raises on a
+    non-finite loss or gradient norm (before the optimiser steps: the weights stay finite)."""
     brain, genetics, masks, labels = batch
     with autocast(precision, info.device):
         out = model(brain, genetics)
     result = loss_fn(out, labels, masks)
-    check_finite(result.loss, info.world_size, non_finite("loss"))
+    check(result.loss, "loss")
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    check_finite(norm, info.world_size, non_finite("gradient norm"))
+    check(norm, "gradient norm")
     optimizer.step()
     scheduler.step()
     core.clamp_logit_scale()
@@ -226,29 +208,17 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
     any_missing = any(not bool(k.all()) for k in train.masks.values())
     use_labels = data.recording_keyed or not cfg.loss.learnable_temperature
 
-    ckpts = CheckpointDir(run_dir / CHECKPOINTS)
-    prog, best_state = Progress(), None
+    runner = LoopRunner("align", run_dir / CHECKPOINTS, info, core, optimizer, scheduler, Progress(),
+                        log_every=cfg.train.log_every, checkpoint_every=cfg.train.checkpoint_every,
+                        config=dump_yaml(cfg), hint="lower train.lr or check these subjects' embeddings")
+    best_state = None
     if resume:
-        ckpt = ckpts.load_latest(info.device)
-        load_matching_state(core, ckpt["model"], f"align --resume ({run_dir / CHECKPOINTS})")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        loss_fn.load_state_dict(ckpt["loss"])
-        prog = Progress(**ckpt["progress"])
-        best_state = ckpt["best_model"]
-        restore_rank_rng(ckpt["rng"], info.rank, info.world_size, "align",
-                         lambda: torch.manual_seed(dropout_seed(cfg.train.seed + 7919 * prog.step, info.rank)))
-        LOG.info("align: resumed at step %d (epoch %d, batch %d)", prog.step, prog.epoch, prog.batch)
+        def restore(ckpt: dict[str, Any]) -> None:
+            nonlocal best_state
+            loss_fn.load_state_dict(ckpt["loss"])
+            best_state = ckpt["best_model"]
 
-    def checkpoint() -> None:
-        rng = rank_rng_states()  # every rank's own stream (dropout masks), restored per rank on --resume
-        if info.is_main:
-            ckpts.save(prog.step, {
-                "model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "loss": loss_fn.state_dict(), "rng": rng, "progress": vars(prog).copy(),
-                "best_model": best_state, "run_id": run.run_id, "config": dump_yaml(cfg),
-            })
-        barrier()
+        runner.resume(restore, lambda step: torch.manual_seed(dropout_seed(cfg.train.seed + 7919 * step, info.rank)))
 
     tags = {"brainmm.run_dir": str(run_dir.resolve()), "loss": cfg.loss.kind,
             "embed_dim": str(core.embed_dim), "seed": str(cfg.train.seed), "genetics": ",".join(modalities),
@@ -261,45 +231,51 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
             mlflow.log_params({**{f"data.{k}": v for k, v in data.counts.items()},
                                "precision": data.precision})
 
+        prog = runner.prog
         if cfg.head.init == "cca" and not resume:  # epoch 0 = the CCA solution: val selection keeps or improves it
             prog.best_score = evaluate_split(core, val)["score"]
             best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
             LOG.info("align: CCA start, val score (mean R@1) %.4f", prog.best_score)
-        first_epoch = prog.epoch
-        while not prog.done:
-            batches, dropped = epoch_batches(len(train), cfg.train.batch_size, cfg.train.seed, prog.epoch,
+        first_epoch, epoch = prog.epoch, {"batches": []}
+
+        def start_epoch(number: int, first: int) -> int:
+            batches, dropped = epoch_batches(len(train), cfg.train.batch_size, cfg.train.seed, number,
                                              info.world_size, info.rank)
-            if prog.epoch == first_epoch and dropped:  # the same count every epoch (different pairs): say it once
+            if number == first_epoch and dropped:  # the same count every epoch (different pairs): say it once
                 LOG.info("align: each epoch drops %d of %d training pairs (incomplete last global batch of %d; "
                          "reshuffled every epoch)", dropped, len(train), cfg.train.batch_size)
-            for b in progress(range(prog.batch, len(batches)), desc=f"align epoch {prog.epoch}",
-                              total=len(batches) - prog.batch):
-                idx = batches[b].to(info.device)
-                if train.windows is not None:  # the tower kind's inputs (BrainLM: random windows of seed, epoch)
-                    brain = train.windows.batch(batches[b].tolist(), prog.epoch).to(info.device, non_blocking=True)
-                else:
-                    brain = train_brain[idx]
-                batch = (brain, {m: g[idx] for m, g in train_gen.items()},
-                         {m: k[idx] for m, k in train_masks.items()} if any_missing else None,
-                         train_labels[idx] if use_labels else None)
-                loss, terms = _train_step(model, core, loss_fn, optimizer, scheduler, batch, data.precision,
-                                          cfg.train.grad_clip, info, _non_finite(train.subjects, batches[b], prog, ckpts))
-                prog.step += 1
-                prog.batch = b + 1
-                if prog.step % cfg.train.log_every == 0:
-                    values = {"align/train/loss": all_reduce_mean(loss)}
-                    if len(terms) > 1:
-                        values.update({f"align/train/loss/{m}": all_reduce_mean(t) for m, t in terms.items()})
-                    if info.is_main:
-                        scale = float(core.logit_scale.detach().exp())
-                        metrics = {k: float(v) for k, v in values.items()}
-                        metrics.update({"align/train/logit_scale": scale, "align/train/temperature": 1.0 / scale,
-                                        "align/train/epoch": float(prog.epoch)})
-                        metrics.update({f"align/train/lr/{g['name']}": g["lr"] for g in optimizer.param_groups
-                                        if not g["name"].endswith("no_decay")})
-                        run.log(metrics, prog.step)
-                if prog.step % cfg.train.checkpoint_every == 0 and prog.batch < len(batches):
-                    checkpoint()
+            epoch["batches"] = batches
+            return len(batches)
+
+        def step(b: int) -> tuple[torch.Tensor, dict]:
+            rows = epoch["batches"][b]
+            idx = rows.to(info.device)
+            if train.windows is not None:  # the tower kind's inputs (BrainLM: random windows of seed, epoch)
+                brain = train.windows.batch(rows.tolist(), prog.epoch).to(info.device, non_blocking=True)
+            else:
+                brain = train_brain[idx]
+            batch = (brain, {m: g[idx] for m, g in train_gen.items()},
+                     {m: k[idx] for m, k in train_masks.items()} if any_missing else None,
+                     train_labels[idx] if use_labels else None)
+            detail = _batch_subjects(train.subjects, rows)
+            return _train_step(model, core, loss_fn, optimizer, scheduler, batch, data.precision, cfg.train.grad_clip,
+                               info, lambda value, what: runner.check_finite(value, what, detail))
+
+        def log(out: tuple[torch.Tensor, dict]) -> None:
+            loss, terms = out
+            values = {"align/train/loss": all_reduce_mean(loss)}
+            if len(terms) > 1:
+                values.update({f"align/train/loss/{m}": all_reduce_mean(t) for m, t in terms.items()})
+            if info.is_main:
+                scale = float(core.logit_scale.detach().exp())
+                metrics = {k: float(v) for k, v in values.items()}
+                metrics.update({"align/train/logit_scale": scale, "align/train/temperature": 1.0 / scale,
+                                "align/train/epoch": float(prog.epoch)})
+                metrics.update({f"align/train/lr/{g['name']}": g["lr"] for g in optimizer.param_groups
+                                if not g["name"].endswith("no_decay")})
+                run.log(metrics, prog.step)
+
+        def validate() -> float:
             val_metrics = evaluate_split(core, val)
             prog.history.append({"epoch": float(prog.epoch), "step": float(prog.step), **val_metrics})
             if info.is_main:
@@ -307,21 +283,16 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
                 better = val_metrics["score"] > prog.best_score  # the console shows the improvements only
                 LOG.log(logging.INFO if better else logging.DEBUG, "align: epoch %d step %d val score (mean R@1) %.4f%s",
                         prog.epoch, prog.step, val_metrics["score"], " (new best)" if better else "")
-            if val_metrics["score"] > prog.best_score:
-                prog.best_score, prog.best_step, prog.best_epoch, prog.bad_epochs = (
-                    val_metrics["score"], prog.step, prog.epoch, 0)
-                best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
-            else:
-                prog.bad_epochs += 1
-            prog.epoch += 1
-            prog.batch = 0
-            if cfg.train.patience and prog.bad_epochs >= cfg.train.patience:
-                prog.stopped_early = True
-                LOG.info("align: early stop after epoch %d (no better val score for %d epochs)", prog.epoch - 1,
-                         prog.bad_epochs)
-            prog.done = prog.stopped_early or prog.epoch >= cfg.train.epochs
-            if prog.done or prog.step % cfg.train.checkpoint_every == 0:
-                checkpoint()
+            return val_metrics["score"]
+
+        def keep_best() -> None:
+            nonlocal best_state
+            best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+
+        runner.run(start_epoch, step, log=log, validate=validate, on_best=keep_best, max_epochs=cfg.train.epochs,
+                   patience=cfg.train.patience,
+                   bar=lambda r: progress(r, desc=f"align epoch {prog.epoch}", total=len(r)),
+                   extra_state=lambda: {"loss": loss_fn.state_dict(), "best_model": best_state, "run_id": run.run_id})
 
         if best_state is not None:
             core.load_state_dict(best_state)

@@ -28,23 +28,14 @@ from alignment.optim import param_groups
 from brainmm.config import dump_yaml, save_config, to_dict
 from brainmm.distributed import DistInfo, all_reduce_sum, barrier, distributed, gather_objects
 from brainmm.errors import BrainmmError
-from brainmm.train.common import (
-    CheckpointDir,
-    check_finite,
-    check_run_dir,
-    check_tracking,
-    load_matching_state,
-    rank_rng_states,
-    restore_rank_rng,
-    tracked_run,
-    warmup_cosine,
-)
+from brainmm.train.common import check_run_dir, check_tracking, tracked_run, warmup_cosine
 from brainmm.train.pretrain_config import (
     PretrainConfig,
     PretrainModelConfig,
     PretrainTrainConfig,
 )
 from brainmm.train.pretrain_eval import evaluate, example_window, reconstruction_figure
+from brainmm.train.runner import LoopRunner
 from encoders.precision import autocast, resolve_precision
 from encoders.weights import quiet_transformers
 
@@ -261,29 +252,14 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
             core, device_ids=[info.device] if info.device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(param_groups(core, lr, t.weight_decay), lr=lr, betas=tuple(t.betas), eps=t.eps)
     scheduler = warmup_cosine(optimizer, warmup_steps, t.max_steps, t.min_lr_ratio)
-    ckpts = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints)
-
-    prog = _Progress()
+    runner = LoopRunner("pretrain", run_dir / "checkpoints", info, core, optimizer, scheduler, _Progress(),
+                        log_every=t.log_every, checkpoint_every=t.checkpoint_every, config=dump_yaml(cfg),
+                        hint="lower train.base_lr or check these recordings", keep=t.keep_checkpoints)
     if resume:
-        state = ckpts.load_latest(map_location=info.device)
-        load_matching_state(core, state["model"], f"pretrain --resume ({run_dir / 'checkpoints'})")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        prog = _Progress(**state["progress"])
-        restore_rank_rng(state["rng"], info.rank, info.world_size, "pretrain",
-                         lambda: seed_everything(t.seed + 7919 * prog.step + info.rank))
-        LOG.info("pretrain: resumed at step %d (epoch %d, step %d of the epoch)", prog.step, prog.epoch, prog.batch)
+        runner.resume(reseed=lambda step: seed_everything(t.seed + 7919 * step + info.rank))
     elif info.world_size > 1:
         seed_everything(t.seed + info.rank)  # distinct masks/dropout per rank; DDP synced the weights
-
-    def checkpoint() -> None:
-        rng = rank_rng_states()
-        if info.is_main:
-            ckpts.save(prog.step, {
-                "model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng, "progress": vars(prog).copy(), "config": dump_yaml(cfg),
-            })
-        barrier()
+    prog = runner.prog
 
     def run_eval(split: str, windows) -> dict[str, float]:
         metrics = evaluate(core, windows, mean, cfg.eval, info, t.precision)
@@ -313,38 +289,41 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
         target = t.max_steps if stop_at_step is None else min(stop_at_step, t.max_steps)
         bar = progress(range(prog.step, target), desc="pretrain", total=target - prog.step, unit="step")
         bar_iter = iter(bar) if info.is_main else None
-        while prog.step < target:
-            steps = epoch_micro_batches(n_items, t.batch_size, micro, t.seed, prog.epoch, info)
-            loader = DataLoader(
-                TrainWindows(train_windows, cfg.data.windows_per_recording, prog.epoch),
-                batch_sampler=[m for s in steps[prog.batch:] for m in s], num_workers=cfg.data.num_workers,
+        epoch: dict[str, Any] = {}
+
+        def start_epoch(number: int, first: int) -> int:
+            steps = epoch_micro_batches(n_items, t.batch_size, micro, t.seed, number, info)
+            epoch["batches"] = iter(DataLoader(
+                TrainWindows(train_windows, cfg.data.windows_per_recording, number),
+                batch_sampler=[m for s in steps[first:] for m in s], num_workers=cfg.data.num_workers,
                 collate_fn=_collate, generator=torch.Generator(), pin_memory=info.device.type == "cuda",
-            )
-            batches = iter(loader)
-            while prog.batch < len(steps) and prog.step < target:
-                lr_now = optimizer.param_groups[0]["lr"]
-                loss = _train_step(model, core, optimizer, [next(batches) for _ in range(accum)], t, info, prog)
-                scheduler.step()
-                prog.step += 1
-                prog.batch += 1
-                prog.loss_sum += loss
-                prog.loss_count += 1
-                if bar_iter is not None:
-                    next(bar_iter, None)
-                if prog.step % t.log_every == 0:
-                    local = torch.tensor(prog.loss_sum / prog.loss_count, dtype=torch.float64, device=info.device)
-                    mean_loss = float(all_reduce_sum(local)) / info.world_size
-                    run.log({"pretrain/train/loss": mean_loss, "pretrain/lr": lr_now,
-                             "pretrain/epoch": float(prog.epoch)}, prog.step)
-                    prog.loss_sum, prog.loss_count = 0.0, 0
-                if cfg.eval.every and prog.step % cfg.eval.every == 0 and val is not None:
-                    metrics = run_eval("val", val)
-                    prog.history.append({"step": float(prog.step), **{f"val/{k}": v for k, v in metrics.items()}})
-                    run.log({f"pretrain/val/{k}": v for k, v in metrics.items()}, prog.step)
-                if prog.step % t.checkpoint_every == 0 or prog.step == target:
-                    checkpoint()
-            if prog.batch >= len(steps):
-                prog.epoch, prog.batch = prog.epoch + 1, 0
+            ))
+            return len(steps)
+
+        def step(b: int) -> float:
+            lr_now = optimizer.param_groups[0]["lr"]
+            loss = _train_step(model, core, optimizer, [next(epoch["batches"]) for _ in range(accum)], t, info, runner)
+            scheduler.step()
+            prog.loss_sum += loss
+            prog.loss_count += 1
+            if bar_iter is not None:
+                next(bar_iter, None)
+            return lr_now
+
+        def log(lr_now: float) -> None:
+            local = torch.tensor(prog.loss_sum / prog.loss_count, dtype=torch.float64, device=info.device)
+            mean_loss = float(all_reduce_sum(local)) / info.world_size
+            run.log({"pretrain/train/loss": mean_loss, "pretrain/lr": lr_now, "pretrain/epoch": float(prog.epoch)},
+                    prog.step)
+            prog.loss_sum, prog.loss_count = 0.0, 0
+
+        def after_step(_: float) -> None:
+            if cfg.eval.every and prog.step % cfg.eval.every == 0 and val is not None:
+                metrics = run_eval("val", val)
+                prog.history.append({"step": float(prog.step), **{f"val/{k}": v for k, v in metrics.items()}})
+                run.log({f"pretrain/val/{k}": v for k, v in metrics.items()}, prog.step)
+
+        runner.run(start_epoch, step, log=log, after_step=after_step, max_steps=target)
         if prog.step < t.max_steps:
             LOG.info("pretrain: stopped at step %d of %d; continue with --resume", prog.step, t.max_steps)
             return PretrainResult(run_dir, run.run_id, prog.step, False, {}, None)
@@ -353,7 +332,7 @@ def _run(cfg: PretrainConfig, resume: bool, stop_at_step: int | None, info: Dist
 
 
 def _train_step(model: nn.Module, core: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list[dict],
-                t: PretrainTrainConfig, info: DistInfo, prog: _Progress) -> float:
+                t: PretrainTrainConfig, info: DistInfo, runner: LoopRunner) -> float:
     """One optimizer step over the micro-batches (gradient accumulation); returns the mean loss of this rank."""
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=info.device)
@@ -365,25 +344,23 @@ def _train_step(model: nn.Module, core: nn.Module, optimizer: torch.optim.Optimi
                 out = model(signal_vectors=batch["signal_vectors"].to(info.device, non_blocking=True),
                             xyz_vectors=batch["xyz_vectors"].to(info.device, non_blocking=True), loss_only=True)
             loss = out.loss.float()
-            check_finite(loss, info.world_size, _non_finite("loss", batch, prog))
+            runner.check_finite(loss, "loss", _recordings(batch))
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     norm = torch.nn.utils.clip_grad_norm_(core.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-    check_finite(norm, info.world_size, _non_finite("gradient norm", micro_batches[-1], prog))
+    runner.check_finite(norm, "gradient norm", _recordings(micro_batches[-1]))
     optimizer.step()
     return float(total) / len(micro_batches)
 
 
-def _non_finite(what: str, batch: dict, prog: _Progress) -> Callable[[], str]:
-    """The error message of a non-finite `what` in this step (names the recordings of every rank's batch)."""
+def _recordings(batch: dict) -> Callable[[], str]:
+    """The part of a non-finite error that names the recordings of every rank's batch (a collective)."""
 
-    def message() -> str:
+    def detail() -> str:
         ids = sorted({r for ids in gather_objects(list(batch["recording_id"])) for r in ids})
-        return (f"pretrain: non-finite {what} at step {prog.step + 1} (epoch {prog.epoch}); recording ids in the "
-                f"batch: {ids[:20]}; nothing was saved for this step (checkpoints hold earlier steps only); lower "
-                "train.base_lr or check these recordings")
+        return f"recording ids in the batch: {ids[:20]}"
 
-    return message
+    return detail
 
 
 def _finish(cfg: PretrainConfig, core: nn.Module, ds, val, test, run, prog: _Progress, run_eval, lr: float,
