@@ -1,4 +1,4 @@
-"""Genotype matrices (VCF / PLINK), train-only imputation and filters, polygenic scores, precomputed tables."""
+"""`brainmm.data.genetics.matrix`: genotype matrices (VCF / PLINK), train-only imputation and filters, polygenic scores."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from stage_inputs import World, check_error, left_in, matrix, run
 from brainmm.cli import main
 from brainmm.data.genetics.config import GenotypeMatrixConfig
 from brainmm.data.genetics.matrix import read_plink_dosages, read_variant_table, read_vcf_dosages, run_matrix
-from brainmm.data.genetics.precomputed import read_precomputed
 from brainmm.data.genetics.simulate import VcfRecord, write_vcf
 from brainmm.embeddings import EmbeddingTable
 from brainmm.errors import BrainmmError
@@ -150,34 +149,6 @@ def test_cli_matrix(genotypes: dict, capsys: pytest.CaptureFixture) -> None:
 # ---- precomputed tables ------------------------------------------------------------------------------
 
 
-def test_precomputed_formats(tmp_path: Path) -> None:
-    ids = ["007", "b", "c"]
-    vecs = np.arange(6, dtype=np.float64).reshape(3, 2)
-    wide = pd.DataFrame({"subject_id": ids, "f0": vecs[:, 0], "f1": vecs[:, 1]})
-    wide.to_parquet(tmp_path / "wide.parquet")
-    pd.DataFrame({"subject_id": ids, "emb": list(vecs)}).to_parquet(tmp_path / "list.parquet")
-    wide.to_csv(tmp_path / "wide.csv", index=False)
-    np.savez(tmp_path / "t.npz", ids=np.array(ids), vectors=vecs)
-    np.save(tmp_path / "t.npy", vecs)
-    (tmp_path / "t.ids.txt").write_text("\n".join(ids) + "\n")
-    for name in ("wide.parquet", "list.parquet", "wide.csv", "t.npz", "t.npy"):
-        table = read_precomputed(tmp_path / name)
-        assert table.ids == ids, name
-        np.testing.assert_array_equal(table.vectors, vecs.astype(np.float32))
-    bad = wide.assign(f1=[1.0, np.nan, 2.0])
-    bad.to_csv(tmp_path / "nan.csv", index=False)
-    with pytest.raises(BrainmmError, match=r"nan\.csv: subject 'b' has NaN/inf"):
-        read_precomputed(tmp_path / "nan.csv")
-    with pytest.raises(BrainmmError, match=r"wide\.csv: no id column 'sid'"):
-        read_precomputed(tmp_path / "wide.csv", id_column="sid")
-    pd.concat([wide, wide.iloc[:1]]).to_csv(tmp_path / "dup.csv", index=False)
-    with pytest.raises(BrainmmError, match=r"dup\.csv: subject id\(s\) \['007'\] appear more than once"):
-        read_precomputed(tmp_path / "dup.csv")
-    assert main(["-q", "genetics", "import", "--table", str(tmp_path / "wide.parquet"),
-                 "--out", str(tmp_path / "imported")]) == 0
-    assert EmbeddingTable.load(tmp_path / "imported").ids == ids
-
-
 # ---- real data: 1000 Genomes genotypes --------------------------------------------------------------
 
 
@@ -261,15 +232,6 @@ def test_ragged_pgs_weights(tmp_path: Path) -> None:
     with pytest.raises(BrainmmError, match=r"PGS weights .*pgs\.tsv: not a readable table \(Error tokenizing data\. "
                                            r"C error: Expected 3 fields in line 3, saw 5\)"):
         PolygenicScores(path, n_subjects=2)
-
-
-def test_genetics_import_of_a_string_array(tmp_path: Path, capsys) -> None:
-    np.save(tmp_path / "s.npy", np.array([["a", "b"], ["c", "d"]]))
-    (tmp_path / "ids.txt").write_text("s1\ns2\n")
-    code, err = run(["-q", "genetics", "import", "--table", str(tmp_path / "s.npy"), "--ids", str(tmp_path / "ids.txt"),
-                     "--out", str(tmp_path / "out" / "t")], capsys)
-    check_error(code, err, r"embedding file .*s\.npy: expected numeric vectors, got dtype <U1 \(e\.g\. 'a'\)")
-    assert not (tmp_path / "out").exists()
 
 
 def test_ragged_pgs_weights_via_the_cli(world: World, tmp_path: Path, capsys) -> None:
