@@ -367,3 +367,16 @@ def test_the_code_named_on_the_architecture_page_exists() -> None:
     assert len(names) > 20 and len(paths) > 3
     assert sorted(n for n in names if not _resolves(n)) == []
     assert sorted(p for p in paths if not (REPO / p).exists()) == []
+
+
+def test_every_test_file_is_named_after_what_it_tests() -> None:
+    """tests/test_<name>.py: <name> starts with a module or package of brainmm/, alignment/, encoders/ (any depth),
+    a benchmarks/ script, a configs/ file or this page (`architecture`); `test_bad_inputs_round2.py` or
+    `test_core.py` (named by history) fail here."""
+    known = {"brainmm", "alignment", "encoders", "architecture", "configs", "benchmarks"}
+    for root in ("brainmm", "alignment", "encoders"):
+        known |= {p.stem for p in (REPO / root).rglob("*.py")} | {p.name for p in (REPO / root).rglob("*") if p.is_dir()}
+    known |= {p.stem for p in (REPO / "benchmarks").glob("*.py")} | {p.stem for p in (REPO / "configs").glob("*.yaml")}
+    files = sorted(p.name for p in (REPO / "tests").glob("test_*.py"))
+    assert len(files) > 50
+    assert [f for f in files if f.removeprefix("test_").removesuffix(".py").split("_")[0] not in known] == []
