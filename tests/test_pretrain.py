@@ -225,6 +225,70 @@ def test_two_torchrun_processes_train_with_ddp_and_rank0_logs(dataset: Path, tmp
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["steps"] == 2
 
 
+def _rank_worker(rank: int, port: int, runs: list[tuple[PretrainConfig, bool, int]]) -> None:
+    """One torchrun-like gloo rank running `run_pretrain(cfg, resume)` for each run; a run with `crash_at` > 0 is
+    killed (on every rank) at that training step, as a crash would."""
+    import os
+
+    import torch.distributed as dist
+
+    from brainmm.train import pretrain
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2", BRAINMM_QUIET="1")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    original = pretrain._train_step
+    for cfg, resume, crash_at in runs:
+        def step(*args, calls={"n": 0}, crash_at=crash_at, **kwargs):  # noqa: B006 (a fresh count per run)
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise RuntimeError("simulated crash")
+            return original(*args, **kwargs)
+
+        pretrain._train_step = step
+        try:
+            run_pretrain(cfg, resume=resume)
+        except RuntimeError as err:
+            assert crash_at and "simulated crash" in str(err), err
+        finally:
+            pretrain._train_step = original
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_each_with_its_own_rng_stream(dataset: Path, tmp_path: Path, mlflow_uri: str):
+    """Random masks on 2 gloo ranks (DDP): every rank's RNG state is checkpointed and each rank gets its own back
+    on --resume, so a crashed-then-resumed run ends with the weights, metrics and MLflow history of the
+    uninterrupted one (bitwise: same windows, same masks, same reduction order)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    def cfg(out: str) -> PretrainConfig:
+        c = tiny_config(dataset, tmp_path / out, micro_batch_size=1, device="cpu")
+        c.tracking.uri = mlflow_uri
+        return c
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # killed at step 5 (epoch 1; the last checkpoint is step 4 of checkpoint_every=2), then resumed
+    runs = [(cfg("straight"), False, 0), (cfg("crashed"), False, 5), (cfg("crashed"), True, 0)]
+    mp.spawn(_rank_worker, args=(port, runs), nprocs=2, join=True)
+    rng = CheckpointDir(tmp_path / "crashed" / "checkpoints").paths()
+    state = torch.load(rng[0], weights_only=True)
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    wa, wb = _weights(tmp_path / "straight"), _weights(tmp_path / "crashed")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert ma == json.loads((tmp_path / "crashed" / "metrics.json").read_text()) and ma["steps"] == 6
+    ids = [json.loads((tmp_path / d / "run.json").read_text())["mlflow_run_id"] for d in ("straight", "crashed")]
+    ha, hb = _history(ids[0]), _history(ids[1])
+    assert ha == hb and [s for s, _ in hb["pretrain/train/loss"]] == [1, 2, 3, 4, 5, 6]
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("pretrain_*.yaml")))
 def test_shipped_pretrain_configs_load(name: str):
     cfg = load_config(PretrainConfig, Path(__file__).parents[1] / "configs" / name)
