@@ -329,44 +329,12 @@ def test_gpu_run_with_bf16_autocast(tmp_path: Path, mlflow_uri: str) -> None:
                        atol=1e-4)
 
 
-def _rank_worker(rank: int, port: int, world: int, runs: list[tuple[align.AlignConfig, bool, int]]) -> None:
-    """One torchrun-like rank: join the gloo group, then `run_align(cfg, resume)` for each run; a run with
-    `crash_at` > 0 is killed (on every rank) at that training step, as a crash would."""
-    import os
-
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), BRAINMM_QUIET="1")
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    original = loop._train_step
-    for cfg, resume, crash_at in runs:
-        def step(*args, calls={"n": 0}, crash_at=crash_at, **kwargs):  # noqa: B006 (a fresh count per run)
-            calls["n"] += 1
-            if calls["n"] == crash_at:
-                raise RuntimeError("simulated crash")
-            return original(*args, **kwargs)
-
-        loop._train_step = step
-        try:
-            align.run_align(cfg, resume=resume)
-        except RuntimeError as err:
-            assert crash_at and "simulated crash" in str(err), err
-        finally:
-            loop._train_step = original
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_two_ranks_resume_each_with_its_own_rng_stream(tmp_path: Path, mlflow_uri: str) -> None:
     """Head dropout on 2 gloo ranks: every rank's RNG state is checkpointed and each rank gets its own back on
     --resume, so a crashed-then-resumed run ends with the heads of the uninterrupted one (bitwise: same batches,
     same masks, same reduction order)."""
-    import socket
-
-    import torch.multiprocessing as mp
+    from crash_resume import run_two_ranks
     from safetensors.torch import load_file
 
     paths = make_inputs(tmp_path)
@@ -374,11 +342,8 @@ def test_two_ranks_resume_each_with_its_own_rng_stream(tmp_path: Path, mlflow_ur
     def cfg(out: str) -> align.AlignConfig:
         return config(*tiny(paths, tmp_path / out, mlflow_uri, "head.dropout=0.3"))
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     runs = [(cfg("straight"), False, 0), (cfg("crashed"), False, 7), (cfg("crashed"), True, 0)]
-    mp.spawn(_rank_worker, args=(port, 2, runs), nprocs=2, join=True)
+    run_two_ranks("brainmm.align.loop", "run_align", runs)
     rng = load_checkpoint(sorted((tmp_path / "crashed" / align.CHECKPOINTS).glob("step-*.pt"))[0])["rng"]
     assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])  # one stream per rank
     a = load_file(str(tmp_path / "straight" / "heads.safetensors"))

@@ -225,58 +225,21 @@ def test_two_torchrun_processes_train_with_ddp_and_rank0_logs(dataset: Path, tmp
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["steps"] == 2
 
 
-def _rank_worker(rank: int, port: int, runs: list[tuple[PretrainConfig, bool, int]]) -> None:
-    """One torchrun-like gloo rank running `run_pretrain(cfg, resume)` for each run; a run with `crash_at` > 0 is
-    killed (on every rank) at that training step, as a crash would."""
-    import os
-
-    import torch.distributed as dist
-
-    from brainmm.train import pretrain
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2", BRAINMM_QUIET="1")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    original = pretrain._train_step
-    for cfg, resume, crash_at in runs:
-        def step(*args, calls={"n": 0}, crash_at=crash_at, **kwargs):  # noqa: B006 (a fresh count per run)
-            calls["n"] += 1
-            if calls["n"] == crash_at:
-                raise RuntimeError("simulated crash")
-            return original(*args, **kwargs)
-
-        pretrain._train_step = step
-        try:
-            run_pretrain(cfg, resume=resume)
-        except RuntimeError as err:
-            assert crash_at and "simulated crash" in str(err), err
-        finally:
-            pretrain._train_step = original
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_two_ranks_resume_each_with_its_own_rng_stream(dataset: Path, tmp_path: Path, mlflow_uri: str):
     """Random masks on 2 gloo ranks (DDP): every rank's RNG state is checkpointed and each rank gets its own back
     on --resume, so a crashed-then-resumed run ends with the weights, metrics and MLflow history of the
     uninterrupted one (bitwise: same windows, same masks, same reduction order)."""
-    import socket
-
-    import torch.multiprocessing as mp
+    from crash_resume import run_two_ranks
 
     def cfg(out: str) -> PretrainConfig:
         c = tiny_config(dataset, tmp_path / out, micro_batch_size=1, device="cpu")
         c.tracking.uri = mlflow_uri
         return c
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # killed at step 5 (epoch 1; the last checkpoint is step 4 of checkpoint_every=2), then resumed
     runs = [(cfg("straight"), False, 0), (cfg("crashed"), False, 5), (cfg("crashed"), True, 0)]
-    mp.spawn(_rank_worker, args=(port, runs), nprocs=2, join=True)
+    run_two_ranks("brainmm.train.pretrain", "run_pretrain", runs)
     rng = CheckpointDir(tmp_path / "crashed" / "checkpoints").paths()
     state = torch.load(rng[0], weights_only=True)
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+from brainmm.align.report import Progress  # a record with the fields early stopping uses
 from brainmm.distributed import DistInfo
 from brainmm.errors import BrainmmError
 from brainmm.train.common import CheckpointDir, load_checkpoint
 from brainmm.train.runner import LoopRunner
 
 STEPS_PER_EPOCH = 4
-
-
-@dataclass
-class Prog:
-    """A progress record with the fields early stopping uses (as align's)."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0
-    done: bool = False
-    best_score: float = -1.0
-    best_step: int = 0
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    stopped_early: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def toy_run(folder: Path, info: DistInfo, *, resume: bool = False, crash_at: int = 0, nan_at: int = 0,
@@ -49,7 +33,7 @@ def toy_run(folder: Path, info: DistInfo, *, resume: bool = False, crash_at: int
         torch.manual_seed(100 + info.rank)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1 + s))
-    runner = LoopRunner("toy", folder, info, model, optimizer, scheduler, Prog(), log_every=2,
+    runner = LoopRunner("toy", folder, info, model, optimizer, scheduler, Progress(), log_every=2,
                         checkpoint_every=run.pop("checkpoint_every", 3), config="toy: 1", hint="lower toy.lr",
                         keep=100)
     if resume:
