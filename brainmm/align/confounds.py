@@ -165,21 +165,36 @@ class Adjusted:
     n_train: int  # training rows the regression was fitted on
 
 
+def design_columns(cfg: ConfoundsConfig, covariates: pd.DataFrame, side: str) -> tuple[list[str], list[str]]:
+    """(columns, categorical) of one side's regression design. Shared by both sides: the categorical covariates
+    (or the STRATUM column that carries them, with the ancestry clusters); the brain side adds the numeric
+    covariates (age, motion, ...), the genetics side the genetic PCs. A covariate fitted on train and applied to
+    held-out subjects on *both* sides leaves its fit error, times the subject's own value, in both residuals, and
+    a model links the two through it: PCs regressed out of the brain put each subject's own genotype projection into
+    its brain residual, age regressed out of genotypes puts age into them. Strata are constant within a cell, so
+    what they leave behind cannot link two subjects' own values (docs/confounds.md)."""
+    numeric = [c for c in cfg.covariates if c not in set(cfg.categorical)
+               and pd.api.types.is_numeric_dtype(covariates[c])]
+    shared = [STRATUM] if STRATUM in covariates.columns else [c for c in cfg.covariates if c not in numeric]
+    own = numeric if side == "brain" else cfg.pc_names
+    return [*own, *shared], shared
+
+
 def residualise_rows(cfg: ConfoundsConfig, covariates: pd.DataFrame, vectors: np.ndarray, subjects: list[str],
-                     train: set[str], what: str) -> Adjusted:
+                     train: set[str], what: str, side: str = "brain") -> Adjusted:
     """Residuals of every row of `vectors` (subject `subjects[i]`, covariates by subject) under the least-squares
-    fit on the rows of `train` subjects (`alignment.confounds.Residualiser`); with a STRATUM column (`with_strata`)
-    the design is the numeric covariates, the PCs and the strata, and residuals are scaled within strata."""
+    fit on the rows of `train` subjects (`alignment.confounds.Residualiser`) on `design_columns` of `side`
+    ('brain' or 'genetics'); with a STRATUM column (`with_strata`) the residuals are also scaled within strata."""
     from alignment.confounds import Residualiser, StratumScaler
 
     rows = covariates.loc[subjects]
     fit = np.array([s in train for s in subjects], dtype=bool)
     if fit.sum() < 2:
         raise BrainmmError(f"confounds ({what}): {int(fit.sum())} training rows; need more")
-    columns, categorical = cfg.columns, cfg.categorical
-    if STRATUM in rows.columns:  # the strata carry the categorical covariates (and ancestry) in location and scale
-        columns = [c for c in cfg.columns if c not in set(cfg.categorical) and pd.api.types.is_numeric_dtype(rows[c])]
-        columns, categorical = [*columns, STRATUM], [STRATUM]
+    columns, categorical = design_columns(cfg, rows, side)
+    if not columns:
+        LOG.info("confounds: %s not adjusted (no covariate of the %s side among %s)", what, side, cfg.columns)
+        return Adjusted(np.asarray(vectors, dtype=np.float32), 0.0, int(fit.sum()))
     res = Residualiser(columns, categorical).fit(vectors[fit], rows.iloc[np.flatnonzero(fit)])
     out = res.transform(vectors, rows)
     if STRATUM in rows.columns:
@@ -193,11 +208,11 @@ def residualise_rows(cfg: ConfoundsConfig, covariates: pd.DataFrame, vectors: np
                     ".variants.tsv) are (near-)exact linear combinations of the covariates %s on the train rows: "
                     "their residual is rounding noise and is set to 0; drop that covariate or those columns if this "
                     "is not intended", what, len(res.degenerate_), out.shape[1], res.degenerate_[:10].tolist(),
-                    cfg.columns)
+                    columns)
     if res.r2_ > 0.5:
         LOG.warning("confounds (%s): the adjustment removed %.0f %% of the variance of the train rows (covariates "
                     "%s); the alignment sees what is left. Check that no covariate duplicates the features (e.g. "
-                    "too many genetic PCs for few variants)", what, 100 * res.r2_, cfg.columns)
+                    "too many genetic PCs for few variants)", what, 100 * res.r2_, columns)
     return Adjusted(out, float(res.r2_), int(fit.sum()))
 
 
@@ -232,7 +247,7 @@ def input_adjuster(cfg: ConfoundsConfig, report: dict) -> Callable:
                 LOG.warning("confounds: %d subject(s) of genetics table %r (no brain rows) have no covariates and are "
                             "left out", dropped, m)
             subjects = [gen_subjects[m][i] for i in keep]
-            fit = residualise_rows(cfg, cov, table.vectors[keep], subjects, train, f"{m} inputs")
+            fit = residualise_rows(cfg, cov, table.vectors[keep], subjects, train, f"{m} inputs", "genetics")
             if table.meta.get("kind") == "genotype_matrix":  # a genotype tower takes dosages in [0, 2]
                 fit.vectors = to_dosage_range(fit.vectors, np.array([s in train for s in subjects]))
             part = table.subset([table.ids[i] for i in keep])

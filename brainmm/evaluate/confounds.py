@@ -89,7 +89,7 @@ def _adjust_side(inputs: EvalInputs, conf: Confounds, key: str) -> None:
     keep = [i for i, s in enumerate(side.subjects) if s in inputs.split_of and s in conf.covariates.index]
     subjects = [side.subjects[i] for i in keep]
     fit = residualise_rows(conf.config, conf.covariates, side.table.vectors[keep], subjects, train,
-                           f"{key} inputs")
+                           f"{key} inputs", "brain" if key == "brain" else "genetics")
     if key != "brain" and side.table.meta.get("kind") == "genotype_matrix":
         fit.vectors = to_dosage_range(fit.vectors, np.array([s in train for s in subjects]))
     table = side.table.subset([side.table.ids[i] for i in keep])
