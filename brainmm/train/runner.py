@@ -67,7 +67,7 @@ class LoopRunner:
             restore(ckpt)
         self.prog = type(self.prog)(**ckpt["progress"])
         restore_rank_rng(ckpt["rng"], self.info.rank, self.info.world_size, self.stage,
-                         lambda: (reseed or (lambda step: None))(self.prog.step))
+                         lambda: reseed(self.prog.step) if reseed is not None else None)
         LOG.info("%s: resumed at step %d (epoch %d, batch %d)", self.stage, self.prog.step, self.prog.epoch,
                  self.prog.batch)
         return ckpt
