@@ -335,3 +335,25 @@ def test_demo_with_confounds(tmp_path: Path, _migrated_mlflow_db: Path, monkeypa
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(state["mlflow_run_id"]).data.metrics
     assert "retrieval/unadjusted/brain_to_genotype/R_at_1" in parent
+
+
+def test_each_side_is_adjusted_for_its_own_covariates_and_the_shared_strata() -> None:
+    """Brain: numeric covariates + strata (never the genetic PCs); genetics: PCs + strata (never age): a covariate
+    regressed out of both sides would leave its train-fit error times each subject's own value in both."""
+    from brainmm.align.confounds import STRATUM, design_columns, with_strata
+
+    rng = np.random.default_rng(0)
+    n = 300
+    cov = pd.DataFrame({"age": rng.uniform(40, 80, n), "site": rng.choice(["a", "b"], n),
+                        "pc1": np.r_[rng.normal(-3, 0.3, n // 2), rng.normal(3, 0.3, n - n // 2)],
+                        "pc2": rng.normal(size=n)}, index=pd.Index([f"s{i}" for i in range(n)], name="subject_id"))
+    cfg = ConfoundsConfig(covariates=["age", "site"], genetic_pcs=2)
+    strata = with_strata(cfg, cov, set(cov.index[:200]))
+    assert STRATUM in strata and strata[STRATUM].nunique() == 4  # 2 ancestry clusters x 2 sites
+    assert design_columns(cfg, strata, "brain") == (["age", STRATUM], [STRATUM])
+    assert design_columns(cfg, strata, "genetics") == (["pc1", "pc2", STRATUM], [STRATUM])
+    # without strata (too few training rows to form two): the categorical covariates are the shared part
+    plain = cov.copy()
+    assert design_columns(cfg, plain, "brain") == (["age", "site"], ["site"])
+    assert design_columns(cfg, plain, "genetics") == (["pc1", "pc2", "site"], ["site"])
+    assert design_columns(ConfoundsConfig(covariates=["age"]), plain, "genetics") == ([], [])
