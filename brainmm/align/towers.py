@@ -130,6 +130,7 @@ class TowerKind(ABC):
     name: ClassVar[str] = ""
     sides: ClassVar[tuple[str, ...]] = ()
     has_model: ClassVar[bool] = True
+    pipeline_stages: ClassVar[tuple[str, ...]] = ()  # pipeline stages that make the tower (BrainLM: pretrain, embed)
     config_class: ClassVar[type] = TowerConfig
     tower_class: ClassVar[type | None] = None  # for `kind_of` (set lazily by kinds whose class needs torch)
 

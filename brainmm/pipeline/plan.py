@@ -100,7 +100,8 @@ def make_plan(cfg: PipelineConfig) -> Plan:
     out = Path(cfg.output_dir).expanduser().resolve()
     uri = absolute_uri(resolve_tracking_uri(cfg.tracking.uri))
     plan = Plan(cfg, out, uri)
-    plan.notes += brainlm_cpu_rule(cfg, not tower_kind(cfg.align.towers.brain.kind).has_model)  # may go FC-only
+    kind = tower_kind(cfg.align.towers.brain.kind)
+    plan.notes += brainlm_cpu_rule(cfg, not kind.has_model)  # may go FC-only
     sw, data = cfg.stages, cfg.data
     fmri_given = "data.fmri_cohort" if data.fmri_cohort else "data.fmri_dataset" if data.fmri_dataset else ""
     runs = plan.runs
@@ -125,8 +126,8 @@ def make_plan(cfg: PipelineConfig) -> Plan:
         plan.connectivity = out / FC_TABLE
     elif cfg.evaluate.data.brain_fc:
         plan.connectivity = Path(_given(cfg.evaluate.data.brain_fc))
-    table_tower = not tower_kind(cfg.align.towers.brain.kind).has_model
-    fc_only = "brainlm" not in cfg.brain_inputs and table_tower  # no BrainLM at all: no pretrain, no embed
+    table_tower = not kind.has_model
+    fc_only = "brainlm" not in cfg.brain_inputs and not kind.pipeline_stages  # no BrainLM: no pretrain, no embed
     if fc_only:
         for stage in ("pretrain", "embed"):
             if getattr(sw, stage):

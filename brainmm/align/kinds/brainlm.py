@@ -266,6 +266,8 @@ def frozen_brain_table(cfg: BrainLMTowerConfig, data: BrainDataset, device: str 
 class BrainLMKind(TowerKind):
     """A BrainLM encoder on an fMRI dataset: frozen (its embeddings computed once), last N blocks, full, or LoRA."""
 
+    pipeline_stages = ("pretrain", "embed")
+
     @property
     def tower_class(self) -> type:  # type: ignore[override]
         """The tower module class (for `kind_of`)."""
