@@ -150,6 +150,9 @@ def page(rows: list[dict], demo: bool = False) -> str:
         k = sum(r["verdict_p"] < 0.05 for r in null)
         band = null_band(len(null))
         low, high = binomial_ci(k, len(null))
+        covered, total = family_cover(null)
+        lines += ["", f"Family-wise, Bonferroni over the {total} excess intervals above (t quantile at 1 - 0.05 / "
+                  f"{2 * total}): {covered} of {total} cover 0."]
         ps = np.array([r["retrieval/brain_to_genotype/mrr"]["p_value"] for r in null])
         single = int((ps < 0.05).sum())
         lines += ["", f"All null cohorts together: {k} of {len(null)} adjusted verdicts reject "
@@ -171,6 +174,22 @@ def page(rows: list[dict], demo: bool = False) -> str:
                 cells.append(f"{v.mean():.4f} ({c.mean():.4f}; {v.mean() / c.mean():.1f}x)" if len(v) else "-")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def family_cover(null: list[dict]) -> tuple[int, int]:
+    """How many of the table's R@1 / MRR excess intervals cover 0 at one family-wise 95 % level (Bonferroni)."""
+    groups = _groups(null)
+    total = 2 * len(groups)
+    covered = 0
+    for group in groups.values():
+        for metric in ("R_at_1", "mrr"):
+            key = f"retrieval/brain_to_genotype/{metric}"
+            x = np.array([r[key]["value"] - r[key]["chance"] for r in group])
+            if len(x) < 2:
+                continue
+            half = stats.t.ppf(1 - 0.05 / (2 * total), len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+            covered += int(abs(x.mean()) <= half)
+    return covered, total
 
 
 def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
