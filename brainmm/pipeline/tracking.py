@@ -41,8 +41,7 @@ class PipelineRun:
         from mlflow.entities import Param
 
         params = [Param(sanitize_metric_name(k), str(v)[:6000]) for k, v in flatten(to_dict(cfg)).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.client.log_batch(self.run_id, params=params)  # MLflow splits it at its own limits
         self.client.log_text(self.run_id, dump_yaml(cfg), artifact_file)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
@@ -50,9 +49,8 @@ class PipelineRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(sanitize_metric_name(k), float(v), now, 0) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        self.client.log_batch(self.run_id, metrics=[Metric(sanitize_metric_name(k), float(v), now, 0)
+                                                    for k, v in metrics.items()])
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact."""
@@ -62,17 +60,16 @@ class PipelineRun:
         """A local file as an artifact."""
         self.client.log_artifact(self.run_id, path, artifact_path)
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        """Tags on the parent run."""
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+    def set_tags(self, tags: dict[str, str], run_id: str | None = None) -> None:
+        """Tags on the parent run (or on `run_id`), one batch."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id or self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def adopt(self, run_id: str, stage: str, nest: bool = True) -> None:
         """Tag a stage's run with this run's id and, with `nest`, make it a child of this run."""
-        if nest:
-            self.client.set_tag(run_id, PARENT_TAG, self.run_id)
-        self.client.set_tag(run_id, PIPELINE_TAG, self.run_id)
-        self.client.set_tag(self.run_id, f"brainmm.run.{stage}", run_id)
+        self.set_tags({**({PARENT_TAG: self.run_id} if nest else {}), PIPELINE_TAG: self.run_id}, run_id)
+        self.set_tags({f"brainmm.run.{stage}": run_id})
 
     def end(self, ok: bool) -> None:
         """Mark the run FINISHED, or KILLED while an interrupt (KeyboardInterrupt) propagates, else FAILED."""
