@@ -168,7 +168,9 @@ def _model_card(cfg: AlignConfig, data: AlignData, metrics: dict[str, Any], core
     if cfg.confounds.enabled:
         r2 = ", ".join(f"{k} {v:.3f}" for k, v in c.get("confounds_r2", {}).items())
         lines.append(f"- confounds: inputs residualised on {', '.join(cfg.confounds.columns)} (least squares "
-                     f"fitted on the train subjects; R^2 of the inputs: {r2})")
+                     "fitted on the train subjects; categorical covariates and ancestry clusters as strata in "
+                     "location and scale on both sides, numeric covariates on the brain side only, genetic PCs on the "
+                     f"genetics side only; R^2 of the inputs: {r2})")
     lines += [f"- split table: `{cfg.data.split}`", "", "## Split sizes", "",
               "| split | pairs (brain rows) | subjects |", "|---|---|---|"]
     lines += [f"| {s} | {c[f'{s}_pairs']} | {c[f'{s}_subjects']} |" for s in ("train", "val", "test")]
