@@ -14,7 +14,7 @@ from scipy import sparse, stats
 
 from alignment.errors import AlignmentInputError
 
-CHUNK_ELEMENTS = 4_000_000  # float64 elements of one [features, permutations x dims] work array
+CHUNK_ELEMENTS = 16_000_000  # float64 elements of one [features, permutations x dims] work array
 
 
 def _rows(x: Any, what: str) -> np.ndarray:
@@ -30,8 +30,9 @@ def _rows(x: Any, what: str) -> np.ndarray:
 def standardise(x: np.ndarray) -> np.ndarray:
     """Columns centred and scaled to unit (population) SD; constant columns become 0."""
     c = x - x.mean(axis=0)
-    sd = np.sqrt((c**2).mean(axis=0))
-    return np.divide(c, sd, out=np.zeros_like(c), where=sd > 0)
+    sd = np.sqrt(np.einsum("ij,ij->j", c, c) / len(c))
+    c /= np.where(sd > 0, sd, np.inf)  # in place: one [n, p] copy at most
+    return c
 
 
 def structure_coefficients(x: Any, z: Any) -> np.ndarray:
@@ -117,15 +118,19 @@ def link_scores(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    stop_after: int = 10,
 ) -> dict[str, Scores]:
     """How strongly each input feature of one side covaries with the other side's shared-space projection on
     held-out pairs: score_j = sum_k w_k corr(x_j, partner_k)^2 / sum_k w_k (`partner` [n, r]: the other side's
     projections on r shared directions, `weights` [r] >= 0, both fitted on train), for the features and for each
     unit set (`units[name]`: [n_units, p] membership; a unit's score is the mean of its features').
 
-    p-values: the pairing permuted `n_permutations` times, (1 + #{permuted >= observed}) / (1 + n_permutations)
-    (exact under "feature j independent of the other side"; the smallest is 1 / (1 + n_permutations), so BH over m
-    features needs n_permutations well above m / fdr). q-values: Benjamini-Hochberg within each set. CIs:
+    p-values: the pairing permuted up to `n_permutations` times, sequentially (Besag & Clifford 1991): a feature or
+    unit stops at the permutation L where its null score reaches the observed one for the `stop_after`-th time,
+    p = stop_after / L; one that never does gets (1 + #{permuted >= observed}) / (1 + n_permutations). Both are
+    valid p-values; clearly null features stop after a few dozen shuffles, so the cost follows the few with small
+    p (`stop_after` 0: every feature sees every permutation). The smallest p is 1 / (1 + n_permutations), so BH
+    over m features needs n_permutations well above m / fdr. q-values: Benjamini-Hochberg within each set. CIs:
     percentile bootstrap over the held-out pairs (`level`)."""
     x, z = _rows(x, "link_scores x"), _rows(partner, "link_scores partner")
     w = np.asarray(weights, dtype=np.float64).ravel()
@@ -134,39 +139,103 @@ def link_scores(
         raise AlignmentInputError(f"link_scores: expected >= 4 paired rows, got {n} (x) and {len(z)} (partner)")
     if w.shape != (z.shape[1],) or (w < 0).any() or w.sum() <= 0:
         raise AlignmentInputError(f"link_scores weights: expected {z.shape[1]} non-negative values, not all 0")
-    if n_permutations < 1 or n_boot < 1 or not 0 < level < 1:
-        raise AlignmentInputError("link_scores: n_permutations and n_boot >= 1, level in (0, 1)")
+    if n_permutations < 1 or n_boot < 1 or not 0 < level < 1 or stop_after < 0:
+        raise AlignmentInputError("link_scores: n_permutations and n_boot >= 1, stop_after >= 0, level in (0, 1)")
     w = w / w.sum()
     sets = _membership(units, p)
     xs, zs = standardise(x), standardise(z)
+    del x
     observed = _score(xs, zs, w)
     obs = {k: m @ observed for k, m in sets.items()}
     rng = np.random.default_rng(seed)
-    r = zs.shape[1]
-    exceed = {k: np.zeros(len(v)) for k, v in obs.items()}
-    chunk = max(1, min(n_permutations, CHUNK_ELEMENTS // max(1, p * r)))
-    for start in range(0, n_permutations, chunk):
-        c = min(chunk, n_permutations - start)
-        perm = np.stack([rng.permutation(n) for _ in range(c)])  # [c, n]
-        zcat = zs[perm].transpose(1, 0, 2).reshape(n, c * r)
-        null = ((xs.T @ zcat / n) ** 2).reshape(p, c, r) @ w  # [p, c]
-        for k, m in sets.items():
-            s = m @ null
-            tol = 1e-12 * np.maximum(np.abs(obs[k]), 1e-300)
-            exceed[k] += (s >= (obs[k] - tol)[:, None]).sum(axis=1)
-    boot = {k: np.empty((len(v), n_boot), dtype=np.float32) for k, v in obs.items()}  # CIs need no more digits
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        s = _score(standardise(x[idx]), standardise(z[idx]), w)
-        for k, m in sets.items():
-            boot[k][:, b] = m @ s
+    boot = _bootstrap_scores(xs, zs, w, sets, n_boot, rng)
+    box = [xs]  # handed over: the permutations re-slice the columns they still need and drop the rest
+    del xs
+    pvalues = _sequential_pvalues(box, zs, w, sets, obs, n_permutations, stop_after, rng)
     alpha = (1 - level) / 2
     out: dict[str, Scores] = {}
     for k in sets:
-        pvalue = (1 + exceed[k]) / (1 + n_permutations)
         low, high = np.quantile(boot[k], [alpha, 1 - alpha], axis=1)
-        out[k] = Scores(obs[k], low, high, pvalue, bh_qvalues(pvalue))
+        out[k] = Scores(obs[k], low, high, pvalues[k], bh_qvalues(pvalues[k]))
     return out
+
+
+def _sequential_pvalues(box: list[np.ndarray], zs: np.ndarray, w: np.ndarray, sets: dict[str, sparse.csr_matrix],
+                        obs: dict[str, np.ndarray], n_permutations: int, stop_after: int,
+                        rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Permutation p-values of every feature and unit (link_scores), computing null scores only for the features
+    still needed: those not yet stopped and the members of units not yet stopped (`box`: [standardised x], taken
+    over so that its columns can be freed)."""
+    x_cols = box.pop()
+    n, p = x_cols.shape
+    r = zs.shape[1]
+    tol = {k: 1e-12 * np.maximum(np.abs(v), 1e-300) for k, v in obs.items()}
+    exceed = {k: np.zeros(len(v), dtype=np.int64) for k, v in obs.items()}
+    pvalue = {k: np.full(len(v), np.nan) for k, v in obs.items()}
+    active = {k: np.ones(len(v), dtype=bool) for k, v in obs.items()}
+    cols = np.arange(p)  # the features whose null scores are computed (a superset of those needed)
+    done = 0
+    while done < n_permutations and any(a.any() for a in active.values()):
+        need = active["features"].copy()
+        for k, m in sets.items():
+            if k != "features" and active[k].any():
+                need |= np.asarray(abs(m[np.flatnonzero(active[k])]).sum(axis=0)).ravel() > 0
+        if need.sum() < 0.8 * len(cols):  # re-slice once the needed columns have shrunk enough to pay for the copy
+            keep = need[cols]
+            cols, x_cols = cols[keep], x_cols[:, keep]
+        c = max(1, min(n_permutations - done, CHUNK_ELEMENTS // max(1, len(cols) * r)))
+        perm = np.stack([rng.permutation(n) for _ in range(c)])  # [c, n]
+        zcat = zs[perm].transpose(1, 0, 2).reshape(n, c * r)
+        null = ((x_cols.T @ zcat / n) ** 2).reshape(len(cols), c, r) @ w  # [cols, c]
+        where = np.full(p, -1, dtype=np.int64)
+        where[cols] = np.arange(len(cols))
+        for k, m in sets.items():
+            rows = np.flatnonzero(active[k])
+            if not len(rows):
+                continue
+            s = null[where[rows]] if k == "features" else m[rows][:, cols] @ null
+            hits = np.cumsum(s >= (obs[k][rows] - tol[k][rows])[:, None], axis=1) + exceed[k][rows][:, None]
+            exceed[k][rows] = hits[:, -1]
+            if stop_after:
+                stop = hits[:, -1] >= stop_after
+                at = done + np.argmax(hits[stop] >= stop_after, axis=1) + 1  # the permutation of the last hit
+                pvalue[k][rows[stop]] = stop_after / at
+                active[k][rows[stop]] = False
+        done += c
+    for k in sets:
+        rest = np.isnan(pvalue[k])
+        pvalue[k][rest] = (1 + exceed[k][rest]) / (1 + n_permutations)
+    return pvalue
+
+
+def _bootstrap_scores(xs: np.ndarray, zs: np.ndarray, w: np.ndarray, sets: dict[str, sparse.csr_matrix],
+                      n_boot: int, rng: np.random.Generator, batch: int = 32) -> dict[str, np.ndarray]:
+    """Link scores of `n_boot` bootstrap resamples of the paired rows, as weighted moments of the (standardised)
+    rows with multinomial counts: no resampled copy of x, column blocks bounded by CHUNK_ELEMENTS."""
+    n, p = xs.shape
+    r = zs.shape[1]
+    boot = {k: np.empty((m.shape[0], n_boot), dtype=np.float32) for k, m in sets.items()}  # CIs need no more digits
+    block = max(1, CHUNK_ELEMENTS // max(1, n))
+    for b0 in range(0, n_boot, batch):
+        nb = min(batch, n_boot - b0)
+        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(nb)], axis=1) / n
+        zm = zs.T @ counts  # [r, nb] weighted means of z
+        zv = (zs**2).T @ counts - zm**2
+        zw = (counts[:, :, None] * zs[:, None, :]).reshape(n, nb * r)  # [n, nb x r]
+        scores = np.empty((p, nb))
+        for j0 in range(0, p, block):
+            xb = xs[:, j0:j0 + block]
+            xm = xb.T @ counts  # [cols, nb]
+            xv = (xb**2).T @ counts - xm**2
+            cov = (xb.T @ zw).reshape(xb.shape[1], nb, r) - xm[:, :, None] * zm.T[None]
+            # standardised columns: a resampled variance at rounding level (<= 1e-10) is a constant column -> 0
+            sx = np.where(xv > 1e-10, np.sqrt(np.maximum(xv, 1e-10)), np.inf)
+            sz = np.where(zv > 1e-10, np.sqrt(np.maximum(zv, 1e-10)), np.inf)
+            corr = cov / (sx[:, :, None] * sz.T[None])
+            scores[j0:j0 + block] = (corr**2) @ w
+        for k, m in sets.items():
+            boot[k][:, b0:b0 + nb] = m @ scores
+    return boot
 
 
 def bh_qvalues(pvalues: Any) -> np.ndarray:

@@ -52,13 +52,31 @@ def _paired(brain: Any, genetics: Any, split: str) -> tuple[np.ndarray, np.ndarr
     return b, d
 
 
+def capped_pca(x: np.ndarray, max_components: int = 100) -> PCA:
+    """PCA of the training rows with at most n_train // 10 components (and `max_components`, n_features,
+    n_train - 1), at least 1 (seeded)."""
+    n, d = x.shape
+    return PCA(n_components=max(1, min(max_components, n // 10, d, n - 1)), random_state=0).fit(x)
+
+
+def components_for(pca: PCA, variance: float) -> int:
+    """Leading components of a fitted `capped_pca` that hold `variance` of the variance (at most all, at least 1)."""
+    return int(min(pca.n_components_, np.searchsorted(np.cumsum(pca.explained_variance_ratio_), variance) + 1))
+
+
+def truncated_pca(pca: PCA, k: int) -> PCA:
+    """The first k components of a fitted PCA (the same map as a k-component fit with the exact solvers)."""
+    out = copy.copy(pca)
+    out.n_components = out.n_components_ = k
+    for name in ("components_", "explained_variance_", "explained_variance_ratio_", "singular_values_"):
+        setattr(out, name, getattr(pca, name)[:k])
+    return out
+
+
 def pca_components(x: np.ndarray, variance: float = 0.9, max_components: int = 100) -> int:
     """Components chosen on the training rows: enough for `variance` of the variance, at most n_train // 10
     (and `max_components`, n_features, n_train - 1), at least 1."""
-    n, d = x.shape
-    cap = max(1, min(max_components, n // 10, d, n - 1))
-    explained = PCA(n_components=cap, random_state=0).fit(x).explained_variance_ratio_
-    return int(min(cap, np.searchsorted(np.cumsum(explained), variance) + 1))
+    return components_for(capped_pca(x, max_components), variance)
 
 
 class CCABaseline:
@@ -78,13 +96,14 @@ class CCABaseline:
         self.variance, self.max_pca_components = variance, max_pca_components
         self.selection_: dict[str, float] = {}  # set by `select_cca` (validation MRR of the chosen settings)
 
-    def fit(self, brain: Any, genetics: Any) -> CCABaseline:
-        """Fit PCA per view and CCA/PLS on training rows only."""
+    def fit(self, brain: Any, genetics: Any, pcas: tuple[PCA, PCA] | None = None) -> CCABaseline:
+        """Fit PCA per view and CCA/PLS on training rows only (`pcas`: per-view `capped_pca` fits of these rows,
+        shared by a selection over sizes; the components for `variance` are taken from them)."""
         b, d = _paired(brain, genetics, "train")
         if len(b) < 3:
             raise AlignmentInputError(f"{self.method}: need at least 3 training rows, got {len(b)}")
-        self.pca_brain_ = PCA(n_components=pca_components(b, self.variance, self.max_pca_components), random_state=0).fit(b)
-        self.pca_genetics_ = PCA(n_components=pca_components(d, self.variance, self.max_pca_components), random_state=0).fit(d)
+        full = pcas or (capped_pca(b, self.max_pca_components), capped_pca(d, self.max_pca_components))
+        self.pca_brain_, self.pca_genetics_ = (truncated_pca(f, components_for(f, self.variance)) for f in full)
         m = min(self.n_components, self.pca_brain_.n_components_, self.pca_genetics_.n_components_)
         # PLS keeps the PCA variances (scale=False): standardised PCA scores are white and PLS would equal CCA.
         model = (
@@ -105,6 +124,23 @@ class CCABaseline:
         """Standardised canonical scores (brain side, genetics side) of new paired rows."""
         u, v = self._scores(*_paired(brain, genetics, "test"))
         return (u - self.mean_[0]) / self.std_[0], (v - self.mean_[1]) / self.std_[1]
+
+    def affine_map(self, side: int, in_dim: int, other_dim: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """(W [k, in_dim], b [k]) of one side's transform (0 brain, 1 genetics; `other_dim`: the other side's
+        width), read off the basis vectors a block at a time: memory O(block x in_dim), not in_dim^2."""
+
+        def scores(rows: np.ndarray) -> np.ndarray:
+            other = np.zeros((len(rows), other_dim))
+            return self.transform(*((rows, other) if side == 0 else (other, rows)))[side]
+
+        bias = scores(np.zeros((1, in_dim)))[0]
+        cols = []
+        for start in range(0, in_dim, block):
+            m = min(block, in_dim - start)
+            basis = np.zeros((m, in_dim))
+            basis[np.arange(m), start + np.arange(m)] = 1.0
+            cols.append((scores(basis) - bias).T)
+        return np.concatenate(cols, axis=1), bias
 
     def canonical_correlations(self, brain: Any, genetics: Any) -> np.ndarray:
         """Pearson correlation of each pair of canonical scores on the given (held-out) rows."""
@@ -127,11 +163,13 @@ def select_cca(
     `max_components`); keep the one with the best validation MRR (mean of both directions). The test split is
     never seen, the same footing as the trained model's early stopping on validation retrieval."""
     b_val, d_val = _paired(brain_val, genetics_val, "val")
+    b_train, d_train = _paired(brain_train, genetics_train, "train")
+    pcas = (capped_pca(b_train), capped_pca(d_train))  # one fit per view; each size takes its leading components
     counts = sorted({min(2**i, max_components) for i in range(max_components.bit_length() + 1)})
     best: tuple[float, CCABaseline] | None = None
     for variance in variances:
         for n in counts:
-            model = CCABaseline(method, n_components=n, variance=variance).fit(brain_train, genetics_train)
+            model = CCABaseline(method, n_components=n, variance=variance).fit(b_train, d_train, pcas)
             fwd, bwd = pair_ranks(*model.transform(b_val, d_val))
             mrr = float((1.0 / (1.0 + fwd)).mean() + (1.0 / (1.0 + bwd)).mean()) / 2
             if best is None or mrr > best[0]:

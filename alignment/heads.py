@@ -110,12 +110,11 @@ def init_heads_from_cca(
     for side, head in enumerate(heads):
         if head.out_dim < k:
             raise AlignmentInputError(f"init_heads_from_cca: head.out_dim {head.out_dim} < {k} canonical pairs")
-        probe = np.vstack([np.zeros(head.in_dim), np.eye(head.in_dim)])  # the map is affine: read it off a basis
-        other = np.zeros((len(probe), heads[1 - side].in_dim))
-        scores = model.transform(*((probe, other) if side == 0 else (other, probe)))[side]
+        weight, bias = model.affine_map(side, head.in_dim, heads[1 - side].in_dim)
         linear = head.net[0]
         linear.weight.zero_()
         linear.bias.zero_()
-        linear.weight[:k] = torch.as_tensor((scores[1:] - scores[0]).T, dtype=linear.weight.dtype)
-        linear.bias[:k] = torch.as_tensor(scores[0], dtype=linear.bias.dtype)
+        linear.weight[:k] = torch.as_tensor(weight, dtype=linear.weight.dtype)
+        linear.bias[:k] = torch.as_tensor(bias, dtype=linear.bias.dtype)
     return {**model.selection_, "components": float(k)}
+

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy.linalg import LinAlgWarning
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -147,6 +148,33 @@ def _outer_splits(
     return list(GroupKFold(n_splits=n_splits).split(np.zeros(len(y)), y, shuffled))
 
 
+class RowSpace(BaseEstimator, TransformerMixin):
+    """Coordinates of rows in the span of the training rows, when there are fewer rows than columns: an L2-penalised
+    linear model's weights lie in that span and its penalty is rotation-invariant, so the model fitted on these
+    coordinates makes the same predictions as on the columns (p >> n: 20,000 variants -> n_train coordinates)."""
+
+    def fit(self, x: np.ndarray, y: Any = None) -> RowSpace:
+        """The training rows' Gram eigenvectors, scaled to map new rows onto their orthonormal row basis."""
+        self.fit_transform(x)
+        return self
+
+    def fit_transform(self, x: np.ndarray, y: Any = None, **_: Any) -> np.ndarray:
+        """Fit, and the training rows' coordinates U S (no second product with the rows)."""
+        self.map_ = None
+        if x.shape[1] <= x.shape[0]:
+            return x
+        x = np.asarray(x, dtype=np.float64)
+        values, vectors = np.linalg.eigh(x @ x.T)
+        keep = values > 1e-10 * max(values.max(), 1e-300)
+        scale = np.sqrt(values[keep])
+        self.train_, self.map_ = x, vectors[:, keep] / scale  # V = X' U S^-1
+        return vectors[:, keep] * scale
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """x V (unchanged when the columns were not more than the training rows)."""
+        return x if self.map_ is None else (np.asarray(x, dtype=np.float64) @ self.train_.T) @ self.map_
+
+
 def _model(task: Task, y: np.ndarray, groups: np.ndarray, seed: int) -> Pipeline:
     """StandardScaler + LogisticRegressionCV / RidgeCV; the inner CV is grouped as well."""
     if task == "classification":
@@ -154,7 +182,7 @@ def _model(task: Task, y: np.ndarray, groups: np.ndarray, seed: int) -> Pipeline
         inner = StratifiedGroupKFold(
             n_splits=max(2, min(INNER_SPLITS, per_class)), shuffle=True, random_state=seed
         )
-        return make_pipeline(StandardScaler(), _logistic(list(inner.split(np.zeros(len(y)), y, groups))))
+        return make_pipeline(StandardScaler(), RowSpace(), _logistic(list(inner.split(np.zeros(len(y)), y, groups))))
     if len(np.unique(groups)) == len(groups):
         return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))  # efficient leave-one-out
     inner = GroupKFold(n_splits=min(INNER_SPLITS, len(np.unique(groups))))

@@ -219,8 +219,13 @@ def test_heads_initialised_from_cca_reproduce_the_cca_baseline() -> None:
     sel = init_heads_from_cca(hb, hg, (t(b[tr]), t(g[tr])), (t(b[va]), t(g[va])))
     # the reference: select_cca on the same standardised inputs, in float64
     sb, sg = ((x - x[tr].mean(0)) / x[tr].std(0) for x in (b, g))
-    u, v = select_cca("cca", sb[tr], sg[tr], sb[va], sg[va]).transform(sb[te], sg[te])
+    ref = select_cca("cca", sb[tr], sg[tr], sb[va], sg[va])
+    u, v = ref.transform(sb[te], sg[te])
     k = int(sel["components"])
+    for side, (dim, other) in enumerate([(20, 15), (15, 20)]):  # read off in blocks of 3 columns = all at once
+        w3, b3 = ref.affine_map(side, dim, other, block=3)
+        w_all, b_all = ref.affine_map(side, dim, other, block=dim)
+        assert w3.shape == (k, dim) and np.array_equal(w3, w_all) and np.array_equal(b3, b_all)
     with torch.no_grad():
         ub, vg = hb(t(b[te])).numpy(), hg(t(g[te])).numpy()
     scale = np.abs(u).max()

@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 
 from alignment.baselines import (
     CCABaseline,
     RidgeMap,
+    capped_pca,
     pca_components,
     random_head_embeddings,
     reinitialised,
     run_baselines,
     shuffled_pairs,
     space_records,
+    truncated_pca,
 )
 from alignment.errors import AlignmentInputError
 
@@ -117,6 +120,12 @@ def test_pca_components_are_chosen_on_train_and_capped() -> None:
     assert pca_components(rng.normal(size=(200, 64)), variance=0.99) == 20  # n_train // 10
     model = CCABaseline(n_components=8).fit(*_paired(60, True))
     assert model.model_.n_components <= 6
+    # the selection's one fit per view, truncated, is the k-component fit (exact solver); x = 300 x 40: 'full'
+    x = rng.normal(size=(300, 40)) @ rng.normal(size=(40, 40))
+    k = pca_components(x, variance=0.9)
+    cut, ref = truncated_pca(capped_pca(x), k), PCA(n_components=k, random_state=0).fit(x)
+    assert 1 < k < capped_pca(x).n_components_ == 30
+    np.testing.assert_allclose(cut.transform(x), ref.transform(x), rtol=0, atol=1e-9 * np.abs(x).max())
 
 
 def test_ridge_map_spaces_and_random_heads() -> None:

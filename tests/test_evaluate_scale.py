@@ -20,7 +20,7 @@ from brainmm.evaluate.inputs import Side
 def _fc_inputs(vectors: np.ndarray, split: list[str]) -> SimpleNamespace:
     ids = [f"s{i}" for i in range(len(vectors))]
     side = Side(EmbeddingTable(ids, vectors.astype(np.float32), {"kind": "connectivity", "pca": None}), ids, "fc")
-    return SimpleNamespace(brain_fc=side, split_of=dict(zip(ids, split)))
+    return SimpleNamespace(brain_fc=side, split_of=dict(zip(ids, split)), fc_pca=None)
 
 
 def test_fc_reduced_is_pca_fitted_on_train_rows_only() -> None:
@@ -28,8 +28,10 @@ def test_fc_reduced_is_pca_fitted_on_train_rows_only() -> None:
     x = (rng.normal(size=(60, 6)) * [8, 5, 3, 2, 1, 0.5]) @ rng.normal(size=(6, 200)) + 0.1 * rng.normal(size=(60, 200))
     split = ["train"] * 40 + ["val"] * 10 + ["test"] * 10
     cfg = SimpleNamespace(baselines=SimpleNamespace(fc_pca=4), seed=0)
-    reduced = fc_reduced(_fc_inputs(x, split), cfg)
+    inputs = _fc_inputs(x, split)
+    reduced = fc_reduced(inputs, cfg)
     assert reduced.table.dim == 4 and reduced.table.meta["pca"]["fitted_on"] == "train"
+    assert fc_reduced(inputs, cfg) is reduced  # baselines and explain share the fit
     ref = PCA(n_components=4, svd_solver="full").fit(x[:40].astype(np.float32).astype(np.float64))
     scores = ref.transform(x.astype(np.float32).astype(np.float64))
     signs = np.sign((reduced.table.vectors * scores).sum(0))

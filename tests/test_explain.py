@@ -69,6 +69,42 @@ def test_null_pairs_give_no_significant_feature() -> None:
     assert hits <= 3  # BH at 0.05 under the global null: P(any rejection) <= 0.05 (20 seeds: <= 3 by a wide margin)
 
 
+def test_sequential_permutation_pvalues_match_the_full_count_and_hold_their_level() -> None:
+    rng = np.random.default_rng(7)
+    n, p = 80, 400
+    x = rng.normal(size=(n, p))
+    partner = np.c_[x[:, :4].sum(axis=1) + rng.normal(size=n), rng.normal(size=(n, 2))]
+    names, member = units_from_labels([f"b{j // 8}" for j in range(p)])
+    args = (x, partner, [1.0, 0.5, 0.25], {"blocks": member})
+    full = link_scores(*args, n_permutations=3000, n_boot=20, seed=3, stop_after=0)
+    seq = link_scores(*args, n_permutations=3000, n_boot=20, seed=3, stop_after=10)
+    # the reference count, independently: the same draws (bootstrap first, then permutations) scored one at a time
+    draw = np.random.default_rng(3)
+    w = np.array([1.0, 0.5, 0.25]) / 1.75
+    boot = np.array([(np.corrcoef(x[i].T, partner[i].T)[:p, p:] ** 2) @ w
+                     for i in (draw.integers(0, n, n) for _ in range(20))]).T  # resampled rows, explicitly
+    low, high = np.quantile(boot, [0.025, 0.975], axis=1)
+    np.testing.assert_allclose(full["features"].ci_low, low, atol=1e-6)  # float32 draws
+    np.testing.assert_allclose(full["features"].ci_high, high, atol=1e-6)
+    xs, zs = (x - x.mean(0)) / x.std(0), (partner - partner.mean(0)) / partner.std(0)
+    obs = (np.corrcoef(xs.T, zs.T)[:p, p:] ** 2) @ w
+    hits = np.zeros(p)
+    for _ in range(3000):
+        zp = zs[draw.permutation(n)]
+        hits += ((xs.T @ zp / n) ** 2) @ w >= obs - 1e-12 * obs
+    f, s = full["features"], seq["features"]
+    np.testing.assert_allclose(f.pvalue, (1 + hits) / 3001, rtol=0, atol=1e-12)
+    kept = s.pvalue < 10 / 3000  # never stopped: every permutation seen, the same count as the full run
+    assert kept[:4].all() and np.array_equal(s.pvalue[kept], f.pvalue[kept])
+    stopped = ~kept
+    assert np.allclose(s.pvalue[stopped] * np.rint(10 / s.pvalue[stopped]), 10)  # 10 / L at the 10th exceedance
+    null = s.pvalue[4:]  # Besag-Clifford p-values are valid: P(p <= a) <= a under the null (binomial 99.9 % band)
+    for a in (0.05, 0.2, 0.5):
+        assert (null <= a).mean() <= a + 3.1 * np.sqrt(a * (1 - a) / len(null))
+    assert set(np.flatnonzero(seq["blocks"].qvalue <= 0.05)) == {0}  # the block of the four planted columns
+    np.testing.assert_array_equal(s.score, f.score)
+
+
 def test_affine_map_shared_directions_and_integrated_gradients() -> None:
     torch.manual_seed(0)
     head = torch.nn.Linear(6, 4).double()

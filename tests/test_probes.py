@@ -208,3 +208,23 @@ def test_probe_permutes_subjects_not_rows(monkeypatch: pytest.MonkeyPatch) -> No
     for labels, groups in seen[1:]:
         assert all(len(set(labels[groups == g])) == 1 for g in np.unique(groups))
         assert not np.array_equal(labels, y)
+
+
+def test_row_space_coordinates_give_the_same_penalised_model_when_columns_outnumber_rows() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from alignment.probes import RowSpace
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(60, 500))
+    y = (x[:, :3].sum(axis=1) + rng.normal(size=60) > 0).astype(int)
+    x_new = rng.normal(size=(25, 500))
+    fit = {"C": 0.05, "tol": 1e-12, "max_iter": 10_000}
+    plain = LogisticRegression(**fit).fit(x, y)
+    rows = RowSpace()
+    reduced = LogisticRegression(**fit).fit(rows.fit_transform(x), y)
+    assert rows.transform(x).shape == (60, 60)
+    np.testing.assert_allclose(rows.transform(x), rows.fit_transform(x), atol=1e-9)
+    np.testing.assert_allclose(reduced.predict_proba(rows.transform(x_new)), plain.predict_proba(x_new), atol=1e-6)
+    narrow = rng.normal(size=(60, 8))
+    assert RowSpace().fit(narrow).transform(narrow) is narrow  # no more columns than rows: unchanged

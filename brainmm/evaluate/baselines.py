@@ -74,6 +74,8 @@ def fc_reduced(inputs: EvalInputs, cfg: EvaluateConfig) -> Side:
 
     fc = inputs.brain_fc
     assert fc is not None
+    if inputs.fc_pca is not None:  # baselines and explain share one fit
+        return inputs.fc_pca
     k = cfg.baselines.fc_pca
     if not k or fc.table.meta.get("pca") or fc.table.dim <= k:
         return fc
@@ -92,7 +94,8 @@ def fc_reduced(inputs: EvalInputs, cfg: EvaluateConfig) -> Side:
              100 * explained, time.perf_counter() - start)
     meta = {**fc.table.meta, "pca": {"fitted_on": "train", "subjects": len(train), "components": k,
                                      "explained_variance": explained, "by": "evaluate baselines.fc_pca"}}
-    return Side(EmbeddingTable(list(fc.table.ids), scores, meta), fc.subjects, fc.path)
+    inputs.fc_pca = Side(EmbeddingTable(list(fc.table.ids), scores, meta), fc.subjects, fc.path)
+    return inputs.fc_pca
 
 
 def _head_for(head: Any, rows: np.ndarray) -> Any:

@@ -71,20 +71,7 @@ def _cca_space(inputs: EvalInputs, cfg: EvaluateConfig, m: str, brain: Side, hel
              else CCABaseline("cca", n_components=k).fit(b_train, g_train))
     u_train, v_train = model.transform(b_train, g_train)
     u, v = model.transform(_rows(brain, held), _rows(inputs.genetics[m], held))
-    return Space(u_train, v_train, u, v, _genetics_map(model, b_train.shape[1], g_train.shape[1]))
-
-
-def _genetics_map(model: Any, brain_dim: int, p: int, block: int = 1024) -> np.ndarray:
-    """[dim, p] linear part of a fitted CCA baseline's genetics side (PCA -> CCA -> standardised scores, affine),
-    read off the basis vectors block by block."""
-    zero = model.transform(np.zeros((1, brain_dim)), np.zeros((1, p)))[1][0]
-    cols = []
-    for start in range(0, p, block):
-        n = min(block, p - start)
-        basis = np.zeros((n, p))
-        basis[np.arange(n), start + np.arange(n)] = 1.0
-        cols.append((model.transform(np.zeros((n, brain_dim)), basis)[1] - zero).T)
-    return np.hstack(cols)
+    return Space(u_train, v_train, u, v, model.affine_map(1, g_train.shape[1], b_train.shape[1])[0])
 
 
 def _head_table(inputs: EvalInputs) -> Side | None:
@@ -162,6 +149,8 @@ def _edge_features(inputs: EvalInputs, cfg: EvaluateConfig, fc: Side, held: dict
 
 def compute_explain(inputs: EvalInputs, cfg: EvaluateConfig) -> ExplainOutput:
     """Every table of the explain section for each genetics modality (one modality's tables are unprefixed)."""
+    from brainmm.evaluate.baselines import fc_reduced
+
     e = cfg.explain
     out = ExplainOutput()
     fc = _fc_source(inputs)
@@ -180,8 +169,9 @@ def compute_explain(inputs: EvalInputs, cfg: EvaluateConfig) -> ExplainOutput:
         for name, table in (("cca", inputs.brain), ("fc_cca", fc)):
             if name in e.baselines and (why := _too_small(inputs, m, table)):
                 skip_warning(f"explain baseline {name} for {m!r}", why)
-            elif name in e.baselines:
-                spaces[name] = _cca_space(inputs, cfg, m, table, held)
+            elif name in e.baselines:  # fc_cca on the train-fitted FC PCA (as the evaluation's): no [N, edges] fit
+                reduced = fc_reduced(inputs, cfg) if name == "fc_cca" and inputs.brain_fc is not None else table
+                spaces[name] = _cca_space(inputs, cfg, m, reduced, held)
         feature_sets = [_genetic_features(inputs, cfg, m, held)]
         if fc is not None and _is_edges(fc):
             feature_sets.append(_edge_features(inputs, cfg, fc, held))

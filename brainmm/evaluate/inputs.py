@@ -184,6 +184,7 @@ class EvalInputs:
     brain_tower: str | None = None  # kind of the brain tower (e.g. 'brainlm') when the brain side had one
     tower_features: Callable[[], Side] | None = None  # a brain tower's input features, computed when first needed
     brain_fc: Side | None = None  # connectivity table for the fc_* baselines (data.brain_fc)
+    fc_pca: Side | None = None  # brain_fc reduced to baselines.fc_pca train-fitted components (set when first used)
 
     def subjects(self, split: str, modality: str, shared: bool = True, brain: Side | None = None) -> list[str]:
         """Sorted subjects of `split` with a brain row and a `modality` row (shared-space or input tables; `brain`
