@@ -394,3 +394,37 @@ def test_ld_pruning_drops_correlated_variants_whatever_the_block_size() -> None:
         assert run.variants["variant_id"].tolist() == [f"1:{i}:A:G" for i in range(0, 60, 2)]
         assert run.info["ld_pruned"] == 30
     np.testing.assert_allclose(runs[0].scores, runs[1].scores, rtol=1e-10, atol=1e-10)
+
+
+def test_vcf_text_path_equals_the_per_call_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pysam
+
+    from brainmm.data.genetics import sources
+
+    lines = ["##fileformat=VCFv4.2", "##contig=<ID=1>", '##FORMAT=<ID=GT,Number=1,Type=String,Description="GT">',
+             '##FORMAT=<ID=DS,Number=1,Type=Float,Description="DS">',
+             "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tA\tB\tC\tD",
+             "1\t10\trs1\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|1\t./.\t0/0",  # text path
+             "1\t20\trs2\tC\tT,G\t.\tPASS\t.\tGT\t1|2\t0|2\t2/2\t.|1",  # multi-allelic, half-missing: text path
+             "1\t30\trs3\tG\tA\t.\tPASS\t.\tGT\t0\t1\t.\t1",  # haploid: per-call path
+             "1\t40\trs4\tT\tC\t.\tPASS\t.\tGT:DS\t0|1:1\t1|1:2\t0|0:0\t0|1:1"]  # other FORMAT fields: per-call
+    plain = tmp_path / "x.vcf"
+    plain.write_text("\n".join(lines) + "\n")
+    pysam.tabix_compress(str(plain), str(tmp_path / "x.vcf.gz"))
+    source = sources.VcfSource(tmp_path / "x.vcf.gz")
+
+    def read(samples: list[int]) -> np.ndarray:
+        rows = np.arange(len(source.variants))
+        return np.hstack([b for _, b in source.blocks(np.array(samples), rows, 2)])
+
+    seen = []
+    fast = sources._diploid_gt_text
+    monkeypatch.setattr(sources, "_diploid_gt_text", lambda rec, n: seen.append(fast(rec, n) is not None) or fast(rec, n))
+    text = read([0, 1, 2, 3]), read([1, 3])
+    assert seen[:4] == [True, True, False, False]
+    monkeypatch.setattr(sources, "_diploid_gt_text", lambda rec, n: None)
+    calls = read([0, 1, 2, 3]), read([1, 3])
+    for a, b in zip(text, calls):
+        np.testing.assert_array_equal(a, b)
+    nan = np.nan
+    np.testing.assert_array_equal(text[0], [[1, 1, 1, 0, 1], [2, 0, 1, 2, 2], [nan, 0, 2, nan, 0], [0, nan, nan, 2, 1]])
