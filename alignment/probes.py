@@ -150,8 +150,9 @@ def _outer_splits(
 
 class RowSpace(BaseEstimator, TransformerMixin):
     """Coordinates of rows in the span of the training rows, when there are fewer rows than columns: an L2-penalised
-    linear model's weights lie in that span and its penalty is rotation-invariant, so the model fitted on these
-    coordinates makes the same predictions as on the columns (p >> n: 20,000 variants -> n_train coordinates)."""
+    linear model's weights lie in that span (also for any subset of those rows, centred: the inner CV) and its
+    penalty is rotation-invariant, so the model fitted on these coordinates makes the same predictions as on the
+    columns (p >> n: 20,000 variants -> n_train coordinates)."""
 
     def fit(self, x: np.ndarray, y: Any = None) -> RowSpace:
         """The training rows' Gram eigenvectors, scaled to map new rows onto their orthonormal row basis."""
@@ -186,7 +187,7 @@ def _model(task: Task, y: np.ndarray, groups: np.ndarray, seed: int) -> Pipeline
     if len(np.unique(groups)) == len(groups):
         return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))  # efficient leave-one-out
     inner = GroupKFold(n_splits=min(INNER_SPLITS, len(np.unique(groups))))
-    return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=list(inner.split(y, y, groups))))
+    return make_pipeline(StandardScaler(), RowSpace(), RidgeCV(alphas=RIDGE_ALPHAS, cv=list(inner.split(y, y, groups))))
 
 
 def fold_residuals(

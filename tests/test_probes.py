@@ -228,3 +228,21 @@ def test_row_space_coordinates_give_the_same_penalised_model_when_columns_outnum
     np.testing.assert_allclose(reduced.predict_proba(rows.transform(x_new)), plain.predict_proba(x_new), atol=1e-6)
     narrow = rng.normal(size=(60, 8))
     assert RowSpace().fit(narrow).transform(narrow) is narrow  # no more columns than rows: unchanged
+
+
+def test_row_space_keeps_a_grouped_ridge_cv_the_same() -> None:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import GroupKFold
+
+    from alignment.probes import RowSpace
+    from alignment.stats import RIDGE_ALPHAS
+
+    rng = np.random.default_rng(5)
+    x, x_new = rng.normal(size=(90, 400)), rng.normal(size=(20, 400))
+    y = x[:, :5].sum(axis=1) + rng.normal(size=90)
+    cv = list(GroupKFold(n_splits=3).split(x, y, np.arange(90) // 2))  # families of two
+    plain = RidgeCV(alphas=RIDGE_ALPHAS, cv=cv).fit(x, y)
+    rows = RowSpace()
+    reduced = RidgeCV(alphas=RIDGE_ALPHAS, cv=cv).fit(rows.fit_transform(x), y)
+    assert reduced.alpha_ == plain.alpha_
+    np.testing.assert_allclose(reduced.predict(rows.transform(x_new)), plain.predict(x_new), rtol=1e-8, atol=1e-8)
