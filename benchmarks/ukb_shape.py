@@ -86,11 +86,14 @@ def _fmt(x: float | None) -> str:
 def report(runs: list[dict], args: argparse.Namespace) -> None:
     """Per-stage table for each size, then exponents and projections."""
     for r in runs:
-        print(f"\nN = {r['n']} ({args.path} path): total {r['wall']:.0f} s wall")
-        print(f"  {'stage':13s} {'wall s':>9s} {'CPU s':>9s} {'peak RSS MB':>12s} {'disk MB':>9s}")
+        stages = sum(rec["seconds"] for rec in r["records"].values())
+        print(f"\nN = {r['n']} ({args.path} path): stages {stages:.0f} s wall ({stages / 60:.1f} min; this "
+              f"command {r['wall']:.0f} s)")
+        print(f"  {'stage':13s} {'wall s':>9s} {'CPU s':>9s} {'peak RSS MB':>12s} {'anon MB':>9s} {'disk MB':>9s}")
         for stage, rec in r["records"].items():
+            anon = rec.get("peak_anon_mb")
             print(f"  {stage:13s} {rec['seconds']:9.1f} {rec['cpu_seconds']:9.1f} {rec['peak_rss_mb']:12.0f} "
-                  f"{rec['disk_bytes'] / 1e6:9.1f}")
+                  f"{anon if anon is not None else float('nan'):9.0f} {rec['disk_bytes'] / 1e6:9.1f}")
     if len(runs) < 2:
         return
     a, b = runs[-2], runs[-1]
@@ -132,10 +135,12 @@ def rates(a: dict, b: dict, args: argparse.Namespace) -> None:
             continue
         ra, rb = a["records"][stage], b["records"][stage]
         s_per = (rb["cpu_seconds"] - ra["cpu_seconds"]) / (ub[0] - ua[0])  # CPU seconds (the machine is shared)
-        mb_per = max((rb["peak_rss_mb"] - ra["peak_rss_mb"]) / (ub[1] - ua[1]), 0.0)
+        mem = "peak_anon_mb" if ra.get("peak_anon_mb") is not None and rb.get("peak_anon_mb") is not None \
+            else "peak_rss_mb"  # anonymous memory: what the stage needs (RSS also counts mapped file pages)
+        mb_per = max((rb[mem] - ra[mem]) / (ub[1] - ua[1]), 0.0)
         b_per = max((rb["disk_bytes"] - ra["disk_bytes"]) / (ub[1] - ua[1]), 0.0)
         print(f'    "{stage}": Rate(s_per_unit={s_per:.3e}, base_s={max(rb["cpu_seconds"] - s_per * ub[0], 0):.1f}, '
-              f'mb_per_unit={mb_per:.3e}, base_mb={rb["peak_rss_mb"] - mb_per * ub[1]:.0f}, '
+              f'mb_per_unit={mb_per:.3e}, base_mb={rb[mem] - mb_per * ub[1]:.0f}, '
               f'bytes_per_unit={b_per:.3f}, base_bytes={max(rb["disk_bytes"] - b_per * ub[1], 0):.3e}),')
     print("\nthe plan's current estimate vs measured CPU seconds:")
     for r, c in zip((a, b), cfgs):
@@ -158,7 +163,14 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="continue kept runs (`brainmm run --resume`: stages whose "
                     "config is unchanged keep their measured records)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more pipeline overrides")
+    ap.add_argument("--report", nargs="*", default=[], metavar="LOG", help="no runs: report the per-size JSON lines "
+                    "that earlier runs printed (e.g. a small size and 10,000 run separately)")
     args = ap.parse_args()
+    if args.report:
+        runs = [json.loads(line) for log in args.report for line in Path(log).read_text().splitlines()
+                if line.startswith('{"n":')]
+        report(sorted(runs, key=lambda r: r["n"]), args)
+        return
     Path(args.work).mkdir(parents=True, exist_ok=True)
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")

@@ -32,3 +32,49 @@ def check_param_budget(n_params: int, what: str, bytes_per_param: int = 4, copie
             f"available memory ({human_bytes(available)} of {human_bytes(total)}); check the model sizes in the config"
         )
     return need
+
+
+def anon_rss_mb() -> float | None:
+    """This process's anonymous resident memory (RssAnon: heap, arrays, tensors; not the file pages it has mapped,
+    which the kernel can drop), MB; None where /proc is not available."""
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class AnonPeak:
+    """The largest `anon_rss_mb` seen while the block runs, sampled every `interval` s by a daemon thread (the kernel
+    keeps a peak of all resident memory, VmHWM, but none of the anonymous part alone)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import threading
+
+        self.interval, self.peak_mb = interval, anon_rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="brainmm-anon-peak", daemon=True)
+
+    def _sample(self) -> None:
+        now = anon_rss_mb()
+        if now is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, now)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> AnonPeak:
+        if self.peak_mb is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._sample()

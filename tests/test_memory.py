@@ -35,3 +35,22 @@ def test_absurd_pretrain_model_is_refused_before_allocation(world: World, tmp_pa
                            r"16\): [0-9,]{15,} parameters need about [0-9.,]+ (TB|PB) \(4 bytes x 4 copies\), more than "
                            r"this machine's available memory")
     assert left_in(tmp_path) == []
+
+
+def test_anon_peak_sees_a_temporary_array_and_not_mapped_file_pages(tmp_path) -> None:
+    import numpy as np
+
+    from brainmm.memory import AnonPeak, anon_rss_mb
+
+    before = anon_rss_mb()
+    assert before is not None  # Linux (CI)
+    big = tmp_path / "big.bin"
+    np.ones(64 * 2**20 // 8).tofile(big)  # 64 MB of file pages, mapped and read below
+    with AnonPeak(interval=0.01) as peak:
+        mapped = np.memmap(big, dtype=np.float64, mode="r")
+        assert float(mapped.sum()) == 64 * 2**20 // 8
+        x = np.ones(256 * 2**20 // 8)  # 256 MB anonymous, freed before the block ends
+        x[::512] = 2.0
+        del x
+    assert peak.peak_mb - before >= 200
+    assert peak.peak_mb - before < 256 + 64  # the mapped file pages are not counted

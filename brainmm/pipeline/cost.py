@@ -30,8 +30,8 @@ KNOBS = {
               "brain_inputs=[connectivity] (no BrainLM)"],
     "genetics": ["genetics.matrix.variants / regions (fewer variants)", "genetics.matrix.min_maf"],
     "align": ["align.train.epochs", "align.train.patience", "align.train.device (a GPU)"],
-    "evaluate": ["evaluate.baselines.methods (fc_* fit every FC edge)", "evaluate.baselines.shuffled_pairs",
-                 "evaluate.retrieval.n_boot"],
+    "evaluate": ["evaluate.explain.enabled (or explain.n_boot)", "evaluate.baselines.shuffled_pairs",
+                 "evaluate.baselines.methods", "evaluate.probes.representations (genetics: one column per variant)"],
 }
 
 

@@ -33,7 +33,8 @@ class StageRecord:
     output: str
     seconds: float = 0.0
     cpu_seconds: float = 0.0
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # VmHWM: includes the file pages it mapped (datasets, memmapped tables)
+    peak_anon_mb: float | None = None  # the anonymous part alone (sampled): the memory the stage needs
     run_id: str | None = None
     status: str = "running"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -200,12 +201,16 @@ def _run_locked(cfg: PipelineConfig, plan: Plan, overwrite: bool, resume: bool =
             records[stage] = record
             _reset_peak_rss()
             t0, c0 = time.perf_counter(), time.process_time()
+            from brainmm.memory import AnonPeak
+
+            anon = AnonPeak()
             try:
-                value = steps[stage](record)
+                with anon:
+                    value = steps[stage](record)
             finally:
                 record.seconds = time.perf_counter() - t0
                 record.cpu_seconds = time.process_time() - c0
-                record.peak_rss_mb = _peak_rss_mb()
+                record.peak_rss_mb, record.peak_anon_mb = _peak_rss_mb(), anon.peak_mb
                 log_to_file(out)  # stages move the log file to their own folders
                 _adopt(parent, plan, record)
             record.status = "finished"
@@ -236,6 +241,8 @@ def _finish(parent: PipelineRun, plan: Plan, result: PipelineResult, ok: bool) -
         timing = {f"pipeline/time/{s}_s": r.seconds for s, r in result.stages.items()}
         timing.update({f"pipeline/cpu/{s}_s": r.cpu_seconds for s, r in result.stages.items()})
         timing.update({f"pipeline/peak_rss/{s}_mb": r.peak_rss_mb for s, r in result.stages.items()})
+        timing.update({f"pipeline/peak_anon/{s}_mb": r.peak_anon_mb for s, r in result.stages.items()
+                       if r.peak_anon_mb is not None})
         timing.update({"pipeline/time/total_s": result.seconds, "pipeline/cpu/total_s": result.cpu_seconds})
         metrics = dict(timing)
         if ok:
