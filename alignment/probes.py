@@ -342,7 +342,9 @@ def linear_probe(
         if not np.isfinite(confounds).all():
             raise AlignmentInputError(f"representation {representation!r}: confounds contain NaN or inf")
 
-    with threadpool_limits(limits=1, user_api="blas"):  # many small fits: BLAS threads only add overhead
+    # many small fits: BLAS threads only add overhead, except for wider-than-tall representations (variants), whose
+    # row-space Gram products are large
+    with threadpool_limits(limits=1 if x.shape[1] <= len(x) else None, user_api="blas"):
         out, hparam = _cross_val_predict(task, x, y_fit, group_codes, n_out, n_splits, seed, confounds)
         ones = np.ones(len(y_fit))
         auc = _AucIndex.build(y_fit, out) if task == "classification" else None
