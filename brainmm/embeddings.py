@@ -34,6 +34,20 @@ def safetensors_header(rows: int, dim: int, size: int | None = None) -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
+def _mapped(st: Path) -> np.ndarray:
+    """The `vectors` tensor of a safetensors file as a read-only np.memmap (header parsed, offsets checked)."""
+    with st.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    info = header["vectors"]
+    dtype = {"F32": np.float32, "F64": np.float64, "F16": np.float16}[info["dtype"]]
+    begin, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if end - begin != int(np.prod(shape)) * np.dtype(dtype).itemsize or 8 + n + end > st.stat().st_size:
+        raise ValueError(f"header offsets {begin}..{end} do not match shape {shape} and the file size")
+    return np.memmap(st, dtype=dtype, mode="r", offset=8 + n + begin, shape=shape)
+
+
 def require_table(path: str | Path) -> Path:
     """The stem of a table whose two files exist, else one BrainmmError naming the missing file (no data read:
     commands call this before heavy imports)."""
@@ -94,8 +108,10 @@ class EmbeddingTable:
         return stem
 
     @classmethod
-    def load(cls, path: str | Path) -> EmbeddingTable:
-        """Read a table written by `save` (other formats: `brainmm.data.genetics.read_precomputed`)."""
+    def load(cls, path: str | Path, mmap: bool = False) -> EmbeddingTable:
+        """Read a table written by `save` (other formats: `brainmm.data.genetics.read_precomputed`); `mmap`: the
+        vectors as a read-only memory map of the file (a 10,000 x 89,676 connectivity table is 3.6 GB: its pages
+        are read as used and can be dropped again, instead of one anonymous copy)."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
@@ -103,7 +119,7 @@ class EmbeddingTable:
         st, js = _with(stem, ".safetensors"), _with(stem, ".json")
         try:
             side = json.loads(js.read_text())
-            vectors = load_file(str(st))["vectors"]
-        except (json.JSONDecodeError, SafetensorError, KeyError) as err:
+            vectors = _mapped(st) if mmap else load_file(str(st))["vectors"]
+        except (json.JSONDecodeError, SafetensorError, KeyError, ValueError, struct.error) as err:
             raise BrainmmError(f"embedding table {stem}: unreadable ({err.__class__.__name__}: {err})") from None
         return cls(side["ids"], vectors, side.get("meta", {}))

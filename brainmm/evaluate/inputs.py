@@ -107,16 +107,19 @@ def resolve_align_run(cfg: EvaluateConfig) -> AlignRun:
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def finite_table(path: str | Path, where: str) -> EmbeddingTable:
-    """Load an embedding table and refuse rows with NaN/inf (naming the table, the count and some ids)."""
-    table = EmbeddingTable.load(path)
+def finite_table(path: str | Path, where: str, mmap: bool = False) -> EmbeddingTable:
+    """Load an embedding table (`mmap`: memory-mapped) and refuse rows with NaN/inf (naming the table, the count
+    and some ids)."""
+    table = EmbeddingTable.load(path, mmap=mmap)
     check_finite_rows(table, path, where)
     return table
 
 
-def check_finite_rows(table: EmbeddingTable, path: str | Path, where: str) -> None:
-    """Refuse rows with NaN/inf (naming the table, the count and some ids)."""
-    bad = ~np.isfinite(table.vectors).all(axis=1)
+def check_finite_rows(table: EmbeddingTable, path: str | Path, where: str, block: int = 1024) -> None:
+    """Refuse rows with NaN/inf (naming the table, the count and some ids); checked in row blocks."""
+    v = table.vectors
+    bad = np.concatenate([~np.isfinite(v[i:i + block]).all(axis=1) for i in range(0, len(v), block)] or
+                         [np.zeros(0, dtype=bool)])
     if bad.any():
         ids = [table.ids[i] for i in np.flatnonzero(bad)[:5]]
         raise BrainmmError(f"embedding table {path} ({where}): {int(bad.sum())} rows contain NaN/inf, e.g. {ids}")
@@ -223,11 +226,11 @@ class EvalInputs:
         return self.brain
 
 
-def read_side(path: str, where: str) -> Side:
-    """A finite embedding table and the subject of each row (`where` names it in errors)."""
+def read_side(path: str, where: str, mmap: bool = False) -> Side:
+    """A finite embedding table and the subject of each row (`where` names it in errors; `mmap`: memory-mapped)."""
     from brainmm.align import table_subjects
 
-    table = finite_table(path, where)
+    table = finite_table(path, where, mmap)
     return Side(table, table_subjects(table, f"embedding table {path}"), str(path))
 
 
@@ -261,7 +264,7 @@ def load_inputs(cfg: EvaluateConfig, run: AlignRun) -> EvalInputs:
     split_of = dict(zip(split_subjects, split_labels))
 
     brain = read_side(brain_path, "data.brain") if brain_path else None
-    brain_fc = read_side(cfg.data.brain_fc, "data.brain_fc") if cfg.data.brain_fc else None
+    brain_fc = read_side(cfg.data.brain_fc, "data.brain_fc", mmap=True) if cfg.data.brain_fc else None  # [N, edges]
     genetics = {m: read_side(p, f"data.genetics.{m}") for m, p in genetics_paths.items()}
     heads = load_heads(run.run_dir)
     modalities = list(genetics)

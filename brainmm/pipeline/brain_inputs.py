@@ -27,7 +27,7 @@ def brain_input_table(inputs: list[str], embed: str, fc: str, split_csv: str, pc
         emb = EmbeddingTable.load(embed)
         ids, subjects = list(emb.ids), table_subjects(emb, f"embedding table {embed}")
     else:  # FC-only: one row per subject of the connectivity table
-        ids = subjects = list(EmbeddingTable.load(fc).ids)
+        ids = subjects = list(EmbeddingTable.load(fc, mmap=True).ids)
     split = load_split(split_csv)
     train = set(split.loc[split["split"] == "train", "subject_id"].astype(str))
     train_rows = np.array([s in train for s in subjects])
@@ -38,7 +38,7 @@ def brain_input_table(inputs: list[str], embed: str, fc: str, split_csv: str, pc
         if name == "brainlm":
             blocks.append(block_scale(np.asarray(emb.vectors, dtype=np.float64), train_rows, meta, name))
             continue
-        table = EmbeddingTable.load(fc)
+        table = EmbeddingTable.load(fc, mmap=True)  # [N, edges]: read as used
         rows = np.array([i for i, s in enumerate(table.ids) if s in train], dtype=np.int64)
         k = max(1, min(pca, len(rows) - 1, table.dim))  # small cohorts: at most n_train - 1 components
         fitted = fit_pca(table.vectors, rows, ConnectivityConfig(pca=k))
