@@ -187,3 +187,26 @@ def test_cca_sizes_are_chosen_on_validation_rows() -> None:
     again = run_baselines(b_tr, d_tr, b_te[:50], d_te[:50], brain_val=b_val, genetics_val=d_val, baselines=["cca"],
                           n_permutations=0, retrieval_kw=RETRIEVAL)
     assert again.models["cca"].selection_ == selection
+
+
+def test_blockwise_loo_alpha_equals_ridge_cv_for_wide_targets() -> None:
+    from sklearn.linear_model import Ridge, RidgeCV
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from alignment.baselines import RIDGE_ALPHAS, loo_ridge_alpha
+
+    rng = np.random.default_rng(3)
+    for noise in (0.3, 3.0, 30.0):  # different alphas win
+        x = rng.normal(size=(200, 12))
+        y = x @ rng.normal(size=(12, 700)) + noise * rng.normal(size=(200, 700)) + 5.0
+        ref = RidgeCV(alphas=RIDGE_ALPHAS).fit(x, y)
+        assert loo_ridge_alpha(x, y, RIDGE_ALPHAS, block=64) == ref.alpha_
+        np.testing.assert_allclose(Ridge(alpha=ref.alpha_).fit(x, y).predict(x[:5]), ref.predict(x[:5]), rtol=1e-10)
+    b = rng.normal(size=(300, 10))  # RidgeMap takes the blockwise path above WIDE_TARGET target columns
+    g = b @ rng.normal(size=(10, 2500)) + 3 * rng.normal(size=(300, 2500))
+    wide = RidgeMap("brain_to_genetics").fit(b, g)
+    ref_map = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(b, g)
+    assert isinstance(wide.model_[-1], Ridge) and wide.model_[-1].alpha == ref_map[-1].alpha_
+    np.testing.assert_allclose(wide.model_.predict(b), ref_map.predict(b), rtol=0, atol=1e-9 * np.abs(g).max())
