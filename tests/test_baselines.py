@@ -191,7 +191,6 @@ def test_cca_sizes_are_chosen_on_validation_rows() -> None:
 
 def test_blockwise_loo_alpha_equals_ridge_cv_for_wide_targets() -> None:
     from sklearn.linear_model import Ridge, RidgeCV
-
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
