@@ -66,3 +66,20 @@ def test_fc_baselines_on_pca_controls_to_best_epoch_and_cost(tmp_path: Path, mlf
     seconds = json.loads((tmp_path / "e" / "result.json").read_text())["seconds"]
     assert {"retrieval", "baselines", "control: shuffled-pair alignment"} <= set(seconds)
     assert "## Cost" in result.summary and "| control: shuffled-pair alignment |" in result.summary
+
+
+def test_weighted_r2_equals_r2_score_on_resampled_rows() -> None:
+    from sklearn.metrics import r2_score
+
+    from alignment.stats import bootstrap_weights
+    from brainmm.evaluate.baselines import weighted_r2
+
+    rng = np.random.default_rng(2)
+    true = rng.normal(size=(40, 6))
+    true[:, 5] = 1.5  # a constant target: sklearn scores it 1 (perfect) or 0
+    pred = true + 0.7 * rng.normal(size=(40, 6))
+    pred[::2, 5] = 1.5
+    weights = np.asarray(list(bootstrap_weights(np.arange(40), 30, 0)), np.float64)
+    ref = [r2_score(true[np.repeat(np.arange(40), w.astype(int))], pred[np.repeat(np.arange(40), w.astype(int))])
+           for w in weights]
+    np.testing.assert_allclose(weighted_r2(true, pred, weights, batch=7), ref, rtol=1e-10, atol=1e-12)
