@@ -211,3 +211,16 @@ def test_genes_from_a_bed_and_edge_order(tmp_path: Path) -> None:
     i, j, got_v = edge_parcels(v * (v - 1) // 2)
     m[i, j] = np.arange(len(i)) + 1
     assert got_v == v and (sym_matrix_to_vec(m + m.T, discard_diagonal=True) == np.arange(len(i)) + 1).all()
+
+
+def test_units_stop_at_unit_permutations_and_features_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alignment import attribution
+
+    monkeypatch.setattr(attribution, "UNIT_PERMUTATIONS", 500)
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(60, 40))
+    partner = np.c_[x[:, :2].sum(axis=1) + 0.2 * rng.normal(size=60), rng.normal(size=(60, 1))]
+    names, member = units_from_labels([f"b{j // 4}" for j in range(40)])
+    res = link_scores(x, partner, [1.0, 1.0], {"blocks": member}, n_permutations=3000, n_boot=5, seed=0)
+    assert res["blocks"].pvalue.min() == pytest.approx(1 / 501)  # the planted block: never exceeded in 500
+    assert res["features"].pvalue[:2].max() == pytest.approx(1 / 3001)  # its features saw all 3,000
