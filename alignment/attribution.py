@@ -14,10 +14,10 @@ from scipy import sparse, stats
 
 from alignment.errors import AlignmentInputError
 
-CHUNK_ELEMENTS = 16_000_000
+CHUNK_ELEMENTS = 16_000_000  # float64 elements of one [features, permutations x dims] work array
 # a unit's null needs every member feature's null score in each permutation (a parcel's 423 edges: all 89,676 edges
 # for 424 parcels), so units stop here rather than at n_permutations (BH over 424 parcels: p_min 1e-4 suffices)
-UNIT_PERMUTATIONS = 10_000  # float64 elements of one [features, permutations x dims] work array
+UNIT_PERMUTATIONS = 10_000
 
 
 def _rows(x: Any, what: str) -> np.ndarray:
@@ -147,7 +147,6 @@ def link_scores(
     w = w / w.sum()
     sets = _membership(units, p)
     xs, zs = standardise(x), standardise(z)
-    del x
     observed = _score(xs, zs, w)
     obs = {k: m @ observed for k, m in sets.items()}
     rng = np.random.default_rng(seed)
@@ -177,11 +176,13 @@ def _sequential_pvalues(box: list[np.ndarray], zs: np.ndarray, w: np.ndarray, se
     pvalue = {k: np.full(len(v), np.nan) for k, v in obs.items()}
     active = {k: np.ones(len(v), dtype=bool) for k, v in obs.items()}
     cols = np.arange(p)  # the features whose null scores are computed (a superset of those needed)
+    unit_cap = min(n_permutations, UNIT_PERMUTATIONS)
     done = 0
     while done < n_permutations and any(a.any() for a in active.values()):
-        for k in sets:  # units (parcels, genes) see at most UNIT_PERMUTATIONS: their members are most features
-            if k != "features" and done >= min(n_permutations, UNIT_PERMUTATIONS):
+        for k in sets:  # units (parcels, genes) see exactly unit_cap permutations at most: their members are most features
+            if k != "features" and done >= unit_cap:
                 active[k][:] = False
+        units_on = any(active[k].any() for k in sets if k != "features")
         need = active["features"].copy()
         for k, m in sets.items():
             if k != "features" and active[k].any():
@@ -189,7 +190,7 @@ def _sequential_pvalues(box: list[np.ndarray], zs: np.ndarray, w: np.ndarray, se
         if need.sum() < 0.8 * len(cols):  # re-slice once the needed columns have shrunk enough to pay for the copy
             keep = need[cols]
             cols, x_cols = cols[keep], x_cols[:, keep]
-        c = max(1, min(n_permutations - done, CHUNK_ELEMENTS // max(1, len(cols) * r)))
+        c = max(1, min((unit_cap if units_on else n_permutations) - done, CHUNK_ELEMENTS // max(1, len(cols) * r)))
         perm = np.stack([rng.permutation(n) for _ in range(c)])  # [c, n]
         zcat = zs[perm].transpose(1, 0, 2).reshape(n, c * r)
         null = ((x_cols.T @ zcat / n) ** 2).reshape(len(cols), c, r) @ w  # [cols, c]
@@ -210,8 +211,7 @@ def _sequential_pvalues(box: list[np.ndarray], zs: np.ndarray, w: np.ndarray, se
         done += c
     for k in sets:
         rest = np.isnan(pvalue[k])
-        seen = n_permutations if k == "features" else min(n_permutations, UNIT_PERMUTATIONS)
-        pvalue[k][rest] = (1 + exceed[k][rest]) / (1 + seen)
+        pvalue[k][rest] = (1 + exceed[k][rest]) / (1 + (n_permutations if k == "features" else unit_cap))
     return pvalue
 
 

@@ -117,4 +117,3 @@ def init_heads_from_cca(
         linear.weight[:k] = torch.as_tensor(weight, dtype=linear.weight.dtype)
         linear.bias[:k] = torch.as_tensor(bias, dtype=linear.bias.dtype)
     return {**model.selection_, "components": float(k)}
-

@@ -34,18 +34,22 @@ def check_param_budget(n_params: int, what: str, bytes_per_param: int = 4, copie
     return need
 
 
+def proc_status_mb(field: str) -> float | None:
+    """One memory line of /proc/self/status (e.g. "VmHWM", "RssAnon") in MB; None where it cannot be read."""
+    import contextlib
+    from pathlib import Path
+
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 def anon_rss_mb() -> float | None:
     """This process's anonymous resident memory (RssAnon: heap, arrays, tensors; not the file pages it has mapped,
     which the kernel can drop), MB; None where /proc is not available."""
-    from pathlib import Path
-
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
+    return proc_status_mb("RssAnon")
 
 
 class AnonPeak:

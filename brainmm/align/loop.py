@@ -192,7 +192,7 @@ def _run(cfg: AlignConfig, resume: bool, info: DistInfo) -> AlignResult:
         model = nn.parallel.DistributedDataParallel(core, device_ids=[info.device] if info.device.type == "cuda" else None)
     loss_fn = AlignmentLoss(cfg.loss, modalities, core.embed_dim, info.rank, info.world_size).to(info.device)
     groups = tower_param_groups(core, cfg.train.lr, cfg.train.weight_decay, tower_lr)
-    # fused: one pass over each tensor (1.7x a whole step of a 20,000-variant head on CPU; benchmarks/ukb_shape.md)
+    # fused: one pass over each tensor (1.7x a whole step of a 20,000-variant head on CPU, one-off measurement)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
     optimizer = torch.optim.AdamW(groups, betas=tuple(cfg.train.betas), eps=cfg.train.eps, fused=fused or None)
     steps_per_epoch = len(train) // cfg.train.batch_size

@@ -64,10 +64,11 @@ def _reset_peak_rss() -> None:
 
 def _peak_rss_mb() -> float:
     """Peak RSS of this process since the last reset (VmHWM), else since it started (getrusage)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+    from brainmm.memory import proc_status_mb
+
+    peak = proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
