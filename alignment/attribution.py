@@ -1,5 +1,5 @@
-"""Which input features carry a brain-genetics link: structure coefficients, head weights, and cross-side link
-scores on held-out pairs with bootstrap intervals, permutation p-values and Benjamini-Hochberg q-values, per
+"""Which input features carry a brain-genetics link: structure coefficients, head weights, and cross-side
+contributions / link scores on held-out pairs with bootstrap intervals, permutation p-values and Benjamini-Hochberg q-values, per
 feature and per unit (parcels, genes: sparse membership matrices)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ CHUNK_ELEMENTS = 16_000_000  # float64 elements of one [features, permutations x
 # a unit's null needs every member feature's null score in each permutation (a parcel's 423 edges: all 89,676 edges
 # for 424 parcels), so units stop here rather than at n_permutations (BH over 424 parcels: p_min 1e-4 suffices)
 UNIT_PERMUTATIONS = 10_000
+NULL_DTYPE = np.float32  # the permutations' products (undecided comparisons are redone in float64)
 
 
 def _rows(x: Any, what: str) -> np.ndarray:
@@ -84,7 +85,7 @@ def shared_directions(u_train: Any, v_train: Any, n_dims: int) -> tuple[np.ndarr
 
 @dataclass
 class Scores:
-    """Per feature or unit: link score, bootstrap CI, permutation p-value, BH q-value."""
+    """Per feature or unit: score, bootstrap CI, permutation p-value, BH q-value."""
 
     score: np.ndarray
     ci_low: np.ndarray
@@ -93,9 +94,37 @@ class Scores:
     qvalue: np.ndarray
 
 
-def _score(xs: np.ndarray, zs: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """sum_k w_k corr(x_j, z_k)^2 for standardised columns (rows paired)."""
-    return ((xs.T @ zs / len(xs)) ** 2) @ w
+@dataclass
+class _Statistic:
+    """A feature's score from its cross-moments m [features, draws, r] with the partner's columns: the link score
+    sum_k w_k corr_k^2 (`loadings` None; standardised columns) or the contribution sum_k L_jk cov_k (L: loadings)."""
+
+    w: np.ndarray  # [r], sums to 1
+    loadings: np.ndarray | None = None  # [p, r]
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Columns standardised (link) or centred (contribution)."""
+        return standardise(x) if self.loadings is None else x - x.mean(axis=0)
+
+    def __call__(self, m: np.ndarray, cols: Any = slice(None)) -> np.ndarray:
+        if self.loadings is None:
+            return (m**2) @ self.w
+        return np.einsum("jcr,jr->jc", m, self.loadings[cols])
+
+    def bound(self, m: np.ndarray, delta: np.ndarray, cols: Any = slice(None)) -> np.ndarray:
+        """[features, draws] bound on the score's error when each cross-moment m [features, draws, r] is off by at
+        most delta [features, r]: |m^2 - m'^2| <= delta (2 |m| + delta), or sum_k |L_jk| delta_jk."""
+        if self.loadings is None:
+            return (delta[:, None, :] * (2 * np.abs(m) + delta[:, None, :])) @ self.w
+        return np.repeat((np.abs(self.loadings[cols]) * delta).sum(axis=1)[:, None], m.shape[1], axis=1)
+
+
+def _moment_error(x_norm: np.ndarray, z_norm: np.ndarray, n: int, dtype: Any) -> np.ndarray:
+    """[features, r] bound on |computed - exact| of x_j'z_k / n in `dtype`, for any summation order: gamma ||x|| ||z||
+    / n with gamma = (n + 3) u / (1 - (n + 3) u), the inputs' rounding and the division included (Higham, Accuracy
+    and Stability of Numerical Algorithms, 3.1)."""
+    u = np.finfo(dtype).eps / 2
+    return (n + 3) * u / (1 - (n + 3) * u) * x_norm[:, None] * z_norm[None] / n
 
 
 def _membership(units: dict[str, Any] | None, p: int) -> dict[str, sparse.csr_matrix]:
@@ -115,45 +144,65 @@ def _membership(units: dict[str, Any] | None, p: int) -> dict[str, sparse.csr_ma
 def link_scores(
     x: Any,
     partner: Any,
-    weights: Any,
+    weights: Any = None,
     units: dict[str, Any] | None = None,
     n_permutations: int = 10000,
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
     stop_after: int = 10,
+    loadings: Any = None,
 ) -> dict[str, Scores]:
-    """How strongly each input feature of one side covaries with the other side's shared-space projection on
-    held-out pairs: score_j = sum_k w_k corr(x_j, partner_k)^2 / sum_k w_k (`partner` [n, r]: the other side's
-    projections on r shared directions, `weights` [r] >= 0, both fitted on train), for the features and for each
-    unit set (`units[name]`: [n_units, p] membership; a unit's score is the mean of its features').
+    """How strongly each input feature of one side carries the link to the other side's shared-space projection on
+    held-out pairs (`partner` [n, r]: the other side's projections on r shared directions, fitted on train), for
+    the features and for each unit set (`units[name]`: [n_units, p] membership; a unit's score is the mean of its
+    features'). One of two statistics:
+      - `loadings` [p, r] (the feature's weights in this side's linear map onto the same r directions): its
+        contribution to the held-out paired similarity, score_j = sum_k L_jk cov(x_j, partner_k); the scores sum to
+        the centred held-out paired similarity on the r directions, so a feature in LD with a causal one but with
+        little weight of its own scores little;
+      - otherwise the link score sum_k w_k corr(x_j, partner_k)^2 / sum_k w_k (`weights` [r] >= 0): a marginal
+        association, for inputs without a linear map.
 
-    p-values: the pairing permuted up to `n_permutations` times, sequentially (Besag & Clifford 1991): a feature or
-    unit stops at the permutation L where its null score reaches the observed one for the `stop_after`-th time,
-    p = stop_after / L; one that never does gets (1 + #{permuted >= observed}) / (1 + n_permutations). Both are
-    valid p-values; clearly null features stop after a few dozen shuffles, so the cost follows the few with small
-    p (`stop_after` 0: every feature sees every permutation). The smallest p is 1 / (1 + n_permutations), so BH
-    over m features needs n_permutations well above m / fdr. q-values: Benjamini-Hochberg within each set. CIs:
-    percentile bootstrap over the held-out pairs (`level`)."""
+    p-values (one-sided: the score is large): the pairing permuted up to `n_permutations` times, sequentially
+    (Besag & Clifford 1991): a feature or unit stops at the permutation L where its null score reaches the observed
+    one for the `stop_after`-th time, p = stop_after / L; one that never does gets (1 + #{permuted >= observed}) /
+    (1 + n_permutations). Both are valid p-values; clearly null features stop after a few dozen shuffles, so the
+    cost follows the few with small p (`stop_after` 0: every feature sees every permutation). The smallest p is
+    1 / (1 + n_permutations), so BH over m features needs n_permutations well above m / fdr. q-values:
+    Benjamini-Hochberg within each set. CIs: percentile bootstrap over the held-out pairs (`level`)."""
     x, z = _rows(x, "link_scores x"), _rows(partner, "link_scores partner")
-    w = np.asarray(weights, dtype=np.float64).ravel()
     n, p = x.shape
+    r = z.shape[1]
     if len(z) != n or n < 4:
         raise AlignmentInputError(f"link_scores: expected >= 4 paired rows, got {n} (x) and {len(z)} (partner)")
-    if w.shape != (z.shape[1],) or (w < 0).any() or w.sum() <= 0:
-        raise AlignmentInputError(f"link_scores weights: expected {z.shape[1]} non-negative values, not all 0")
+    if loadings is not None:
+        loadings = _rows(loadings, "link_scores loadings")
+        if loadings.shape != (p, r):
+            raise AlignmentInputError(f"link_scores loadings: expected [{p}, {r}] (features x partner columns), got "
+                                      f"{list(loadings.shape)}")
+        w = np.full(r, 1.0 / r)
+    else:
+        w = np.asarray(weights if weights is not None else [], dtype=np.float64).ravel()
+        if w.shape != (r,) or (w < 0).any() or w.sum() <= 0:
+            raise AlignmentInputError(f"link_scores weights: expected {r} non-negative values, not all 0")
     if n_permutations < 1 or n_boot < 1 or not 0 < level < 1 or stop_after < 0:
         raise AlignmentInputError("link_scores: n_permutations and n_boot >= 1, stop_after >= 0, level in (0, 1)")
-    w = w / w.sum()
+    stat = _Statistic(w / w.sum(), loadings)
     sets = _membership(units, p)
-    xs, zs = standardise(x), standardise(z)
-    observed = _score(xs, zs, w)
+    xs, zs = stat.prepare(x), stat.prepare(z)
+    moments = (xs.T @ zs / n)[:, None, :]
+    observed = stat(moments)[:, 0]
     obs = {k: m @ observed for k, m in sets.items()}
+    # a permuted score within two float64 error bounds of the observed one is a tie (discrete dosages tie exactly)
+    x_norm = np.sqrt(np.einsum("ij,ij->j", xs, xs))
+    tie = 2 * stat.bound(moments, _moment_error(x_norm, np.sqrt(np.einsum("ij,ij->j", zs, zs)), n, np.float64))[:, 0]
+    tol = {k: m @ tie + 1e-12 * np.abs(obs[k]) for k, m in sets.items()}
     rng = np.random.default_rng(seed)
-    boot = _bootstrap_scores(xs, zs, w, sets, n_boot, rng)
+    boot = _bootstrap_scores(xs, zs, stat, sets, n_boot, rng)
     box = [xs]  # handed over: the permutations re-slice the columns they still need and drop the rest
     del xs
-    pvalues = _sequential_pvalues(box, zs, w, sets, obs, n_permutations, stop_after, rng)
+    pvalues = _sequential_pvalues(box, x_norm, zs, stat, sets, obs, tol, n_permutations, stop_after, rng)
     alpha = (1 - level) / 2
     out: dict[str, Scores] = {}
     for k in sets:
@@ -162,16 +211,23 @@ def link_scores(
     return out
 
 
-def _sequential_pvalues(box: list[np.ndarray], zs: np.ndarray, w: np.ndarray, sets: dict[str, sparse.csr_matrix],
-                        obs: dict[str, np.ndarray], n_permutations: int, stop_after: int,
-                        rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _sequential_pvalues(box: list[np.ndarray], x_norm: np.ndarray, zs: np.ndarray, stat: _Statistic,
+                        sets: dict[str, sparse.csr_matrix], obs: dict[str, np.ndarray], tol: dict[str, np.ndarray],
+                        n_permutations: int, stop_after: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Permutation p-values of every feature and unit (link_scores), computing null scores only for the features
-    still needed: those not yet stopped and the members of units not yet stopped (`box`: [standardised x], taken
-    over so that its columns can be freed)."""
+    still needed: those not yet stopped and the members of units not yet stopped (`box`: [prepared x], taken over so
+    that its columns can be freed; a permuted score >= observed - tol is a hit). The null cross-moments are float32
+    products (half the time of float64) with a rigorous error bound; a comparison the bound leaves undecided is
+    redone in float64, so every count equals the float64 one."""
     x_cols = box.pop()
     n, p = x_cols.shape
     r = zs.shape[1]
-    tol = {k: 1e-12 * np.maximum(np.abs(v), 1e-300) for k, v in obs.items()}
+    x32 = x_cols.astype(NULL_DTYPE)
+    # the link score as a sum of squares: partner columns scaled by sqrt(w_k), so null = sum_k m_k^2 in one pass
+    z_null = zs if stat.loadings is not None else zs * np.sqrt(stat.w)
+    z_norm = np.sqrt(np.einsum("ij,ij->j", z_null, z_null))
+    zs32 = z_null.astype(NULL_DTYPE)
+    l32 = None if stat.loadings is None else stat.loadings.astype(NULL_DTYPE)
     exceed = {k: np.zeros(len(v), dtype=np.int64) for k, v in obs.items()}
     pvalue = {k: np.full(len(v), np.nan) for k, v in obs.items()}
     active = {k: np.ones(len(v), dtype=bool) for k, v in obs.items()}
@@ -189,19 +245,29 @@ def _sequential_pvalues(box: list[np.ndarray], zs: np.ndarray, w: np.ndarray, se
                 need |= np.asarray(abs(m[np.flatnonzero(active[k])]).sum(axis=0)).ravel() > 0
         if need.sum() < 0.8 * len(cols):  # re-slice once the needed columns have shrunk enough to pay for the copy
             keep = need[cols]
-            cols, x_cols = cols[keep], x_cols[:, keep]
+            cols, x_cols, x32, x_norm = cols[keep], x_cols[:, keep], x32[:, keep], x_norm[keep]
         c = max(1, min((unit_cap if units_on else n_permutations) - done, CHUNK_ELEMENTS // max(1, len(cols) * r)))
         perm = np.stack([rng.permutation(n) for _ in range(c)])  # [c, n]
-        zcat = zs[perm].transpose(1, 0, 2).reshape(n, c * r)
-        null = ((x_cols.T @ zcat / n) ** 2).reshape(len(cols), c, r) @ w  # [cols, c]
+        zcat = zs32[perm].transpose(1, 0, 2).reshape(n, c * r)
+        m = x32.T @ zcat
+        m *= x32.dtype.type(1 / n)
+        m = m.reshape(len(cols), c, r)
+        null = np.einsum("jcr,jcr->jc", m, m) if l32 is None else np.einsum("jcr,jr->jc", m, l32[cols])
+        null = null.astype(np.float64)  # [cols, c]
+        bound = _null_bound(null, x_norm, z_norm, n, x32.dtype, None if l32 is None else stat.loadings[cols])
         where = np.full(p, -1, dtype=np.int64)
         where[cols] = np.arange(len(cols))
         for k, m in sets.items():
             rows = np.flatnonzero(active[k])
             if not len(rows):
                 continue
-            s = null[where[rows]] if k == "features" else m[rows][:, cols] @ null
-            hits = np.cumsum(s >= (obs[k][rows] - tol[k][rows])[:, None], axis=1) + exceed[k][rows][:, None]
+            mk = None if k == "features" else m[rows][:, cols]
+            s, b = (null[where[rows]], bound[where[rows]]) if mk is None else (mk @ null, mk @ bound)
+            threshold = (obs[k][rows] - tol[k][rows])[:, None]
+            unsure = np.abs(s - threshold) <= b + tol[k][rows][:, None]
+            if unsure.any():
+                s = _exact(s, unsure, mk, where[rows], x_cols, zs, perm, stat, cols)
+            hits = np.cumsum(s >= threshold, axis=1) + exceed[k][rows][:, None]
             exceed[k][rows] = hits[:, -1]
             if stop_after:
                 stop = hits[:, -1] >= stop_after
@@ -215,7 +281,47 @@ def _sequential_pvalues(box: list[np.ndarray], zs: np.ndarray, w: np.ndarray, se
     return pvalue
 
 
-def _bootstrap_scores(xs: np.ndarray, zs: np.ndarray, w: np.ndarray, sets: dict[str, sparse.csr_matrix],
+def _null_bound(null: np.ndarray, x_norm: np.ndarray, z_norm: np.ndarray, n: int, dtype: Any,
+                loadings: np.ndarray | None) -> np.ndarray:
+    """Bound on |null - exact| ([features, draws] or [features, 1]) for null scores from `dtype` cross-moments m_k
+    (error <= delta_jk = a_j z_norm_k, _moment_error) and `dtype` arithmetic: link scores sum_k m_k^2 (partner columns
+    pre-scaled by sqrt(w_k)): sum_k delta_k (2 |m_k| + delta_k) <= 2 a ||z_norm|| sqrt(null) + a^2 ||z_norm||^2 (Cauchy-
+    Schwarz), plus (r + 2) u null for the sum of r squares; contributions sum_k L_jk m_k: a sum_k |L_jk| z_norm_k,
+    plus (r + 1) u sum_k |L_jk| |m_k| with |m_k| <= ||x_j|| z_norm_k / n. The margin (1e-5) covers second-order
+    terms and the float64 arithmetic of the bound."""
+    r = len(z_norm)
+    u = np.finfo(dtype).eps / 2
+    a = _moment_error(x_norm, np.ones(1), n, dtype)[:, 0]  # [features]
+    if loadings is None:
+        b = np.sqrt(z_norm @ z_norm)
+        out = 2 * (a * b)[:, None] * np.sqrt(null * (1 + (r + 2) * u)) + ((a * b) ** 2)[:, None] + (r + 2) * u * null
+    else:
+        l1 = np.abs(loadings) @ z_norm
+        out = ((a + (r + 1) * u * x_norm / n) * l1)[:, None]
+    return out * (1 + 1e-5)
+
+
+def _exact(s: np.ndarray, unsure: np.ndarray, mk: sparse.csr_matrix | None, local: np.ndarray, x_cols: np.ndarray,
+           zs: np.ndarray, perm: np.ndarray, stat: _Statistic, cols: np.ndarray) -> np.ndarray:
+    """`s` [rows, c] with the `unsure` entries recomputed in float64 (rows: features at `local` columns of x_cols,
+    or units `mk` [rows, cols] over them), one product per permutation."""
+    s = s.copy()
+    n = len(zs)
+    for j in np.flatnonzero(unsure.any(axis=0)):
+        rows = np.flatnonzero(unsure[:, j])
+        if mk is None:
+            need = local[rows]
+        else:
+            need = np.unique(mk[rows].indices)
+        exact = stat((x_cols[:, need].T @ zs[perm[j]] / n)[:, None, :], cols[need])[:, 0]
+        if mk is None:
+            s[rows, j] = exact
+        else:
+            s[rows, j] = mk[rows][:, need] @ exact
+    return s
+
+
+def _bootstrap_scores(xs: np.ndarray, zs: np.ndarray, stat: _Statistic, sets: dict[str, sparse.csr_matrix],
                       n_boot: int, rng: np.random.Generator, batch: int = 32) -> dict[str, np.ndarray]:
     """Link scores of `n_boot` bootstrap resamples of the paired rows, as weighted moments of the (standardised)
     rows with multinomial counts: no resampled copy of x, column blocks bounded by CHUNK_ELEMENTS."""
@@ -235,11 +341,11 @@ def _bootstrap_scores(xs: np.ndarray, zs: np.ndarray, w: np.ndarray, sets: dict[
             xm = xb.T @ counts  # [cols, nb]
             xv = (xb**2).T @ counts - xm**2
             cov = (xb.T @ zw).reshape(xb.shape[1], nb, r) - xm[:, :, None] * zm.T[None]
-            # standardised columns: a resampled variance at rounding level (<= 1e-10) is a constant column -> 0
-            sx = np.where(xv > 1e-10, np.sqrt(np.maximum(xv, 1e-10)), np.inf)
-            sz = np.where(zv > 1e-10, np.sqrt(np.maximum(zv, 1e-10)), np.inf)
-            corr = cov / (sx[:, :, None] * sz.T[None])
-            scores[j0:j0 + block] = (corr**2) @ w
+            if stat.loadings is None:  # correlations: a resampled variance at rounding level (<= 1e-10) -> 0
+                sx = np.where(xv > 1e-10, np.sqrt(np.maximum(xv, 1e-10)), np.inf)
+                sz = np.where(zv > 1e-10, np.sqrt(np.maximum(zv, 1e-10)), np.inf)
+                cov /= sx[:, :, None] * sz.T[None]
+            scores[j0:j0 + block] = stat(cov, slice(j0, j0 + block))
         for k, m in sets.items():
             boot[k][:, b0:b0 + nb] = m @ scores
     return boot

@@ -1,4 +1,4 @@
-"""Ground truth for `brainmm explain` (issue 28): on simulated cohorts, how well the link scores of the explain
+"""Ground truth for `brainmm explain` (issue 28): on simulated cohorts, how well the scores of the explain
 section recover what the simulator planted (truth.json), for brainmm's default and the CCA baselines' loadings.
 
 Per regime x seed: one pipeline run with the planted link (the regime's effect size), then one null cohort
@@ -9,8 +9,10 @@ and cannot plant a link), each in its own process and MLflow sqlite file. Read b
   - edges: the same for the driven edges (both parcels in one module driven by a factor: the coupling effect);
   - parcels: the same for the driven parcels (modules driven by a factor; n/a when every parcel is driven);
   - null cohorts: the number of BH-significant features (q <= explain.fdr) per table and method.
-Methods: model (brainmm's default: CCA-initialised linear heads on [BrainLM, FC PCA] x dosages), cca (PCA -> CCA on
-the same brain table), fc_cca (PCA -> CCA on the connectivity table). Writes <out>/explain_truth.md and .json.
+Methods: model (brainmm's default: CCA-initialised linear heads on [BrainLM, FC PCA] x dosages; FC PCA alone in the
+realistic regime, the FC-only path), cca (PCA -> CCA on the same brain table), fc_cca (PCA -> CCA on the
+connectivity table). Variants are scored by their contribution to the held-out paired similarity, edges and
+parcels by the link score (docs/explain.md). Writes <out>/explain_truth.md and .json.
 
     OMP_NUM_THREADS=1 python benchmarks/explain_truth.py --seeds 0 1 2 --out runs/explain_truth
     python benchmarks/explain_truth.py --regimes realistic --n 1000 --seeds 0 --out runs/explain_truth  # reduced N
@@ -35,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"model": "score", "cca": "cca_score", "fc_cca": "fc_cca_score"}
 OWN_SIDE = {"model_weight": "weight", "model_ig": "attribution", "cca_weight": "cca_weight",
-            "fc_cca_weight": "fc_cca_weight"}  # head / CCA weights and integrated gradients (no test, no q)
+            "fc_cca_weight": "fc_cca_weight", "oracle": "oracle"}  # weights, gradients, ceiling (no test, no q)
 FAST = ["evaluate.probes.targets=[]", "evaluate.baselines.methods=[cca, fc_cca]", "evaluate.baselines.shuffled_pairs=false",
         "evaluate.model.log=false"]
 
@@ -43,8 +45,9 @@ FAST = ["evaluate.probes.targets=[]", "evaluate.baselines.methods=[cca, fc_cca]"
 def pipeline_yaml(regime: str, out: Path, n: int | None) -> Path:
     """The demo pipeline config, its simulate section replaced by configs/simulate_<regime>.yaml (when not demo)."""
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    if regime != "demo":
+    if regime != "demo":  # 424 parcels: the FC-only path (no BrainLM pretraining on a CPU, README)
         cfg["simulate"] = yaml.safe_load((REPO / "configs" / f"simulate_{regime}.yaml").read_text())
+        cfg["brain_inputs"] = ["connectivity"]
     if n:
         cfg["simulate"]["n_subjects"] = n
     path = out / f"{regime}.yaml"
@@ -106,6 +109,20 @@ def recovery(scores: pd.Series, positive: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(positive, scores.to_numpy())), float(positive[top].mean())
 
 
+def oracle_scores(folder: Path, variant_ids: pd.Series) -> pd.Series:
+    """A ceiling for any marginal variant score: sum over factors of corr(dosage, true factor)^2 on every subject of
+    the cohort (the simulator's factors, no brain measurement, N instead of the held-out subjects)."""
+    geno = np.load(folder / "cohort" / "genotypes.npz")
+    d = geno["dosages"].astype(np.float64)
+    d = np.where(np.isfinite(d), d, np.nanmean(d, axis=0))
+    f = pd.read_csv(folder / "cohort" / "factors.csv").filter(regex=r"^factor_").to_numpy()
+    d, f = d - d.mean(axis=0), (f - f.mean(axis=0)) / f.std(axis=0)
+    sd = d.std(axis=0)
+    r = (d / np.where(sd > 0, sd, np.inf)).T @ f / len(f)
+    scores = pd.Series((r**2).sum(axis=1), index=geno["snp_ids"].astype(str))
+    return scores.reindex(variant_ids.astype(str).to_numpy()).fillna(0.0).reset_index(drop=True)
+
+
 def score_run(folder: Path, fdr: float) -> dict[str, Any]:
     """Recovery of the planted truth (or, null cohorts, significant counts) per table and method."""
     explain = folder / "evaluate" / "explain"
@@ -120,6 +137,7 @@ def score_run(folder: Path, fdr: float) -> dict[str, Any]:
                   & np.isin(mod[edges["parcel_i"]], list(truth["driven_modules"]))),
         "parcels": (parcels, truth["driven_parcels"][parcels["parcel"]]),
     }
+    variants["oracle"] = oracle_scores(folder, variants["variant_id"])
     out: dict[str, Any] = {}
     for table, (frame, positive) in positives.items():
         for method, col in {**METHODS, **OWN_SIDE}.items():

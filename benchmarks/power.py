@@ -1,10 +1,15 @@
-"""Power benchmark (issue 27 item 3): at the realistic regime's effect sizes, how large must N be before brainmm's
-default and the classical pipelines detect the brain <-> genetics link?
+"""Power benchmark (issue 27 items 3 and 5): at the realistic regime's effect sizes, how large must N be before
+brainmm's default and the classical pipelines detect the brain <-> genetics link, in two generator families?
 
-Per (heritability scale, seed) one cohort of max(--n) subjects is simulated from configs/simulate_realistic.yaml
-(factor SNP h2 0.05-0.25 times the scale; the same seed gives the same genotypes, causal variants and noise at
-every scale). One family-grouped train/val/test split (70/15/15) is made for that whole cohort, and families are
-taken in one seeded random order, so the cohort at N is a prefix of the cohort at every larger N: the subsets are
+Families (--family): `ou` simulates from configs/simulate_realistic.yaml (brainmm's own Ornstein-Uhlenbeck network,
+424 parcels); `neurolib` from configs/simulate_neurolib.yaml (the same genetics, factors, sites and population, with
+neurolib's whole-brain Hopf model on its 80-region HCP connectome, dynamics brainmm does not define; needs the
+sim-neurolib extra); `both` (the default of the full grid) runs the two, so a recipe is judged on both generative
+stories. --quick runs `ou` unless --family is given (`--quick --family neurolib` is the small neurolib check).
+Per (family, heritability scale, seed) one cohort of max(--n) subjects is simulated (factor SNP h2 0.05-0.25 times
+the scale; the same seed gives the same genotypes, causal variants and noise at every scale). One
+family-grouped (sibships) train/val/test split (70/15/15) is made for that whole cohort, and families are taken in
+one seeded random order, so the cohort at N is a prefix of the cohort at every larger N: the subsets are
 nested and every subject keeps its split at every N (no stage ever trains on a subject that is a test subject at
 another N). Per subset the whole pipeline runs (`brainmm run configs/demo.yaml` on the subset's cohort table and
 split, the cohort's VCF; every stage fits on the train subjects only). Methods, all scored on the test subjects:
@@ -25,6 +30,7 @@ are cross-checked against evaluate's own (`evaluate_r`, `evaluate_p_r`: alignmen
 
     python benchmarks/power.py --out runs/power                      # the full grid: hours to days on 2 cores
     python benchmarks/power.py --quick --out runs/power-quick        # N 150/300, 2 seeds, scale 1, 20 pretrain steps
+    python benchmarks/power.py --quick --family neurolib --out runs/power-quick-nl   # the same, neurolib family
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from alignment_scaling import _metric, _model_ranks  # noqa: E402  (reused: metr
 
 REPO = Path(__file__).resolve().parents[1]
 REALISTIC = REPO / "configs" / "simulate_realistic.yaml"
+FAMILIES = {"ou": REALISTIC, "neurolib": REPO / "configs" / "simulate_neurolib.yaml"}  # family -> simulator config
 METHODS = ("model", "fc_cca", "pgs")
 FULL = {"n": [1000, 2000, 5000, 10000], "seeds": [0, 1, 2, 3, 4], "h2_scale": [0.5, 1.0, 2.0]}
 QUICK = {"n": [150, 300], "seeds": [0, 1], "h2_scale": [1.0]}
@@ -62,17 +69,25 @@ PGS_COMPONENTS = 8
 ALPHA = 0.05
 
 
-def simulate(out: Path, n_max: int, seed: int, scale: float, extra: list[str]) -> tuple[Path, dict[str, float]]:
-    """One realistic cohort per (scale, seed) (reused when already there); wall s and the process's peak RSS."""
+def run_name(family: str, scale: float, seed: int) -> str:
+    """Folder stem of one (family, scale, seed): `h1_s0` for ou (the names before families existed), else
+    `neurolib-h1_s0`."""
+    return f"{'' if family == 'ou' else family + '-'}h{scale:g}_s{seed}"
+
+
+def simulate(out: Path, n_max: int, seed: int, scale: float, extra: list[str],
+             family: str = "ou") -> tuple[Path, dict[str, float]]:
+    """One cohort per (family, scale, seed) (reused when already there); wall s and the process's peak RSS."""
     from brainmm.config import load_config
     from brainmm.data.simulate import SimulationConfig, simulate_cohort
 
-    folder = out / "cohorts" / f"h{scale:g}_s{seed}"
+    config = FAMILIES[family]
+    folder = out / "cohorts" / run_name(family, scale, seed)
     if (folder / "manifest.json").is_file():
         return folder, {}
-    base = load_config(SimulationConfig, REALISTIC)
+    base = load_config(SimulationConfig, config)
     high = base.factors.h2_high if base.factors.h2_high is not None else base.factors.h2
-    cfg = load_config(SimulationConfig, REALISTIC, [
+    cfg = load_config(SimulationConfig, config, [
         f"n_subjects={n_max}", f"seed={seed}", f"factors.h2={min(1.0, base.factors.h2 * scale)}",
         f"factors.h2_high={min(1.0, high * scale)}", *extra])
     t0 = time.perf_counter()
@@ -244,16 +259,18 @@ def score(folder: Path, n_perm: int, seed: int) -> dict[str, dict[str, float]]:
 
 
 def power_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (scale, N, method): mean r / MRR over seeds, power = share of seeds with p(r) < ALPHA (Wilson CI)."""
+    """Per (family, scale, N, method): mean r / MRR over seeds, power = share of seeds with p(r) < ALPHA (Wilson
+    CI). Rows saved before families existed are `ou`."""
     from alignment.stats import wilson_ci
 
     out = []
-    for (scale, n), group in pd.DataFrame(rows).groupby(["h2_scale", "n"]):
+    frame = pd.DataFrame([{"family": "ou", **r} for r in rows])
+    for (family, scale, n), group in frame.groupby(["family", "h2_scale", "n"]):
         for m in METHODS:
             stats = [s[m] for s in group["scores"]]
             hits = [s["p_r"] < ALPHA for s in stats]
             low, high = wilson_ci(float(np.mean(hits)), len(hits))
-            out.append({"h2_scale": scale, "n": n, "method": m, "seeds": len(stats),
+            out.append({"family": family, "h2_scale": scale, "n": n, "method": m, "seeds": len(stats),
                         "n_test": int(np.mean([s["n_test"] for s in stats])),
                         "r": float(np.mean([s["r"] for s in stats])), "mrr": float(np.mean([s["mrr"] for s in stats])),
                         "mrr_chance": float(np.mean([s["mrr_chance"] for s in stats])),
@@ -264,12 +281,15 @@ def power_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render(table: list[dict[str, Any]], costs: dict[str, Any], command: str, quick: bool) -> str:
-    """Markdown: the per-scale table and the smallest N reaching 80 % power per method."""
+    """Markdown: per family and scale, the table and the smallest N reaching 80 % power per method."""
     lines = ["# power benchmark results" + (" (QUICK MODE: small N, 2 seeds; not the benchmark's grid)" if quick
                                            else ""), "", f"`{command}`", ""]
-    t = pd.DataFrame(table)
-    for scale in sorted(t["h2_scale"].unique()):
-        lines += [f"## heritability x{scale:g}", "", "| N | test | method | held-out r (mean) | MRR (mean; chance) | "
+    everything = pd.DataFrame(table)
+    sections = [(f, s) for f in FAMILIES for s in sorted(everything.loc[everything["family"] == f, "h2_scale"].unique())]
+    for family, scale in sections:
+        t = everything[everything["family"] == family]
+        lines += [f"## {family} family ({FAMILIES[family].relative_to(REPO)}), heritability x{scale:g}", "",
+                  "| N | test | method | held-out r (mean) | MRR (mean; chance) | "
                   "p(r) per seed | p(MRR) per seed | power p(r) < 0.05 [95 % CI] | power p(MRR) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for _, row in t[t["h2_scale"] == scale].sort_values(["n", "method"]).iterrows():
@@ -289,6 +309,8 @@ def main() -> None:
     """Simulate, subsample, run the pipelines, score every method and write power.json / power.md."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"small grid to show it works: {QUICK}, {QUICK_OVERRIDES}")
+    ap.add_argument("--family", choices=[*FAMILIES, "both"],
+                    help="generator family: ou, neurolib or both (default: both; ou with --quick)")
     ap.add_argument("--n", type=int, nargs="+")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--h2-scale", type=float, nargs="+")
@@ -301,22 +323,27 @@ def main() -> None:
     grid = QUICK if args.quick else FULL
     ns, seeds = args.n or grid["n"], args.seeds or grid["seeds"]
     scales = args.h2_scale or grid["h2_scale"]
+    family_arg = args.family or ("ou" if args.quick else "both")
+    families = list(FAMILIES) if family_arg == "both" else [family_arg]
     args.out.mkdir(parents=True, exist_ok=True)
     rows, costs = [], {}
     if args.summarise_only:
         saved = json.loads((args.out / "power_rows.json").read_text())
         rows, costs = (saved, {}) if isinstance(saved, list) else (saved["rows"], saved["costs"])
         scales = []
-    for scale in scales:
-        for seed in seeds:
-            cohort, sim_cost = simulate(args.out, max(ns), seed, scale, args.simulate)
-            costs[f"simulate h{scale:g} s{seed} N={max(ns)}"] = sim_cost
-            for n, split in nested_subsets(cohort, ns, seed).items():
-                folder = args.out / f"h{scale:g}_s{seed}_n{n}"
-                extra = [*(QUICK_OVERRIDES if args.quick else []), *args.overrides]
-                costs[f"pipeline h{scale:g} s{seed} N={n}"] = run_pipeline(cohort, split, folder, extra)
-                rows.append({"h2_scale": scale, "seed": seed, "n": n, "scores": score(folder, args.n_perm, seed)})
-                (args.out / "power_rows.json").write_text(json.dumps({"rows": rows, "costs": costs}, indent=1))
+    for family in families:
+        for scale in scales:
+            for seed in seeds:
+                name = run_name(family, scale, seed)
+                cohort, sim_cost = simulate(args.out, max(ns), seed, scale, args.simulate, family)
+                costs[f"simulate {name} N={max(ns)}"] = sim_cost
+                for n, split in nested_subsets(cohort, ns, seed).items():
+                    folder = args.out / f"{name}_n{n}"
+                    extra = [*(QUICK_OVERRIDES if args.quick else []), *args.overrides]
+                    costs[f"pipeline {name} N={n}"] = run_pipeline(cohort, split, folder, extra)
+                    rows.append({"family": family, "h2_scale": scale, "seed": seed, "n": n,
+                                 "scores": score(folder, args.n_perm, seed)})
+                    (args.out / "power_rows.json").write_text(json.dumps({"rows": rows, "costs": costs}, indent=1))
     table = power_table(rows)
     (args.out / "power.json").write_text(json.dumps({"rows": rows, "table": table, "costs": costs}, indent=1))
     text = render(table, costs, "python " + " ".join(sys.argv), args.quick)

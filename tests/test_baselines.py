@@ -126,6 +126,14 @@ def test_pca_components_are_chosen_on_train_and_capped() -> None:
     cut, ref = truncated_pca(capped_pca(x), k), PCA(n_components=k, random_state=0).fit(x)
     assert 1 < k < capped_pca(x).n_components_ == 30
     np.testing.assert_allclose(cut.transform(x), ref.transform(x), rtol=0, atol=1e-9 * np.abs(x).max())
+    # fits are reused by content (a copy of the rows hits, one changed value does not), and equal a fresh fit
+    fit = capped_pca(x)
+    assert capped_pca(x.copy()) is fit and capped_pca(np.asfortranarray(x)) is fit
+    changed = x.copy()
+    changed[7, 3] += 1e-9
+    assert capped_pca(changed) is not fit and capped_pca(x, max_components=10) is not fit
+    fresh = PCA(n_components=30, random_state=0).fit(x)
+    np.testing.assert_array_equal(fit.components_, fresh.components_)
 
 
 def test_ridge_map_spaces_and_random_heads() -> None:

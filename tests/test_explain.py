@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from alignment import AlignmentInputError
 from alignment.attribution import (
     affine_map,
     link_scores,
@@ -224,3 +225,103 @@ def test_units_stop_at_unit_permutations_and_features_go_on(monkeypatch: pytest.
     res = link_scores(x, partner, [1.0, 1.0], {"blocks": member}, n_permutations=3000, n_boot=5, seed=0)
     assert res["blocks"].pvalue.min() == pytest.approx(1 / 501)  # the planted block: never exceeded in 500
     assert res["features"].pvalue[:2].max() == pytest.approx(1 / 3001)  # its features saw all 3,000
+
+
+def test_contributions_sum_to_the_paired_similarity_and_separate_a_causal_feature_from_its_ld_partner() -> None:
+    rng = np.random.default_rng(11)
+    n, p, r = 400, 30, 3
+    x = rng.normal(size=(n, p))
+    x[:, 1] = 0.95 * x[:, 0] + np.sqrt(1 - 0.95**2) * rng.normal(size=n)  # feature 1: an LD partner of causal 0
+    x[:, 5] = 0.95 * x[:, 4] + np.sqrt(1 - 0.95**2) * rng.normal(size=n)  # feature 5: of causal 4
+    partner = np.c_[x[:, 0] - 0.7 * x[:, 4] + rng.normal(size=n), rng.normal(size=(n, r - 1))]
+    loadings = 0.05 * rng.normal(size=(p, r))  # a fitted map: the causal features carry the weight, partners little
+    loadings[0, 0], loadings[4, 0] = 1.0, -0.7
+    names, member = units_from_labels([f"b{j // 2}" for j in range(p)])
+    res = link_scores(x, partner, units={"blocks": member}, loadings=loadings, n_permutations=2000, n_boot=200,
+                      seed=0)
+    f = res["features"]
+    xc, zc = x - x.mean(0), partner - partner.mean(0)
+    similarity = np.einsum("ik,ik->", xc @ loadings, zc) / n  # centred held-out paired similarity of the map
+    assert abs(f.score.sum() - similarity) <= 100 * EPS * np.abs(xc @ loadings).max() * np.abs(zc).max()
+    np.testing.assert_allclose(f.score, np.einsum("jk,jk->j", xc.T @ zc / n, loadings), rtol=1e-12, atol=1e-14)
+    assert set(np.argsort(-f.score)[:2]) == {0, 4}
+    assert f.score[0] > 5 * f.score[1] and f.score[4] > 5 * f.score[5]  # partners: real correlation, little weight
+    link = link_scores(x, partner, [1.0, 1.0, 1.0], n_permutations=200, n_boot=5, seed=0)["features"].score
+    assert link[1] > 0.5 * link[0]  # the marginal link score cannot tell them apart
+    assert set(np.flatnonzero(f.qvalue <= 0.05)) >= {0, 4}
+    assert (f.ci_low[[0, 4]] <= f.score[[0, 4]]).all() and (f.score[[0, 4]] <= f.ci_high[[0, 4]]).all()
+    np.testing.assert_allclose(res["blocks"].score, f.score.reshape(-1, 2).mean(axis=1), rtol=1e-12, atol=1e-15)
+    draw = np.random.default_rng(0)  # bootstrap: the same draws as an explicit resample of the rows
+    boot = []
+    for _ in range(200):
+        i = draw.integers(0, n, n)
+        xi, zi = x[i] - x[i].mean(0), partner[i] - partner[i].mean(0)
+        boot.append(np.einsum("jk,jk->j", xi.T @ zi / n, loadings))
+    low, high = np.quantile(np.array(boot).T, [0.025, 0.975], axis=1)
+    np.testing.assert_allclose(f.ci_low, low, atol=1e-6 * np.abs(low).max())  # float32 draws
+    np.testing.assert_allclose(f.ci_high, high, atol=1e-6 * np.abs(high).max())
+
+
+def test_contributions_under_the_null_hold_their_level() -> None:
+    pvalues, hits = [], 0
+    for seed in range(20):
+        rng = np.random.default_rng(200 + seed)
+        x, partner, loadings = rng.normal(size=(60, 30)), rng.normal(size=(60, 3)), rng.normal(size=(30, 3))
+        res = link_scores(x, partner, loadings=loadings, n_permutations=2000, n_boot=5, seed=seed)["features"]
+        pvalues.append(res.pvalue)
+        hits += bool((res.qvalue <= 0.05).any())
+    pvalues = np.concatenate(pvalues)
+    for a in (0.05, 0.2, 0.5):  # one-sided permutation p-values: P(p <= a) <= a (binomial 99.9 % band)
+        assert abs((pvalues <= a).mean() - a) <= 3.3 * np.sqrt(a * (1 - a) / len(pvalues))
+    assert hits <= 3
+    with pytest.raises(AlignmentInputError, match=r"loadings: expected \[30, 3\]"):
+        link_scores(x, partner, loadings=loadings[:5])
+
+
+@pytest.mark.parametrize("contribution", [False, True])
+def test_ties_of_discrete_data_count_exactly_through_the_float32_null(monkeypatch: pytest.MonkeyPatch,
+                                                                     contribution: bool) -> None:
+    from alignment import attribution
+
+    calls = []
+    exact = attribution._exact
+    monkeypatch.setattr(attribution, "_exact", lambda *a: calls.append(1) or exact(*a))
+    rng = np.random.default_rng(5)
+    n, p = 40, 30
+    x = rng.integers(0, 3, size=(n, p))  # dosages and a binary partner: permuted scores tie exactly
+    partner = rng.integers(0, 2, size=(n, 2))
+    loadings = rng.integers(-2, 3, size=(p, 2)) if contribution else None
+    names, member = units_from_labels([f"b{j // 3}" for j in range(p)])
+    res = link_scores(x.astype(float), partner.astype(float), [1.0, 1.0], {"blocks": member}, n_permutations=500,
+                      n_boot=3, seed=2, stop_after=0, loadings=None if loadings is None else loadings.astype(float))
+    # the reference in exact integer arithmetic: n^2 cov = n sum xz - sum x sum z; the link score's comparison
+    # multiplied by its positive denominators (the partner's variances do not change under permutation)
+    vx = n * (x**2).sum(0) - x.sum(0) ** 2
+    vz = n * (partner**2).sum(0) - partner.sum(0) ** 2
+
+    def exact_scores(z: np.ndarray) -> list[int]:
+        c = [[int(n * x[:, j] @ z[:, k] - x[:, j].sum() * z[:, k].sum()) for k in range(2)] for j in range(p)]
+        if contribution:
+            return [sum(int(loadings[j, k]) * c[j][k] for k in range(2)) for j in range(p)]
+        return [c[j][0] ** 2 * int(vz[1]) + c[j][1] ** 2 * int(vz[0]) for j in range(p)]
+
+    def unit_scores(score: list[int]) -> list[object]:
+        if contribution:
+            return [sum(score[j] for j in range(3 * b, 3 * b + 3)) for b in range(len(names))]
+        from fractions import Fraction
+        return [sum(Fraction(score[j], int(vx[j])) for j in range(3 * b, 3 * b + 3)) for b in range(len(names))]
+
+    draw = np.random.default_rng(2)
+    for _ in range(3):
+        draw.integers(0, n, n)
+    obs = exact_scores(partner)
+    obs_u = unit_scores(obs)
+    hits, unit_hits, ties = np.zeros(p), np.zeros(len(names)), 0
+    for _ in range(500):
+        null = exact_scores(partner[draw.permutation(n)])
+        ties += sum(a == b for a, b in zip(null, obs))
+        hits += [a >= b for a, b in zip(null, obs)]
+        unit_hits += [a >= b for a, b in zip(unit_scores(null), obs_u)]
+    assert ties > 100 and calls  # exact ties happened, and the float32 bound sent them to float64
+    np.testing.assert_array_equal(res["features"].pvalue, (1 + hits) / 501)
+    np.testing.assert_array_equal(res["blocks"].pvalue, (1 + unit_hits) / 501)

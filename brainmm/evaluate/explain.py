@@ -211,7 +211,7 @@ def _figures(tables: dict[str, pd.DataFrame], k: int) -> dict[str, Any]:
     for name, table in tables.items():
         if name.startswith("variants"):
             figs[f"explain/manhattan{name.removeprefix('variants')}.png"] = F.manhattan(
-                table, f"{name}: link score p-values (held-out subjects); red: BH-significant")
+                table, f"{name}: score p-values (held-out subjects); red: BH-significant")
     for name, parcels in tables.items():
         if name.startswith("parcels") and parcels[["x", "y", "z"]].notna().all().all():
             figs[f"explain/{name}_map.png"] = F.parcel_markers(parcels, "parcel link score (mean over its edges)")

@@ -1,6 +1,6 @@
-"""Link scores of one side's input features (and their units) against each method's shared space: the trained
-model and the CCA baselines, with the model's own-side columns (structure coefficient, head weight, integrated
-gradients)."""
+"""Scores of one side's input features (and their units) against each method's shared space (contributions to the
+held-out paired similarity, or link scores): the trained model and the CCA baselines, with the model's own-side
+columns (structure coefficient, head weight, integrated gradients)."""
 
 from __future__ import annotations
 
@@ -56,10 +56,28 @@ def _columns(scores: Any, prefix: str, fdr: float) -> dict[str, np.ndarray]:
     return cols
 
 
-def _own_side(feat: Features, space: Space, q: np.ndarray, cfg: ExplainSection) -> dict[str, np.ndarray]:
+def _linear_maps(feat: Features, spaces: dict[str, Space]) -> dict[str, np.ndarray] | None:
+    """Each method's linear map [dim, p] from these columns to its shared space, when every method has one (the
+    genetics side with affine heads: the head's and the CCA loadings); None otherwise (link scores for all, so the
+    methods stay comparable)."""
+    from alignment import AlignmentInputError
+    from alignment.attribution import affine_map
+
+    if feat.side != "genetics" or feat.projector is None:
+        return None
+    try:
+        maps = {MODEL: affine_map(feat.projector, feat.x_test.shape[1])[0]}
+    except AlignmentInputError:
+        return None  # nonlinear head: its integrated-gradient column is the attribution
+    maps.update({name: space.genetics_map for name, space in spaces.items() if name != MODEL})
+    return None if any(m is None for m in maps.values()) else maps
+
+
+def _own_side(feat: Features, space: Space, q: np.ndarray, w: np.ndarray | None,
+              cfg: ExplainSection) -> dict[str, np.ndarray]:
     """The model's own-side columns: structure coefficient with the first shared direction's held-out projection,
-    head weight norm on the shared directions (affine projectors) and the mean integrated gradient of the paired
-    similarity over held-out pairs."""
+    head weight norm on the shared directions (`w`: the affine head's map, when already read off) and the mean
+    integrated gradient of the paired similarity over held-out pairs."""
     from alignment import AlignmentInputError
     from alignment.attribution import affine_map, structure_coefficients
     from alignment.gradients import similarity_attributions
@@ -69,11 +87,13 @@ def _own_side(feat: Features, space: Space, q: np.ndarray, cfg: ExplainSection) 
     out = {"structure_1": structure_coefficients(feat.x_test, own @ q[:, :1])[:, 0]}
     if feat.projector is None:
         return out
-    try:
-        w, _ = affine_map(feat.projector, feat.x_test.shape[1])
+    if w is None:
+        try:
+            w = affine_map(feat.projector, feat.x_test.shape[1])[0]
+        except AlignmentInputError:
+            pass  # nonlinear: the gradient column below is its attribution
+    if w is not None:
         out["weight"] = np.linalg.norm(q.T @ w, axis=0)
-    except AlignmentInputError:
-        pass  # nonlinear: the gradient column below is its attribution
     attr, delta = similarity_attributions(feat.projector, feat.x_test, partner, feat.train_mean, cfg.ig_steps)
     LOG.info("explain: %s integrated gradients, max completeness error %.2g", feat.name, float(np.abs(delta).max()))
     out["attribution"] = attr.mean(axis=0)
@@ -83,23 +103,29 @@ def _own_side(feat: Features, space: Space, q: np.ndarray, cfg: ExplainSection) 
 def explain_features(feat: Features, spaces: dict[str, Space], cfg: ExplainSection,
                      seed: int = 0) -> dict[str, pd.DataFrame]:
     """One table per feature set and unit set: description, the model's score [CI], p, q, significant (and its
-    own-side columns), then each baseline's score [CI] and q; rows in input order (every feature, not a top k)."""
+    own-side columns), then each baseline's score [CI] and q; rows in input order (every feature, not a top k).
+    The score is each feature's contribution to the held-out paired similarity where every method maps the
+    columns linearly (variants under linear heads), else the link score (alignment.attribution.link_scores)."""
     from alignment.attribution import link_scores
 
     tables = {feat.name: feat.table.reset_index(drop=True).copy()}
     tables.update({name: desc.reset_index(drop=True).copy() for name, (desc, _) in feat.units.items()})
     membership = {name: m for name, (_, m) in feat.units.items()}
+    maps = _linear_maps(feat, spaces)
+    LOG.info("explain: %s scored by %s", feat.name, "contribution" if maps else "link score")
     for method, space in spaces.items():
         q, lam = space.directions(cfg.n_dims)
         partner = (space.genetics_test if feat.side == "brain" else space.brain_test) @ q
-        result = link_scores(feat.x_test, partner, lam, membership, cfg.n_permutations, cfg.n_boot, seed=seed)
+        loadings = None if maps is None else (q.T @ maps[method]).T
+        result = link_scores(feat.x_test, partner, lam, membership, cfg.n_permutations, cfg.n_boot, seed=seed,
+                             loadings=loadings)
         prefix = "" if method == MODEL else method
         for name, scores in result.items():
             key = feat.name if name == "features" else name
             for col, values in _columns(scores, prefix, cfg.fdr).items():
                 tables[key][col] = values
         if method == MODEL:
-            for col, values in _own_side(feat, space, q, cfg).items():
+            for col, values in _own_side(feat, space, q, maps[MODEL] if maps else None, cfg).items():
                 tables[feat.name][col] = values
         elif feat.side == "genetics" and space.genetics_map is not None:  # the baseline's weights, like the head's
             tables[feat.name][f"{method}_weight"] = np.linalg.norm(q.T @ space.genetics_map, axis=0)

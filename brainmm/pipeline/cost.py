@@ -47,26 +47,26 @@ class Rate:
     base_bytes: float = 0.0
 
 
-# Measured rates per device. "cpu": AMD EPYC (Zen 4), 2 cores, shared, torch/BLAS threads 2.
-#   simulate .. evaluate: fitted on `python benchmarks/ukb_shape.py --sizes 200,500 --path fc` (424 parcels x 490
-#   TRs, 20,000 variants; benchmarks/ukb_shape.md, 2026-12-07): the slope between the two sizes per unit below.
-#   pretrain, embed: `python benchmarks/brainlm_cost.py` at 424 parcels (benchmarks/ukb_shape.md, same day).
+# Measured rates per device. "cpu": AMD EPYC (Zen 4), 2 cores, torch/BLAS threads 2 (CPU seconds).
+#   simulate .. align: fitted between the N = 2,000 run and the N = 10,000 run of `python benchmarks/ukb_shape.py
+#   --path fc` (424 parcels x 490 TRs, 20,000 variants; `--report` on both runs' records, benchmarks/ukb_shape.md,
+#   2026-12-07); evaluate (probes, retrieval, baselines, shuffled-pair control, figures, explain) between the
+#   N = 1,000 and 2,000 runs (no whole evaluate at 10,000 was recorded). pretrain, embed:
+#   `python benchmarks/brainlm_cost.py` at 424 parcels (same page).
 RATES: dict[str, dict[str, Rate]] = {
     "cpu": {
-        # FC-only runs at N = 100 and 200 (align: 30 epochs): slope and intercept between the two sizes
-        "simulate": Rate(s_per_unit=2.570e-07, base_s=1.5, mb_per_unit=1.894e-05, base_mb=235, bytes_per_unit=3.703,
-                         base_bytes=3.805e+05),
-        "ingest": Rate(s_per_unit=6.477e-08, base_s=0.8, mb_per_unit=1.604e-05, base_mb=502, bytes_per_unit=4.012,
-                       base_bytes=6.229e+04),
-        "connectivity": Rate(s_per_unit=2.637e-10, base_s=0.0, mb_per_unit=1.656e-05, base_mb=795, bytes_per_unit=4.001,
-                             base_bytes=1.643e+03),
-        "genetics": Rate(s_per_unit=9.348e-07, base_s=0.0, mb_per_unit=3.689e-05, base_mb=595, bytes_per_unit=4.079,
-                         base_bytes=1.405e+06),
-        "align": Rate(s_per_unit=3.606e-07, base_s=46.0, mb_per_unit=3.700e-05, base_mb=6684, bytes_per_unit=1.096,
-                      base_bytes=2.016e+08),
-        # evaluate as of 2026-12-07 (probes, retrieval, baselines, shuffled-pair control, figures, explain)
-        "evaluate": Rate(s_per_unit=4.799e-06, base_s=214.9, mb_per_unit=6.531e-05, base_mb=5697, bytes_per_unit=0.225,
-                         base_bytes=2.191e+08),
+        "simulate": Rate(s_per_unit=2.395e-07, base_s=10.2, mb_per_unit=1.853e-06, base_mb=287, bytes_per_unit=3.489,
+                         base_bytes=9.735e+07),
+        "ingest": Rate(s_per_unit=2.879e-08, base_s=2.6, mb_per_unit=3.055e-08, base_mb=1119, bytes_per_unit=3.780,
+                       base_bytes=9.635e+07),
+        "connectivity": Rate(s_per_unit=6.660e-11, base_s=23.1, mb_per_unit=4.977e-08, base_mb=709, bytes_per_unit=3.770,
+                             base_bytes=4.142e+07),
+        "genetics": Rate(s_per_unit=6.075e-08, base_s=1.3, mb_per_unit=1.715e-07, base_mb=494, bytes_per_unit=3.770,
+                         base_bytes=1.109e+07),
+        "align": Rate(s_per_unit=2.743e-08, base_s=239.4, mb_per_unit=1.630e-05, base_mb=1945, bytes_per_unit=0.090,
+                      base_bytes=3.750e+08),
+        "evaluate": Rate(s_per_unit=1.330e-06, base_s=50.7, mb_per_unit=3.030e-06, base_mb=3856, bytes_per_unit=1.547,
+                         base_bytes=5.951e+07),
         # median CPU s per FLOP over 4 shapes (hidden 64 / 256, 4,240-20,776 tokens; spread 1.9-2.6e-11); memory: the
         # 5M shape's 1.52 GB peak over its activations (an upper bound: base included)
         "pretrain": Rate(s_per_unit=2.04e-11, mb_per_unit=1.17e-4),

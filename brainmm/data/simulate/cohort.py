@@ -15,6 +15,13 @@ from brainmm.data.simulate.config import SimulationConfig
 from brainmm.data.simulate.factors import Factors, simulate_factors
 from brainmm.data.simulate.genotypes import Genotypes, load_genotype_base, simulate_genotypes
 from brainmm.data.simulate.network import Network, build_network, simulate_signals
+from brainmm.data.simulate.neural_mass import (
+    NeuralMass,
+    build_neural_mass,
+    neural_mass_truth,
+    simulate_neural_mass,
+    subject_parameters,
+)
 from brainmm.data.simulate.phenotypes import Demographics, simulate_demographics, simulate_diagnosis
 from brainmm.data.simulate.population import Population, group_names, population_truth, structure
 from brainmm.data.simulate.writers import write_bed, write_fasta, write_npz, write_vcf
@@ -82,7 +89,8 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
     call_rate = np.isfinite(geno.observed).mean(axis=0)
     factors = simulate_factors(cfg.factors, geno.dosages, call_rate, geno.snp_ids,
                                np.random.default_rng(factor_ss))
-    net = build_network(b, rng_net)
+    neural = b.generator == "neurolib"  # neurolib's Hopf model makes the latent signals; the rest is shared
+    net: Network | NeuralMass = build_neural_mass(b, cfg.neural_mass, e) if neural else build_network(b, rng_net)
     rng_pheno = np.random.default_rng(pheno_ss)
     demo = simulate_demographics(cfg.phenotypes, cfg.sites, geno.family_ids, b.n_parcels, rng_pheno)
     pop: Population | None = None
@@ -101,6 +109,7 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
     offset = pop.drive_offset(net.modules) if pop is not None else None  # [N, V] group effect, not genetic
     if offset is not None:
         log_gain += e.amplitude * offset
+    nm_params = subject_parameters(net, drive, e, offset) if isinstance(net, NeuralMass) else None
     dx, dx_intercept = simulate_diagnosis(cfg.phenotypes, factors.values[:, 0], log_gain.mean(axis=1),
                                           demo.site_dx_shift[demo.site], rng_pheno)
 
@@ -134,10 +143,14 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
         for start in progress(range(0, n, chunk), desc="simulate", total=-(-n // chunk), unit="chunk"):
             subj = np.arange(start, min(start + chunk, n))
             recs = np.arange(subj[0] * sessions, (subj[-1] + 1) * sessions)
-            ops = net.subject_operators(drive[subj], e, None if offset is None else offset[subj])
             rngs = [rec_rngs[r] for r in recs]
-            x, eig = simulate_signals(net, ops, sessions, b.n_timepoints, rngs)
-            max_eig = max(max_eig, eig)
+            if isinstance(net, NeuralMass):
+                assert nm_params is not None
+                x = simulate_neural_mass(net, nm_params.rows(subj), sessions, b.n_timepoints, rngs)
+            else:
+                ops = net.subject_operators(drive[subj], e, None if offset is None else offset[subj])
+                x, eig = simulate_signals(net, ops, sessions, b.n_timepoints, rngs)
+                max_eig = max(max_eig, eig)
             s_of_r = rec_subject[recs]
             site = demo.site[s_of_r]
             noise = np.stack([r.standard_normal((b.n_timepoints, b.n_parcels)) for r in rngs])
@@ -165,6 +178,11 @@ def _simulate(cfg: SimulationConfig, out_dir: Path, overwrite: bool) -> None:
             write_bed(tmp / "regions.bed", geno.regions)
             write_vcf(tmp / "haplotypes.vcf.gz", geno.subject_ids, geno.chrom, geno.pos, geno.snp_ids,
                       geno.ref, geno.alt, lengths, SOURCE, haplotypes=geno.haplotypes)
+        if nm_params is not None:
+            write_npz(tmp / "neural_mass.npz", {
+                "subject_ids": np.array(geno.subject_ids), "a": nm_params.a, "x_ext": nm_params.x_ext,
+                "coupling_multiplier": nm_params.coupling, "cmat": net.cmat,
+            })
         truth = _truth(cfg, geno, factors, net, demo, dx, dx_intercept, max_eig, site_names)
         if pop is not None:
             assert geno.group_af is not None and geno.ancestral_af is not None
@@ -187,7 +205,7 @@ def _truth(
     cfg: SimulationConfig,
     geno: Genotypes,
     factors: Factors,
-    net: Network,
+    net: Network | NeuralMass,
     demo: Demographics,
     dx: np.ndarray,
     dx_intercept: float,
@@ -198,6 +216,27 @@ def _truth(
     e = cfg.effects
     r2 = [float(np.corrcoef(factors.values[:, i], factors.pgs[:, i])[0, 1] ** 2)
           for i in range(cfg.factors.n_factors)]
+    factor_module = {f"factor_{i + 1}": i for i in range(cfg.factors.n_factors)}
+    if isinstance(net, NeuralMass):
+        brain = {**neural_mass_truth(net, e), "factor_module": factor_module}
+    else:
+        brain = {
+            "modules": net.modules.tolist(),
+            "factor_module": factor_module,
+            "noise_variance": float(net.noise_cov[0, 0]),
+            "base_max_eigenvalue": float(np.linalg.eigvalsh(net.w0 - np.eye(net.n_parcels) / net.tau)[-1]),
+            "max_subject_eigenvalue": max_eig,
+            "hrf": net.hrf.tolist(),
+        }
+    effects = {
+        "effect_size": e.effect_size,
+        "amplitude_log_gain_per_sd": e.effect_size * e.amplitude,
+        "coupling_multiplier": f"1 + {e.coupling} * tanh({e.effect_size} * f_k) on module-k edges",
+        "timescale_multiplier": f"exp({e.timescale} * tanh({e.effect_size} * f_k)) on module-k parcels",
+    }
+    if isinstance(net, NeuralMass):
+        effects["bifurcation_parameter"] = (f"{cfg.neural_mass.a} + {e.bifurcation} * tanh({e.effect_size} * f_k) "
+                                            f"on module-k nodes")
     return {
         "package": "brainmm",
         "version": __version__,
@@ -213,20 +252,8 @@ def _truth(
             "causal": factors.causal,
             "realised_h2": r2,
         },
-        "brain": {
-            "modules": net.modules.tolist(),
-            "factor_module": {f"factor_{i + 1}": i for i in range(cfg.factors.n_factors)},
-            "noise_variance": float(net.noise_cov[0, 0]),
-            "base_max_eigenvalue": float(np.linalg.eigvalsh(net.w0 - np.eye(net.n_parcels) / net.tau)[-1]),
-            "max_subject_eigenvalue": max_eig,
-            "hrf": net.hrf.tolist(),
-        },
-        "effects": {
-            "effect_size": e.effect_size,
-            "amplitude_log_gain_per_sd": e.effect_size * e.amplitude,
-            "coupling_multiplier": f"1 + {e.coupling} * tanh({e.effect_size} * f_k) on module-k edges",
-            "timescale_multiplier": f"exp({e.timescale} * tanh({e.effect_size} * f_k)) on module-k parcels",
-        },
+        "brain": brain,
+        "effects": effects,
         "phenotypes": {
             "dx_intercept": dx_intercept,
             "realised_prevalence": float(dx.mean()),

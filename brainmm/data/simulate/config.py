@@ -90,8 +90,9 @@ class FactorConfig:
 
 @dataclass
 class BrainConfig:
-    """Parcel time series from a symmetric linear stochastic (Ornstein-Uhlenbeck) network."""
+    """Parcel time series: brainmm's linear stochastic (Ornstein-Uhlenbeck) network or a neurolib model."""
 
+    generator: Literal["ou", "neurolib"] = "ou"  # neurolib: `neural_mass` (needs the sim-neurolib extra)
     n_parcels: int = 48  # even: two mirrored hemispheres
     n_timepoints: int = 400
     tr: float = 0.72  # seconds
@@ -131,12 +132,13 @@ class BrainConfig:
 
 @dataclass
 class EffectConfig:
-    """How strongly the latent factors shape the brain signal (`effect_size` scales all three)."""
+    """How strongly the latent factors shape the brain signal (`effect_size` scales every pathway)."""
 
     effect_size: float = 1.0  # 0 = no brain<->genetics link
     amplitude: float = 0.35  # log-gain of a driven module per SD of its factor (times effect_size)
     coupling: float = 0.5  # max relative change of within-module coupling (saturating, < 1)
     timescale: float = 0.3  # max log-change of the driven parcels' time constant (saturating)
+    bifurcation: float = 0.0  # neurolib only: max shift (1/s) of the driven nodes' Hopf bifurcation parameter
 
     def validate(self) -> None:
         """Check ranges; one error naming the field."""
@@ -144,6 +146,32 @@ class EffectConfig:
         _require(self.amplitude >= 0, "effects.amplitude", "a number >= 0", self.amplitude)
         _require(0 <= self.coupling < 1, "effects.coupling", "a number in [0, 1)", self.coupling)
         _require(self.timescale >= 0, "effects.timescale", "a number >= 0", self.timescale)
+        _require(self.bifurcation >= 0, "effects.bifurcation", "a number >= 0", self.bifurcation)
+
+
+NEUROLIB_REGIONS = 80  # the cortical AAL2 regions of neurolib's bundled "hcp" and "gw" connectomes
+
+
+@dataclass
+class NeuralMassConfig:
+    """neurolib's whole-brain Hopf model at the BOLD time scale (used when brain.generator is 'neurolib')."""
+
+    dataset: Literal["hcp", "gw"] = "hcp"  # neurolib's bundled structural connectome (Cmat, 80 AAL2 regions)
+    a: float = -0.02  # baseline Hopf bifurcation parameter of every node (1/s; Deco et al. 2017)
+    frequency_hz: float = 0.05  # intrinsic frequency of every node (Hz; the 0.04-0.07 Hz BOLD band)
+    global_coupling: float = 0.7  # K_gl on the max-normalised Cmat (diffusive coupling)
+    noise: float = 0.02  # SD of the white noise driving each node, per sqrt(s) (Deco et al. 2017: 0.02)
+    max_dt: float = 0.1  # s: the Euler step is brain.tr / ceil(brain.tr / max_dt)
+    transient_s: float = 100.0  # s integrated and dropped before the first sample
+
+    def validate(self) -> None:
+        """Check ranges; one error naming the field."""
+        _require(math.isfinite(self.a), "neural_mass.a", "a finite number (1/s)", self.a)
+        _require(self.frequency_hz > 0, "neural_mass.frequency_hz", "a positive number (Hz)", self.frequency_hz)
+        _require(self.global_coupling >= 0, "neural_mass.global_coupling", "a number >= 0", self.global_coupling)
+        _require(self.noise > 0, "neural_mass.noise", "a positive number", self.noise)
+        _require(0 < self.max_dt <= 0.5, "neural_mass.max_dt", "a number of seconds in (0, 0.5]", self.max_dt)
+        _require(self.transient_s >= 0, "neural_mass.transient_s", "a number of seconds >= 0", self.transient_s)
 
 
 @dataclass
@@ -214,13 +242,14 @@ class SimulationConfig:
     phenotypes: PhenotypeConfig = field(default_factory=PhenotypeConfig)
     sites: SiteConfig = field(default_factory=SiteConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
+    neural_mass: NeuralMassConfig = field(default_factory=NeuralMassConfig)
 
     def validate(self) -> None:
         """Check every section and the cross-field constraints (stability, enough SNPs)."""
         _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
         _require(self.n_subjects >= 3, "n_subjects", "an integer >= 3", self.n_subjects)
         for section in (self.genotypes, self.factors, self.brain, self.effects, self.phenotypes, self.sites,
-                        self.population):
+                        self.population, self.neural_mass):
             section.validate()
         _require(self.factors.n_factors <= self.brain.n_modules, "factors.n_factors",
                  f"at most brain.n_modules = {self.brain.n_modules} (factor k drives module k)",
@@ -232,9 +261,23 @@ class SimulationConfig:
             need = self.factors.n_factors * self.factors.n_causal
             _require(need <= n_snps, "factors.n_causal",
                      f"n_factors * n_causal <= n_blocks * snps_per_block = {n_snps}", self.factors.n_causal)
+        if self.brain.generator == "neurolib":
+            self._validate_neurolib()
+            return
+        _require(self.effects.bifurcation == 0, "effects.bifurcation",
+                 "0 when brain.generator is 'ou' (it shifts neurolib's Hopf nodes)", self.effects.bifurcation)
         # Stability for every subject: max eig(A) <= (-exp(-timescale) + (1 + coupling_effect) * coupling) / tau.
         bound = (1 + self.effects.coupling) * self.brain.coupling
         _require(bound < math.exp(-self.effects.timescale), "brain.coupling",
                  f"(1 + effects.coupling) * brain.coupling < exp(-effects.timescale) = "
                  f"{math.exp(-self.effects.timescale):.3f} so every subject's network is stable "
                  f"(now {bound:.3f})", self.brain.coupling)
+
+    def _validate_neurolib(self) -> None:
+        """Cross-field constraints of the neurolib generator (its connectome fixes the parcels)."""
+        _require(self.brain.n_parcels == NEUROLIB_REGIONS, "brain.n_parcels",
+                 f"{NEUROLIB_REGIONS} (the regions of neurolib's '{self.neural_mass.dataset}' connectome) when "
+                 f"brain.generator is 'neurolib'", self.brain.n_parcels)
+        _require(self.effects.timescale == 0, "effects.timescale",
+                 "0 when brain.generator is 'neurolib' (its Hopf nodes share one frequency; use "
+                 "effects.bifurcation)", self.effects.timescale)
