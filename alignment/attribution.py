@@ -1,6 +1,6 @@
 """Which input features carry a brain-genetics link: structure coefficients, head weights, and cross-side
-contributions / link scores on held-out pairs with bootstrap intervals, permutation p-values and Benjamini-Hochberg q-values, per
-feature and per unit (parcels, genes: sparse membership matrices)."""
+contributions or link scores on held-out pairs with bootstrap intervals, permutation p-values and Benjamini-Hochberg
+q-values, per feature and per unit (parcels, genes: sparse membership matrices)."""
 
 from __future__ import annotations
 
@@ -111,12 +111,10 @@ class _Statistic:
             return (m**2) @ self.w
         return np.einsum("jcr,jr->jc", m, self.loadings[cols])
 
-    def bound(self, m: np.ndarray, delta: np.ndarray, cols: Any = slice(None)) -> np.ndarray:
-        """[features, draws] bound on the score's error when each cross-moment m [features, draws, r] is off by at
-        most delta [features, r]: |m^2 - m'^2| <= delta (2 |m| + delta), or sum_k |L_jk| delta_jk."""
-        if self.loadings is None:
-            return (delta[:, None, :] * (2 * np.abs(m) + delta[:, None, :])) @ self.w
-        return np.repeat((np.abs(self.loadings[cols]) * delta).sum(axis=1)[:, None], m.shape[1], axis=1)
+    def null_columns(self, z: np.ndarray) -> np.ndarray:
+        """The partner's columns the permutations use: scaled by sqrt(w_k) for the link score, so that a score is
+        one sum of squares sum_k m_k^2 (_null_bound); as they are for contributions."""
+        return z if self.loadings is not None else z * np.sqrt(self.w)
 
 
 def _moment_error(x_norm: np.ndarray, z_norm: np.ndarray, n: int, dtype: Any) -> np.ndarray:
@@ -196,7 +194,8 @@ def link_scores(
     obs = {k: m @ observed for k, m in sets.items()}
     # a permuted score within two float64 error bounds of the observed one is a tie (discrete dosages tie exactly)
     x_norm = np.sqrt(np.einsum("ij,ij->j", xs, xs))
-    tie = 2 * stat.bound(moments, _moment_error(x_norm, np.sqrt(np.einsum("ij,ij->j", zs, zs)), n, np.float64))[:, 0]
+    z_norm = np.linalg.norm(stat.null_columns(zs), axis=0)
+    tie = 2 * _null_bound(observed[:, None], x_norm, z_norm, n, np.float64, loadings)[:, 0]
     tol = {k: m @ tie + 1e-12 * np.abs(obs[k]) for k, m in sets.items()}
     rng = np.random.default_rng(seed)
     boot = _bootstrap_scores(xs, zs, stat, sets, n_boot, rng)
@@ -223,9 +222,8 @@ def _sequential_pvalues(box: list[np.ndarray], x_norm: np.ndarray, zs: np.ndarra
     n, p = x_cols.shape
     r = zs.shape[1]
     x32 = x_cols.astype(NULL_DTYPE)
-    # the link score as a sum of squares: partner columns scaled by sqrt(w_k), so null = sum_k m_k^2 in one pass
-    z_null = zs if stat.loadings is not None else zs * np.sqrt(stat.w)
-    z_norm = np.sqrt(np.einsum("ij,ij->j", z_null, z_null))
+    z_null = stat.null_columns(zs)
+    z_norm = np.linalg.norm(z_null, axis=0)
     zs32 = z_null.astype(NULL_DTYPE)
     l32 = None if stat.loadings is None else stat.loadings.astype(NULL_DTYPE)
     exceed = {k: np.zeros(len(v), dtype=np.int64) for k, v in obs.items()}
@@ -283,7 +281,7 @@ def _sequential_pvalues(box: list[np.ndarray], x_norm: np.ndarray, zs: np.ndarra
 
 def _null_bound(null: np.ndarray, x_norm: np.ndarray, z_norm: np.ndarray, n: int, dtype: Any,
                 loadings: np.ndarray | None) -> np.ndarray:
-    """Bound on |null - exact| ([features, draws] or [features, 1]) for null scores from `dtype` cross-moments m_k
+    """Bound on |score - exact| ([features, draws] or [features, 1]) for scores from `dtype` cross-moments m_k
     (error <= delta_jk = a_j z_norm_k, _moment_error) and `dtype` arithmetic: link scores sum_k m_k^2 (partner columns
     pre-scaled by sqrt(w_k)): sum_k delta_k (2 |m_k| + delta_k) <= 2 a ||z_norm|| sqrt(null) + a^2 ||z_norm||^2 (Cauchy-
     Schwarz), plus (r + 2) u null for the sum of r squares; contributions sum_k L_jk m_k: a sum_k |L_jk| z_norm_k,
@@ -323,8 +321,8 @@ def _exact(s: np.ndarray, unsure: np.ndarray, mk: sparse.csr_matrix | None, loca
 
 def _bootstrap_scores(xs: np.ndarray, zs: np.ndarray, stat: _Statistic, sets: dict[str, sparse.csr_matrix],
                       n_boot: int, rng: np.random.Generator, batch: int = 32) -> dict[str, np.ndarray]:
-    """Link scores of `n_boot` bootstrap resamples of the paired rows, as weighted moments of the (standardised)
-    rows with multinomial counts: no resampled copy of x, column blocks bounded by CHUNK_ELEMENTS."""
+    """Scores of `n_boot` bootstrap resamples of the paired rows, as weighted moments of the prepared rows with
+    multinomial counts: no resampled copy of x, column blocks bounded by CHUNK_ELEMENTS."""
     n, p = xs.shape
     r = zs.shape[1]
     boot = {k: np.empty((m.shape[0], n_boot), dtype=np.float32) for k, m in sets.items()}  # CIs need no more digits

@@ -56,30 +56,36 @@ def _columns(scores: Any, prefix: str, fdr: float) -> dict[str, np.ndarray]:
     return cols
 
 
-def _linear_maps(feat: Features, spaces: dict[str, Space]) -> dict[str, np.ndarray] | None:
-    """Each method's linear map [dim, p] from these columns to its shared space, when every method has one (the
-    genetics side with affine heads: the head's and the CCA loadings); None otherwise (link scores for all, so the
-    methods stay comparable)."""
+def _head_map(feat: Features) -> np.ndarray | None:
+    """The model head's linear map [dim, p] from these columns (affine projectors, read off with their
+    standardiser); None without a projector or for a nonlinear one (its integrated gradients are the attribution)."""
     from alignment import AlignmentInputError
     from alignment.attribution import affine_map
 
-    if feat.side != "genetics" or feat.projector is None:
+    if feat.projector is None:
         return None
     try:
-        maps = {MODEL: affine_map(feat.projector, feat.x_test.shape[1])[0]}
+        return affine_map(feat.projector, feat.x_test.shape[1])[0]
     except AlignmentInputError:
-        return None  # nonlinear head: its integrated-gradient column is the attribution
-    maps.update({name: space.genetics_map for name, space in spaces.items() if name != MODEL})
+        return None
+
+
+def _linear_maps(feat: Features, spaces: dict[str, Space], head: np.ndarray | None) -> dict[str, np.ndarray] | None:
+    """Each method's linear map [dim, p] from these columns to its shared space, when every method has one (the
+    genetics side with an affine head: the head's and the CCA loadings); None otherwise (link scores for all, so the
+    methods stay comparable)."""
+    if feat.side != "genetics" or head is None:
+        return None
+    maps = {MODEL: head, **{name: space.genetics_map for name, space in spaces.items() if name != MODEL}}
     return None if any(m is None for m in maps.values()) else maps
 
 
-def _own_side(feat: Features, space: Space, q: np.ndarray, w: np.ndarray | None,
+def _own_side(feat: Features, space: Space, q: np.ndarray, head: np.ndarray | None,
               cfg: ExplainSection) -> dict[str, np.ndarray]:
     """The model's own-side columns: structure coefficient with the first shared direction's held-out projection,
-    head weight norm on the shared directions (`w`: the affine head's map, when already read off) and the mean
-    integrated gradient of the paired similarity over held-out pairs."""
-    from alignment import AlignmentInputError
-    from alignment.attribution import affine_map, structure_coefficients
+    head weight norm on the shared directions (`head`: the affine head's map) and the mean integrated gradient of
+    the paired similarity over held-out pairs."""
+    from alignment.attribution import structure_coefficients
     from alignment.gradients import similarity_attributions
 
     own, partner = ((space.brain_test, space.genetics_test) if feat.side == "brain"
@@ -87,13 +93,8 @@ def _own_side(feat: Features, space: Space, q: np.ndarray, w: np.ndarray | None,
     out = {"structure_1": structure_coefficients(feat.x_test, own @ q[:, :1])[:, 0]}
     if feat.projector is None:
         return out
-    if w is None:
-        try:
-            w = affine_map(feat.projector, feat.x_test.shape[1])[0]
-        except AlignmentInputError:
-            pass  # nonlinear: the gradient column below is its attribution
-    if w is not None:
-        out["weight"] = np.linalg.norm(q.T @ w, axis=0)
+    if head is not None:
+        out["weight"] = np.linalg.norm(q.T @ head, axis=0)
     attr, delta = similarity_attributions(feat.projector, feat.x_test, partner, feat.train_mean, cfg.ig_steps)
     LOG.info("explain: %s integrated gradients, max completeness error %.2g", feat.name, float(np.abs(delta).max()))
     out["attribution"] = attr.mean(axis=0)
@@ -111,7 +112,8 @@ def explain_features(feat: Features, spaces: dict[str, Space], cfg: ExplainSecti
     tables = {feat.name: feat.table.reset_index(drop=True).copy()}
     tables.update({name: desc.reset_index(drop=True).copy() for name, (desc, _) in feat.units.items()})
     membership = {name: m for name, (_, m) in feat.units.items()}
-    maps = _linear_maps(feat, spaces)
+    head = _head_map(feat)
+    maps = _linear_maps(feat, spaces, head)
     LOG.info("explain: %s scored by %s", feat.name, "contribution" if maps else "link score")
     for method, space in spaces.items():
         q, lam = space.directions(cfg.n_dims)
@@ -125,7 +127,7 @@ def explain_features(feat: Features, spaces: dict[str, Space], cfg: ExplainSecti
             for col, values in _columns(scores, prefix, cfg.fdr).items():
                 tables[key][col] = values
         if method == MODEL:
-            for col, values in _own_side(feat, space, q, maps[MODEL] if maps else None, cfg).items():
+            for col, values in _own_side(feat, space, q, head, cfg).items():
                 tables[feat.name][col] = values
         elif feat.side == "genetics" and space.genetics_map is not None:  # the baseline's weights, like the head's
             tables[feat.name][f"{method}_weight"] = np.linalg.norm(q.T @ space.genetics_map, axis=0)

@@ -188,10 +188,16 @@ def simulate_signals(
     for t in range(1, n_total):  # AR(1) per mode, in place: y_t = a * y_{t-1} + eta_t
         eta[t] += a * eta[t - 1]
     x = np.matmul(eta.transpose(1, 0, 2), np.swapaxes(u, 1, 2))  # x_t = U y_t -> [C, T', V]
-    if n_kernel == 1:
-        return x, max_eig
-    out = np.zeros((x.shape[0], n_timepoints, x.shape[2]))
-    for k, h in enumerate(net.hrf):  # causal 'valid' convolution along time
-        start = n_kernel - 1 - k
-        out += h * x[:, start : start + n_timepoints]
-    return out, max_eig
+    return hrf_filter(x, net.hrf, n_timepoints), max_eig
+
+
+def hrf_filter(x: np.ndarray, hrf: np.ndarray, n_timepoints: int) -> np.ndarray:
+    """Causal 'valid' convolution along time (axis -2): [..., n_timepoints + len(hrf) - 1, V] -> [..., n_timepoints,
+    V]; unchanged for a length-1 kernel (no HRF)."""
+    if len(hrf) == 1:
+        return x
+    out = np.zeros(x.shape[:-2] + (n_timepoints, x.shape[-1]))
+    for k, h in enumerate(hrf):
+        start = len(hrf) - 1 - k
+        out += h * x[..., start : start + n_timepoints, :]
+    return out

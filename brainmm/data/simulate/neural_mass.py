@@ -23,7 +23,7 @@ import numpy as np
 
 from brainmm.data.simulate.aal2 import AAL2_CORTEX
 from brainmm.data.simulate.config import BrainConfig, EffectConfig, NeuralMassConfig
-from brainmm.data.simulate.network import _kmeans, hrf_kernel
+from brainmm.data.simulate.network import _kmeans, hrf_filter, hrf_kernel
 from brainmm.errors import BrainmmError
 
 MODEL = "neurolib.models.hopf (HopfModel's timeIntegration), neurolib 0.6.2"
@@ -176,8 +176,7 @@ def _latent(net: NeuralMass, params: SubjectParameters, i: int, n_timepoints: in
         })
         _, xs, _, _, _ = integrate.timeIntegration(p)
     x = xs[:, -n_samples * net.steps_per_tr :][:, net.steps_per_tr - 1 :: net.steps_per_tr].T  # [T', V]
-    if n_kernel > 1:
-        x = sum(h * x[n_kernel - 1 - k : n_kernel - 1 - k + n_timepoints] for k, h in enumerate(net.hrf))
+    x = hrf_filter(x, net.hrf, n_timepoints)
     return x - x.mean(axis=0)
 
 
