@@ -19,6 +19,10 @@ CHUNK_ELEMENTS = 16_000_000  # float64 elements of one [features, permutations x
 # for 424 parcels), so units stop here rather than at n_permutations (BH over 424 parcels: p_min 1e-4 suffices)
 UNIT_PERMUTATIONS = 10_000
 NULL_DTYPE = np.float32  # the permutations' products (undecided comparisons are redone in float64)
+# chance, per table (features, or one unit set) over all its rows and checks, that a row stopped as significant
+# reports a p below its exact permutation p-value (the Clopper-Pearson level is spent over rows and checks)
+SETTLE_RISK = 1e-3
+SETTLE_GROWTH = 1.25  # the BH decisions are checked at permutations 64, x1.25, x1.25^2, ...
 
 
 def _rows(x: Any, what: str) -> np.ndarray:
@@ -90,7 +94,7 @@ class Scores:
     score: np.ndarray
     ci_low: np.ndarray
     ci_high: np.ndarray
-    pvalue: np.ndarray  # (1 + #{permuted >= observed}) / (1 + n_permutations)
+    pvalue: np.ndarray  # permutation p-value (link_scores: sequential; settled-significant ones an upper bound)
     qvalue: np.ndarray
 
 
@@ -150,6 +154,7 @@ def link_scores(
     seed: int = 0,
     stop_after: int = 10,
     loadings: Any = None,
+    fdr: float | None = None,
 ) -> dict[str, Scores]:
     """How strongly each input feature of one side carries the link to the other side's shared-space projection on
     held-out pairs (`partner` [n, r]: the other side's projections on r shared directions, fitted on train), for
@@ -167,8 +172,13 @@ def link_scores(
     one for the `stop_after`-th time, p = stop_after / L; one that never does gets (1 + #{permuted >= observed}) /
     (1 + n_permutations). Both are valid p-values; clearly null features stop after a few dozen shuffles, so the
     cost follows the few with small p (`stop_after` 0: every feature sees every permutation). The smallest p is
-    1 / (1 + n_permutations), so BH over m features needs n_permutations well above m / fdr. q-values:
-    Benjamini-Hochberg within each set. CIs: percentile bootstrap over the held-out pairs (`level`)."""
+    1 / (1 + n_permutations), so BH over m features needs n_permutations well above m / fdr. With `fdr`, a feature
+    or unit also stops once its BH decision at that level is settled (Gandy & Hahn 2014, MMCTest's rejection side):
+    at checks on a geometric schedule, every undecided one is set to the Clopper-Pearson upper bound of its exact
+    permutation p (level SETTLE_RISK spent over the set and the checks), and those BH still rejects stop with that
+    bound as their p. With probability >= 1 - SETTLE_RISK every such p is >= the exact permutation p, so they stay
+    valid; strong features stop after ~ log(m / SETTLE_RISK) / threshold permutations instead of n_permutations.
+    q-values: Benjamini-Hochberg within each set. CIs: percentile bootstrap over the held-out pairs (`level`)."""
     x, z = _rows(x, "link_scores x"), _rows(partner, "link_scores partner")
     n, p = x.shape
     r = z.shape[1]
@@ -184,8 +194,10 @@ def link_scores(
         w = np.asarray(weights if weights is not None else [], dtype=np.float64).ravel()
         if w.shape != (r,) or (w < 0).any() or w.sum() <= 0:
             raise AlignmentInputError(f"link_scores weights: expected {r} non-negative values, not all 0")
-    if n_permutations < 1 or n_boot < 1 or not 0 < level < 1 or stop_after < 0:
-        raise AlignmentInputError("link_scores: n_permutations and n_boot >= 1, stop_after >= 0, level in (0, 1)")
+    if n_permutations < 1 or n_boot < 1 or not 0 < level < 1 or stop_after < 0 or (
+            fdr is not None and not 0 < fdr < 1):
+        raise AlignmentInputError("link_scores: n_permutations and n_boot >= 1, stop_after >= 0, level and fdr in "
+                                  "(0, 1)")
     stat = _Statistic(w / w.sum(), loadings)
     sets = _membership(units, p)
     xs, zs = stat.prepare(x), stat.prepare(z)
@@ -201,7 +213,7 @@ def link_scores(
     boot = _bootstrap_scores(xs, zs, stat, sets, n_boot, rng)
     box = [xs]  # handed over: the permutations re-slice the columns they still need and drop the rest
     del xs
-    pvalues = _sequential_pvalues(box, x_norm, zs, stat, sets, obs, tol, n_permutations, stop_after, rng)
+    pvalues = _sequential_pvalues(box, x_norm, zs, stat, sets, obs, tol, n_permutations, stop_after, rng, fdr)
     alpha = (1 - level) / 2
     out: dict[str, Scores] = {}
     for k in sets:
@@ -212,7 +224,8 @@ def link_scores(
 
 def _sequential_pvalues(box: list[np.ndarray], x_norm: np.ndarray, zs: np.ndarray, stat: _Statistic,
                         sets: dict[str, sparse.csr_matrix], obs: dict[str, np.ndarray], tol: dict[str, np.ndarray],
-                        n_permutations: int, stop_after: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+                        n_permutations: int, stop_after: int, rng: np.random.Generator,
+                        fdr: float | None = None) -> dict[str, np.ndarray]:
     """Permutation p-values of every feature and unit (link_scores), computing null scores only for the features
     still needed: those not yet stopped and the members of units not yet stopped (`box`: [prepared x], taken over so
     that its columns can be freed; a permuted score >= observed - tol is a hit). The null cross-moments are float32
@@ -231,7 +244,8 @@ def _sequential_pvalues(box: list[np.ndarray], x_norm: np.ndarray, zs: np.ndarra
     active = {k: np.ones(len(v), dtype=bool) for k, v in obs.items()}
     cols = np.arange(p)  # the features whose null scores are computed (a superset of those needed)
     unit_cap = min(n_permutations, UNIT_PERMUTATIONS)
-    done = 0
+    caps = {k: n_permutations if k == "features" else unit_cap for k in sets}
+    done, checks, next_check = 0, 0, 64
     while done < n_permutations and any(a.any() for a in active.values()):
         for k in sets:  # units (parcels, genes) see exactly unit_cap permutations at most: their members are most features
             if k != "features" and done >= unit_cap:
@@ -244,7 +258,8 @@ def _sequential_pvalues(box: list[np.ndarray], x_norm: np.ndarray, zs: np.ndarra
         if need.sum() < 0.8 * len(cols):  # re-slice once the needed columns have shrunk enough to pay for the copy
             keep = need[cols]
             cols, x_cols, x32, x_norm = cols[keep], x_cols[:, keep], x32[:, keep], x_norm[keep]
-        c = max(1, min((unit_cap if units_on else n_permutations) - done, CHUNK_ELEMENTS // max(1, len(cols) * r)))
+        c = max(1, min((unit_cap if units_on else n_permutations) - done, CHUNK_ELEMENTS // max(1, len(cols) * r),
+                       next_check - done if fdr is not None else n_permutations))
         perm = np.stack([rng.permutation(n) for _ in range(c)])  # [c, n]
         zcat = zs32[perm].transpose(1, 0, 2).reshape(n, c * r)
         m = x32.T @ zcat
@@ -273,10 +288,33 @@ def _sequential_pvalues(box: list[np.ndarray], x_norm: np.ndarray, zs: np.ndarra
                 pvalue[k][rows[stop]] = stop_after / at
                 active[k][rows[stop]] = False
         done += c
+        if fdr is not None and done >= next_check:
+            checks += 1
+            next_check = int(np.ceil(done * SETTLE_GROWTH))
+            for k in sets:
+                _settle(pvalue[k], active[k], exceed[k], done, caps[k], fdr, checks)
     for k in sets:
         rest = np.isnan(pvalue[k])
-        pvalue[k][rest] = (1 + exceed[k][rest]) / (1 + (n_permutations if k == "features" else unit_cap))
+        pvalue[k][rest] = (1 + exceed[k][rest]) / (1 + caps[k])
     return pvalue
+
+
+def _settle(pvalue: np.ndarray, active: np.ndarray, exceed: np.ndarray, done: int, cap: int, fdr: float,
+            check: int) -> None:
+    """Stop (in place) the active rows whose BH rejection at `fdr` no longer depends on more permutations: with
+    every active row at the Clopper-Pearson upper bound of its exact p (hits `exceed` in `done` draws; level
+    SETTLE_RISK / (rows x pi^2/6 x check^2)), BH still rejects them; their p is that bound."""
+    rows = np.flatnonzero(active)
+    if not len(rows):
+        return
+    risk = SETTLE_RISK / len(pvalue) * 6 / (np.pi**2 * check**2)
+    h = exceed[rows]
+    upper = np.where(h < done, stats.beta.isf(risk, h + 1, np.maximum(done - h, 1)), 1.0)
+    p = np.where(np.isnan(pvalue), (1 + exceed) / (1 + cap), pvalue)  # stopped: as reported; capped units: final
+    p[rows] = upper
+    settled = rows[bh_qvalues(p)[rows] <= fdr]
+    pvalue[settled] = upper[np.isin(rows, settled)]
+    active[settled] = False
 
 
 def _null_bound(null: np.ndarray, x_norm: np.ndarray, z_norm: np.ndarray, n: int, dtype: Any,

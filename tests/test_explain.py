@@ -64,7 +64,8 @@ def test_null_pairs_give_no_significant_feature() -> None:
     for seed in range(20):
         rng = np.random.default_rng(100 + seed)
         x, partner = rng.normal(size=(60, 30)), rng.normal(size=(60, 3))
-        res = link_scores(x, partner, [1.0, 1.0, 1.0], n_permutations=2000, n_boot=5, seed=seed)["features"]
+        res = link_scores(x, partner, [1.0, 1.0, 1.0], n_permutations=2000, n_boot=5, seed=seed, fdr=0.05)
+        res = res["features"]
         assert 0 < res.pvalue.min() and res.pvalue.max() <= 1
         hits += bool((res.qvalue <= 0.05).any())
     assert hits <= 3  # BH at 0.05 under the global null: P(any rejection) <= 0.05 (20 seeds: <= 3 by a wide margin)
@@ -214,6 +215,39 @@ def test_genes_from_a_bed_and_edge_order(tmp_path: Path) -> None:
     assert got_v == v and (sym_matrix_to_vec(m + m.T, discard_diagonal=True) == np.arange(len(i)) + 1).all()
 
 
+def test_settled_bh_decisions_stop_early_with_p_bounding_the_exact_permutation_p() -> None:
+    import itertools
+
+    from scipy.stats import false_discovery_control
+
+    rng = np.random.default_rng(11)
+    n, p = 8, 60  # 8! = 40,320 pairings: the exact permutation p-value by enumeration
+    z = rng.normal(size=(n, 2))
+    x = rng.normal(size=(n, p))
+    x[:, :30] = z[:, :1] + 0.15 * rng.normal(size=(n, 30))
+    w = np.array([1.0, 0.5]) / 1.5
+    xs, zs = (x - x.mean(0)) / x.std(0), (z - z.mean(0)) / z.std(0)
+    obs = ((xs.T @ zs / n) ** 2) @ w
+    perms = np.array(list(itertools.permutations(range(n))))
+    null = (np.einsum("ij,pir->pjr", xs, zs[perms]) / n) ** 2 @ w
+    exact = (null >= obs - 1e-9 * obs).mean(axis=0)
+    names, member = units_from_labels([f"b{j // 4}" for j in range(p)])
+    args = (x, z, [1.0, 0.5], {"blocks": member})
+    full = link_scores(*args, n_permutations=40000, n_boot=5, seed=0)
+    fast = link_scores(*args, n_permutations=40000, n_boot=5, seed=0, fdr=0.05)
+    f, s = full["features"], fast["features"]
+    truth = set(np.flatnonzero(false_discovery_control(exact) <= 0.05))
+    assert set(range(30)) <= truth  # the planted features (and a few chance ones at n = 8)
+    assert set(np.flatnonzero(s.qvalue <= 0.05)) == set(np.flatnonzero(f.qvalue <= 0.05)) == truth
+    settled = s.pvalue != f.pvalue  # the same draws: only the settled ones differ
+    assert settled.sum() >= 20 and set(np.flatnonzero(settled)) <= truth
+    assert (s.pvalue[settled] >= exact[settled]).all()  # an upper bound of the exact p (risk 1e-3)
+    assert (s.pvalue[settled] > 20 / 40001).all()  # stopped long before 40,000 permutations
+    assert np.array_equal(fast["blocks"].qvalue <= 0.05, full["blocks"].qvalue <= 0.05)
+    with pytest.raises(AlignmentInputError, match="fdr in"):
+        link_scores(*args, fdr=0.0)
+
+
 def test_units_stop_at_unit_permutations_and_features_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
     from alignment import attribution
 
@@ -267,7 +301,8 @@ def test_contributions_under_the_null_hold_their_level() -> None:
     for seed in range(20):
         rng = np.random.default_rng(200 + seed)
         x, partner, loadings = rng.normal(size=(60, 30)), rng.normal(size=(60, 3)), rng.normal(size=(30, 3))
-        res = link_scores(x, partner, loadings=loadings, n_permutations=2000, n_boot=5, seed=seed)["features"]
+        res = link_scores(x, partner, loadings=loadings, n_permutations=2000, n_boot=5, seed=seed, fdr=0.05)
+        res = res["features"]
         pvalues.append(res.pvalue)
         hits += bool((res.qvalue <= 0.05).any())
     pvalues = np.concatenate(pvalues)

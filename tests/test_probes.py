@@ -194,9 +194,9 @@ def test_probe_permutes_subjects_not_rows(monkeypatch: pytest.MonkeyPatch) -> No
     seen: list[np.ndarray] = []
     real = probes._cross_val_predict
 
-    def spy(task, x, y, groups, *args):  # type: ignore[no-untyped-def]
+    def spy(task, folds, y, groups, *args):  # type: ignore[no-untyped-def]
         seen.append((y.copy(), groups.copy()))
-        return real(task, x, y, groups, *args)
+        return real(task, folds, y, groups, *args)
 
     monkeypatch.setattr(probes, "_cross_val_predict", spy)
     rng = np.random.default_rng(3)
@@ -246,3 +246,48 @@ def test_row_space_keeps_a_grouped_ridge_cv_the_same() -> None:
     reduced = RidgeCV(alphas=RIDGE_ALPHAS, cv=cv).fit(rows.fit_transform(x), y)
     assert reduced.alpha_ == plain.alpha_
     np.testing.assert_allclose(reduced.predict(rows.transform(x_new)), plain.predict(x_new), rtol=1e-8, atol=1e-8)
+
+
+def test_folds_are_prepared_once_per_representation_and_the_cache_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import alignment.probes as probes
+
+    rng = np.random.default_rng(6)
+    n = 80
+    x = rng.normal(size=(n, 300))  # wider than the rows: the row-space path
+    confounds = rng.normal(size=(n, 2))
+    table = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)], "age": x[:, 0] + rng.normal(size=n),
+                          "bmi": x[:, 1] + rng.normal(size=n), "sex": (x[:, 2] > 0).astype(int)})
+    calls = []
+    real = probes._prepare
+    monkeypatch.setattr(probes, "_prepare", lambda *a: calls.append(1) or real(*a))
+    kw = {"n_splits": 4, "n_boot": 5, "n_permutations": 2, "seed": 1}
+    report = probes.probe_representations({"wide": x}, table, ["age", "bmi", "sex"], confounds=confounds,
+                                          adjusted=["wide"], **kw)
+    # two regression targets share GroupKFold's 4 folds; the classification target has its own 4; permutations reuse
+    assert len(calls) == 8
+    calls.clear()
+    for target in ("age", "bmi", "sex"):  # without a shared cache: the same records
+        alone = linear_probe(x, table[target].to_numpy(), table["subject_id"].to_numpy(), confounds=confounds,
+                             task="classification" if target == "sex" else "regression", target=target,
+                             representation="wide", **kw)
+        got = [r for r in report.records if r["target"] == target]
+        assert [r["value"] for r in got] == [r["value"] for r in alone]
+        assert [r["perm_mean"] for r in got] == [r["perm_mean"] for r in alone]
+    assert len(calls) == 12  # each target alone: its 4 folds once, the permutations reuse them
+
+
+def test_fold_residuals_equal_lstsq_also_for_a_rank_deficient_design() -> None:
+    from alignment.probes import fold_residuals
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(50, 30)) * 100
+    confounds = rng.normal(size=(50, 3))
+    confounds = np.c_[confounds, confounds[:, 0] + confounds[:, 1]]  # collinear: rank 4 of 5 with the intercept
+    train, test = np.arange(35), np.arange(35, 50)
+    design = np.c_[np.ones(50), confounds]
+    coef = np.linalg.lstsq(design[train], x[train], rcond=None)[0]
+    got = fold_residuals(x, confounds, train, test)
+    scale = np.abs(x).max() * 50 * np.finfo(np.float64).eps  # fp64: the rounding of sums of ~50 terms
+    np.testing.assert_allclose(got[0], x[train] - design[train] @ coef, rtol=0, atol=100 * scale)
+    np.testing.assert_allclose(got[1], x[test] - design[test] @ coef, rtol=0, atol=100 * scale)

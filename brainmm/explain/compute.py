@@ -120,7 +120,7 @@ def explain_features(feat: Features, spaces: dict[str, Space], cfg: ExplainSecti
         partner = (space.genetics_test if feat.side == "brain" else space.brain_test) @ q
         loadings = None if maps is None else (q.T @ maps[method]).T
         result = link_scores(feat.x_test, partner, lam, membership, cfg.n_permutations, cfg.n_boot, seed=seed,
-                             loadings=loadings)
+                             loadings=loadings, fdr=cfg.fdr)
         prefix = "" if method == MODEL else method
         for name, scores in result.items():
             key = feat.name if name == "features" else name

@@ -16,7 +16,9 @@ class ExplainSection:
     enabled: bool = True
     splits: list[str] = field(default_factory=lambda: ["test"])  # held-out subjects the scores are computed on
     n_dims: int = 16  # shared directions kept (largest share of the training paired similarity)
-    n_permutations: int = 100_000  # most pairings permuted per feature (sequential: a null one stops after 10 exceedances)
+    # most pairings permuted per feature (sequential: a null one stops after 10 exceedances, one whose BH decision
+    # at `fdr` is settled stops then)
+    n_permutations: int = 100_000
     n_boot: int = 500  # bootstrap draws of the held-out subjects for the CIs
     fdr: float = 0.05  # Benjamini-Hochberg level of the "significant" lists
     top_k: int = 5  # rows per table in the printed summary
