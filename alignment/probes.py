@@ -14,7 +14,7 @@ import numpy as np
 from scipy.linalg import LinAlgWarning
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
@@ -137,12 +137,18 @@ def _logistic(cv: list[tuple[np.ndarray, np.ndarray]]) -> LogisticRegressionCV:
     return LogisticRegressionCV(**kwargs)
 
 
+def _stratified(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds that keep groups whole; StratifiedKFold when every group is one row (the same constraint,
+    without StratifiedGroupKFold's per-group search: 0.23 s vs 0.002 s for 2,400 rows)."""
+    cls = StratifiedKFold if len(np.unique(groups)) == len(groups) else StratifiedGroupKFold
+    return list(cls(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
+
+
 def _outer_splits(
     task: Task, y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     if task == "classification":
-        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        return list(cv.split(np.zeros(len(y)), y, groups))
+        return _stratified(y, groups, n_splits, seed)
     shuffled = np.random.default_rng(seed).permutation(int(groups.max()) + 1)[groups]  # random group order
     return list(GroupKFold(n_splits=n_splits).split(np.zeros(len(y)), y, shuffled))
 
@@ -179,10 +185,7 @@ def _head(task: Task, y: np.ndarray, groups: np.ndarray, seed: int) -> LogisticR
     """LogisticRegressionCV / RidgeCV on a fold's prepared rows (_prepare); the inner CV is grouped as well."""
     if task == "classification":
         per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
-        inner = StratifiedGroupKFold(
-            n_splits=max(2, min(INNER_SPLITS, per_class)), shuffle=True, random_state=seed
-        )
-        return _logistic(list(inner.split(np.zeros(len(y)), y, groups)))
+        return _logistic(_stratified(y, groups, max(2, min(INNER_SPLITS, per_class)), seed))
     if len(np.unique(groups)) == len(groups):
         return RidgeCV(alphas=RIDGE_ALPHAS)  # efficient leave-one-out
     inner = GroupKFold(n_splits=min(INNER_SPLITS, len(np.unique(groups))))
