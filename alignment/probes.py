@@ -172,6 +172,9 @@ class RowSpace(BaseEstimator, TransformerMixin):
         x = np.asarray(x, dtype=np.float64)
         values, vectors = np.linalg.eigh(x @ x.T)
         keep = values > 1e-10 * max(values.max(), 1e-300)
+        if not keep.any():  # constant training rows (scaled to 0): one zero coordinate, so a head predicts the mean
+            self.train_, self.map_ = x, np.zeros((len(x), 1))
+            return np.zeros((len(x), 1))
         scale = np.sqrt(values[keep])
         self.train_, self.map_ = x, vectors[:, keep] / scale  # V = X' U S^-1
         return vectors[:, keep] * scale

@@ -228,6 +228,9 @@ def test_row_space_coordinates_give_the_same_penalised_model_when_columns_outnum
     np.testing.assert_allclose(reduced.predict_proba(rows.transform(x_new)), plain.predict_proba(x_new), atol=1e-6)
     narrow = rng.normal(size=(60, 8))
     assert RowSpace().fit(narrow).transform(narrow) is narrow  # no more columns than rows: unchanged
+    flat = RowSpace()  # constant (scaled: zero) training rows keep one zero coordinate, not an empty array
+    assert np.array_equal(flat.fit_transform(np.zeros((3, 50))), np.zeros((3, 1)))
+    assert np.array_equal(flat.transform(x_new[:, :50]), np.zeros((25, 1)))
 
 
 def test_row_space_keeps_a_grouped_ridge_cv_the_same() -> None:
