@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from scipy.linalg import LinAlgWarning
+from sklearn.base import BaseEstimator
 from sklearn.cross_decomposition import CCA, PLSCanonical
 from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge, RidgeCV
@@ -204,19 +205,66 @@ def loo_ridge_alpha(x: np.ndarray, y: np.ndarray, alphas: Any, block: int = 512)
     """The alpha of sklearn's RidgeCV (efficient leave-one-out, mean squared error over every target, intercept not
     penalised) for a tall x [n, p <= n], computed over blocks of target columns from one SVD of the centred x: memory
     O(n x block) instead of several [n, targets] arrays (7,000 x 20,000 variants: ~1 GB each)."""
-    xc = x - x.mean(axis=0)
-    u, sv, _ = np.linalg.svd(xc, full_matrices=False)
+    u, sv, _ = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    return _loo_alpha(u, sv**2, y, alphas, block)
+
+
+def _loo_alpha(u: np.ndarray, values: np.ndarray, y: np.ndarray, alphas: Any, block: int = 512) -> float:
+    """loo_ridge_alpha from the eigenvectors `u` [n, k] and eigenvalues of the centred rows' Gram matrix."""
     alphas = np.asarray(alphas, dtype=np.float64)
     err = np.zeros(len(alphas))
     for j in range(0, y.shape[1], block):
         yc = y[:, j:j + block] - y[:, j:j + block].mean(axis=0)
         uy = u.T @ yc
         for i, alpha in enumerate(alphas):
-            shrink = sv**2 / (sv**2 + alpha)
-            leverage = 1.0 / len(x) + (u**2) @ shrink  # the unpenalised intercept's 1/n included
+            shrink = values / (values + alpha)
+            leverage = 1.0 / len(u) + (u**2) @ shrink  # the unpenalised intercept's 1/n included
             resid = (yc - u @ (shrink[:, None] * uy)) / (1.0 - leverage)[:, None]
             err[i] += np.einsum("ij,ij->", resid, resid)
     return float(alphas[np.argmin(err)])
+
+
+_GRAMS: OrderedDict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+GRAMS_KEPT = 1  # the genotype -> brain and genotype -> FC ridge maps share one eigendecomposition
+
+
+def centred_gram_eigen(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(eigenvalues >= 0, eigenvectors) of the Gram matrix of the centred rows of x [n, p > n]; reused for identical
+    rows (same bytes): 6,982 x 20,000 variants cost ~50 s of `eigh` per fit. Callers must not modify the result."""
+    x = np.ascontiguousarray(x)
+    key = (x.shape, x.dtype.str, hashlib.blake2b(x.data, digest_size=16).digest())
+    if key not in _GRAMS:
+        xc = x - x.mean(axis=0)
+        values, vectors = np.linalg.eigh(xc @ xc.T)
+        _GRAMS[key] = (np.maximum(values, 0.0), vectors)
+        while len(_GRAMS) > GRAMS_KEPT:
+            _GRAMS.popitem(last=False)
+    _GRAMS.move_to_end(key)
+    return _GRAMS[key]
+
+
+class WideRidge(BaseEstimator):
+    """Ridge (intercept not penalised) from a source with more columns than rows, in its dual form from the
+    centred rows' Gram eigendecomposition (`centred_gram_eigen`, shared by fits on the same source rows), alpha by
+    efficient leave-one-out over every target (`_loo_alpha`): sklearn's RidgeCV on the same rows is the test
+    oracle (same alpha, same predictions)."""
+
+    def __init__(self, alphas: Any = RIDGE_ALPHAS) -> None:
+        self.alphas = alphas
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> WideRidge:
+        """Alpha, then the weights x_c' U (Lambda + alpha)^-1 U' y_c and the intercept."""
+        values, u = centred_gram_eigen(x)
+        self.alpha_ = _loo_alpha(u, values, y, self.alphas)
+        x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+        dual = u @ ((u.T @ (y - y_mean)) / (values + self.alpha_)[:, None])
+        self.coef_ = (x - x_mean).T @ dual  # [p, targets]
+        self.intercept_ = y_mean - x_mean @ self.coef_
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """x W + b."""
+        return x @ self.coef_ + self.intercept_
 
 
 class RidgeMap:
@@ -246,6 +294,9 @@ class RidgeMap:
                 scaler = StandardScaler().fit(source)
                 alpha = loo_ridge_alpha(scaler.transform(source), target, self.alphas)
                 self.model_: Pipeline = make_pipeline(scaler, Ridge(alpha=alpha)).fit(source, target)
+            elif len(source) < source.shape[1]:  # e.g. 20,000 variants -> brain or FC: one Gram for both
+                scaler = StandardScaler().fit(source)
+                self.model_ = make_pipeline(scaler, WideRidge(self.alphas).fit(scaler.transform(source), target))
             else:
                 self.model_ = make_pipeline(StandardScaler(), RidgeCV(alphas=self.alphas)).fit(source, target)
         self.target_mean_ = target.mean(0)

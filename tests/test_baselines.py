@@ -217,3 +217,30 @@ def test_blockwise_loo_alpha_equals_ridge_cv_for_wide_targets() -> None:
     ref_map = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(b, g)
     assert isinstance(wide.model_[-1], Ridge) and wide.model_[-1].alpha == ref_map[-1].alpha_
     np.testing.assert_allclose(wide.model_.predict(b), ref_map.predict(b), rtol=0, atol=1e-9 * np.abs(g).max())
+
+
+def test_wide_source_ridge_equals_ridge_cv_and_shares_one_gram_per_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from alignment import baselines
+    from alignment.baselines import RIDGE_ALPHAS
+
+    rng = np.random.default_rng(9)
+    d = rng.binomial(2, rng.uniform(0.05, 0.5, 400), size=(120, 400)).astype(float)  # more variants than rows
+    targets = []
+    for noise in (0.3, 3.0, 30.0):  # different alphas win
+        b = d[:, :20] @ rng.normal(size=(20, 6)) + noise * rng.normal(size=(120, 6)) + 4.0
+        targets += [b, b @ rng.normal(size=(6, 40)) + rng.normal(size=(120, 40))]  # brain table and FC-like
+    refs = [make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(d, t) for t in targets]
+    assert len({r[-1].alpha_ for r in refs}) >= 3
+    calls = []
+    eigh = np.linalg.eigh
+    monkeypatch.setattr(baselines.np.linalg, "eigh", lambda a: calls.append(a.shape) or eigh(a))
+    for target, ref in zip(targets, refs):
+        got = RidgeMap("genetics_to_brain").fit(target, d)
+        assert got.model_[-1].alpha_ == ref[-1].alpha_
+        scale = np.abs(target).max() * 120 * 400 * np.finfo(np.float64).eps  # fp64 sums over rows and columns
+        np.testing.assert_allclose(got.model_.predict(d), ref.predict(d), rtol=0, atol=10 * scale)
+    assert calls == [(120, 120)]  # one Gram eigendecomposition for the six fits on the same genotype rows

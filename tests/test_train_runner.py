@@ -145,6 +145,9 @@ def _rank(rank: int, port: int, root: str) -> None:
                 "w_resumed": resumed["weights"]}, root_path / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
+    # the results are on disk; skip the interpreter's teardown, where gloo's threads once aborted a rank (SIGABRT,
+    # "terminate called without an active exception") after every assertion-relevant step had finished
+    os._exit(0)
 
 
 @pytest.mark.slow
