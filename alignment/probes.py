@@ -140,8 +140,10 @@ def _logistic(cv: list[tuple[np.ndarray, np.ndarray]]) -> LogisticRegressionCV:
 def _stratified(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds that keep groups whole; StratifiedKFold when every group is one row (the same constraint,
     without StratifiedGroupKFold's per-group search: 0.23 s vs 0.002 s for 2,400 rows)."""
-    cls = StratifiedKFold if len(np.unique(groups)) == len(groups) else StratifiedGroupKFold
-    return list(cls(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
+    if len(np.unique(groups)) == len(groups):
+        return list(StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(cv.split(np.zeros(len(y)), y, groups))
 
 
 def _outer_splits(
