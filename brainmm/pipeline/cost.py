@@ -50,8 +50,10 @@ class Rate:
 # Measured rates per device. "cpu": AMD EPYC (Zen 4), 2 cores, torch/BLAS threads 2 (CPU seconds).
 #   simulate .. align: fitted between the N = 2,000 run and the N = 10,000 run of `python benchmarks/ukb_shape.py
 #   --path fc` (424 parcels x 490 TRs, 20,000 variants; `--report` on both runs' records, benchmarks/ukb_shape.md,
-#   2026-12-07); evaluate (probes, retrieval, baselines, shuffled-pair control, figures, explain) between the
-#   N = 1,000 and 2,000 runs (no whole evaluate at 10,000 was recorded). pretrain, embed:
+#   2026-12-07); evaluate (probes, retrieval, baselines, shuffled-pair control, figures, explain): intercepts from
+#   the N = 1,000 and 2,000 runs, slopes through the whole N = 10,000 evaluate of 2026-12-08 (Intel Xeon, 2 cores:
+#   3,045 CPU-s, 8,627 MB anonymous peak, with explain's settled decisions and the shared probe folds; the old
+#   slopes said 3,894 CPU-s and 7.2 GB). pretrain, embed:
 #   `python benchmarks/brainlm_cost.py` at 424 parcels (same page).
 RATES: dict[str, dict[str, Rate]] = {
     "cpu": {
@@ -65,7 +67,7 @@ RATES: dict[str, dict[str, Rate]] = {
                          base_bytes=1.109e+07),
         "align": Rate(s_per_unit=2.743e-08, base_s=239.4, mb_per_unit=1.630e-05, base_mb=1945, bytes_per_unit=0.090,
                       base_bytes=3.750e+08),
-        "evaluate": Rate(s_per_unit=1.330e-06, base_s=50.7, mb_per_unit=3.030e-06, base_mb=3856, bytes_per_unit=1.547,
+        "evaluate": Rate(s_per_unit=1.036e-06, base_s=50.7, mb_per_unit=4.350e-06, base_mb=3856, bytes_per_unit=1.547,
                          base_bytes=5.951e+07),
         # median CPU s per FLOP over 4 shapes (hidden 64 / 256, 4,240-20,776 tokens; spread 1.9-2.6e-11); memory: the
         # 5M shape's 1.52 GB peak over its activations (an upper bound: base included)
@@ -74,7 +76,8 @@ RATES: dict[str, dict[str, Rate]] = {
         "embed": Rate(s_per_unit=1.43e-11, base_mb=None, bytes_per_unit=8.0),
     },
 }
-RATES_SOURCE = {"cpu": "AMD EPYC 2-core, benchmarks/ukb_shape.md (2026-12-07; CPU seconds, so an idle machine's wall time is at most this)"}
+RATES_SOURCE = {"cpu": "AMD EPYC and Intel Xeon 2-core VMs, benchmarks/ukb_shape.md (2026-12-07/08; CPU seconds, so an "
+                         "idle machine's wall time is at most this)"}
 
 
 @dataclass
