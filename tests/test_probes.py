@@ -294,3 +294,24 @@ def test_fold_residuals_equal_lstsq_also_for_a_rank_deficient_design() -> None:
     scale = np.abs(x).max() * 50 * np.finfo(np.float64).eps  # fp64: the rounding of sums of ~50 terms
     np.testing.assert_allclose(got[0], x[train] - design[train] @ coef, rtol=0, atol=100 * scale)
     np.testing.assert_allclose(got[1], x[test] - design[test] @ coef, rtol=0, atol=100 * scale)
+
+
+def test_fold_ridge_cv_equals_ridge_cv_with_the_same_folds() -> None:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import GroupKFold
+
+    from alignment.probes import FoldRidgeCV
+    from alignment.stats import RIDGE_ALPHAS
+
+    rng = np.random.default_rng(8)
+    chosen = set()
+    for n, d, noise in ((300, 12, 1.0), (90, 40, 0.3), (120, 300, 0.5), (120, 300, 5.0), (150, 150, 30.0)):
+        x = rng.normal(size=(n, d)) * rng.uniform(0.5, 2, d)  # tall (primal) and wide (dual) folds
+        y = x[:, :5].sum(axis=1) + noise * rng.normal(size=n) + 3.0
+        cv = list(GroupKFold(n_splits=3).split(x, y, np.arange(n) // 2))  # families of two
+        ref = RidgeCV(alphas=RIDGE_ALPHAS, cv=cv).fit(x, y)
+        got = FoldRidgeCV(RIDGE_ALPHAS, cv).fit(x, y)
+        assert got.alpha_ == ref.alpha_
+        np.testing.assert_allclose(got.predict(x), ref.predict(x), rtol=1e-10, atol=1e-10)
+        chosen.add(got.alpha_)
+    assert len(chosen) >= 3  # the cases pick different alphas
