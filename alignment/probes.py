@@ -221,7 +221,8 @@ class FoldRidgeCV(BaseEstimator):
 
 
 def _head(task: Task, y: np.ndarray, groups: np.ndarray, seed: int) -> LogisticRegressionCV | RidgeCV | FoldRidgeCV:
-    """LogisticRegressionCV / RidgeCV on a fold's prepared rows (_prepare); the inner CV is grouped as well."""
+    """LogisticRegressionCV, RidgeCV (leave-one-out) or FoldRidgeCV (grouped) on a fold's prepared rows (_prepare);
+    the inner CV is grouped as well."""
     if task == "classification":
         per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
         return _logistic(_stratified(y, groups, max(2, min(INNER_SPLITS, per_class)), seed))
